@@ -1,0 +1,324 @@
+"""Tar writing and safe tar extraction: the only module that imports ``tarfile``.
+
+Writing: a deterministic POSIX.1-2001 (PAX) stream of a directory: members in
+sorted order (directory, then its entries by name), owner 0/0 with empty owner
+names, integer mtimes, permission bits kept. Special files and symlinks that
+leave the tree are refused. Readers: GNU tar, bsdtar, Python's tarfile.
+
+Extraction: headers are parsed by tarfile, every member goes through our own
+checks and then tarfile's ``data`` filter (PEP 706), and member data is written
+straight from the verified chunk buffers with ``os.write``. Guards against the
+classic tar bugs: absolute names and ``..`` (CVE-2007-4559), writing through a
+symlink planted by an earlier member (CVE-2023-24329-style link following),
+links out of the tree, and device files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import InsufficientSpaceError, DestinationError, SourceError, UnsafeArchiveError
+
+COPY_BUFSIZE = 1024 * 1024
+METADATA_DIR = ".s3sync"
+"""Top-level directory a pull adds to a dataset (manifest copy, completion marker);
+never published."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeStats:
+    """What a tar stream holds: regular ``files``, their total ``extracted_size`` in bytes,
+    and all ``members`` (files, directories, symlinks)."""
+
+    files: int
+    extracted_size: int
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rel: str
+    path: str
+    st: os.stat_result
+    link: str | None
+
+
+def scan_tree(src: Path) -> list[_Entry]:
+    """Walk ``src`` in deterministic order and validate every entry.
+
+    Raises:
+        SourceError: ``src`` is not a readable directory, or holds a special file,
+            an absolute symlink or a symlink leaving the tree.
+    """
+    if not src.is_dir():
+        raise SourceError(f"{src}: not a directory", hint="give the dataset's directory as SRC_DIR")
+    entries: list[_Entry] = []
+
+    def walk(dir_path: str, rel_dir: str) -> None:
+        try:
+            with os.scandir(dir_path) as it:
+                names = sorted((e.name for e in it), key=lambda n: n.encode("utf-8", "surrogateescape"))
+        except OSError as err:
+            raise SourceError(f"{dir_path}: cannot read directory ({err.strerror})") from err
+        for name in names:
+            if not rel_dir and name == METADATA_DIR:
+                continue
+            path = os.path.join(dir_path, name)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            try:
+                st = os.lstat(path)
+            except OSError as err:
+                raise SourceError(f"{path}: cannot stat ({err.strerror})") from err
+            if stat.S_ISDIR(st.st_mode):
+                entries.append(_Entry(rel, path, st, None))
+                walk(path, rel)
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(_Entry(rel, path, st, None))
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                if os.path.isabs(target) or _escapes(rel, target):
+                    raise SourceError(f"{path}: symlink to {target!r} leaves the dataset",
+                                      hint="make the link relative and inside SRC_DIR, or replace it by the file")
+                entries.append(_Entry(rel, path, st, target))
+            else:
+                raise SourceError(f"{path}: special file (device, FIFO or socket) cannot be published",
+                                  hint="remove it from SRC_DIR")
+
+    walk(os.fspath(src), "")
+    return entries
+
+
+def _escapes(rel: str, target: str) -> bool:
+    """True if a link at ``rel`` pointing to ``target`` resolves outside the tree."""
+    joined = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+    return joined == ".." or joined.startswith("../") or os.path.isabs(joined)
+
+
+def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.rel)
+    st = entry.st
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if entry.link is not None:
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.link
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = st.st_size
+    return info
+
+
+def member_span(info: tarfile.TarInfo) -> int:
+    """Bytes a member takes in the stream: its headers plus its data padded to 512."""
+    header = len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    return header + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int], None]) -> TreeStats:
+    """Write ``entries`` (from ``scan_tree``) as one PAX tar stream to ``out``.
+
+    ``out`` needs ``write`` and ``tell``. ``before_member(span)`` is called before
+    each member with the bytes the member will take, so the caller can cut a part
+    at the member boundary.
+
+    Raises:
+        SourceError: a file vanished, shrank or became unreadable while being read.
+    """
+    files = size = 0
+    with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
+                         encoding="utf-8", copybufsize=COPY_BUFSIZE) as tar:
+        for entry in entries:
+            info = _tarinfo(entry)
+            before_member(member_span(info))
+            if info.isreg():
+                try:
+                    with open(entry.path, "rb") as f:
+                        tar.addfile(info, f)
+                except OSError as err:
+                    raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
+                                      hint="the file changed or vanished while publishing; publish again") from err
+                files += 1
+                size += info.size
+            else:
+                tar.addfile(info)
+    return TreeStats(files, size, len(entries))
+
+
+class ForwardReader(Protocol):
+    """A byte stream that only moves forward (see ``engine.OrderedReader``)."""
+
+    def read(self, n: int = -1) -> bytes: ...
+    def tell(self) -> int: ...
+    def seek(self, pos: int, whence: int = 0) -> int: ...
+    def views(self, n: int) -> Iterator[memoryview]: ...
+
+
+@dataclass(slots=True)
+class DirMeta:
+    """A directory whose mode and mtime are applied after extraction (contents change mtime)."""
+
+    name: str
+    mode: int
+    mtime: int
+
+
+class SafeExtractor:
+    """Extract a tar stream into ``root``, refusing anything that would escape it.
+
+    Args:
+        root: the staging directory (created by the caller).
+        on_dir: called with each directory's metadata (kept by the journal for resume).
+    """
+
+    def __init__(self, root: Path, on_dir: Callable[[DirMeta], None]) -> None:
+        self.root = os.fspath(root)
+        self._root_real = os.path.realpath(self.root)
+        self._safe_dirs: set[str] = {""}
+        self._on_dir = on_dir
+
+    def extract(self, stream: ForwardReader, on_member: Callable[[int, int], None]) -> None:
+        """Extract members from the stream's current position to the end-of-archive marker.
+
+        ``on_member(next_header_offset, data_bytes)`` is called after each member is
+        completely written; ``next_header_offset`` is a safe resume point.
+
+        Raises:
+            UnsafeArchiveError: a member escapes the root or is a special file.
+            InsufficientSpaceError: the disk filled up.
+            DestinationError: another write failure.
+        """
+        try:
+            tar = tarfile.TarFile(fileobj=stream, mode="r", encoding="utf-8",
+                                  errors="surrogateescape")
+        except tarfile.ReadError as err:
+            raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.TarError as err:
+                raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
+            if member is None:
+                return
+            tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
+            self._extract_member(tar, member, stream)
+            on_member(tar.offset, member.size if member.isreg() else 0)
+
+    def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, stream: ForwardReader) -> None:
+        name = self._check_name(member)
+        dir_mode = (member.mode & 0o755) | 0o700  # the data filter drops directory modes
+        try:
+            member = tarfile.data_filter(member, self.root)
+        except tarfile.FilterError as err:
+            raise UnsafeArchiveError(f"tar member {member.name!r} refused: {err}") from err
+        parent = os.path.dirname(name)
+        self._ensure_dir(parent, member.name)
+        path = os.path.join(self.root, name)
+        try:
+            if member.isdir():
+                self._make_dir(name, member.name)
+                self._on_dir(DirMeta(name, dir_mode, int(member.mtime)))
+            elif member.isreg():
+                self._write_file(path, member, stream)
+            elif member.issym():
+                self._clear(path, member.name)
+                os.symlink(member.linkname, path)
+                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+            elif member.islnk():
+                target = self._check_name(member, member.linkname)
+                target_path = os.path.join(self.root, target)
+                self._ensure_dir(os.path.dirname(target), member.name)
+                if not os.path.isfile(target_path) or os.path.islink(target_path):
+                    raise UnsafeArchiveError(f"tar member {member.name!r}: hard link target "
+                                             f"{member.linkname!r} is not an extracted regular file")
+                self._clear(path, member.name)
+                os.link(target_path, path, follow_symlinks=False)
+            else:
+                raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
+        except OSError as err:
+            raise translate_os_error(err, path) from err
+
+    def _check_name(self, member: tarfile.TarInfo, name: str | None = None) -> str:
+        raw = member.name if name is None else name
+        norm = os.path.normpath(raw.rstrip("/")) if raw else ""
+        if (not raw or "\x00" in raw or os.path.isabs(raw) or norm in (".", "..")
+                or norm.startswith("../") or "/../" in f"/{raw}/"):
+            raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
+        if norm.split("/", 1)[0] == METADATA_DIR:
+            raise UnsafeArchiveError(f"tar member {member.name!r}: {METADATA_DIR}/ is reserved")
+        return norm
+
+    def _ensure_dir(self, rel: str, member_name: str) -> None:
+        """Make ``rel`` a real directory under root; refuse if any component is a symlink."""
+        if rel in self._safe_dirs:
+            return
+        self._ensure_dir(os.path.dirname(rel), member_name)
+        self._make_dir(rel, member_name)
+
+    def _make_dir(self, rel: str, member_name: str) -> None:
+        path = os.path.join(self.root, rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path, 0o700)
+            except OSError as err:
+                raise translate_os_error(err, path) from err
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeArchiveError(f"tar member {member_name!r} would be written through the symlink {rel!r}")
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(path)
+                os.mkdir(path, 0o700)
+        self._safe_dirs.add(rel)
+
+    def _clear(self, path: str, member_name: str) -> None:
+        """Remove a non-directory at ``path`` (a later member replaces an earlier one, as in tar)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchiveError(f"tar member {member_name!r} would replace a directory")
+        os.unlink(path)
+
+    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader) -> None:
+        self._clear(path, member.name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            stream.seek(member.offset_data)
+            for view in stream.views(member.size):
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            os.fchmod(fd, member.mode if member.mode is not None else 0o644)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+
+    def finish_dirs(self, dirs: list[DirMeta]) -> None:
+        """Apply directory modes and mtimes, deepest first (as tar does at the end)."""
+        for d in sorted(dirs, key=lambda d: d.name, reverse=True):
+            path = os.path.join(self.root, d.name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.utime(path, (d.mtime, d.mtime))
+                os.chmod(path, d.mode & 0o7777)
+
+
+def translate_os_error(err: OSError, path: str) -> Exception:
+    """Map a write failure at ``path`` to InsufficientSpaceError (ENOSPC, EDQUOT) or DestinationError."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientSpaceError(f"{path}: no space left on device", path=path, needed=0, available=0)
+    return DestinationError(f"{path}: {err.strerror or err}")

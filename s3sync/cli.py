@@ -1,0 +1,250 @@
+"""The ``s3sync`` command: argument parsing, settings resolution, error-to-exit-code mapping.
+
+The only place that prints (through ``ui``) or exits. Each command resolves its
+settings once and calls one pipeline function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import catalog
+from .config import Settings, format_size, parse_size, resolve
+from .errors import ConfigError, Interrupted, S3SyncError, UsageError
+from .manifest import valid_name
+from .ui import UI
+
+EXIT_OK = 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint=f"run '{self.prog} --help' for usage")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL_S3)")
+    g.add_argument("--profile", help="AWS profile from ~/.aws/config")
+    g.add_argument("--region", help="AWS region")
+    g.add_argument("--no-sign-request", action="store_true", default=None, help="anonymous requests (public buckets)")
+    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default 8)")
+    g.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    g.add_argument("-v", "--verbose", action="store_true", help="print retries and resume points")
+    g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``s3sync`` command."""
+    common = _common()
+    parser = _Parser(prog="s3sync", description="Publish and pull ML datasets through S3, verified and resumable.")
+    parser.add_argument("--version", action="version", version=f"s3sync {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("publish", parents=[common], help="pack a directory and upload it as a dataset")
+    p.add_argument("src", metavar="SRC_DIR", type=Path)
+    p.add_argument("--to", metavar="s3://BUCKET/PREFIX", help="destination (default s3://$S3SYNC_BUCKET/NAME)")
+    p.add_argument("--name", help="dataset name (default: SRC_DIR's basename)")
+    p.add_argument("--part-size", metavar="SIZE", help="bytes per part object (default 10GiB)")
+    p.add_argument("--chunk-size", metavar="SIZE", help="bytes per verified chunk (default 16MiB)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("pull", parents=[common], help="download, verify and extract a dataset")
+    p.add_argument("source", metavar="SOURCE", help="dataset name or s3://BUCKET/PREFIX")
+    p.add_argument("dest_parent", metavar="DEST_PARENT", type=Path, help="the dataset lands in DEST_PARENT/NAME")
+    p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest")
+    p.add_argument("source", metavar="SOURCE", nargs="?")
+    p.set_defaults(func=cmd_ls)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("s3sync-datasets")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    """Resolve settings from the config file, ``S3SYNC_*`` variables and flags.
+
+    The config file is ``$S3SYNC_CONFIG`` or ``$XDG_CONFIG_HOME/s3sync/config.toml``
+    (``~/.config/...``); a missing default file is not an error.
+
+    Raises:
+        ConfigError: the file is unreadable or not valid TOML.
+    """
+    explicit = env.get("S3SYNC_CONFIG")
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    path = Path(explicit) if explicit else Path(base) / "s3sync" / "config.toml"
+    doc: dict[str, Any] = {}
+    if explicit or path.exists():
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    flags = {
+        "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
+        "no_sign_request": args.no_sign_request, "concurrency": args.concurrency,
+        "chunk_size": getattr(args, "chunk_size", None), "part_size": getattr(args, "part_size", None),
+    }
+    return resolve(doc, env, flags, str(path))
+
+
+def _store(settings: Settings, bucket: str) -> Any:
+    from .stores.s3 import S3Store, make_client
+
+    client = make_client(settings.s3, max_connections=settings.transfer.concurrency + 4)
+    return S3Store(client, bucket, concurrency=settings.transfer.concurrency)
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from .publish import publish
+
+    src = args.src.expanduser()
+    name = args.name or src.resolve().name
+    if not valid_name(name):
+        raise UsageError(f"{name!r} is not a valid dataset name", hint="pass --name with letters, digits, '.', '_', '-'")
+    if not src.is_dir():
+        raise UsageError(f"{src}: not a directory", hint="give the dataset's directory as SRC_DIR")
+    location = catalog.resolve(args.to, settings).location if args.to else catalog.location_for_name(name, settings)
+    store = _store(settings, location.bucket)
+    progress = ui.progress()
+    try:
+        result = publish(src, name, location, store, settings.transfer, progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+        store.close()
+    m = result.manifest
+    if ui.as_json:
+        ui.emit_json({"command": "publish", "url": location.url(), "name": m.name, "generation": m.generation,
+                      "parts": len(m.parts), "stream_size": m.stream_size, "files": m.files,
+                      "extracted_size": m.extracted_size, "elapsed_s": round(result.elapsed_s, 3)})
+    elif not ui.quiet:
+        rate = m.stream_size / max(result.elapsed_s, 1e-6)
+        ui.info(f"published {m.name} to {location.url()}: {m.files} files, {format_size(m.extracted_size)} "
+                f"in {len(m.parts)} part(s), generation {m.generation}, "
+                f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from .pull import pull
+
+    resolved = catalog.resolve(args.source, settings)
+    store = _store(settings, resolved.location.bucket)
+    progress = ui.progress()
+    try:
+        result = pull(resolved.location, resolved.name, args.dest_parent.expanduser(), store, settings.transfer,
+                      extract=not args.no_extract, progress=progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+        store.close()
+    m = result.manifest
+    if ui.as_json:
+        ui.emit_json({"command": "pull", "url": resolved.location.url(), "dest": str(result.dest),
+                      "generation": m.generation, "files": m.files, "extracted_size": m.extracted_size,
+                      "stream_size": m.stream_size, "bytes_received": result.bytes_received,
+                      "resumed_from": result.resumed_from, "retries": result.retries,
+                      "up_to_date": result.up_to_date, "elapsed_s": round(result.elapsed_s, 3)})
+    elif result.up_to_date:
+        ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
+    else:
+        rate = m.stream_size / max(result.elapsed_s, 1e-6)
+        resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
+        ui.info(f"pulled {m.name} into {result.dest}: {m.files} files, {format_size(m.extracted_size)}, "
+                f"{format_size(result.bytes_received)} received, {result.retries} retries{resumed}, "
+                f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    if args.source is None:
+        rows = []
+        docs = []
+        for name, entry, loc in catalog.names(settings):
+            rows.append([name, entry.title if entry else "", format_size(entry.approx_size) if entry and entry.approx_size else "",
+                         f"{entry.approx_files:,}" if entry and entry.approx_files else "",
+                         loc.url() if loc else "(set S3SYNC_BUCKET)", entry.licence if entry else ""])
+            docs.append({"name": name, "title": entry.title if entry else None,
+                         "url": loc.url() if loc else None, "licence": entry.licence if entry else None,
+                         "approx_size": entry.approx_size if entry else None,
+                         "approx_files": entry.approx_files if entry else None})
+        if ui.as_json:
+            ui.emit_json(docs)
+        else:
+            ui.table("datasets", ["name", "title", "size", "files", "location", "licence"], rows)
+        return EXIT_OK
+    from .pull import fetch_manifest
+
+    resolved = catalog.resolve(args.source, settings)
+    store = _store(settings, resolved.location.bucket)
+    try:
+        m, _ = fetch_manifest(store, resolved.location)
+    finally:
+        store.close()
+    if ui.as_json:
+        ui.emit_json({"url": resolved.location.url(), "name": m.name, "generation": m.generation,
+                      "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
+                      "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
+                      "members": m.members,
+                      "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts]})
+    else:
+        ui.kv([("url", resolved.location.url()), ("name", m.name), ("generation", m.generation),
+               ("created", m.created), ("files", f"{m.files:,}"),
+               ("extracted", f"{format_size(m.extracted_size)} ({m.extracted_size:,} bytes)"),
+               ("stream", f"{format_size(m.stream_size)} in {len(m.parts)} part(s), "
+                          f"{sum(len(p.chunks) for p in m.parts)} chunks of {format_size(m.chunk_size)}"),
+               ("hash", m.hash)])
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return its exit code (0 ok, 1 failure, 2 usage, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    ui = UI()
+    try:
+        args = build_parser().parse_args(argv)
+        ui = UI(quiet=args.quiet, as_json=args.json, verbose=args.verbose)
+        settings = load_settings(args, dict(os.environ))
+        return args.func(args, settings, ui)
+    except S3SyncError as err:
+        if debug:
+            traceback.print_exc()
+        ui.error(err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        ui.error(Interrupted("interrupted"))
+        return Interrupted.exit_code
+    except Exception as err:  # a bug: say so in one line unless --debug
+        if debug:
+            traceback.print_exc()
+        ui.error(S3SyncError(f"internal error: {type(err).__name__}: {err}",
+                             hint="rerun with --debug and report the traceback"))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Bounded parallel chunk fetching with retry, cancel and in-order delivery.
+
+``ChunkFetcher.fetch`` runs ranged GETs on a pool of worker threads, verifies the
+length and digest of every chunk in the worker (xxhash releases the GIL), retries
+a failed chunk alone with exponential backoff and full jitter (AWS Architecture
+Blog, "Exponential Backoff and Jitter", 2015), and hands chunks to one consumer
+in stream order. ``OrderedReader`` turns that sequence into a forward-only file.
+
+Memory is bounded: at most ``window`` chunk buffers exist, each reused once the
+consumer is done with it, so memory is about ``window * chunk_size`` bytes
+whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import hashing
+from .config import TransferSettings
+from .errors import Interrupted, IntegrityError, S3SyncError
+from .planning import ChunkJob
+from .progress import NullProgress, Progress
+from .stores.base import Store
+
+
+@dataclass(slots=True)
+class FetchStats:
+    """Counters of one fetch: bytes received (including retried attempts), retries."""
+
+    bytes_received: int = 0
+    chunks: int = 0
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, received: int = 0, chunks: int = 0, retries: int = 0) -> None:
+        with self.lock:
+            self.bytes_received += received
+            self.chunks += chunks
+            self.retries += retries
+
+
+class ChunkFetcher:
+    """Fetch and verify chunks in parallel; deliver them in order.
+
+    Args:
+        store: where the parts live.
+        key_of: maps a manifest part key to the full object key.
+        settings: concurrency, window, retry budget and backoff (seconds).
+        progress: receives ``download`` bytes as they arrive, rewound on retry.
+    """
+
+    def __init__(self, store: Store, key_of: Callable[[str], str], settings: TransferSettings,
+                 progress: Progress | None = None) -> None:
+        self.store = store
+        self.key_of = key_of
+        self.settings = settings
+        self.progress = progress or NullProgress()
+        self.stats = FetchStats()
+        self._cancel = threading.Event()
+        self._rng = random.Random()
+
+    def cancel(self) -> None:
+        """Ask workers to stop at their next step (between reads or retries)."""
+        self._cancel.set()
+
+    def fetch(self, jobs: Iterable[ChunkJob]) -> Iterator[tuple[ChunkJob, memoryview]]:
+        """Yield ``(job, data)`` for every job, in the order given.
+
+        ``data`` is valid only until the next item is requested: its buffer is then reused.
+
+        Raises:
+            S3SyncError: the first chunk that failed for good (non-retriable error or
+                retry budget spent); the remaining work is cancelled.
+        """
+        window = max(1, self.settings.window)
+        pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        slots = threading.Semaphore(window)
+        pending: queue.Queue[tuple[ChunkJob, bytearray, Future[None]] | None] = queue.Queue()
+        executor = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="s3sync-fetch")
+
+        def feed() -> None:
+            try:
+                for job in jobs:
+                    while not slots.acquire(timeout=0.2):
+                        if self._cancel.is_set():
+                            return
+                    if self._cancel.is_set():
+                        return
+                    try:
+                        buf = pool.get_nowait()
+                    except queue.Empty:
+                        buf = bytearray(self.settings.chunk_size)
+                    if len(buf) < job.length:
+                        buf = bytearray(job.length)
+                    pending.put((job, buf, executor.submit(self._fetch_one, job, buf)))
+            finally:
+                pending.put(None)
+
+        feeder = threading.Thread(target=feed, name="s3sync-feed", daemon=True)
+        feeder.start()
+        try:
+            while True:
+                item = pending.get()
+                if item is None:
+                    return
+                job, buf, fut = item
+                fut.result()
+                try:
+                    yield job, memoryview(buf)[: job.length]
+                finally:
+                    pool.put(buf)
+                    slots.release()
+        finally:
+            self._cancel.set()
+            executor.shutdown(wait=False, cancel_futures=True)
+            feeder.join(timeout=5)
+
+    def _fetch_one(self, job: ChunkJob, buf: bytearray) -> None:
+        view = memoryview(buf)[: job.length]
+        key = self.key_of(job.key)
+        s = self.settings
+        for attempt in range(s.retries + 1):
+            if self._cancel.is_set():
+                raise Interrupted("cancelled")
+            counted = 0
+
+            def on_bytes(n: int) -> None:
+                nonlocal counted
+                counted += n
+                self.progress.advance("download", n)
+
+            try:
+                self.store.read_range_into(key, job.offset, view, job.etag, on_bytes)
+                got = hashing.digest(view)
+                if got != job.digest:
+                    raise IntegrityError(
+                        f"s3://{self.store.bucket}/{key}: chunk {job.index} (bytes {job.offset}-"
+                        f"{job.offset + job.length - 1}) has digest {got}, expected {job.digest}")
+                self.stats.add(received=counted, chunks=1)
+                return
+            except S3SyncError as err:
+                self.stats.add(received=counted)
+                self.progress.advance("download", -counted)
+                if not err.retriable or attempt == s.retries:
+                    raise
+                self.stats.add(retries=1)
+                delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt))
+                self.progress.message(f"retrying chunk {job.index} of {job.key} in {delay:.1f}s: {err}")
+                if self._cancel.wait(delay):
+                    raise Interrupted("cancelled") from err
+
+
+class OrderedReader:
+    """A forward-only binary file over ``(job, data)`` pairs in stream order.
+
+    Args:
+        chunks: iterator from ``ChunkFetcher.fetch``.
+        start: stream offset to begin at; it must fall inside the first chunk.
+        size: total stream size in bytes (end of file).
+
+    ``seek`` moves forward (skipping bytes) or back within the current chunk only;
+    anything else raises ``ValueError``.
+    """
+
+    def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]], start: int, size: int) -> None:
+        self._chunks = chunks
+        self._size = size
+        self._pos = start
+        self._cur: memoryview = memoryview(b"")
+        self._cur_start = start
+
+    def _advance(self) -> bool:
+        try:
+            job, data = next(self._chunks)
+        except StopIteration:
+            return False
+        if job.stream_offset > self._pos or job.stream_offset + len(data) <= self._pos:
+            raise IntegrityError(f"chunk at stream offset {job.stream_offset} does not cover byte {self._pos}")
+        self._cur, self._cur_start = data, job.stream_offset
+        return True
+
+    def _window(self) -> memoryview:
+        """Bytes available from the current position inside the current chunk."""
+        while True:
+            rel = self._pos - self._cur_start
+            if rel < len(self._cur):
+                return self._cur[rel:]
+            if self._pos >= self._size or not self._advance():
+                return memoryview(b"")
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self._pos
+        elif whence != 0:
+            raise ValueError("OrderedReader supports only absolute and relative seeks")
+        if pos < self._cur_start:
+            raise ValueError(f"cannot seek back to {pos}: stream is at {self._pos}")
+        while pos > self._pos:
+            w = self._window()
+            if not w:
+                break
+            self._pos += min(len(w), pos - self._pos)
+        if pos < self._pos:
+            self._pos = pos
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._size - self._pos
+        out = bytearray()
+        while len(out) < n:
+            w = self._window()
+            if not w:
+                break
+            take = w[: n - len(out)]
+            out += take
+            self._pos += len(take)
+        return bytes(out)
+
+    def views(self, n: int) -> Iterator[memoryview]:
+        """Yield exactly ``n`` bytes as memoryviews into the chunk buffers (no copy).
+
+        Raises:
+            IntegrityError: the stream ends first.
+        """
+        left = n
+        while left:
+            w = self._window()
+            if not w:
+                raise IntegrityError(f"stream ended {left} bytes early at offset {self._pos}")
+            take = w[:left]
+            self._pos += len(take)
+            left -= len(take)
+            yield take
+
+    def drain(self) -> int:
+        """Read to the end of the stream (every chunk still gets verified); return bytes skipped."""
+        skipped = 0
+        while True:
+            w = self._window()
+            if not w:
+                return skipped
+            self._pos += len(w)
+            skipped += len(w)

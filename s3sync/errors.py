@@ -1,0 +1,150 @@
+"""The one exception hierarchy of s3sync.
+
+This module imports nothing. Every error a user can meet is an ``S3SyncError``;
+library exceptions (botocore, OSError, tarfile) are translated at the edge of
+the module that calls the library, with ``raise ... from err``.
+
+::
+
+    S3SyncError                      exit 1
+    ├── UsageError                   exit 2   bad flag, size, URL, unknown name
+    │   └── ConfigError              exit 2   unreadable or invalid config/catalog TOML
+    ├── SourceError                           publish: unreadable SRC_DIR, unsupported file
+    ├── DestinationError                      pull: destination exists, not writable
+    │   └── InsufficientSpaceError            preflight or ENOSPC: names path and bytes
+    ├── StoreError                            object store failures
+    │   ├── NotFoundError                     bucket, key or manifest missing
+    │   ├── AccessDeniedError                 403 / bad signature
+    │   ├── CredentialsError                  no or expired credentials
+    │   ├── PartChangedError                  ETag differs from the manifest's
+    │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout
+    ├── IntegrityError           retriable    short body or digest mismatch of a chunk
+    ├── ManifestError                         manifest not JSON, unknown version, inconsistent
+    ├── UnsafeArchiveError                    tar member escapes or is a device
+    └── Interrupted              exit 130     Ctrl-C; resume state flushed
+
+``retriable`` tells the transfer engine whether fetching the same chunk again may
+succeed; ``exit_code`` is what the CLI returns; ``hint`` is a one-line
+suggestion the CLI prints after the message.
+"""
+
+from __future__ import annotations
+
+
+class S3SyncError(Exception):
+    """Base class. ``str(err)`` is a one-line message naming the object, file or field."""
+
+    exit_code: int = 1
+    retriable: bool = False
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(S3SyncError):
+    """The command line asks for something impossible (exit code 2)."""
+
+    exit_code = 2
+    hint = "run 's3sync --help' for usage"
+
+
+class ConfigError(UsageError):
+    """A config or catalog file cannot be read or has a bad field (exit code 2)."""
+
+    hint = "fix the file named above or unset S3SYNC_CONFIG"
+
+
+class SourceError(S3SyncError):
+    """The directory to publish cannot be read or holds a file s3sync cannot publish."""
+
+    hint = "fix or remove the file named above, then publish again"
+
+
+class DestinationError(S3SyncError):
+    """The pull destination cannot be used."""
+
+    hint = "choose another DEST_PARENT or remove the directory named above"
+
+
+class InsufficientSpaceError(DestinationError):
+    """Not enough free bytes or inodes at the destination.
+
+    Attributes:
+        path: the directory checked.
+        needed: bytes (or inodes) needed.
+        available: bytes (or inodes) free.
+    """
+
+    hint = "free some space (or pick another DEST_PARENT) and run the same command again; it resumes"
+
+    def __init__(self, message: str, *, path: str, needed: int, available: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.needed = needed
+        self.available = available
+
+
+class StoreError(S3SyncError):
+    """An object store request failed."""
+
+    hint = "check the bucket, prefix and --endpoint-url"
+
+
+class NotFoundError(StoreError):
+    """The bucket, key or manifest does not exist."""
+
+    hint = "check the name with 's3sync ls' or the s3:// URL"
+
+
+class AccessDeniedError(StoreError):
+    """The store refused the request (HTTP 403)."""
+
+    hint = "check the credentials/profile and the bucket policy"
+
+
+class CredentialsError(StoreError):
+    """No usable credentials were found, or they expired."""
+
+    hint = "configure credentials (AWS_PROFILE, aws configure) or use --no-sign-request for public buckets; a rerun resumes"
+
+
+class PartChangedError(StoreError):
+    """A part's ETag differs from the one the manifest pinned: it was replaced after publish."""
+
+    hint = "the dataset was republished while pulling; run the same command again to pull the new generation"
+
+
+class TransientStoreError(StoreError):
+    """A failure that may pass: 5xx, throttling, connection reset, read timeout."""
+
+    retriable = True
+    hint = "the server or network failed repeatedly; run the same command again, it resumes"
+
+
+class IntegrityError(S3SyncError):
+    """A chunk came back short or with the wrong digest."""
+
+    retriable = True
+    hint = "the data was corrupted in transit or on the server; run again, or report the object named above"
+
+
+class ManifestError(S3SyncError):
+    """The manifest is not valid JSON, of an unknown version, or inconsistent."""
+
+    hint = "the published dataset is damaged or from a newer s3sync; republish it or upgrade s3sync"
+
+
+class UnsafeArchiveError(S3SyncError):
+    """A tar member would land outside the destination, or is a device or other special file."""
+
+    hint = "the archive is hostile or damaged; nothing was written outside the staging directory"
+
+
+class Interrupted(S3SyncError):
+    """The user interrupted the job (Ctrl-C); resume state was flushed (exit code 130)."""
+
+    exit_code = 130
+    hint = "run the same command again to resume"

@@ -1,0 +1,150 @@
+"""Resume state of a pull, kept in its staging directory next to the destination.
+
+Layout of ``DEST_PARENT/.NAME.s3sync-partial/``::
+
+    manifest.json   the manifest being pulled (bytes as fetched)
+    journal.json    {"version", "generation", "manifest_digest", "mode", "offset"}
+    dirs.jsonl      one line per extracted directory: name, mode, mtime
+    tree/           the dataset as extracted so far (renamed into place at the end)
+
+Chunks are consumed in stream order, so the whole resume state is one number:
+``offset``, the stream offset up to which every byte is written to ``tree/`` (for
+extraction, a tar header boundary after a completely written member). A rerun
+fetches from the chunk holding ``offset``; at most the in-flight window is fetched
+twice. The journal is replaced atomically (write, fsync, rename), so a kill at any
+moment leaves either the old or the new checkpoint. It protects against the
+process dying, not against the OS losing unsynced file data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import hashing
+from .archive import DirMeta
+from .errors import DestinationError
+
+JOURNAL_VERSION = 1
+
+
+def staging_dir(dest_parent: Path, name: str) -> Path:
+    """Where a pull of ``name`` into ``dest_parent`` keeps its partial state."""
+    return dest_parent / f".{name}.s3sync-partial"
+
+
+class Journal:
+    """Checkpoint writer for one pull.
+
+    Args:
+        staging: the staging directory (see module docstring).
+        manifest_bytes: the manifest as fetched; its digest identifies the pull.
+        mode: ``extract`` or ``parts``.
+        interval_s: minimum seconds between two checkpoint writes.
+    """
+
+    def __init__(self, staging: Path, manifest_bytes: bytes, generation: str, mode: str,
+                 interval_s: float = 1.0) -> None:
+        self.staging = staging
+        self.tree = staging / "tree"
+        self.mode = mode
+        self.generation = generation
+        self.manifest_digest = hashing.digest(manifest_bytes)
+        self._manifest_bytes = manifest_bytes
+        self._interval_s = interval_s
+        self._last_write = 0.0
+        self.offset = 0
+        self._dirs_file = None
+
+    def open(self) -> int:
+        """Load or start the journal; return the stream offset to resume from (0 if new).
+
+        A staging directory left by a different generation or mode is discarded.
+
+        Raises:
+            DestinationError: the staging directory cannot be created or written.
+        """
+        try:
+            state = json.loads((self.staging / "journal.json").read_text())
+            same = (state.get("version") == JOURNAL_VERSION
+                    and state.get("manifest_digest") == self.manifest_digest
+                    and state.get("mode") == self.mode
+                    and isinstance(state.get("offset"), int) and state["offset"] >= 0)
+        except (OSError, ValueError):
+            same = False
+        try:
+            if not same:
+                if self.staging.exists():
+                    shutil.rmtree(self.staging)
+                self.tree.mkdir(parents=True)
+                (self.staging / "manifest.json").write_bytes(self._manifest_bytes)
+                self.offset = 0
+                self._write()
+            else:
+                self.offset = state["offset"]
+                self.tree.mkdir(parents=True, exist_ok=True)
+            self._dirs_file = open(self.staging / "dirs.jsonl", "a", encoding="utf-8")
+        except OSError as err:
+            raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
+        return self.offset
+
+    def add_dir(self, meta: DirMeta) -> None:
+        """Remember a directory whose metadata is applied at the end."""
+        assert self._dirs_file is not None
+        self._dirs_file.write(json.dumps(asdict(meta), ensure_ascii=False) + "\n")
+
+    def dirs(self) -> list[DirMeta]:
+        """All directories recorded so far, including by earlier runs (last record wins)."""
+        if self._dirs_file is not None:
+            self._dirs_file.flush()
+        found: dict[str, DirMeta] = {}
+        path = self.staging / "dirs.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    found[rec["name"]] = DirMeta(rec["name"], int(rec["mode"]), int(rec["mtime"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a kill
+        return list(found.values())
+
+    def checkpoint(self, offset: int, force: bool = False) -> None:
+        """Record that every byte before ``offset`` is safely written (rate-limited)."""
+        self.offset = offset
+        now = time.monotonic()
+        if force or now - self._last_write >= self._interval_s:
+            self._write()
+            self._last_write = now
+
+    def _write(self) -> None:
+        if self._dirs_file is not None:
+            self._dirs_file.flush()
+            os.fsync(self._dirs_file.fileno())
+        tmp = self.staging / "journal.json.tmp"
+        doc = {"version": JOURNAL_VERSION, "generation": self.generation,
+               "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": self.offset}
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.staging / "journal.json")
+
+    def close(self) -> None:
+        """Flush the last checkpoint and close files."""
+        try:
+            self._write()
+        finally:
+            if self._dirs_file is not None:
+                self._dirs_file.close()
+                self._dirs_file = None
+
+    def remove(self) -> None:
+        """Delete the staging directory (after ``tree/`` was moved into place)."""
+        if self._dirs_file is not None:
+            self._dirs_file.close()
+            self._dirs_file = None
+        shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,0 +1,218 @@
+"""The manifest: what a publish commits and a pull trusts, as validated frozen values.
+
+Pure data, no I/O. The JSON format is specified in ``docs/manifest.md``; this module
+is its reference implementation. ``Manifest.from_json`` treats its input as
+untrusted: every field is type-checked, sizes must be consistent, chunk lists must
+tile each part exactly, and part keys must be plain relative names (no ``..``,
+no leading ``/``) so that a hostile manifest cannot point a pull elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import hashing
+from .errors import ManifestError
+from .planning import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_count
+
+FORMAT = "s3sync-manifest"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+_GENERATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PART_KEY_RE = re.compile(r"^(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>\d{5,})\.tar$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PartEntry:
+    """One part: an S3 object holding ``size`` bytes of the tar stream.
+
+    Attributes:
+        key: object key relative to the dataset prefix, ``<generation>/part-NNNNN.tar``.
+        size: bytes.
+        etag: the object's ETag as S3 returned it (quotes included), pinned by pulls.
+        digest: digest of the whole part.
+        chunks: digest of each chunk, in order; ``ceil(size / chunk_size)`` entries.
+    """
+
+    key: str
+    size: int
+    etag: str
+    digest: str
+    chunks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A published dataset (format version 1).
+
+    Attributes:
+        name: dataset name, the directory a pull creates.
+        generation: id of this publish; all part keys start with it.
+        created: ISO 8601 UTC time of the publish.
+        chunk_size: bytes per chunk (the last chunk of a part may be shorter).
+        stream_size: bytes in the whole tar stream (sum of part sizes).
+        stream_digest: digest of the whole tar stream.
+        files: number of regular files in the dataset.
+        extracted_size: bytes of regular file data once extracted.
+        members: number of tar members (files, directories, links).
+        parts: the parts in stream order.
+        hash: algorithm of every digest (``xxh3-128``).
+    """
+
+    name: str
+    generation: str
+    created: str
+    chunk_size: int
+    stream_size: int
+    stream_digest: str
+    files: int
+    extracted_size: int
+    members: int
+    parts: tuple[PartEntry, ...]
+    hash: str = hashing.ALGORITHM
+
+    def to_json(self) -> bytes:
+        """Serialise to UTF-8 JSON bytes (stable key order)."""
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "generation": self.generation,
+            "created": self.created,
+            "hash": self.hash,
+            "chunk_size": self.chunk_size,
+            "stream": {"size": self.stream_size, "digest": self.stream_digest},
+            "dataset": {
+                "files": self.files,
+                "extracted_size": self.extracted_size,
+                "members": self.members,
+            },
+            "parts": [
+                {"key": p.key, "size": p.size, "etag": p.etag, "digest": p.digest,
+                 "chunks": list(p.chunks)}
+                for p in self.parts
+            ],
+        }
+        return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = "manifest") -> Manifest:
+        """Parse and validate untrusted manifest bytes.
+
+        Args:
+            data: the manifest object's body.
+            source: what to call it in error messages (e.g. its s3:// URL).
+
+        Raises:
+            ManifestError: naming ``source`` and the first bad field.
+        """
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{source}: not valid JSON ({err})") from err
+        v = _Validator(source)
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{source}: top level is not a JSON object")
+        if doc.get("format") != FORMAT:
+            raise ManifestError(f"{source}: field 'format' is not {FORMAT!r}")
+        version = doc.get("version")
+        if version != VERSION:
+            raise ManifestError(
+                f"{source}: format version {version!r} is not supported (this s3sync reads {VERSION})",
+                hint="upgrade s3sync, or republish the dataset with this version",
+            )
+        if doc.get("hash") != hashing.ALGORITHM:
+            raise ManifestError(f"{source}: field 'hash' is {doc.get('hash')!r}, expected {hashing.ALGORITHM!r}")
+        name = v.string(doc, "name", _NAME_RE)
+        generation = v.string(doc, "generation", _GENERATION_RE)
+        created = v.string(doc, "created")
+        chunk_size = v.integer(doc, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        stream = v.obj(doc, "stream")
+        stream_size = v.integer(stream, "stream.size")
+        stream_digest = v.digest(stream, "stream.digest")
+        dataset = v.obj(doc, "dataset")
+        files = v.integer(dataset, "dataset.files")
+        extracted_size = v.integer(dataset, "dataset.extracted_size")
+        members = v.integer(dataset, "dataset.members")
+        raw_parts = doc.get("parts")
+        if not isinstance(raw_parts, list) or not raw_parts:
+            raise ManifestError(f"{source}: field 'parts' must be a non-empty list")
+        parts = []
+        total = 0
+        for i, raw in enumerate(raw_parts):
+            field = f"parts[{i}]"
+            if not isinstance(raw, dict):
+                raise ManifestError(f"{source}: {field} is not an object")
+            key = v.string(raw, f"{field}.key")
+            m = _PART_KEY_RE.match(key)
+            if not m or m["gen"] != generation or int(m["n"]) != i:
+                raise ManifestError(
+                    f"{source}: {field}.key {key!r} is not '{generation}/part-{i:05d}.tar'"
+                )
+            size = v.integer(raw, f"{field}.size")
+            etag = v.string(raw, f"{field}.etag")
+            digest = v.digest(raw, f"{field}.digest")
+            chunks = raw.get("chunks")
+            if not isinstance(chunks, list) or not all(hashing.is_digest(c) for c in chunks):
+                raise ManifestError(f"{source}: {field}.chunks must be a list of {hashing.ALGORITHM} digests")
+            if len(chunks) != chunk_count(size, chunk_size):
+                raise ManifestError(
+                    f"{source}: {field}.chunks has {len(chunks)} entries but a part of {size} bytes "
+                    f"in chunks of {chunk_size} needs {chunk_count(size, chunk_size)}"
+                )
+            parts.append(PartEntry(key, size, etag, digest, tuple(chunks)))
+            total += size
+        if total != stream_size:
+            raise ManifestError(f"{source}: part sizes add up to {total}, but stream.size is {stream_size}")
+        if extracted_size > stream_size:
+            raise ManifestError(f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
+        return cls(name, generation, created, chunk_size, stream_size, stream_digest,
+                   files, extracted_size, members, tuple(parts))
+
+
+class _Validator:
+    """Field checks that raise ManifestError naming the source and field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def _fail(self, field: str, what: str) -> ManifestError:
+        return ManifestError(f"{self.source}: field '{field}' {what}")
+
+    def obj(self, doc: dict[str, Any], field: str) -> dict[str, Any]:
+        value = doc.get(field)
+        if not isinstance(value, dict):
+            raise self._fail(field, "must be an object")
+        return value
+
+    def string(self, doc: dict[str, Any], field: str, pattern: re.Pattern[str] | None = None) -> str:
+        value = doc.get(field.rsplit(".", 1)[-1])
+        if not isinstance(value, str) or not value:
+            raise self._fail(field, "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self._fail(field, f"has an invalid value {value!r}")
+        return value
+
+    def integer(self, doc: dict[str, Any], field: str, low: int = 0, high: int | None = None) -> int:
+        value = doc.get(field.rsplit(".", 1)[-1])
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(field, "must be an integer")
+        if value < low or (high is not None and value > high):
+            raise self._fail(field, f"is {value}, outside [{low}, {high if high is not None else 'inf'}]")
+        return value
+
+    def digest(self, doc: dict[str, Any], field: str) -> str:
+        value = doc.get(field.rsplit(".", 1)[-1])
+        if not hashing.is_digest(value):
+            raise self._fail(field, f"must be a {hashing.ALGORITHM} hex digest")
+        return value
+
+
+def valid_name(name: str) -> bool:
+    """True if ``name`` can be a dataset name (a single safe path component)."""
+    return bool(_NAME_RE.match(name)) and name not in (".", "..")

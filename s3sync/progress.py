@@ -1,0 +1,42 @@
+"""The progress protocol that pipelines report to; rendering lives in ``ui.py``.
+
+Pipelines call these methods from any thread; implementations must be thread-safe.
+Quantities are bytes. A retried chunk calls ``advance`` with a negative count to
+rewind what its failed attempt had counted, so a display never passes 100%.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """What a pipeline reports while it runs."""
+
+    def start(self, stage: str, total: int) -> None:
+        """A stage begins (``download``, ``extract``, ``upload``...), ``total`` bytes expected."""
+
+    def advance(self, stage: str, n: int) -> None:
+        """``n`` more bytes done in ``stage`` (negative to rewind after a retry)."""
+
+    def message(self, text: str) -> None:
+        """A one-line note for the user (retries, resume points); not an error."""
+
+    def finish(self, stage: str) -> None:
+        """The stage is complete."""
+
+
+class NullProgress:
+    """Reports nothing; the default for library callers."""
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, n: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass

@@ -1,0 +1,208 @@
+"""Pull: fetch a manifest, then stream verified chunks into tar extraction (or part files).
+
+Pipeline: manifest -> validate -> journal (resume point) -> preflight (disk, inodes)
+-> plan chunks -> ``ChunkFetcher`` (parallel ranged GETs, verified, in order)
+-> ``OrderedReader`` -> ``SafeExtractor`` into ``.NAME.s3sync-partial/tree``
+-> completion marker -> atomic rename to ``DEST_PARENT/NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import archive, hashing
+from .config import Location, TransferSettings
+from .engine import ChunkFetcher, OrderedReader
+from .errors import DestinationError, InsufficientSpaceError, NotFoundError
+from .journal import Journal, staging_dir
+from .manifest import MANIFEST_NAME, Manifest
+from .planning import plan_pull
+from .progress import NullProgress, Progress
+from .stores.base import Store
+
+MARKER = "complete.json"
+SPACE_MARGIN = 64 * 1024 * 1024
+"""Bytes kept free beyond the data itself (file-system metadata, journal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """What a pull did.
+
+    Attributes:
+        manifest: the manifest pulled.
+        dest: the dataset directory.
+        resumed_from: stream offset (bytes) an earlier interrupted run had reached.
+        bytes_received: bytes received from the store, failed attempts included.
+        retries: chunk attempts that were retried.
+        up_to_date: the destination already held this generation; nothing was fetched.
+        elapsed_s: wall time in seconds.
+    """
+
+    manifest: Manifest
+    dest: Path
+    resumed_from: int
+    bytes_received: int
+    retries: int
+    up_to_date: bool
+    elapsed_s: float
+
+
+def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
+    """Fetch and validate the manifest at ``location``.
+
+    Raises:
+        NotFoundError: no manifest there (nothing published, or a wrong name/prefix).
+        ManifestError: the manifest is damaged or of an unknown version.
+    """
+    url = location.url(MANIFEST_NAME)
+    try:
+        data = store.get(location.key(MANIFEST_NAME))
+    except NotFoundError as err:
+        raise NotFoundError(f"no dataset at {location.url()}: {url} not found",
+                            hint="check the name with 's3sync ls', the bucket and --endpoint-url") from err
+    return Manifest.from_json(data, url), data
+
+
+def read_marker(dest: Path) -> dict[str, str] | None:
+    """The completion marker of a pulled dataset, or None if ``dest`` is not a complete pull."""
+    try:
+        doc = json.loads((dest / archive.METADATA_DIR / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def pull(location: Location, name: str, dest_parent: Path, store: Store, settings: TransferSettings,
+         *, extract: bool = True, progress: Progress | None = None) -> PullResult:
+    """Pull the dataset at ``location`` into ``dest_parent / name``.
+
+    Raises:
+        NotFoundError, ManifestError: see ``fetch_manifest``.
+        DestinationError: the destination exists and is not this generation, or is unwritable.
+        InsufficientSpaceError: not enough free bytes or inodes (before starting, or ENOSPC).
+        IntegrityError, StoreError: a chunk failed for good; a rerun resumes.
+        UnsafeArchiveError: a tar member tried to escape; nothing was written outside staging.
+    """
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    manifest, manifest_bytes = fetch_manifest(store, location)
+    dest = dest_parent / name
+    manifest_digest = hashing.digest(manifest_bytes)
+    if dest.exists() or dest.is_symlink():
+        marker = read_marker(dest)
+        if marker and marker.get("manifest_digest") == manifest_digest:
+            return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
+        raise DestinationError(f"{dest} already exists" + (
+            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker else ""))
+    if not dest_parent.is_dir():
+        try:
+            dest_parent.mkdir(parents=True)
+        except OSError as err:
+            raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})") from err
+
+    journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
+                      "extract" if extract else "parts")
+    offset = journal.open()
+    if offset:
+        progress.message(f"resuming {name} at byte {offset} of {manifest.stream_size}")
+    fetcher = ChunkFetcher(store, location.key, settings, progress)
+    try:
+        _preflight(journal.tree, manifest, offset, extract)
+        jobs = plan_pull(manifest, offset)
+        progress.start("download", manifest.stream_size - (jobs[0].stream_offset if jobs else offset))
+        chunks = fetcher.fetch(jobs)
+        try:
+            if extract:
+                _extract(manifest, chunks, offset, journal, progress)
+            else:
+                _write_parts(manifest, chunks, journal)
+        finally:
+            chunks.close()
+        progress.finish("download")
+        _commit(journal, dest, manifest, manifest_bytes)
+    except BaseException:
+        journal.close()  # flush the last checkpoint: a rerun resumes from it
+        raise
+    journal.remove()
+    return PullResult(manifest, dest, offset, fetcher.stats.bytes_received, fetcher.stats.retries,
+                      False, time.monotonic() - started)
+
+
+def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> None:
+    """Refuse at once when free space or inodes are clearly too small."""
+    left = max(0, manifest.stream_size - offset)
+    if extract and manifest.stream_size:
+        need = manifest.extracted_size * left // manifest.stream_size
+    else:
+        need = left
+    need += SPACE_MARGIN
+    usage = shutil.disk_usage(tree)
+    if usage.free < need:
+        raise InsufficientSpaceError(
+            f"{tree.parent.parent}: {usage.free} bytes free, the pull needs about {need}",
+            path=str(tree.parent.parent), needed=need, available=usage.free)
+    st = os.statvfs(tree)
+    if extract and st.f_files and st.f_favail < manifest.members:
+        raise InsufficientSpaceError(
+            f"{tree.parent.parent}: {st.f_favail} inodes free, the dataset has {manifest.members} members",
+            path=str(tree.parent.parent), needed=manifest.members, available=st.f_favail)
+
+
+def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress) -> None:
+    reader = OrderedReader(chunks, offset, manifest.stream_size)
+    extractor = archive.SafeExtractor(journal.tree, journal.add_dir)
+    progress.start("extract", manifest.extracted_size)
+
+    def on_member(next_offset: int, data_bytes: int) -> None:
+        journal.checkpoint(next_offset)
+        progress.advance("extract", data_bytes)
+
+    if offset < manifest.stream_size:
+        extractor.extract(reader, on_member)
+        reader.drain()  # end-of-archive padding: fetched and verified like the rest
+    journal.checkpoint(manifest.stream_size, force=True)
+    extractor.finish_dirs(journal.dirs())
+    progress.finish("extract")
+
+
+def _write_parts(manifest: Manifest, chunks, journal: Journal) -> None:
+    fds: dict[int, int] = {}
+    try:
+        for i, part in enumerate(manifest.parts):
+            path = journal.tree / part.key.rsplit("/", 1)[-1]
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            os.ftruncate(fd, part.size)
+            fds[i] = fd
+        for job, data in chunks:
+            pos = job.offset
+            while data:
+                n = os.pwrite(fds[job.part_index], data, pos)
+                data, pos = data[n:], pos + n
+            journal.checkpoint(job.stream_offset + job.length)
+    except OSError as err:
+        raise archive.translate_os_error(err, str(journal.tree)) from err
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    journal.checkpoint(manifest.stream_size, force=True)
+
+
+def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: bytes) -> None:
+    """Write the completion marker, then rename the tree into place (atomic on one file system)."""
+    meta = journal.tree / archive.METADATA_DIR
+    try:
+        meta.mkdir(exist_ok=True)
+        (meta / MANIFEST_NAME).write_bytes(manifest_bytes)
+        (meta / MARKER).write_text(json.dumps({
+            "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
+            "name": manifest.name, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }) + "\n")
+        os.rename(journal.tree, dest)
+    except OSError as err:
+        raise DestinationError(f"{dest}: cannot move the finished dataset into place ({err.strerror})") from err

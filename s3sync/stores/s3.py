@@ -1,0 +1,255 @@
+"""The S3 store: the only module that imports boto3, botocore and s3transfer.
+
+Requests follow the S3 API reference (GetObject with ``Range`` and ``If-Match``,
+HeadObject, PutObject, ListObjectsV2, DeleteObjects, and multipart upload through
+s3transfer's TransferManager). botocore exceptions are translated here into
+``s3sync.errors`` classes by error code and HTTP status, never by message text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+import boto3
+import botocore.exceptions as bexc
+from botocore import UNSIGNED
+from botocore.config import Config
+from s3transfer.manager import TransferConfig, TransferManager
+
+from ..config import S3Settings
+from ..errors import (
+    AccessDeniedError,
+    CredentialsError,
+    IntegrityError,
+    NotFoundError,
+    PartChangedError,
+    StoreError,
+    TransientStoreError,
+)
+from .base import ObjectInfo
+
+_READ_STEP = 1024 * 1024
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                    "InvalidToken", "TokenRefreshRequired", "ExpiredTokenException"}
+_CHANGED = {"PreconditionFailed", "412"}
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+              "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+              "RequestTimeTooSkewed"}
+
+
+def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
+    """Build a boto3 S3 client from ``settings`` and boto3's usual credential chain.
+
+    Checksums are computed and validated only when the API requires them: s3sync
+    verifies every byte with its own digests, and S3-compatible servers differ
+    (rclone sends the whole object's CRC32 on ranged GETs, which botocore's default
+    validation rejects).
+
+    Raises:
+        CredentialsError: if the named profile does not exist.
+    """
+    try:
+        session = boto3.session.Session(profile_name=settings.profile)
+    except bexc.ProfileNotFound as err:
+        raise CredentialsError(f"AWS profile {settings.profile!r} not found") from err
+    config = Config(
+        signature_version=UNSIGNED if settings.no_sign_request else None,
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        max_pool_connections=max_connections,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url,
+                          region_name=settings.region, config=config)
+
+
+def translate(err: Exception, what: str) -> StoreError:
+    """Map a botocore/urllib3 exception to an s3sync error naming ``what`` (an s3:// URL)."""
+    if isinstance(err, bexc.ClientError):
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _CHANGED or status == "412":
+            return PartChangedError(f"{what} changed on the server since the manifest was written (ETag mismatch)")
+        if code in _NOT_FOUND or status == "404":
+            kind = "bucket" if code == "NoSuchBucket" else "object"
+            return NotFoundError(f"{what}: {kind} not found ({code or status})")
+        if code in _BAD_CREDENTIALS:
+            return CredentialsError(f"{what}: credentials rejected ({code})")
+        if code in _DENIED or status == "403":
+            return AccessDeniedError(f"{what}: access denied ({code or status})")
+        if code in _TRANSIENT or status.startswith("5"):
+            return TransientStoreError(f"{what}: server error {code or status}")
+        return StoreError(f"{what}: {code or status} {error.get('Message', '')}".strip())
+    if isinstance(err, (bexc.NoCredentialsError, bexc.PartialCredentialsError,
+                        bexc.CredentialRetrievalError, bexc.TokenRetrievalError)):
+        return CredentialsError(f"{what}: no usable AWS credentials ({type(err).__name__})")
+    if isinstance(err, bexc.EndpointConnectionError):
+        return TransientStoreError(f"{what}: cannot connect to {err.kwargs.get('endpoint_url')}",
+                                   hint="check --endpoint-url and the network")
+    if isinstance(err, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
+                        bexc.IncompleteReadError, ConnectionError, TimeoutError)):
+        return TransientStoreError(f"{what}: connection failed ({type(err).__name__})")
+    if isinstance(err, bexc.BotoCoreError):
+        return StoreError(f"{what}: {err}")
+    raise err
+
+
+class S3Store:
+    """One bucket of an S3-compatible server.
+
+    Args:
+        client: a boto3 S3 client (see ``make_client``); owned by the caller.
+        bucket: bucket name.
+        concurrency: threads s3transfer may use for one multipart upload.
+    """
+
+    def __init__(self, client: Any, bucket: str, concurrency: int = 8) -> None:
+        self.client = client
+        self.bucket = bucket
+        self._concurrency = concurrency
+        self._manager: TransferManager | None = None
+
+    def _url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except bexc.ClientError as err:
+            if str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")) == "404":
+                raise NotFoundError(f"s3://{self.bucket}: bucket not found",
+                                    hint="create the bucket first or check its name") from err
+            raise translate(err, f"s3://{self.bucket}") from err
+        except Exception as err:
+            raise translate(err, f"s3://{self.bucket}") from err
+
+    def get(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            return resp["Body"].read()
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+
+    def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str,
+                        on_bytes: Callable[[int], None] | None = None) -> None:
+        length = len(buf)
+        url = self._url(key)
+        if length == 0:
+            return
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag,
+                                          Range=f"bytes={offset}-{offset + length - 1}")
+        except Exception as err:
+            raise translate(err, url) from err
+        body = resp["Body"]
+        try:
+            if resp.get("ETag") and resp["ETag"] != etag:
+                # Some servers (rclone serve s3) ignore If-Match: compare ourselves.
+                raise PartChangedError(f"{url} changed on the server since the manifest was written "
+                                       f"(ETag {resp['ETag']} != {etag})")
+            status = resp["ResponseMetadata"]["HTTPStatusCode"]
+            content_range = resp.get("ContentRange")
+            skip = 0
+            if status not in (200, 206):
+                raise TransientStoreError(f"{url}: unexpected HTTP status {status} for a ranged GET")
+            if content_range:
+                # 206, or 200 with Content-Range as rclone serve s3 sends it.
+                m = _CONTENT_RANGE_RE.match(content_range)
+                if not m or int(m[1]) != offset or int(m[2]) != offset + length - 1:
+                    raise IntegrityError(f"{url}: Content-Range {content_range!r} does not match "
+                                         f"the requested bytes {offset}-{offset + length - 1}")
+            elif status == 200:
+                # No Content-Range: the server ignored Range (RFC 9110 section 14.2 allows
+                # it) and sends the whole object. Skip to our bytes rather than take the
+                # body's first bytes as the chunk.
+                skip = offset
+            else:
+                raise IntegrityError(f"{url}: 206 response without Content-Range")
+            self._read_exact(body, buf, skip, url, on_bytes)
+        except (bexc.BotoCoreError, ConnectionError, TimeoutError) as err:
+            raise translate(err, url) from err
+        finally:
+            body.close()
+
+    @staticmethod
+    def _read_exact(body: Any, buf: memoryview, skip: int, url: str,
+                    on_bytes: Callable[[int], None] | None) -> None:
+        if skip:
+            scratch = bytearray(min(skip, _READ_STEP))
+            while skip:
+                n = body.readinto(memoryview(scratch)[: min(skip, len(scratch))])
+                if not n:
+                    raise IntegrityError(f"{url}: body ended while skipping to the requested range")
+                skip -= n
+        pos, length = 0, len(buf)
+        while pos < length:
+            n = body.readinto(buf[pos: min(length, pos + _READ_STEP)])
+            if not n:
+                raise IntegrityError(f"{url}: body ended after {pos} of {length} bytes")
+            pos += n
+            if on_bytes is not None:
+                on_bytes(n)
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        try:
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          ContentType="application/json")
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+        return ObjectInfo(key, len(data), resp["ETag"])
+
+    def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> ObjectInfo:
+        if self._manager is not None and self._manager.config.multipart_chunksize != upload_part_size:
+            self.close()
+        if self._manager is None:
+            self._manager = TransferManager(self.client, TransferConfig(
+                multipart_threshold=upload_part_size,
+                multipart_chunksize=upload_part_size,
+                max_request_concurrency=self._concurrency,
+                max_in_memory_upload_chunks=self._concurrency + 2,
+            ))
+        try:
+            self._manager.upload(stream, self.bucket, key,
+                                 extra_args={"ContentType": "application/x-tar"}).result()
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+        return self.head(key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""))
+        except Exception as err:
+            raise translate(err, self._url(prefix)) from err
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i: i + 1000]]
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as err:
+                raise translate(err, self._url(keys[i])) from err
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.shutdown()
+            self._manager = None

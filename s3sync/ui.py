@@ -1,0 +1,172 @@
+"""Rendering for the terminal: progress displays, tables, messages. The only module
+that imports ``rich``.
+
+Data goes to stdout, messages and progress to stderr. ``RichProgress`` draws bars
+on a terminal; ``PlainProgress`` prints a line every few seconds when stderr is not
+a terminal (logs, CI); ``-q`` uses ``progress.NullProgress``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as RichBar,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .config import format_size
+from .errors import S3SyncError
+
+
+class RichProgress:
+    """Bars per stage (bytes, rate, ETA) on an interactive terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self._bar = RichBar(
+            TextColumn("{task.description:>9}"), BarColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+        self._bar.start()
+
+    def start(self, stage: str, total: int) -> None:
+        with self._lock:
+            if stage in self._tasks:
+                self._bar.update(self._tasks[stage], total=total)
+            else:
+                self._tasks[stage] = self._bar.add_task(stage, total=total)
+
+    def advance(self, stage: str, n: int) -> None:
+        with self._lock:
+            task = self._tasks.get(stage)
+            if task is not None:
+                self._bar.advance(task, n)
+
+    def message(self, text: str) -> None:
+        self._bar.console.print(text, style="dim", markup=False)
+
+    def finish(self, stage: str) -> None:
+        with self._lock:
+            task = self._tasks.get(stage)
+            if task is not None:
+                total = next(t.total for t in self._bar.tasks if t.id == task)
+                self._bar.update(task, completed=total)
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
+class PlainProgress:
+    """One line per stage every ``interval_s`` seconds, for logs."""
+
+    def __init__(self, stream: TextIO, interval_s: float = 5.0) -> None:
+        self._stream = stream
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = {}
+        self._total: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def start(self, stage: str, total: int) -> None:
+        with self._lock:
+            self._done[stage] = 0
+            self._total[stage] = total
+            self._since[stage] = time.monotonic()
+
+    def advance(self, stage: str, n: int) -> None:
+        with self._lock:
+            self._done[stage] = self._done.get(stage, 0) + n
+            now = time.monotonic()
+            if now - self._last >= self._interval_s:
+                self._last = now
+                self._line(stage, now)
+
+    def _line(self, stage: str, now: float) -> None:
+        done, total = self._done[stage], self._total.get(stage, 0)
+        rate = done / max(1e-6, now - self._since.get(stage, now))
+        pct = f" {100 * done / total:5.1f}%" if total else ""
+        print(f"{stage}: {format_size(done)} of {format_size(total)}{pct} at {format_size(rate)}/s",
+              file=self._stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=self._stream, flush=True)
+
+    def finish(self, stage: str) -> None:
+        with self._lock:
+            if stage in self._done:
+                self._done[stage] = self._total.get(stage, self._done[stage])
+                self._line(stage, time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+class UI:
+    """Everything the CLI shows.
+
+    Args:
+        quiet: errors only.
+        as_json: results as one JSON document on stdout.
+        verbose: extra detail (retries, resume points).
+    """
+
+    def __init__(self, *, quiet: bool = False, as_json: bool = False, verbose: bool = False) -> None:
+        self.quiet = quiet
+        self.as_json = as_json
+        self.verbose = verbose
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+    def progress(self) -> Any:
+        """A progress sink suited to the output: rich bars, plain lines, or nothing."""
+        from .progress import NullProgress
+
+        if self.quiet or self.as_json:
+            return NullProgress()
+        if self.err.is_terminal:
+            return RichProgress(self.err)
+        return PlainProgress(sys.stderr)
+
+    def info(self, text: str) -> None:
+        """A message on stderr (suppressed by -q and --json)."""
+        if not self.quiet and not self.as_json:
+            print(text, file=sys.stderr, flush=True)
+
+    def error(self, err: S3SyncError) -> None:
+        """``error: ...`` and ``hint: ...`` on stderr."""
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr, flush=True)
+
+    def emit_json(self, doc: Any) -> None:
+        """One JSON document on stdout."""
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        """A table on stdout (plain aligned text when stdout is not a terminal)."""
+        table = Table(title=title, show_lines=False, box=None if not self.out.is_terminal else None)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*r)
+        self.out.print(table)
+
+    def kv(self, pairs: list[tuple[str, str]]) -> None:
+        """``key: value`` lines on stdout."""
+        width = max(len(k) for k, _ in pairs)
+        for k, v in pairs:
+            self.out.print(f"{k:<{width}}  {v}", markup=False)
