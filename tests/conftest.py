@@ -214,9 +214,9 @@ def _rclone_executable() -> str:
 def _rclone_env(home: Path) -> dict[str, str]:
     """Returns a minimal environment for the rclone subprocess.
 
-    Session fixtures are set up before the per-test ``hermetic_env``, so the real environment
-    is still in place here: pass only what rclone needs and never any ``RCLONE_*`` variable
-    (each one silently overrides a flag) or AWS setting.
+    pytest sets up session fixtures before the per-test ``hermetic_env``, so the real
+    environment is usually still in place here: pass only what rclone needs and never any
+    ``RCLONE_*`` variable (each one silently overrides a flag) or AWS setting.
     """
     env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "TMPDIR": str(home)}
     for name in ("PATH", "LANG", "LC_ALL", "TZ"):
