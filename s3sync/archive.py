@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .errors import InsufficientSpaceError, DestinationError, SourceError, UnsafeArchiveError
+from . import hashing
+from .errors import DestinationError, InsufficientSpaceError, SourceError, UnsafeArchiveError
 
 COPY_BUFSIZE = 1024 * 1024
 METADATA_DIR = ".s3sync"
@@ -164,13 +165,27 @@ class ForwardReader(Protocol):
     def views(self, n: int) -> Iterator[memoryview]: ...
 
 
-@dataclass(slots=True)
-class DirMeta:
-    """A directory whose mode and mtime are applied after extraction (contents change mtime)."""
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One extracted member, as ``verify`` later checks it.
 
-    name: str
+    Attributes:
+        path: relative POSIX path inside the dataset.
+        kind: ``file``, ``dir``, ``symlink`` or ``hardlink``.
+        size: bytes of file data (0 for others).
+        mode: permission bits as extracted.
+        mtime: seconds since the epoch (integer).
+        digest: digest of the file data (``file`` and ``hardlink``), else "".
+        link: symlink target or hard link target path, else "".
+    """
+
+    path: str
+    kind: str
+    size: int
     mode: int
     mtime: int
+    digest: str = ""
+    link: str = ""
 
 
 class SafeExtractor:
@@ -178,19 +193,16 @@ class SafeExtractor:
 
     Args:
         root: the staging directory (created by the caller).
-        on_dir: called with each directory's metadata (kept by the journal for resume).
     """
 
-    def __init__(self, root: Path, on_dir: Callable[[DirMeta], None]) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = os.fspath(root)
-        self._root_real = os.path.realpath(self.root)
         self._safe_dirs: set[str] = {""}
-        self._on_dir = on_dir
 
-    def extract(self, stream: ForwardReader, on_member: Callable[[int, int], None]) -> None:
+    def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.
 
-        ``on_member(next_header_offset, data_bytes)`` is called after each member is
+        ``on_member(next_header_offset, record)`` is called after each member is
         completely written; ``next_header_offset`` is a safe resume point.
 
         Raises:
@@ -211,10 +223,10 @@ class SafeExtractor:
             if member is None:
                 return
             tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
-            self._extract_member(tar, member, stream)
-            on_member(tar.offset, member.size if member.isreg() else 0)
+            record = self._extract_member(member, stream)
+            on_member(tar.offset, record)
 
-    def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, stream: ForwardReader) -> None:
+    def _extract_member(self, member: tarfile.TarInfo, stream: ForwardReader) -> MemberRecord:
         name = self._check_name(member)
         dir_mode = (member.mode & 0o755) | 0o700  # the data filter drops directory modes
         try:
@@ -225,15 +237,18 @@ class SafeExtractor:
         self._ensure_dir(parent, member.name)
         path = os.path.join(self.root, name)
         try:
+            mtime = int(member.mtime)
             if member.isdir():
                 self._make_dir(name, member.name)
-                self._on_dir(DirMeta(name, dir_mode, int(member.mtime)))
-            elif member.isreg():
-                self._write_file(path, member, stream)
-            elif member.issym():
+                return MemberRecord(name, "dir", 0, dir_mode, mtime)
+            if member.isreg():
+                digest = self._write_file(path, member, stream)
+                return MemberRecord(name, "file", member.size, member.mode, mtime, digest)
+            if member.issym():
                 self._clear(path, member.name)
                 os.symlink(member.linkname, path)
                 os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             elif member.islnk():
                 target = self._check_name(member, member.linkname)
                 target_path = os.path.join(self.root, target)
@@ -243,7 +258,7 @@ class SafeExtractor:
                                              f"{member.linkname!r} is not an extracted regular file")
                 self._clear(path, member.name)
                 os.link(target_path, path, follow_symlinks=False)
-            else:
+                return MemberRecord(name, "hardlink", 0, member.mode or 0, mtime, link=target)
                 raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
         except OSError as err:
             raise translate_os_error(err, path) from err
@@ -294,12 +309,15 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member_name!r} would replace a directory")
         os.unlink(path)
 
-    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader) -> None:
+    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader) -> str:
+        """Write the member's data (straight from the chunk buffers); return its digest."""
         self._clear(path, member.name)
+        hasher = hashing.Hasher()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             stream.seek(member.offset_data)
             for view in stream.views(member.size):
+                hasher.update(view)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
@@ -307,11 +325,12 @@ class SafeExtractor:
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
+        return hasher.hexdigest()
 
-    def finish_dirs(self, dirs: list[DirMeta]) -> None:
+    def finish_dirs(self, dirs: list[MemberRecord]) -> None:
         """Apply directory modes and mtimes, deepest first (as tar does at the end)."""
-        for d in sorted(dirs, key=lambda d: d.name, reverse=True):
-            path = os.path.join(self.root, d.name)
+        for d in sorted(dirs, key=lambda d: d.path, reverse=True):
+            path = os.path.join(self.root, d.path)
             if os.path.isdir(path) and not os.path.islink(path):
                 os.utime(path, (d.mtime, d.mtime))
                 os.chmod(path, d.mode & 0o7777)

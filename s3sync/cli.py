@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tomllib
 import traceback
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 
 from . import catalog
 from .config import Settings, format_size, parse_size, resolve
-from .errors import ConfigError, Interrupted, S3SyncError, UsageError
+from .errors import ConfigError, Interrupted, S3SyncError, UsageError, VerifyFailed
 from .manifest import valid_name
 from .ui import UI
 
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest_parent", metavar="DEST_PARENT", type=Path, help="the dataset lands in DEST_PARENT/NAME")
     p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash a pulled dataset and name what differs")
+    p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest")
     p.add_argument("source", metavar="SOURCE", nargs="?")
@@ -177,6 +182,31 @@ def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from .verify import verify
+
+    progress = ui.progress()
+    try:
+        result = verify(args.dir.expanduser(), settings.transfer.concurrency, progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+    if ui.as_json:
+        ui.emit_json({"command": "verify", "dir": str(result.dest), "name": result.name,
+                      "generation": result.generation, "checked": result.checked,
+                      "checked_bytes": result.checked_bytes, "ok": not result.problems,
+                      "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.problems],
+                      "elapsed_s": round(result.elapsed_s, 3)})
+    else:
+        for p in result.problems:
+            ui.out.print(f"{p.kind}\t{p.path}\t{p.detail}", markup=False)
+    if result.problems:
+        raise VerifyFailed(f"{result.dest}: {len(result.problems)} of {result.checked} entries differ from "
+                           f"generation {result.generation}")
+    ui.info(f"{result.dest}: {result.checked} entries, {format_size(result.checked_bytes)} verified OK "
+            f"({result.elapsed_s:.1f}s)")
+    return EXIT_OK
+
+
 def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.source is None:
         rows = []
@@ -246,5 +276,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """Console-script entry point.
+
+    SIGTERM is handled like Ctrl-C. After the first interrupt the pipeline flushes its
+    resume state and unwinds; a second Ctrl-C exits at once. On interrupt the process
+    leaves with ``os._exit`` so that worker threads still blocked in a network read
+    do not delay the exit (their work is simply redone by the resumed run).
+    """
+    def interrupted(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(Interrupted.exit_code))
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == Interrupted.exit_code:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

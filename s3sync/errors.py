@@ -21,6 +21,7 @@ the module that calls the library, with ``raise ... from err``.
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
     ├── UnsafeArchiveError                    tar member escapes or is a device
+    ├── VerifyFailed                          verify found missing or changed files
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
 
 ``retriable`` tells the transfer engine whether fetching the same chunk again may
@@ -141,6 +142,12 @@ class UnsafeArchiveError(S3SyncError):
     """A tar member would land outside the destination, or is a device or other special file."""
 
     hint = "the archive is hostile or damaged; nothing was written outside the staging directory"
+
+
+class VerifyFailed(S3SyncError):
+    """``s3sync verify`` found files that are missing or differ (they are listed on stdout)."""
+
+    hint = "pull the dataset again into a fresh directory to repair it"
 
 
 class Interrupted(S3SyncError):

@@ -4,7 +4,7 @@ Layout of ``DEST_PARENT/.NAME.s3sync-partial/``::
 
     manifest.json   the manifest being pulled (bytes as fetched)
     journal.json    {"version", "generation", "manifest_digest", "mode", "offset"}
-    dirs.jsonl      one line per extracted directory: name, mode, mtime
+    index.jsonl     one line per extracted member (archive.MemberRecord), in stream order
     tree/           the dataset as extracted so far (renamed into place at the end)
 
 Chunks are consumed in stream order, so the whole resume state is one number:
@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import hashing
-from .archive import DirMeta
+from .archive import MemberRecord
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
@@ -58,7 +58,7 @@ class Journal:
         self._interval_s = interval_s
         self._last_write = 0.0
         self.offset = 0
-        self._dirs_file = None
+        self._index_file = None
 
     def open(self) -> int:
         """Load or start the journal; return the stream offset to resume from (0 if new).
@@ -87,30 +87,21 @@ class Journal:
             else:
                 self.offset = state["offset"]
                 self.tree.mkdir(parents=True, exist_ok=True)
-            self._dirs_file = open(self.staging / "dirs.jsonl", "a", encoding="utf-8")
+            self._index_file = open(self.staging / "index.jsonl", "a", encoding="utf-8")
         except OSError as err:
             raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
         return self.offset
 
-    def add_dir(self, meta: DirMeta) -> None:
-        """Remember a directory whose metadata is applied at the end."""
-        assert self._dirs_file is not None
-        self._dirs_file.write(json.dumps(asdict(meta), ensure_ascii=False) + "\n")
+    def add(self, record: MemberRecord) -> None:
+        """Append an extracted member to the index (flushed with the next checkpoint)."""
+        assert self._index_file is not None
+        self._index_file.write(json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n")
 
-    def dirs(self) -> list[DirMeta]:
-        """All directories recorded so far, including by earlier runs (last record wins)."""
-        if self._dirs_file is not None:
-            self._dirs_file.flush()
-        found: dict[str, DirMeta] = {}
-        path = self.staging / "dirs.jsonl"
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                    found[rec["name"]] = DirMeta(rec["name"], int(rec["mode"]), int(rec["mtime"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a kill
-        return list(found.values())
+    def records(self) -> list[MemberRecord]:
+        """Every member recorded so far, earlier runs included; the last record of a path wins."""
+        if self._index_file is not None:
+            self._index_file.flush()
+        return load_index(self.staging / "index.jsonl")
 
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Record that every byte before ``offset`` is safely written (rate-limited)."""
@@ -121,9 +112,9 @@ class Journal:
             self._last_write = now
 
     def _write(self) -> None:
-        if self._dirs_file is not None:
-            self._dirs_file.flush()
-            os.fsync(self._dirs_file.fileno())
+        if self._index_file is not None:
+            self._index_file.flush()
+            os.fsync(self._index_file.fileno())
         tmp = self.staging / "journal.json.tmp"
         doc = {"version": JOURNAL_VERSION, "generation": self.generation,
                "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": self.offset}
@@ -138,13 +129,36 @@ class Journal:
         try:
             self._write()
         finally:
-            if self._dirs_file is not None:
-                self._dirs_file.close()
-                self._dirs_file = None
+            if self._index_file is not None:
+                self._index_file.close()
+                self._index_file = None
 
     def remove(self) -> None:
         """Delete the staging directory (after ``tree/`` was moved into place)."""
-        if self._dirs_file is not None:
-            self._dirs_file.close()
-            self._dirs_file = None
+        if self._index_file is not None:
+            self._index_file.close()
+            self._index_file = None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def load_index(path: Path) -> list[MemberRecord]:
+    """Read an index file; the last record of each path wins; torn lines are skipped."""
+    found: dict[str, MemberRecord] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    found_rec = MemberRecord(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # a line torn by a kill
+                found[found_rec.path] = found_rec
+    except FileNotFoundError:
+        return []
+    return list(found.values())
+
+
+def write_index(path: Path, records: list[MemberRecord]) -> None:
+    """Write ``records`` sorted by path, one JSON object per line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in sorted(records, key=lambda r: r.path):
+            f.write(json.dumps(asdict(rec), ensure_ascii=False, separators=(",", ":")) + "\n")

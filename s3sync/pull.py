@@ -19,13 +19,14 @@ from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
 from .errors import DestinationError, InsufficientSpaceError, NotFoundError
-from .journal import Journal, staging_dir
+from .journal import Journal, staging_dir, write_index
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import plan_pull
 from .progress import NullProgress, Progress
 from .stores.base import Store
 
 MARKER = "complete.json"
+INDEX_NAME = "index.jsonl"
 SPACE_MARGIN = 64 * 1024 * 1024
 """Bytes kept free beyond the data itself (file-system metadata, journal)."""
 
@@ -156,19 +157,38 @@ def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> No
 
 def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress) -> None:
     reader = OrderedReader(chunks, offset, manifest.stream_size)
-    extractor = archive.SafeExtractor(journal.tree, journal.add_dir)
+    extractor = archive.SafeExtractor(journal.tree)
     progress.start("extract", manifest.extracted_size)
 
-    def on_member(next_offset: int, data_bytes: int) -> None:
+    def on_member(next_offset: int, record: archive.MemberRecord) -> None:
+        journal.add(record)
         journal.checkpoint(next_offset)
-        progress.advance("extract", data_bytes)
+        progress.advance("extract", record.size if record.kind == "file" else 0)
 
     if offset < manifest.stream_size:
-        extractor.extract(reader, on_member)
+        try:
+            extractor.extract(reader, on_member)
+        except InsufficientSpaceError as err:
+            left = manifest.extracted_size * (manifest.stream_size - reader.tell()) // manifest.stream_size
+            raise _space_error(journal, left) from err
         reader.drain()  # end-of-archive padding: fetched and verified like the rest
     journal.checkpoint(manifest.stream_size, force=True)
-    extractor.finish_dirs(journal.dirs())
+    records = journal.records()
+    extractor.finish_dirs([r for r in records if r.kind == "dir"])
+    meta = journal.tree / archive.METADATA_DIR
+    meta.mkdir(exist_ok=True)
+    write_index(meta / INDEX_NAME, records)
     progress.finish("extract")
+
+
+def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
+    """The disk filled up: name the destination and about how many bytes are still needed."""
+    dest = journal.staging.parent
+    left = max(0, left)
+    free = shutil.disk_usage(journal.staging).free
+    return InsufficientSpaceError(
+        f"{dest}: disk full while extracting; about {left + SPACE_MARGIN} more bytes are needed, {free} are free",
+        path=str(dest), needed=left + SPACE_MARGIN, available=free)
 
 
 def _write_parts(manifest: Manifest, chunks, journal: Journal) -> None:
@@ -186,7 +206,10 @@ def _write_parts(manifest: Manifest, chunks, journal: Journal) -> None:
                 data, pos = data[n:], pos + n
             journal.checkpoint(job.stream_offset + job.length)
     except OSError as err:
-        raise archive.translate_os_error(err, str(journal.tree)) from err
+        error = archive.translate_os_error(err, str(journal.tree))
+        if isinstance(error, InsufficientSpaceError):
+            raise _space_error(journal, manifest.stream_size - journal.offset) from err
+        raise error from err
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -199,8 +222,11 @@ def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: by
     try:
         meta.mkdir(exist_ok=True)
         (meta / MANIFEST_NAME).write_bytes(manifest_bytes)
+        index = meta / INDEX_NAME
         (meta / MARKER).write_text(json.dumps({
             "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
+            "mode": journal.mode,
+            "index_digest": hashing.digest(index.read_bytes()) if index.exists() else "",
             "name": manifest.name, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }) + "\n")
         os.rename(journal.tree, dest)

@@ -128,7 +128,8 @@ class UI:
         self.quiet = quiet
         self.as_json = as_json
         self.verbose = verbose
-        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True,
+                           width=None if sys.stdout.isatty() else 200)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
     def progress(self) -> Any:

@@ -104,6 +104,11 @@ def translate(err: Exception, what: str) -> StoreError:
     raise err
 
 
+def _bare(etag: str) -> str:
+    """An ETag without its quotes (servers differ in quoting, e.g. rclone's listings)."""
+    return etag.strip().strip('"')
+
+
 class S3Store:
     """One bucket of an S3-compatible server.
 
@@ -160,7 +165,7 @@ class S3Store:
             raise translate(err, url) from err
         body = resp["Body"]
         try:
-            if resp.get("ETag") and resp["ETag"] != etag:
+            if resp.get("ETag") and _bare(resp["ETag"]) != _bare(etag):
                 # Some servers (rclone serve s3) ignore If-Match: compare ourselves.
                 raise PartChangedError(f"{url} changed on the server since the manifest was written "
                                        f"(ETag {resp['ETag']} != {etag})")
