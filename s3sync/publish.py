@@ -183,6 +183,16 @@ class PublishResult:
     elapsed_s: float
 
 
+def _discard(store: Store, keys: list[str], progress: Progress) -> None:
+    """Best-effort removal of the parts of a generation that will never be committed."""
+    if not keys:
+        return
+    try:
+        store.delete(keys)
+    except S3SyncError as err:
+        progress.message(f"could not remove {len(keys)} uncommitted part(s): {err}")
+
+
 def new_generation() -> str:
     """A fresh generation id: UTC time plus randomness, sortable by time."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
@@ -232,36 +242,40 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
                         end_part=lambda i, size, dig, chunks: parts.__setitem__(i, (size, dig, chunks)),
                         failed=failed, progress=progress)
     try:
-        stats = archive.write_tar(entries, writer, writer.before_member)
-        writer.close()
-    except BaseException as err:
-        failed.set()
-        if not errors or not isinstance(err, Interrupted):
-            raise
-    finally:
-        work.put(None)
-        while thread.is_alive():
-            thread.join(timeout=0.2)
-    if errors:
-        err = errors[0]
-        if isinstance(err, S3SyncError):
-            raise err
-        raise StoreError(f"upload to {location.url()} failed: {err}") from err
-    progress.finish("upload")
+        try:
+            stats = archive.write_tar(entries, writer, writer.before_member)
+            writer.close()
+        except BaseException as err:
+            failed.set()
+            if not errors or not isinstance(err, Interrupted):
+                raise
+        finally:
+            work.put(None)
+            while thread.is_alive():
+                thread.join(timeout=0.2)
+        if errors:
+            err = errors[0]
+            if isinstance(err, S3SyncError):
+                raise err
+            raise StoreError(f"upload to {location.url()} failed: {err}") from err
+        progress.finish("upload")
 
-    entries_out = []
-    for index in sorted(parts):
-        size, dig, chunks = parts[index]
-        info = uploaded[index]
-        if info.size != size:
-            raise StoreError(f"{location.url(key(index))}: server reports {info.size} bytes, {size} were sent")
-        entries_out.append(PartEntry(key(index), size, info.etag, dig, tuple(chunks)))
-    manifest = Manifest(
-        name=name, generation=generation,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        chunk_size=settings.chunk_size, stream_size=writer.tell(),
-        stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
-        extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),
-    )
-    store.put(location.key(MANIFEST_NAME), manifest.to_json())
+        entries_out = []
+        for index in sorted(parts):
+            size, dig, chunks = parts[index]
+            info = uploaded[index]
+            if info.size != size:
+                raise StoreError(f"{location.url(key(index))}: server reports {info.size} bytes, {size} were sent")
+            entries_out.append(PartEntry(key(index), size, info.etag, dig, tuple(chunks)))
+        manifest = Manifest(
+            name=name, generation=generation,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            chunk_size=settings.chunk_size, stream_size=writer.tell(),
+            stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
+            extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),
+        )
+        store.put(location.key(MANIFEST_NAME), manifest.to_json())
+    except BaseException:
+        _discard(store, [location.key(key(i)) for i in uploaded], progress)
+        raise
     return PublishResult(manifest, location, time.monotonic() - started)
