@@ -3,7 +3,7 @@
 Layout of ``DEST_PARENT/.NAME.s3sync-partial/``::
 
     manifest.json   the manifest being pulled (bytes as fetched)
-    journal.json    {"version", "generation", "manifest_digest", "mode", "offset"}
+    journal.json    {"version", "generation", "manifest_digest", "mode", "offset", "index_size"}
     index.jsonl     one line per extracted member (archive.MemberRecord), in stream order
     tree/           the dataset as extracted so far (renamed into place at the end)
 
@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
@@ -87,7 +88,12 @@ class Journal:
             else:
                 self.offset = state["offset"]
                 self.tree.mkdir(parents=True, exist_ok=True)
-            self._index_file = open(self.staging / "index.jsonl", "a", encoding="utf-8")
+                # Drop index records written after the checkpoint (possibly torn by a
+                # kill): the members they describe are extracted again.
+                index = self.staging / "index.jsonl"
+                if index.exists():
+                    os.truncate(index, min(int(state.get("index_size", 0)), index.stat().st_size))
+            self._index_file = open(self.staging / "index.jsonl", "ab")
         except OSError as err:
             raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
         return self.offset
@@ -95,13 +101,25 @@ class Journal:
     def add(self, record: MemberRecord) -> None:
         """Append an extracted member to the index (flushed with the next checkpoint)."""
         assert self._index_file is not None
-        self._index_file.write(json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n")
+        line = json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n"
+        self._index_file.write(line.encode("utf-8", "surrogateescape"))
 
-    def records(self) -> list[MemberRecord]:
-        """Every member recorded so far, earlier runs included; the last record of a path wins."""
+    def records(self) -> Iterator[MemberRecord]:
+        """Every member recorded so far, earlier runs included, in stream order.
+
+        The index is truncated to the last checkpoint on resume and extraction resumes
+        at exactly that member, so each member appears once.
+        """
         if self._index_file is not None:
             self._index_file.flush()
-        return load_index(self.staging / "index.jsonl")
+        return iter_index(self.staging / "index.jsonl")
+
+    def move_index(self, target: Path) -> None:
+        """Close the index and move it to ``target`` (the dataset's metadata directory)."""
+        if self._index_file is not None:
+            self._index_file.close()
+            self._index_file = None
+        os.replace(self.staging / "index.jsonl", target)
 
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Record that every byte before ``offset`` is safely written (rate-limited)."""
@@ -116,8 +134,10 @@ class Journal:
             self._index_file.flush()
             os.fsync(self._index_file.fileno())
         tmp = self.staging / "journal.json.tmp"
+        index_size = self._index_file.tell() if self._index_file is not None else 0
         doc = {"version": JOURNAL_VERSION, "generation": self.generation,
-               "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": self.offset}
+               "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": self.offset,
+               "index_size": index_size}
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f)
             f.flush()
@@ -141,24 +161,25 @@ class Journal:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def load_index(path: Path) -> list[MemberRecord]:
-    """Read an index file; the last record of each path wins; torn lines are skipped."""
-    found: dict[str, MemberRecord] = {}
+def iter_index(path: Path) -> Iterator[MemberRecord]:
+    """Stream the records of an index file (JSON lines of ``archive.MemberRecord``).
+
+    Raises:
+        ValueError: a line is not a valid record.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    found_rec = MemberRecord(**json.loads(line))
-                except (ValueError, TypeError):
-                    continue  # a line torn by a kill
-                found[found_rec.path] = found_rec
+        f = open(path, encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
-        return []
-    return list(found.values())
+        return
+    with f:
+        for line in f:
+            yield MemberRecord(**json.loads(line))
 
 
-def write_index(path: Path, records: list[MemberRecord]) -> None:
-    """Write ``records`` sorted by path, one JSON object per line."""
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in sorted(records, key=lambda r: r.path):
-            f.write(json.dumps(asdict(rec), ensure_ascii=False, separators=(",", ":")) + "\n")
+def load_index(path: Path) -> dict[str, MemberRecord]:
+    """All records of an index file by path (a later record of the same path wins).
+
+    Raises:
+        ValueError: a line is not a valid record.
+    """
+    return {rec.path: rec for rec in iter_index(path)}

@@ -19,7 +19,7 @@ from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
 from .errors import DestinationError, InsufficientSpaceError, NotFoundError
-from .journal import Journal, staging_dir, write_index
+from .journal import Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import plan_pull
 from .progress import NullProgress, Progress
@@ -173,11 +173,10 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
             raise _space_error(journal, left) from err
         reader.drain()  # end-of-archive padding: fetched and verified like the rest
     journal.checkpoint(manifest.stream_size, force=True)
-    records = journal.records()
-    extractor.finish_dirs([r for r in records if r.kind == "dir"])
+    extractor.finish_dirs([r for r in journal.records() if r.kind == "dir"])
     meta = journal.tree / archive.METADATA_DIR
     meta.mkdir(exist_ok=True)
-    write_index(meta / INDEX_NAME, records)
+    journal.move_index(meta / INDEX_NAME)
     progress.finish("extract")
 
 

@@ -89,7 +89,11 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         if index_digest != marker.get("index_digest"):
             raise ManifestError(f"{index_path}: digest does not match the completion marker",
                                 hint="the dataset's metadata was modified; pull it again")
-        problems, checked, nbytes = _verify_tree(dest, load_index(index_path), concurrency, progress)
+        try:
+            records = list(load_index(index_path).values())
+        except (ValueError, TypeError) as err:
+            raise ManifestError(f"{index_path}: damaged record ({err})") from err
+        problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
     return VerifyResult(dest, manifest.name, manifest.generation, checked, nbytes,
                         tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started)
 
