@@ -224,7 +224,7 @@ def test_from_json_fuzzed_bytes_raise_only_manifest_error(m: Manifest, data: st.
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Manifest.from_json lets json.loads' RecursionError escape on deeply nested input")
+@pytest.mark.xfail(strict=True, raises=RecursionError, reason="BUG: Manifest.from_json lets json.loads' RecursionError escape on deeply nested input")
 @pytest.mark.parametrize("data", [b"[" * 100_000, b'{"a":' * 100_000], ids=["lists", "objects"])
 def test_from_json_rejects_deep_nesting_with_manifest_error(data: bytes) -> None:
     with pytest.raises(ManifestError):
