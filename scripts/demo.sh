@@ -284,7 +284,7 @@ fi
 
 # --------------------------------------------------------------------------- summary
 rate() { awk -v b="$1" -v s="$2" 'BEGIN { if (s < 0.05) s = 0.05; printf "%.1f MiB/s", b / s / 1048576 }'; }
-step "summary"
+step "summary (wall-clock times, including each command's start-up)"
 printf '  %-10s %s\n' \
     "dataset" "$SRC_FILES files ($((SRC_FILES - 1)) JPEG-like images + captions.json), $(human "$SRC_BYTES")" \
     "generate" "${T_GEN} s" \
