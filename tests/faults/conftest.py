@@ -38,6 +38,9 @@ CHUNK = 256 * KiB
 PART = 1 * MiB
 METADATA_DIR = ".s3sync"
 
+REPORT: dict[str, str] = {}
+"""Numbers measured by the suite (re-fetched bytes, retry counts), printed at the end of the session."""
+
 FAST_TRANSFER = TransferSettings(concurrency=4, chunk_size=CHUNK, part_size=PART, window=8, retries=6,
                                  backoff_base_s=0.01, backoff_max_s=0.05)
 """Pull settings of the suite: 4 workers, a window of 8 chunks (2 MiB), fast backoff."""
@@ -256,6 +259,21 @@ def _clients() -> dict[S3Settings, Any]:
     return {}
 
 
+@pytest.fixture(scope="session")
+def _plain_clients() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def s3_client(s3_server, s3_client_factory, _plain_clients):
+    """Overrides the top-level ``s3_client`` with one client per server for the session (the
+    ``bucket`` fixture uses it too): building a client per test costs more than the test."""
+    client = _plain_clients.get(s3_server.name)
+    if client is None:
+        client = _plain_clients[s3_server.name] = s3_client_factory(s3_server)
+    return client
+
+
 @pytest.fixture
 def proxy(s3_server, _proxies) -> Iterator[FaultProxy]:
     """The fault proxy in front of ``s3_server``, with no rules, throttle or hold."""
@@ -278,3 +296,10 @@ def kit(s3_server, bucket, s3_client, proxy, tmp_path, _clients) -> Iterator[Kit
         yield k
     finally:
         k.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if REPORT:
+        terminalreporter.section("fault suite measurements")
+        for key in sorted(REPORT):
+            terminalreporter.write_line(f"{key}: {REPORT[key]}")
