@@ -25,6 +25,11 @@ Actions (the classic failures of S3 clients, see issue 3):
                   ``200`` with the whole object.
 ``stall``         send ``stall_after`` body bytes, then send nothing for ``stall_s`` seconds
                   (bounded; cut short by ``stop``), then close.
+``hang``          send nothing at all (not even headers) for ``stall_s`` seconds, then close.
+``shift_range``   ask upstream for the requested range moved by ``shift`` bytes (re-signed):
+                  the server answers other bytes with an honest ``Content-Range``.
+``shift_range_lie`` the same, but the response claims the requested ``Content-Range``: only
+                  the digest can tell.
 ``hook``          call ``hook(request)`` before forwarding normally (e.g. to fill a disk at
                   a precise moment).
 
@@ -52,7 +57,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authentica
                "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
 _UPSTREAM_TIMEOUT_S = 30.0
 
-ACTIONS = {"cut", "reset", "error", "flip", "ignore_range", "stall", "hook"}
+ACTIONS = {"cut", "reset", "error", "flip", "ignore_range", "stall", "hang", "shift_range", "shift_range_lie",
+           "hook"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,7 @@ class Rule:
     flip_at: int | None = None
     stall_after: int = 32 * 1024
     stall_s: float = 5.0
+    shift: int = 1
     hook: Callable[[Request], None] | None = None
     # bookkeeping, guarded by the proxy's lock
     seen: int = 0
@@ -373,12 +380,25 @@ class FaultProxy:
         if rule is not None and rule.action == "error":
             self._reply_error(h, req, rule.status, rule.code, "injected by the fault proxy")
             return
+        if rule is not None and rule.action == "hang":
+            self._wait(rule.stall_s)
+            return
 
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
+        claimed_range = None
         if rule is not None and rule.action == "ignore_range":
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
             if self.resign is not None:
                 headers = self.resign(req.method, h.path, headers)
+        elif rule is not None and rule.action in ("shift_range", "shift_range_lie"):
+            name = next((k for k in headers if k.lower() == "range"), None)
+            first, _, last = headers[name][6:].partition("-") if name else ("", "", "")
+            if first.isdigit() and last.isdigit():
+                headers[name] = f"bytes={int(first) + rule.shift}-{int(last) + rule.shift}"
+                if self.resign is not None:
+                    headers = self.resign(req.method, h.path, headers)
+                if rule.action == "shift_range_lie":
+                    claimed_range = (int(first), int(last))
 
         upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=_UPSTREAM_TIMEOUT_S)
         try:
@@ -388,7 +408,7 @@ class FaultProxy:
             upstream.putheader("Connection", "close")
             upstream.endheaders(req_body or None)
             resp = upstream.getresponse()
-            self._relay(h, req, rule, resp)
+            self._relay(h, req, rule, resp, claimed_range)
         finally:
             upstream.close()
 
@@ -404,10 +424,13 @@ class FaultProxy:
         if req.method != "HEAD":
             self._send(h, req.path, body, body=False)
 
-    def _relay(self, h: _Handler, req: Request, rule: Rule | None, resp: http.client.HTTPResponse) -> None:
+    def _relay(self, h: _Handler, req: Request, rule: Rule | None, resp: http.client.HTTPResponse,
+               claimed_range: tuple[int, int] | None = None) -> None:
         self._count(req.path, status=resp.status)
         lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
         for k, v in resp.getheaders():
+            if k.lower() == "content-range" and claimed_range is not None:
+                v = f"bytes {claimed_range[0]}-{claimed_range[1]}/{v.rpartition('/')[2]}"
             if k.lower() not in _HOP_BY_HOP:
                 lines.append(f"{k}: {v}")
         lines.append("Connection: close")
