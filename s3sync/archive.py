@@ -84,9 +84,9 @@ def scan_tree(src: Path) -> list[_Entry]:
                 entries.append(_Entry(rel, path, st, None))
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(path)
-                if os.path.isabs(target) or _escapes(rel, target):
-                    raise SourceError(f"{path}: symlink to {target!r} leaves the dataset",
-                                      hint="make the link relative and inside SRC_DIR, or replace it by the file")
+                if not symlink_target_ok(rel, target):
+                    raise SourceError(f"{path}: symlink to {target!r} may leave the dataset",
+                                      hint="make the link relative, inside SRC_DIR, with '..' only at its start")
                 entries.append(_Entry(rel, path, st, target))
             else:
                 raise SourceError(f"{path}: special file (device, FIFO or socket) cannot be published",
@@ -96,10 +96,25 @@ def scan_tree(src: Path) -> list[_Entry]:
     return entries
 
 
-def _escapes(rel: str, target: str) -> bool:
-    """True if a link at ``rel`` pointing to ``target`` resolves outside the tree."""
-    joined = os.path.normpath(os.path.join(os.path.dirname(rel), target))
-    return joined == ".." or joined.startswith("../") or os.path.isabs(joined)
+def symlink_target_ok(rel: str, target: str) -> bool:
+    """True if a symlink at ``rel`` pointing to ``target`` provably stays inside the tree.
+
+    The target must be relative, go up (``..``) only at its start, and not climb above
+    the root. Going up only at the start means it climbs through the link's own
+    parents, which extraction guarantees are real directories; a ``..`` after another
+    component could climb out through a symlink created later by another member
+    (``x -> d/..`` followed by ``d -> .``).
+    """
+    if not target or os.path.isabs(target) or "\x00" in target:
+        return False
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        return False
+    depth = len([p for p in rel.split("/") if p]) - 1
+    return ups <= depth
 
 
 def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
@@ -228,7 +243,9 @@ class SafeExtractor:
 
     def _extract_member(self, member: tarfile.TarInfo, stream: ForwardReader) -> MemberRecord:
         name = self._check_name(member)
-        dir_mode = (member.mode & 0o755) | 0o700  # the data filter drops directory modes
+        # Permission bits are kept as published (the data filter would drop group/other
+        # write and directory modes); setuid, setgid and sticky bits never are.
+        mode = member.mode & 0o777
         try:
             member = tarfile.data_filter(member, self.root)
         except tarfile.FilterError as err:
@@ -240,16 +257,16 @@ class SafeExtractor:
             mtime = int(member.mtime)
             if member.isdir():
                 self._make_dir(name, member.name)
-                return MemberRecord(name, "dir", 0, dir_mode, mtime)
+                return MemberRecord(name, "dir", 0, mode, mtime)  # applied by finish_dirs
             if member.isreg():
-                digest = self._write_file(path, member, stream)
-                return MemberRecord(name, "file", member.size, member.mode, mtime, digest)
+                digest = self._write_file(path, member, stream, mode)
+                return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.issym():
                 self._clear(path, member.name)
                 os.symlink(member.linkname, path)
                 os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
-            elif member.islnk():
+            if member.islnk():
                 target = self._check_name(member, member.linkname)
                 target_path = os.path.join(self.root, target)
                 self._ensure_dir(os.path.dirname(target), member.name)
@@ -258,8 +275,8 @@ class SafeExtractor:
                                              f"{member.linkname!r} is not an extracted regular file")
                 self._clear(path, member.name)
                 os.link(target_path, path, follow_symlinks=False)
-                return MemberRecord(name, "hardlink", 0, member.mode or 0, mtime, link=target)
-                raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
+                return MemberRecord(name, "hardlink", 0, mode, mtime, link=target)
+            raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
         except OSError as err:
             raise translate_os_error(err, path) from err
 
@@ -273,6 +290,9 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
         if norm.split("/", 1)[0] == METADATA_DIR:
             raise UnsafeArchiveError(f"tar member {member.name!r}: {METADATA_DIR}/ is reserved")
+        if name is None and member.issym() and not symlink_target_ok(norm, member.linkname):
+            raise UnsafeArchiveError(f"tar member {member.name!r}: symlink target {member.linkname!r} "
+                                     "may point outside the dataset")
         return norm
 
     def _ensure_dir(self, rel: str, member_name: str) -> None:
@@ -309,7 +329,7 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member_name!r} would replace a directory")
         os.unlink(path)
 
-    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader) -> str:
+    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader, mode: int) -> str:
         """Write the member's data (straight from the chunk buffers); return its digest."""
         self._clear(path, member.name)
         hasher = hashing.Hasher()
@@ -321,7 +341,7 @@ class SafeExtractor:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-            os.fchmod(fd, member.mode if member.mode is not None else 0o644)
+            os.fchmod(fd, mode)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)

@@ -53,9 +53,10 @@ BUILTIN: tuple[CatalogEntry, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    """A SOURCE resolved: the dataset ``name``, its ``location`` and catalog ``entry`` if any."""
+    """A SOURCE resolved: the dataset ``name`` (None for an s3:// URL: the manifest's
+    name is used), its ``location`` and catalog ``entry`` if any."""
 
-    name: str
+    name: str | None
     location: Location
     entry: CatalogEntry | None
 
@@ -92,8 +93,7 @@ def resolve(source: str, settings: Settings) -> Resolved:
     """
     if source.startswith("s3://"):
         loc = parse_s3_url(source)
-        name = loc.prefix.rsplit("/", 1)[-1] if loc.prefix else loc.bucket
-        return Resolved(name, loc, builtin(name))
+        return Resolved(None, loc, None)
     return Resolved(source, location_for_name(source, settings), builtin(source))
 
 

@@ -242,10 +242,14 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ui.kv([("url", resolved.location.url()), ("name", m.name), ("generation", m.generation),
                ("created", m.created), ("files", f"{m.files:,}"),
                ("extracted", f"{format_size(m.extracted_size)} ({m.extracted_size:,} bytes)"),
-               ("stream", f"{format_size(m.stream_size)} in {len(m.parts)} part(s), "
-                          f"{sum(len(p.chunks) for p in m.parts)} chunks of {format_size(m.chunk_size)}"),
+               ("stream", f"{format_size(m.stream_size)} in {_plural(len(m.parts), 'part')}, "
+                          f"{_plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
                ("hash", m.hash)])
     return EXIT_OK
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         ui.error(err)
         return err.exit_code
+    except BrokenPipeError:
+        # stdout was closed early (`s3sync ls --json | head -1`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

@@ -24,7 +24,7 @@ _UNITS = {
     "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
     "ti": 1024**4, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
@@ -69,10 +69,11 @@ class Location:
 
     def url(self, relative: str = "") -> str:
         """``s3://`` URL of the prefix, or of ``relative`` under it."""
-        return f"s3://{self.bucket}/{self.key(relative) if relative else self.prefix}"
+        path = self.key(relative) if relative else self.prefix
+        return f"s3://{self.bucket}/{path}" if path else f"s3://{self.bucket}"
 
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}\Z")
 
 
 def parse_s3_url(url: str) -> Location:

@@ -97,7 +97,11 @@ class ChunkFetcher:
                         buf = bytearray(self.settings.chunk_size)
                     if len(buf) < job.length:
                         buf = bytearray(job.length)
-                    pending.put((job, buf, executor.submit(self._fetch_one, job, buf)))
+                    try:
+                        fut = executor.submit(self._fetch_one, job, buf)
+                    except RuntimeError:  # the pool was shut down: the consumer has stopped
+                        return
+                    pending.put((job, buf, fut))
             finally:
                 pending.put(None)
 

@@ -109,7 +109,7 @@ class AccessDeniedError(StoreError):
 class CredentialsError(StoreError):
     """No usable credentials were found, or they expired."""
 
-    hint = "configure credentials (AWS_PROFILE, aws configure) or use --no-sign-request for public buckets; a rerun resumes"
+    hint = "configure credentials (AWS_PROFILE, aws configure) or use --no-sign-request for public buckets"
 
 
 class PartChangedError(StoreError):

@@ -22,9 +22,10 @@ FORMAT = "s3sync-manifest"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-_GENERATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PART_KEY_RE = re.compile(r"^(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>\d{5,})\.tar$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# \Z, not $ (which also matches before a trailing newline); [0-9], not \d (Unicode digits).
+_GENERATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_PART_KEY_RE = re.compile(r"(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>[0-9]{5,})\.tar\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ManifestError(f"{source}: not valid JSON ({err})") from err
+        except RecursionError as err:  # hostile nesting depth
+            raise ManifestError(f"{source}: not valid JSON (nested too deeply)") from err
         v = _Validator(source)
         if not isinstance(doc, dict):
             raise ManifestError(f"{source}: top level is not a JSON object")

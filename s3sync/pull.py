@@ -79,9 +79,9 @@ def read_marker(dest: Path) -> dict[str, str] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def pull(location: Location, name: str, dest_parent: Path, store: Store, settings: TransferSettings,
+def pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
          *, extract: bool = True, progress: Progress | None = None) -> PullResult:
-    """Pull the dataset at ``location`` into ``dest_parent / name``.
+    """Pull the dataset at ``location`` into ``dest_parent / name`` (``name`` None: the manifest's).
 
     Raises:
         NotFoundError, ManifestError: see ``fetch_manifest``.
@@ -93,6 +93,7 @@ def pull(location: Location, name: str, dest_parent: Path, store: Store, setting
     progress = progress or NullProgress()
     started = time.monotonic()
     manifest, manifest_bytes = fetch_manifest(store, location)
+    name = name or manifest.name
     dest = dest_parent / name
     manifest_digest = hashing.digest(manifest_bytes)
     if dest.exists() or dest.is_symlink():
@@ -108,7 +109,7 @@ def pull(location: Location, name: str, dest_parent: Path, store: Store, setting
             raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})") from err
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
-                      "extract" if extract else "parts")
+                      "extract" if extract else "parts", min_advance=manifest.chunk_size)
     offset = journal.open()
     if offset:
         progress.message(f"resuming {name} at byte {offset} of {manifest.stream_size}")
@@ -159,6 +160,8 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     reader = OrderedReader(chunks, offset, manifest.stream_size)
     extractor = archive.SafeExtractor(journal.tree)
     progress.start("extract", manifest.extracted_size)
+    if offset:
+        progress.advance("extract", sum(r.size for r in journal.records() if r.kind == "file"))
 
     def on_member(next_offset: int, record: archive.MemberRecord) -> None:
         journal.add(record)

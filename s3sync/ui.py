@@ -33,7 +33,8 @@ from .errors import S3SyncError
 class RichProgress:
     """Bars per stage (bytes, rate, ETA) on an interactive terminal."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self._verbose = verbose
         self._bar = RichBar(
             TextColumn("{task.description:>9}"), BarColumn(), DownloadColumn(binary_units=True),
             TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
@@ -56,7 +57,8 @@ class RichProgress:
                 self._bar.advance(task, n)
 
     def message(self, text: str) -> None:
-        self._bar.console.print(text, style="dim", markup=False)
+        if self._verbose:
+            self._bar.console.print(text, style="dim", markup=False)
 
     def finish(self, stage: str) -> None:
         with self._lock:
@@ -72,7 +74,8 @@ class RichProgress:
 class PlainProgress:
     """One line per stage every ``interval_s`` seconds, for logs."""
 
-    def __init__(self, stream: TextIO, interval_s: float = 5.0) -> None:
+    def __init__(self, stream: TextIO, interval_s: float = 5.0, verbose: bool = False) -> None:
+        self._verbose = verbose
         self._stream = stream
         self._interval_s = interval_s
         self._lock = threading.Lock()
@@ -103,7 +106,8 @@ class PlainProgress:
               file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
-        print(text, file=self._stream, flush=True)
+        if self._verbose:
+            print(text, file=self._stream, flush=True)
 
     def finish(self, stage: str) -> None:
         with self._lock:
@@ -121,7 +125,7 @@ class UI:
     Args:
         quiet: errors only.
         as_json: results as one JSON document on stdout.
-        verbose: extra detail (retries, resume points).
+        verbose: also show notes: retries with their cause, resume points.
     """
 
     def __init__(self, *, quiet: bool = False, as_json: bool = False, verbose: bool = False) -> None:
@@ -139,8 +143,8 @@ class UI:
         if self.quiet or self.as_json:
             return NullProgress()
         if self.err.is_terminal:
-            return RichProgress(self.err)
-        return PlainProgress(sys.stderr)
+            return RichProgress(self.err, self.verbose)
+        return PlainProgress(sys.stderr, verbose=self.verbose)
 
     def info(self, text: str) -> None:
         """A message on stderr (suppressed by -q and --json)."""

@@ -310,9 +310,6 @@ def test_special_mode_bits_are_dropped(store: S3Store, tmp_path: Path) -> None:
         assert stat.S_IMODE((dest / f"f{mode:o}").stat().st_mode) == 0o755
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: pull applies tarfile.data_filter's modes, which drop group/other "
-                                       "write bits and add owner write (0o664->0o644, 0o444->0o644, dir "
-                                       "0o775->0o755), so the pulled tree's modes differ")
 def test_group_writable_and_read_only_file_modes_survive(store: S3Store, tmp_path: Path) -> None:
     src = tmp_path / "modes"
     src.mkdir()
@@ -331,9 +328,6 @@ def test_group_writable_and_read_only_file_modes_survive(store: S3Store, tmp_pat
     assert_same_tree(src, dest)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG (owner to decide): a read-only directory (0o555) comes back 0o755: "
-                          "extraction adds owner rwx to every directory mode; GNU tar restores 0o555")
 def test_read_only_directory_mode_survives(store: S3Store, tmp_path: Path) -> None:
     src = tmp_path / "modes"
     d = src / "d555"
