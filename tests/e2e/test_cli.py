@@ -109,6 +109,14 @@ def test_publish_ls_pull_round_trip(run, s3_server, bucket, tmp_path: Path) -> N
     assert again.json()["bytes_received"] == 0
     assert tree(dest / "photos") == tree(src)
 
+    # A URL whose last segment differs from the dataset's name: the manifest's name wins.
+    custom = run("publish", src, "--name", "custom-name", "--to", f"s3://{bucket}/other/prefix", *ep, "-q")
+    assert custom.code == 0, custom.describe()
+    named = run("pull", f"s3://{bucket}/other/prefix", tmp_path / "named", *ep, "--json")
+    assert named.code == 0, named.describe()
+    assert Path(named.json()["dest"]) == tmp_path / "named" / "custom-name"
+    assert tree(tmp_path / "named" / "custom-name") == tree(src)
+
     # --no-extract stores the verified parts.
     parts = run("pull", url, tmp_path / "parts", *ep, "--no-extract", "-q")
     assert parts.code == 0, parts.describe()

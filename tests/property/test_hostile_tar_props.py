@@ -135,6 +135,8 @@ def hostile_cases(sandbox: Sandbox, tag: str) -> dict[str, tuple[list[M], list[P
         "symlink-up-then-through": ([M("lnk", kind="sym", link="../.."), M("lnk/x", data=b"x")], []),
         "symlink-up-from-subdir": ([M("sub", kind="dir"), M("sub/lnk", kind="sym", link="../../sentinel"),
                                     M("sub/lnk/x", data=b"x")], []),
+        "symlink-dotdot-after-component": ([M("d", kind="dir"), M("x", kind="sym", link="d/../..")], []),
+        "symlink-chain-completed-later": ([M("x", kind="sym", link="d/.."), M("d", kind="sym", link=".")], []),
         "symlink-inside-then-through": ([M("dir", kind="dir"), M("lnk", kind="sym", link="dir"),
                                          M("lnk/x", data=b"x")], []),
         "symlink-dot-then-dotdot-through": ([M("lnk", kind="sym", link="."),
@@ -215,6 +217,7 @@ def test_benign_archives_extract_exactly_through_any_chunking(files: dict[str, b
     for i, (name, blob) in enumerate(sorted(files.items())):
         members.append(M(f"top/{'sub/' if i % 2 else ''}{name}", data=blob))
     members.append(M("top/link", kind="sym", link="sub"))
+    members.append(M("top/sub/up", kind="sym", link="../link"))  # '..' at the start stays inside
     if files:
         first = members[2].name
         members.append(M("top/hard", kind="hard", link=first))
