@@ -256,3 +256,16 @@ def test_from_json_rejects_non_ascii_digits_in_part_keys() -> None:
                       "digest": "2" * 32, "chunks": ["3" * 32]}]}
     with pytest.raises(ManifestError):
         _parse(doc)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Manifest.from_json compares 'version' with ==, so true and 1.0 pass as version 1")
+@pytest.mark.parametrize("version", [True, 1.0], ids=["true", "1.0"])
+def test_from_json_rejects_non_integer_version(version: object) -> None:
+    doc = {"format": "s3sync-manifest", "version": version, "name": "ds", "generation": "g1",
+           "created": "x", "hash": "xxh3-128", "chunk_size": planning.MIN_CHUNK_SIZE,
+           "stream": {"size": 5, "digest": "1" * 32},
+           "dataset": {"files": 1, "extracted_size": 0, "members": 1},
+           "parts": [{"key": "g1/part-00000.tar", "size": 5, "etag": "e", "digest": "2" * 32,
+                      "chunks": ["3" * 32]}]}
+    with pytest.raises(ManifestError):
+        _parse(doc)
