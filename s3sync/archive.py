@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from . import hashing
-from .errors import DestinationError, InsufficientSpaceError, SourceError, UnsafeArchiveError
+from .errors import (
+    DestinationError,
+    InsufficientSpaceError,
+    SourceError,
+    UnsafeArchiveError,
+)
 
 COPY_BUFSIZE = 1024 * 1024
 METADATA_DIR = ".s3sync"
@@ -354,6 +359,19 @@ class SafeExtractor:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.utime(path, (d.mtime, d.mtime))
                 os.chmod(path, d.mode & 0o7777)
+
+
+def file_digest(path: str | Path) -> str:
+    """Digest of a file's bytes, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    hasher = hashing.Hasher()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(COPY_BUFSIZE):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def translate_os_error(err: OSError, path: str) -> Exception:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import catalog
-from .config import Settings, format_size, parse_size, resolve
+from .config import Settings, format_size, resolve
 from .errors import ConfigError, Interrupted, S3SyncError, UsageError, VerifyFailed
 from .manifest import valid_name
 from .ui import UI

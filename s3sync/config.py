@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .planning import DEFAULT_CHUNK_SIZE, DEFAULT_PART_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from .planning import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PART_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+)
 
 _UNITS = {
     "": 1, "b": 1,

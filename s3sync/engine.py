@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import hashing
 from .config import TransferSettings
-from .errors import Interrupted, IntegrityError, S3SyncError
+from .errors import IntegrityError, Interrupted, S3SyncError
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store

@@ -95,9 +95,13 @@ class StoreError(S3SyncError):
 
 
 class NotFoundError(StoreError):
-    """The bucket, key or manifest does not exist."""
+    """The bucket, key or manifest does not exist; ``bucket_missing`` tells which."""
 
     hint = "check the name with 's3sync ls' or the s3:// URL"
+
+    def __init__(self, message: str, *, hint: str | None = None, bucket_missing: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.bucket_missing = bucket_missing
 
 
 class AccessDeniedError(StoreError):

@@ -4,8 +4,10 @@ Layout of ``DEST_PARENT/.NAME.s3sync-partial/``::
 
     manifest.json   the manifest being pulled (bytes as fetched)
     journal.json    {"version", "generation", "manifest_digest", "mode", "offset", "index_size"}
-    index.jsonl     one line per extracted member (archive.MemberRecord), in stream order
     tree/           the dataset as extracted so far (renamed into place at the end)
+    tree/.s3sync/index.jsonl
+                    one line per extracted member (archive.MemberRecord), in stream
+                    order; it stays with the dataset, for ``s3sync verify``
 
 Chunks are consumed in stream order, so the whole resume state is one number:
 ``offset``, the stream offset up to which every byte is written to ``tree/`` (for
@@ -22,15 +24,16 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 from . import hashing
-from .archive import MemberRecord
+from .archive import METADATA_DIR, MemberRecord
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
+INDEX_NAME = "index.jsonl"
 
 
 def staging_dir(dest_parent: Path, name: str) -> Path:
@@ -59,6 +62,7 @@ class Journal:
                  interval_s: float = 1.0, min_advance: int = 0) -> None:
         self.staging = staging
         self.tree = staging / "tree"
+        self.index_path = self.tree / METADATA_DIR / INDEX_NAME
         self.mode = mode
         self.generation = generation
         self.manifest_digest = hashing.digest(manifest_bytes)
@@ -99,10 +103,11 @@ class Journal:
                 self.tree.mkdir(parents=True, exist_ok=True)
                 # Drop index records written after the checkpoint (possibly torn by a
                 # kill): the members they describe are extracted again.
-                index = self.staging / "index.jsonl"
+                index = self.index_path
                 if index.exists():
                     os.truncate(index, min(int(state.get("index_size", 0)), index.stat().st_size))
-            self._index_file = open(self.staging / "index.jsonl", "ab")
+            self.index_path.parent.mkdir(exist_ok=True)
+            self._index_file = open(self.index_path, "ab")
         except OSError as err:
             raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
         return self.offset
@@ -121,14 +126,7 @@ class Journal:
         """
         if self._index_file is not None:
             self._index_file.flush()
-        return iter_index(self.staging / "index.jsonl")
-
-    def move_index(self, target: Path) -> None:
-        """Close the index and move it to ``target`` (the dataset's metadata directory)."""
-        if self._index_file is not None:
-            self._index_file.close()
-            self._index_file = None
-        os.replace(self.staging / "index.jsonl", target)
+        return iter_index(self.index_path)
 
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Record that every byte before ``offset`` is safely written (rate-limited)."""

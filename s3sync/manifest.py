@@ -124,7 +124,7 @@ class Manifest:
         if doc.get("format") != FORMAT:
             raise ManifestError(f"{source}: field 'format' is not {FORMAT!r}")
         version = doc.get("version")
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:  # true == 1 and 1.0 == 1 in Python
             raise ManifestError(
                 f"{source}: format version {version!r} is not supported (this s3sync reads {VERSION})",
                 hint="upgrade s3sync, or republish the dataset with this version",

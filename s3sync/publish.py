@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import archive, hashing
@@ -195,7 +195,7 @@ def _discard(store: Store, keys: list[str], progress: Progress) -> None:
 
 def new_generation() -> str:
     """A fresh generation id: UTC time plus randomness, sortable by time."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
 def publish(src: Path, name: str, location: Location, store: Store, settings: TransferSettings,
@@ -269,7 +269,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             entries_out.append(PartEntry(key(index), size, info.etag, dig, tuple(chunks)))
         manifest = Manifest(
             name=name, generation=generation,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             chunk_size=settings.chunk_size, stream_size=writer.tell(),
             stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
             extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),

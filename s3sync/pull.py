@@ -19,14 +19,13 @@ from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
 from .errors import DestinationError, InsufficientSpaceError, NotFoundError
-from .journal import Journal, staging_dir
+from .journal import INDEX_NAME, Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import plan_pull
 from .progress import NullProgress, Progress
 from .stores.base import Store
 
 MARKER = "complete.json"
-INDEX_NAME = "index.jsonl"
 SPACE_MARGIN = 64 * 1024 * 1024
 """Bytes kept free beyond the data itself (file-system metadata, journal)."""
 
@@ -65,6 +64,8 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
     try:
         data = store.get(location.key(MANIFEST_NAME))
     except NotFoundError as err:
+        if err.bucket_missing:
+            raise
         raise NotFoundError(f"no dataset at {location.url()}: {url} not found",
                             hint="check the name with 's3sync ls', the bucket and --endpoint-url") from err
     return Manifest.from_json(data, url), data
@@ -177,9 +178,6 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
         reader.drain()  # end-of-archive padding: fetched and verified like the rest
     journal.checkpoint(manifest.stream_size, force=True)
     extractor.finish_dirs([r for r in journal.records() if r.kind == "dir"])
-    meta = journal.tree / archive.METADATA_DIR
-    meta.mkdir(exist_ok=True)
-    journal.move_index(meta / INDEX_NAME)
     progress.finish("extract")
 
 
@@ -228,7 +226,7 @@ def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: by
         (meta / MARKER).write_text(json.dumps({
             "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
             "mode": journal.mode,
-            "index_digest": hashing.digest(index.read_bytes()) if index.exists() else "",
+            "index_digest": archive.file_digest(index) if index.exists() else "",
             "name": manifest.name, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }) + "\n")
         os.rename(journal.tree, dest)

@@ -20,13 +20,11 @@ from pathlib import Path
 
 from . import archive, hashing
 from .errors import DestinationError, ManifestError
-from .journal import load_index
+from .journal import INDEX_NAME, load_index
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import chunk_spans
 from .progress import NullProgress, Progress
-from .pull import INDEX_NAME, read_marker
-
-_READ = 1024 * 1024
+from .pull import read_marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +50,6 @@ class VerifyResult:
     elapsed_s: float
 
 
-def _hash_file(path: str) -> str:
-    h = hashing.Hasher()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(_READ):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -> VerifyResult:
     """Check the dataset directory ``dest`` against its recorded index (or parts).
 
@@ -83,7 +73,7 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
     else:
         index_path = meta / INDEX_NAME
         try:
-            index_digest = hashing.digest(index_path.read_bytes())
+            index_digest = archive.file_digest(index_path)
         except OSError as err:
             raise ManifestError(f"{index_path}: cannot read ({err.strerror})") from err
         if index_digest != marker.get("index_digest"):
@@ -132,7 +122,7 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
 
     def check(rec: archive.MemberRecord) -> Problem | None:
         try:
-            got = _hash_file(os.path.join(root, rec.path))
+            got = archive.file_digest(os.path.join(root, rec.path))
         except OSError as err:
             return Problem(rec.path, "missing", f"cannot read ({err.strerror})")
         finally:

@@ -81,8 +81,10 @@ def translate(err: Exception, what: str) -> StoreError:
         if code in _CHANGED or status == "412":
             return PartChangedError(f"{what} changed on the server since the manifest was written (ETag mismatch)")
         if code in _NOT_FOUND or status == "404":
-            kind = "bucket" if code == "NoSuchBucket" else "object"
-            return NotFoundError(f"{what}: {kind} not found ({code or status})")
+            if code == "NoSuchBucket":
+                return NotFoundError(f"{what}: bucket not found", bucket_missing=True,
+                                     hint="create the bucket first or check its name")
+            return NotFoundError(f"{what}: object not found ({code or status})")
         if code in _BAD_CREDENTIALS:
             return CredentialsError(f"{what}: credentials rejected ({code})")
         if code in _DENIED or status == "403":
@@ -132,7 +134,7 @@ class S3Store:
             self.client.head_bucket(Bucket=self.bucket)
         except bexc.ClientError as err:
             if str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")) == "404":
-                raise NotFoundError(f"s3://{self.bucket}: bucket not found",
+                raise NotFoundError(f"s3://{self.bucket}: bucket not found", bucket_missing=True,
                                     hint="create the bucket first or check its name") from err
             raise translate(err, f"s3://{self.bucket}") from err
         except Exception as err:

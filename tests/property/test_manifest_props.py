@@ -258,7 +258,6 @@ def test_from_json_rejects_non_ascii_digits_in_part_keys() -> None:
         _parse(doc)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Manifest.from_json compares 'version' with ==, so true and 1.0 pass as version 1")
 @pytest.mark.parametrize("version", [True, 1.0], ids=["true", "1.0"])
 def test_from_json_rejects_non_integer_version(version: object) -> None:
     doc = {"format": "s3sync-manifest", "version": version, "name": "ds", "generation": "g1",
