@@ -23,8 +23,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync import hashing
+from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync.manifest import Manifest, PartEntry
 from s3sync.publish import publish
 from s3sync.pull import PullResult, pull
@@ -225,7 +225,14 @@ class Kit:
     def pull(self, pub: Published, dest_parent: Path | None = None, *, store: S3Store | None = None,
              transfer: TransferSettings = FAST_TRANSFER, **kwargs: Any) -> PullResult:
         dest_parent = dest_parent or self.tmp / "dest"
-        return pull(pub.location, pub.name, dest_parent, store or self.store(), transfer, **kwargs)
+        try:
+            return pull(pub.location, pub.name, dest_parent, store or self.store(), transfer, **kwargs)
+        finally:
+            self.idle()
+
+    def idle(self) -> None:
+        """Wait until the proxy has finished every response of this test (counters final)."""
+        self.proxy.wait_idle(f"/{self.bucket}/", timeout_s=3.0)
 
     def assert_same_tree(self, src: Path, dest: Path) -> None:
         assert (dest / METADATA_DIR).is_dir(), f"{dest} has no completion metadata"

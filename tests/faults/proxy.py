@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import http.client
+import select
 import socket
 import socketserver
 import struct
@@ -51,6 +52,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
+from typing import Self
 
 _PIECE = 16 * 1024
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
@@ -152,6 +154,15 @@ class KeyStats:
     faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    """True if the client closed its end (readable with nothing to read) or reset it."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class _Stopped(Exception):
     """The proxy is stopping: abandon this connection."""
 
@@ -171,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def handle(self) -> None:
@@ -216,13 +227,13 @@ class FaultProxy:
         self._gate = threading.Event()
         self._gate.set()
         self._tb_next = 0.0
-        self._conns: set[socket.socket] = set()
+        self._conns: dict[socket.socket, str] = {}  # open client connections -> request path
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FaultProxy:
+    def start(self) -> Self:
         self._server = _Server(self)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fault-proxy", daemon=True)
@@ -258,8 +269,9 @@ class FaultProxy:
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    def __enter__(self) -> FaultProxy:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -285,6 +297,17 @@ class FaultProxy:
     def release(self) -> None:
         self._gate.set()
 
+    def wait_idle(self, *keys: str, timeout_s: float = 5.0) -> bool:
+        """Wait until no client connection for a path containing all ``keys`` is open (so their
+        counters are final; connections whose request is not parsed yet count too)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(all(k in path for k in keys) or not path for path in self._conns.values()):
+                    return True
+            time.sleep(0.01)
+        return False
+
     def reset_stats(self) -> None:
         with self._lock:
             self._stats.clear()
@@ -307,21 +330,26 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ internals
 
-    def _register(self, conn: socket.socket) -> None:
+    def _register(self, conn: socket.socket, path: str = "") -> None:
         with self._lock:
-            self._conns.add(conn)
+            self._conns[conn] = path
 
     def _unregister(self, conn: socket.socket) -> None:
         with self._lock:
-            self._conns.discard(conn)
+            self._conns.pop(conn, None)
 
-    def _wait(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _Stopped()
+    def _wait(self, seconds: float, conn: socket.socket | None = None) -> None:
+        """Sleep ``seconds``; give up early when stopping or when the client hung up."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.05)):
+                raise _Stopped()
+            if conn is not None and _hung_up(conn):
+                raise _Stopped()
 
-    def _pass_gate(self) -> None:
+    def _pass_gate(self, conn: socket.socket | None = None) -> None:
         while not self._gate.wait(0.05):
-            if self._stop.is_set():
+            if self._stop.is_set() or (conn is not None and _hung_up(conn)):
                 raise _Stopped()
         if self._stop.is_set():
             raise _Stopped()
@@ -373,15 +401,16 @@ class FaultProxy:
             self._reply_error(h, req, 501, "NotImplemented", "the fault proxy does not relay chunked uploads")
             return
         req_body = h.rfile.read(length) if length else b""
+        self._register(h.connection, req.path)
         rule = self._pick(req)
-        self._pass_gate()
+        self._pass_gate(h.connection)
         if rule is not None and rule.action == "hook" and rule.hook is not None:
             rule.hook(req)
         if rule is not None and rule.action == "error":
             self._reply_error(h, req, rule.status, rule.code, "injected by the fault proxy")
             return
         if rule is not None and rule.action == "hang":
-            self._wait(rule.stall_s)
+            self._wait(rule.stall_s, h.connection)
             return
 
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -467,7 +496,7 @@ class FaultProxy:
                 mutable = bytearray(data)
                 mutable[flip_at - sent] ^= 0xFF
                 data = bytes(mutable)
-            self._pass_gate()
+            self._pass_gate(h.connection)
             self._throttle(len(data))
             self._send(h, req.path, data)
             sent += len(data)
@@ -475,7 +504,7 @@ class FaultProxy:
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             h.connection.close()
         elif action == "stall":
-            self._wait(rule.stall_s)
+            self._wait(rule.stall_s, h.connection)
             h.connection.shutdown(socket.SHUT_RDWR)
         elif action == "cut":
             h.connection.shutdown(socket.SHUT_RDWR)

@@ -18,7 +18,7 @@ from s3sync.errors import InsufficientSpaceError
 from s3sync.journal import staging_dir
 from s3sync.pull import SPACE_MARGIN
 
-from .conftest import KiB, MiB
+from .conftest import MiB
 from .proxy import Rule
 
 
@@ -31,7 +31,7 @@ def make_tmpfs(tmp_path):
         path.mkdir()
         options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip() or proc.returncode}")
         mounted.append(path)
@@ -39,7 +39,7 @@ def make_tmpfs(tmp_path):
 
     yield mount
     for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def test_preflight_refuses_when_space_is_clearly_too_small(kit, make_tmpfs):

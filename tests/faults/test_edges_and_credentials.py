@@ -11,8 +11,8 @@ import pytest
 from s3sync import hashing
 from s3sync.config import Location
 from s3sync.errors import AccessDeniedError, CredentialsError
-from s3sync.manifest import Manifest, PartEntry
 from s3sync.journal import staging_dir
+from s3sync.manifest import Manifest, PartEntry
 
 from .conftest import KiB
 from .proxy import Rule
@@ -82,7 +82,7 @@ def test_wrong_secret_key_is_a_credentials_error(kit, monkeypatch):
     assert not (dest_parent / pub.name).exists()
 
     proc = kit.cli("pull", pub.url, dest_parent, "--endpoint-url", kit.proxy.url)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
     assert err.decode().startswith("error: ") and "hint: " in err.decode()
     assert b"Traceback" not in err
@@ -102,7 +102,7 @@ def test_credentials_expire_mid_transfer_then_rerun_resumes(kit):
     src = kit.tree()
     pub = kit.publish(src)
     # From the 7th part GET on, the server says the session token expired (HTTP 400, as S3 does).
-    rule, = kit.add(Rule("error", key="part-", first=7, status=400, code="ExpiredToken"))
+    kit.add(Rule("error", key="part-", first=7, status=400, code="ExpiredToken"))
     dest_parent = kit.tmp / "dest"
     with pytest.raises(CredentialsError) as caught:
         kit.pull(pub, dest_parent)

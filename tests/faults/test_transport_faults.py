@@ -7,13 +7,14 @@ the server. Each rule hits a deterministic share of the part GETs (never the man
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
 
 from s3sync.errors import IntegrityError, TransientStoreError
 
-from .conftest import KiB
+from .conftest import CHUNK, FAST_TRANSFER, REPORT, KiB
 from .proxy import Rule
 
 
@@ -100,9 +101,9 @@ def test_pull_survives(kit, fault):
     assert total == pub.manifest.stream_size
     assert progress.peak["download"] <= total
     assert progress.done["download"] == total
-    print(f"[{kit.server.name}] {fault}: injected {rule.applied}, retries {result.retries}, "
-          f"bytes received {result.bytes_received} for a stream of {pub.manifest.stream_size}, "
-          f"proxy sent {kit.sent('part-')}")
+    REPORT[f"fault-{fault}/{kit.server.name}"] = (
+        f"injected {rule.applied}, retries {result.retries}, received {result.bytes_received} B "
+        f"for a {pub.manifest.stream_size} B stream, proxy sent {kit.sent('part-')} B")
 
 
 def test_default_client_retries_absorb_slowdown(kit):
@@ -128,10 +129,6 @@ BUDGET = {
 
 @pytest.mark.parametrize("case", list(BUDGET))
 def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
-    import dataclasses
-
-    from .conftest import CHUNK, FAST_TRANSFER
-
     src = kit.tree()
     pub = kit.publish(src)
     make_rule, expected = BUDGET[case]
@@ -154,9 +151,9 @@ def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
     # The first part was extracted before the failure: the rerun resumes after it.
     assert result.resumed_from > 0
     assert kit.sent("part-00000") == first_part, "the rerun fetched the first part again"
-    print(f"[{kit.server.name}] {case}: failed with {type(err).__name__} after {rule.applied} attempts; "
-          f"rerun resumed at byte {result.resumed_from}, fetched {kit.sent('part-') - before} of "
-          f"{pub.manifest.stream_size}")
+    REPORT[f"budget-{case}/{kit.server.name}"] = (
+        f"{type(err).__name__} after {rule.applied} attempts; rerun resumed at byte {result.resumed_from}, "
+        f"fetched {kit.sent('part-') - before} of {pub.manifest.stream_size} B")
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: make_client passes S3Settings.max_attempts as botocore's "
