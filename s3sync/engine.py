@@ -68,10 +68,13 @@ class ChunkFetcher:
         """Ask workers to stop at their next step (between reads or retries)."""
         self._cancel.set()
 
-    def fetch(self, jobs: Iterable[ChunkJob]) -> Iterator[tuple[ChunkJob, memoryview]]:
+    def fetch(self, jobs: Iterable[ChunkJob],
+              sink: Callable[[ChunkJob, memoryview], None] | None = None) -> Iterator[tuple[ChunkJob, memoryview]]:
         """Yield ``(job, data)`` for every job, in the order given.
 
         ``data`` is valid only until the next item is requested: its buffer is then reused.
+        ``sink(job, data)``, if given, runs in the worker thread right after the chunk is
+        verified (e.g. to write it to a file in parallel); its exceptions fail the fetch.
 
         Raises:
             S3SyncError: the first chunk that failed for good (non-retriable error or
@@ -98,7 +101,7 @@ class ChunkFetcher:
                     if len(buf) < job.length:
                         buf = bytearray(job.length)
                     try:
-                        fut = executor.submit(self._fetch_one, job, buf)
+                        fut = executor.submit(self._fetch_one, job, buf, sink)
                     except RuntimeError:  # the pool was shut down: the consumer has stopped
                         return
                     pending.put((job, buf, fut))
@@ -124,7 +127,8 @@ class ChunkFetcher:
             executor.shutdown(wait=False, cancel_futures=True)
             feeder.join(timeout=5)
 
-    def _fetch_one(self, job: ChunkJob, buf: bytearray) -> None:
+    def _fetch_one(self, job: ChunkJob, buf: bytearray,
+                   sink: Callable[[ChunkJob, memoryview], None] | None = None) -> None:
         view = memoryview(buf)[: job.length]
         key = self.key_of(job.key)
         s = self.settings
@@ -146,7 +150,7 @@ class ChunkFetcher:
                         f"s3://{self.store.bucket}/{key}: chunk {job.index} (bytes {job.offset}-"
                         f"{job.offset + job.length - 1}) has digest {got}, expected {job.digest}")
                 self.stats.add(received=counted, chunks=1)
-                return
+                break
             except S3SyncError as err:
                 self.stats.add(received=counted)
                 self.progress.advance("download", -counted)
@@ -157,6 +161,8 @@ class ChunkFetcher:
                 self.progress.message(f"retrying chunk {job.index} of {job.key} in {delay:.1f}s: {err}")
                 if self._cancel.wait(delay):
                     raise Interrupted("cancelled") from err
+        if sink is not None:
+            sink(job, view)
 
 
 class OrderedReader:

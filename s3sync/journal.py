@@ -25,7 +25,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from . import hashing
@@ -115,7 +114,9 @@ class Journal:
     def add(self, record: MemberRecord) -> None:
         """Append an extracted member to the index (flushed with the next checkpoint)."""
         assert self._index_file is not None
-        line = json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n"
+        r = record
+        line = json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link),
+                          ensure_ascii=False, separators=(",", ":")) + "\n"
         self._index_file.write(line.encode("utf-8", "surrogateescape"))
 
     def records(self) -> Iterator[MemberRecord]:
@@ -173,7 +174,8 @@ class Journal:
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:
-    """Stream the records of an index file (JSON lines of ``archive.MemberRecord``).
+    """Stream the records of an index file: one JSON array per line, the fields of
+    ``archive.MemberRecord`` in order (path, kind, size, mode, mtime, digest, link).
 
     Raises:
         ValueError: a line is not a valid record.
@@ -184,7 +186,7 @@ def iter_index(path: Path) -> Iterator[MemberRecord]:
         return
     with f:
         for line in f:
-            yield MemberRecord(**json.loads(line))
+            yield MemberRecord(*json.loads(line))
 
 
 def load_index(path: Path) -> dict[str, MemberRecord]:

@@ -119,14 +119,14 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         _preflight(journal.tree, manifest, offset, extract)
         jobs = plan_pull(manifest, offset)
         progress.start("download", manifest.stream_size - (jobs[0].stream_offset if jobs else offset))
-        chunks = fetcher.fetch(jobs)
-        try:
-            if extract:
+        if extract:
+            chunks = fetcher.fetch(jobs)
+            try:
                 _extract(manifest, chunks, offset, journal, progress)
-            else:
-                _write_parts(manifest, chunks, journal)
-        finally:
-            chunks.close()
+            finally:
+                chunks.close()
+        else:
+            _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
         _commit(journal, dest, manifest, manifest_bytes)
     except BaseException:
@@ -191,26 +191,45 @@ def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
         path=str(dest), needed=left + SPACE_MARGIN, available=free)
 
 
-def _write_parts(manifest: Manifest, chunks, journal: Journal) -> None:
+def _open_parts(manifest: Manifest, journal: Journal) -> dict[int, int]:
+    """Create (or reopen, on resume) every part file at its final size; return fds by part index."""
     fds: dict[int, int] = {}
     try:
         for i, part in enumerate(manifest.parts):
             path = journal.tree / part.key.rsplit("/", 1)[-1]
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            os.ftruncate(fd, part.size)
             fds[i] = fd
-        for job, data in chunks:
-            pos = job.offset
+            os.ftruncate(fd, part.size)
+    except OSError as err:
+        for fd in fds.values():
+            os.close(fd)
+        raise archive.translate_os_error(err, str(journal.tree)) from err
+    return fds
+
+
+def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal: Journal) -> None:
+    """Write verified chunks into the part files from the fetch workers (in parallel);
+    checkpoint the in-order prefix of completed chunks."""
+    fds = _open_parts(manifest, journal)
+
+    def sink(job, data: memoryview) -> None:
+        pos = job.offset
+        try:
             while data:
                 n = os.pwrite(fds[job.part_index], data, pos)
                 data, pos = data[n:], pos + n
+        except OSError as err:
+            error = archive.translate_os_error(err, str(journal.tree))
+            if isinstance(error, InsufficientSpaceError):
+                raise _space_error(journal, manifest.stream_size - journal.offset) from err
+            raise error from err
+
+    chunks = fetcher.fetch(jobs, sink)
+    try:
+        for job, _ in chunks:
             journal.checkpoint(job.stream_offset + job.length)
-    except OSError as err:
-        error = archive.translate_os_error(err, str(journal.tree))
-        if isinstance(error, InsufficientSpaceError):
-            raise _space_error(journal, manifest.stream_size - journal.offset) from err
-        raise error from err
     finally:
+        chunks.close()
         for fd in fds.values():
             os.close(fd)
     journal.checkpoint(manifest.stream_size, force=True)
