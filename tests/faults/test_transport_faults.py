@@ -65,10 +65,10 @@ FAULTS = {
     "flipped-byte": lambda: Rule("flip", key="part-", every=4),
     # The server ignores Range and answers 200 with the whole object (no Content-Range).
     "ignores-range": lambda: Rule("ignore_range", key="part-", every=2),
-    # The server stops sending mid-body for longer than the 1 s read timeout.
-    "stall-mid-body": lambda: Rule("stall", key="part-", first=3, times=2, stall_after=64 * KiB, stall_s=4.0),
+    # The server stops sending mid-body for longer than the 0.5 s read timeout.
+    "stall-mid-body": lambda: Rule("stall", key="part-", first=3, times=2, stall_after=64 * KiB, stall_s=3.0),
     # The server accepts the request and never answers (no status line) for longer than the timeout.
-    "hang-before-headers": lambda: Rule("hang", key="part-", first=2, times=2, stall_s=4.0),
+    "hang-before-headers": lambda: Rule("hang", key="part-", first=2, times=2, stall_s=3.0),
     # The server sends other bytes than asked (range off by one), saying so in Content-Range.
     "wrong-range-honest": lambda: Rule("shift_range", key="part-", every=3, shift=1),
     # ... or claiming the requested Content-Range: only the chunk digest can tell.
@@ -84,7 +84,7 @@ def test_pull_survives(kit, fault):
     rule, = kit.add(FAULTS[fault]())
     progress = RecordingProgress()
 
-    result = kit.pull(pub, store=kit.store(read_timeout_s=1.0), progress=progress)
+    result = kit.pull(pub, store=kit.store(read_timeout_s=0.5), progress=progress)
 
     kit.assert_same_tree(src, result.dest)
     assert rule.applied > 0, "the fault was never injected"
@@ -111,7 +111,7 @@ def test_default_client_retries_absorb_slowdown(kit):
     engine as failures, and the tree is still identical."""
     src = kit.tree()
     pub = kit.publish(src)
-    rule, = kit.add(Rule("error", key="part-", every=3, times=2, status=503, code="SlowDown"))
+    rule, = kit.add(Rule("error", key="part-", first=2, times=1, status=503, code="SlowDown"))
     result = kit.pull(pub, store=kit.store(max_attempts=5))
     kit.assert_same_tree(src, result.dest)
     assert rule.applied > 0
