@@ -79,6 +79,8 @@ MANIFESTS = {
     "top-level-list": b"[]",
     "unknown-version": _set("version", 2),
     "version-as-string": _set("version", "1"),
+    "version-true": _set("version", True),  # True == 1 in Python
+    "version-float": _set("version", 1.0),
     "other-format": _set("format", "tar-index"),
     "other-hash": _set("hash", "md5"),
     "negative-part-size": _set("parts.0.size", -1),
