@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
-from .archive import METADATA_DIR, MemberRecord
+from .archive import METADATA_DIR, MemberRecord, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
@@ -139,6 +139,12 @@ class Journal:
             self._last_write = now
 
     def _write(self, sync: bool = True) -> None:
+        try:
+            self._write_unchecked(sync)
+        except OSError as err:
+            raise translate_os_error(err, str(self.staging.parent)) from err
+
+    def _write_unchecked(self, sync: bool) -> None:
         if self._index_file is not None:
             self._index_file.flush()
             if sync:
@@ -164,6 +170,13 @@ class Journal:
             if self._index_file is not None:
                 self._index_file.close()
                 self._index_file = None
+
+    def close_quietly(self) -> None:
+        """``close``, ignoring write errors (the disk may be full; the last checkpoint stays valid)."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the caller is already handling a failure
+            pass
 
     def remove(self) -> None:
         """Delete the staging directory (after ``tree/`` was moved into place)."""

@@ -129,8 +129,16 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
         _commit(journal, dest, manifest, manifest_bytes)
+    except InsufficientSpaceError as err:
+        journal.close_quietly()
+        if err.needed:
+            raise
+        left = manifest.stream_size - journal.offset
+        if extract and manifest.stream_size:
+            left = manifest.extracted_size * left // manifest.stream_size
+        raise _space_error(journal, left) from err
     except BaseException:
-        journal.close()  # flush the last checkpoint: a rerun resumes from it
+        journal.close_quietly()  # flush the last checkpoint: a rerun resumes from it
         raise
     journal.remove()
     return PullResult(manifest, dest, offset, fetcher.stats.bytes_received, fetcher.stats.retries,

@@ -62,7 +62,9 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
         signature_version=UNSIGNED if settings.no_sign_request else None,
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        # total_max_attempts counts the first request too, as AWS_MAX_ATTEMPTS does;
+        # botocore's "max_attempts" key counts retries only.
+        retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts)},
         max_pool_connections=max_connections,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

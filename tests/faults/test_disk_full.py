@@ -80,9 +80,6 @@ def _fill_at_first_part(kit, dest_parent: Path, leave: int = 1 * MiB) -> Path:
     return filler
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on ENOSPC, pull()'s 'except BaseException: journal.close()' "
-                   "rewrites journal.json on the full disk and its raw OSError replaces the "
-                   "InsufficientSpaceError")
 def test_disk_fills_up_mid_pull_is_a_clear_error(kit, make_tmpfs):
     pub = kit.publish(kit.tree())
     # Enough for the preflight (extracted size + margin); then another writer fills the disk.

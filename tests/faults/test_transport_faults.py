@@ -156,8 +156,6 @@ def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
         f"fetched {kit.sent('part-') - before} of {pub.manifest.stream_size} B")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: make_client passes S3Settings.max_attempts as botocore's "
-                   "retries['max_attempts'], which counts retries: max_attempts=1 makes 2 attempts")
 def test_s3_settings_max_attempts_counts_attempts(kit):
     """``max_attempts`` as in AWS config files (AWS_MAX_ATTEMPTS): total attempts, first included."""
     kit.add(Rule("error", key="missing/manifest.json", status=500, code="InternalError"))
