@@ -12,6 +12,7 @@ published one.
 from __future__ import annotations
 
 import queue
+from collections import deque
 import secrets
 import threading
 import time
@@ -41,7 +42,8 @@ class _Pipe:
 
     def __init__(self, failed: threading.Event) -> None:
         self._q: queue.Queue[bytes | None] = queue.Queue(_PIPE_DEPTH)
-        self._buf = bytearray()
+        self._items: deque[bytes] = deque()
+        self._held = 0
         self._eof = False
         self._failed = failed
 
@@ -56,7 +58,7 @@ class _Pipe:
                 continue
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._buf) < n):
+        while not self._eof and (n < 0 or self._held < n):
             try:
                 item = self._q.get(timeout=0.2)
             except queue.Empty:
@@ -66,13 +68,24 @@ class _Pipe:
             if item is None:
                 self._eof = True
             else:
-                self._buf += item
-        if n < 0 or n >= len(self._buf):
-            out, self._buf = bytes(self._buf), bytearray()
-        else:
-            out = bytes(self._buf[:n])
-            del self._buf[:n]
-        return out
+                self._items.append(item)
+                self._held += len(item)
+        if n < 0 or n >= self._held:
+            out = b"".join(self._items)
+            self._items.clear()
+            self._held = 0
+            return out
+        taken: list[bytes] = []
+        need = n
+        while need:
+            item = self._items.popleft()
+            if len(item) > need:
+                self._items.appendleft(item[need:])
+                item = item[:need]
+            taken.append(item)
+            need -= len(item)
+        self._held -= n
+        return b"".join(taken)
 
     def readable(self) -> bool:
         return True
@@ -126,7 +139,8 @@ class PartWriter:
         while mv:
             part = self._part or self._open()
             take = mv[: min(len(mv), self.part_size - part.size, self.chunk_size - part.chunk_pos)]
-            piece = bytes(take)
+            # tarfile hands over fresh bytes objects: keep them whole rather than copy.
+            piece = data if len(take) == n and isinstance(data, bytes) else bytes(take)
             part.chunk_hasher.update(piece)
             part.hasher.update(piece)
             self.stream_hasher.update(piece)
