@@ -16,6 +16,7 @@ links out of the tree, and device files.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import tarfile
@@ -153,12 +154,51 @@ def member_span(info: tarfile.TarInfo) -> int:
     return header + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int], None]) -> TreeStats:
+def _read_small(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
+def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, Future[bytes] | None]]:
+    """Yield entries in order, small regular files' contents already being read by a pool.
+
+    Reading files one by one leaves the disk idle between them (open and first-read
+    latency); a few reads in flight keep it busy. Look-ahead is bounded by
+    ``MAX_PENDING`` files and ``MAX_PENDING_BYTES``.
+    """
+    window: deque[tuple[_Entry, Future[bytes] | None, int]] = deque()
+    held = 0
+    it = iter(entries)
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="s3sync-read") as pool:
+        try:
+            while True:
+                while len(window) < MAX_PENDING and held < MAX_PENDING_BYTES:
+                    entry = next(it, None)
+                    if entry is None:
+                        break
+                    small = entry.link is None and stat.S_ISREG(entry.st.st_mode) and entry.st.st_size <= SMALL_FILE
+                    fut = pool.submit(_read_small, entry.path) if small else None
+                    n = entry.st.st_size if small else 0
+                    window.append((entry, fut, n))
+                    held += n
+                if not window:
+                    return
+                entry, fut, n = window.popleft()
+                held -= n
+                yield entry, fut
+        finally:
+            for _, fut, _ in window:
+                if fut is not None:
+                    fut.cancel()
+
+
+def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int], None],
+              readers: int = 4) -> TreeStats:
     """Write ``entries`` (from ``scan_tree``) as one PAX tar stream to ``out``.
 
     ``out`` needs ``write`` and ``tell``. ``before_member(span)`` is called before
     each member with the bytes the member will take, so the caller can cut a part
-    at the member boundary.
+    at the member boundary. ``readers`` threads read small files ahead.
 
     Raises:
         SourceError: a file vanished, shrank or became unreadable while being read.
@@ -166,13 +206,16 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
     files = size = 0
     with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
                          encoding="utf-8", copybufsize=COPY_BUFSIZE) as tar:
-        for entry in entries:
+        for entry, data in _read_ahead(entries, readers):
             info = _tarinfo(entry)
             before_member(member_span(info))
             if info.isreg():
                 try:
-                    with open(entry.path, "rb") as f:
-                        tar.addfile(info, f)
+                    if data is not None:
+                        tar.addfile(info, io.BytesIO(data.result()))
+                    else:
+                        with open(entry.path, "rb") as f:
+                            tar.addfile(info, f)
                 except OSError as err:
                     raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
                                       hint="the file changed or vanished while publishing; publish again") from err
