@@ -31,25 +31,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, hint=f"run '{self.prog} --help' for usage")
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the command (``s3sync -q ls`` and ``s3sync ls -q``).
+
+    The copies on the sub-commands default to SUPPRESS so that they do not overwrite a
+    value given before the command (an argparse pitfall).
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
-    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL_S3)")
-    g.add_argument("--profile", help="AWS profile from ~/.aws/config")
-    g.add_argument("--region", help="AWS region")
-    g.add_argument("--no-sign-request", action="store_true", default=None, help="anonymous requests (public buckets)")
-    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default 8)")
-    g.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    g.add_argument("-v", "--verbose", action="store_true", help="print retries and resume points")
-    g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    d = {"default": argparse.SUPPRESS} if suppress else {}
+    flag = {"default": argparse.SUPPRESS} if suppress else {"default": False}
+    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL_S3)", **d)
+    g.add_argument("--profile", help="AWS profile from ~/.aws/config", **d)
+    g.add_argument("--region", help="AWS region", **d)
+    g.add_argument("--no-sign-request", action="store_true", help="anonymous requests (public buckets)", **flag)
+    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default 8)", **d)
+    g.add_argument("-q", "--quiet", action="store_true", help="print errors only", **flag)
+    g.add_argument("-v", "--verbose", action="store_true", help="print retries and resume points", **flag)
+    g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout", **flag)
+    g.add_argument("--debug", action="store_true", help="show tracebacks", **flag)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``s3sync`` command."""
-    common = _common()
-    parser = _Parser(prog="s3sync", description="Publish and pull ML datasets through S3, verified and resumable.")
+    common = _common(suppress=True)
+    parser = _Parser(prog="s3sync", parents=[_common(suppress=False)],
+                     description="Publish and pull ML datasets through S3, verified and resumable.")
     parser.add_argument("--version", action="version", version=f"s3sync {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -109,7 +117,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             raise ConfigError(f"{path}: not valid TOML ({err})") from err
     flags = {
         "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
-        "no_sign_request": args.no_sign_request, "concurrency": args.concurrency,
+        "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,
         "chunk_size": getattr(args, "chunk_size", None), "part_size": getattr(args, "part_size", None),
     }
     return resolve(doc, env, flags, str(path))
@@ -131,6 +139,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         raise UsageError(f"{name!r} is not a valid dataset name", hint="pass --name with letters, digits, '.', '_', '-'")
     if not src.is_dir():
         raise UsageError(f"{src}: not a directory", hint="give the dataset's directory as SRC_DIR")
+    if args.to and not args.to.startswith("s3://"):
+        raise UsageError(f"--to {args.to!r} is not an s3:// URL", hint="write --to s3://BUCKET/PREFIX")
     location = catalog.resolve(args.to, settings).location if args.to else catalog.location_for_name(name, settings)
     store = _store(settings, location.bucket)
     progress = ui.progress()
@@ -146,7 +156,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "extracted_size": m.extracted_size, "elapsed_s": round(result.elapsed_s, 3)})
     elif not ui.quiet:
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
-        ui.info(f"published {m.name} to {location.url()}: {m.files} files, {format_size(m.extracted_size)} "
+        ui.info(f"published {m.name} to {location.url()}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} "
                 f"in {len(m.parts)} part(s), generation {m.generation}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK
@@ -176,8 +186,8 @@ def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     else:
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
-        ui.info(f"pulled {m.name} into {result.dest}: {m.files} files, {format_size(m.extracted_size)}, "
-                f"{format_size(result.bytes_received)} received, {result.retries} retries{resumed}, "
+        ui.info(f"pulled {m.name} into {result.dest}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)}, "
+                f"{format_size(result.bytes_received)} received, {_plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK
 
@@ -202,7 +212,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if result.problems:
         raise VerifyFailed(f"{result.dest}: {len(result.problems)} of {result.checked} entries differ from "
                            f"generation {result.generation}")
-    ui.info(f"{result.dest}: {result.checked} entries, {format_size(result.checked_bytes)} verified OK "
+    ui.info(f"{result.dest}: {_plural(result.checked, 'entry', 'entries')}, "
+            f"{format_size(result.checked_bytes)} verified OK "
             f"({result.elapsed_s:.1f}s)")
     return EXIT_OK
 
@@ -217,10 +228,10 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                          loc.url() if loc else "(set S3SYNC_BUCKET)", entry.licence if entry else ""])
             docs.append({"name": name, "title": entry.title if entry else None,
                          "url": loc.url() if loc else None, "licence": entry.licence if entry else None,
-                         "approx_size": entry.approx_size if entry else None,
-                         "approx_files": entry.approx_files if entry else None})
+                         "approx_size": (entry.approx_size or None) if entry else None,
+                         "approx_files": (entry.approx_files or None) if entry else None})
         if ui.as_json:
-            ui.emit_json(docs)
+            ui.emit_json({"command": "ls", "datasets": docs})
         else:
             ui.table("datasets", ["name", "title", "size", "files", "location", "licence"], rows)
         return EXIT_OK
@@ -233,7 +244,7 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     finally:
         store.close()
     if ui.as_json:
-        ui.emit_json({"url": resolved.location.url(), "name": m.name, "generation": m.generation,
+        ui.emit_json({"command": "ls", "url": resolved.location.url(), "name": m.name, "generation": m.generation,
                       "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
                       "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
                       "members": m.members,
@@ -248,8 +259,8 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     return EXIT_OK
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+def _plural(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, UsageError
+from .manifest import valid_name
 from .planning import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PART_SIZE,
@@ -107,8 +108,8 @@ class S3Settings:
     region: str | None = None
     no_sign_request: bool = False
     connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    max_attempts: int = 5
+    read_timeout_s: float = 20.0
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,8 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
     def num(key: str, default: int, low: int, high: int) -> int:
         raw = merged.get(key, default)
         try:
+            if isinstance(raw, float | bool):
+                raise TypeError
             value = int(raw)
         except (TypeError, ValueError):
             raise UsageError(f"{key}: {raw!r} is not a whole number") from None
@@ -191,7 +194,8 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
 
     chunk = parse_size(merged.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk size")
     if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
-        raise UsageError(f"chunk size {chunk} is outside [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes")
+        raise UsageError(f"chunk size {format_size(chunk)} is outside {format_size(MIN_CHUNK_SIZE)} to "
+                         f"{format_size(MAX_CHUNK_SIZE)}", hint="pick a chunk size such as 16MiB")
     part = parse_size(merged.get("part_size", DEFAULT_PART_SIZE), "part size")
     if part < chunk:
         raise UsageError(f"part size {part} is smaller than the chunk size {chunk}")
@@ -202,8 +206,12 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
         part_size=part,
         window=max(4, 2 * concurrency),
     )
+    endpoint = merged.get("endpoint_url") or None
+    if endpoint is not None and not re.match(r"https?://[^/\s]+", str(endpoint)):
+        raise UsageError(f"endpoint URL {endpoint!r} must start with http:// or https://",
+                         hint="e.g. --endpoint-url http://127.0.0.1:9000")
     s3 = S3Settings(
-        endpoint_url=merged.get("endpoint_url") or None,
+        endpoint_url=endpoint,
         profile=merged.get("profile") or None,
         region=merged.get("region") or None,
         no_sign_request=bool(merged.get("no_sign_request", False)),
@@ -215,6 +223,11 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
     for name, entry in catalog_doc.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise ConfigError(f"{source}: [catalog.{name}] needs url = \"s3://BUCKET/PREFIX\"")
+        if set(entry) != {"url"}:
+            raise ConfigError(f"{source}: [catalog.{name}] has unknown field {sorted(set(entry) - {'url'})[0]!r}",
+                              hint="a catalog entry has one field: url = \"s3://BUCKET/PREFIX\"")
+        if not valid_name(name):
+            raise ConfigError(f"{source}: [catalog.{name!r}] is not a valid dataset name")
         parse_s3_url(entry["url"])
         catalog.append(CatalogOverride(name, entry["url"]))
     bucket = merged.get("bucket") or None

@@ -55,7 +55,7 @@ class UsageError(S3SyncError):
 class ConfigError(UsageError):
     """A config or catalog file cannot be read or has a bad field (exit code 2)."""
 
-    hint = "fix the file named above or unset S3SYNC_CONFIG"
+    hint = "fix the file named above"
 
 
 class SourceError(S3SyncError):
@@ -126,7 +126,7 @@ class TransientStoreError(StoreError):
     """A failure that may pass: 5xx, throttling, connection reset, read timeout."""
 
     retriable = True
-    hint = "the server or network failed repeatedly; run the same command again, it resumes"
+    hint = "check --endpoint-url and the network; a pull run again resumes where it stopped"
 
 
 class IntegrityError(S3SyncError):
@@ -158,4 +158,4 @@ class Interrupted(S3SyncError):
     """The user interrupted the job (Ctrl-C); resume state was flushed (exit code 130)."""
 
     exit_code = 130
-    hint = "run the same command again to resume"
+    hint = "run the same command again: a pull resumes where it stopped, a publish starts over"

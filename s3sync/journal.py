@@ -20,6 +20,7 @@ process dying, not against the OS losing unsynced file data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -76,11 +77,26 @@ class Journal:
     def open(self) -> int:
         """Load or start the journal; return the stream offset to resume from (0 if new).
 
-        A staging directory left by a different generation or mode is discarded.
+        A staging directory left by a different generation or mode is emptied. An
+        exclusive lock (flock on the staging directory itself) keeps two pulls from
+        writing into it at once.
 
         Raises:
-            DestinationError: the staging directory cannot be created or written.
+            DestinationError: another pull holds the lock, or the staging directory
+                cannot be created or written.
         """
+        try:
+            self.staging.mkdir(exist_ok=True)
+            self._lock_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise DestinationError(f"{self.staging}: cannot create ({err.strerror})") from err
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise DestinationError(f"another s3sync pull is already writing {self.staging}",
+                                   hint="wait for it to finish (or stop it), then run the command again") from None
         try:
             state = json.loads((self.staging / "journal.json").read_text())
             same = (state.get("version") == JOURNAL_VERSION
@@ -91,9 +107,12 @@ class Journal:
             same = False
         try:
             if not same:
-                if self.staging.exists():
-                    shutil.rmtree(self.staging)
-                self.tree.mkdir(parents=True)
+                for child in self.staging.iterdir():  # keep the directory: it carries the lock
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+                self.tree.mkdir()
                 (self.staging / "manifest.json").write_bytes(self._manifest_bytes)
                 self.offset = 0
                 self._write()
@@ -163,13 +182,19 @@ class Journal:
         os.replace(tmp, self.staging / "journal.json")
 
     def close(self) -> None:
-        """Flush the last checkpoint and close files."""
+        """Flush the last checkpoint, close files and release the lock."""
         try:
             self._write()
         finally:
             if self._index_file is not None:
                 self._index_file.close()
                 self._index_file = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def close_quietly(self) -> None:
         """``close``, ignoring write errors (the disk may be full; the last checkpoint stays valid)."""
@@ -183,7 +208,8 @@ class Journal:
         if self._index_file is not None:
             self._index_file.close()
             self._index_file = None
-        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)  # still locked: nobody else is inside
+        self._unlock()
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
-from .errors import DestinationError, InsufficientSpaceError, NotFoundError
+from .errors import DestinationError, InsufficientSpaceError, Interrupted, NotFoundError
 from .journal import INDEX_NAME, Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import plan_pull
@@ -97,12 +98,23 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     name = name or manifest.name
     dest = dest_parent / name
     manifest_digest = hashing.digest(manifest_bytes)
+    mode = "extract" if extract else "parts"
+    if dest_parent.exists() and not dest_parent.is_dir():
+        raise DestinationError(f"{dest_parent}: not a directory", hint="give a directory as DEST_PARENT")
+    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+        dest.rmdir()  # an empty directory made beforehand: take its place
     if dest.exists() or dest.is_symlink():
         marker = read_marker(dest)
-        if marker and marker.get("manifest_digest") == manifest_digest:
+        if marker and marker.get("manifest_digest") == manifest_digest and marker.get("mode", "extract") == mode:
             return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
+        if marker and marker.get("manifest_digest") == manifest_digest:
+            held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
+            raise DestinationError(f"{dest} already holds {held} of generation {manifest.generation}",
+                                   hint="pull into another DEST_PARENT, or remove the directory named above")
         raise DestinationError(f"{dest} already exists" + (
-            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker else ""))
+            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker else ""),
+            hint="pull into another DEST_PARENT, or remove (or rename) the directory named above to get the new "
+                 "generation" if marker else "pull into another DEST_PARENT or remove the directory named above")
     if not dest_parent.is_dir():
         try:
             dest_parent.mkdir(parents=True)
@@ -110,7 +122,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
             raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})") from err
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
-                      "extract" if extract else "parts", min_advance=manifest.chunk_size)
+                      mode, min_advance=manifest.chunk_size)
     offset = journal.open()
     if offset:
         progress.message(f"resuming {name} at byte {offset} of {manifest.stream_size}")
@@ -219,8 +231,19 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
     """Write verified chunks into the part files from the fetch workers (in parallel);
     checkpoint the in-order prefix of completed chunks."""
     fds = _open_parts(manifest, journal)
+    # Workers may still be writing when the consumer stops (Ctrl-C, a failed chunk):
+    # the fds are closed only once no write is in progress and none can start, so a
+    # recycled descriptor number never receives chunk data.
+    gate = threading.Condition()
+    writing = 0
+    closed = False
 
     def sink(job, data: memoryview) -> None:
+        nonlocal writing
+        with gate:
+            if closed:
+                raise Interrupted("pull stopped")
+            writing += 1
         pos = job.offset
         try:
             while data:
@@ -231,6 +254,10 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
             if isinstance(error, InsufficientSpaceError):
                 raise _space_error(journal, manifest.stream_size - journal.offset) from err
             raise error from err
+        finally:
+            with gate:
+                writing -= 1
+                gate.notify_all()
 
     chunks = fetcher.fetch(jobs, sink)
     try:
@@ -238,8 +265,11 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
             journal.checkpoint(job.stream_offset + job.length)
     finally:
         chunks.close()
-        for fd in fds.values():
-            os.close(fd)
+        with gate:
+            closed = True
+            gate.wait_for(lambda: writing == 0)
+            for fd in fds.values():
+                os.close(fd)
     journal.checkpoint(manifest.stream_size, force=True)
 
 

@@ -60,8 +60,13 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
     progress = progress or NullProgress()
     started = time.monotonic()
     meta = dest / archive.METADATA_DIR
+    if not dest.is_dir():
+        raise DestinationError(f"{dest}: no such directory", hint="give the directory a pull created, e.g. /data/sbu")
     marker = read_marker(dest)
     if marker is None:
+        inside = [d for d in sorted(dest.iterdir()) if d.is_dir() and read_marker(d) is not None][:1]
+        if inside:
+            raise DestinationError(f"{dest}: not a completed s3sync pull", hint=f"did you mean {inside[0]}?")
         raise DestinationError(f"{dest}: not a completed s3sync pull (no {archive.METADATA_DIR}/complete.json)",
                                hint="give the directory a pull created, e.g. /data/sbu")
     try:

@@ -27,6 +27,7 @@ from ..errors import (
     PartChangedError,
     StoreError,
     TransientStoreError,
+    UsageError,
 )
 from .base import ObjectInfo
 
@@ -70,8 +71,12 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
-    return session.client("s3", endpoint_url=settings.endpoint_url,
-                          region_name=settings.region, config=config)
+    try:
+        return session.client("s3", endpoint_url=settings.endpoint_url,
+                              region_name=settings.region, config=config)
+    except ValueError as err:  # e.g. AWS_ENDPOINT_URL_S3 without http://
+        raise UsageError(f"invalid S3 endpoint or region: {err}",
+                         hint="an endpoint URL starts with http:// or https://") from err
 
 
 def translate(err: Exception, what: str) -> StoreError:

@@ -137,7 +137,7 @@ def test_names_resolve_through_s3sync_bucket(run, s3_server, bucket, tmp_path: P
 
     listing = run("ls", "--json", env=env)
     assert listing.code == 0, listing.describe()
-    urls = {d["name"]: d["url"] for d in listing.json()}
+    urls = {d["name"]: d["url"] for d in listing.json()["datasets"]}
     assert urls["mscoco"] == f"s3://{bucket}/mscoco"
     assert urls["sbu"] == f"s3://{bucket}/sbu"
 
@@ -162,7 +162,7 @@ def test_ls_lists_builtin_catalog(run) -> None:
         assert name in plain.stdout
     doc = run("ls", "--json")
     assert doc.code == 0, doc.describe()
-    entries = {d["name"]: d for d in doc.json()}
+    entries = {d["name"]: d for d in doc.json()["datasets"]}
     assert {"sbu", "mscoco", "imagenet"} <= set(entries)
     assert all(entries[n]["title"] and entries[n]["licence"] for n in ("sbu", "mscoco", "imagenet"))
     assert all(entries[n]["url"] is None for n in entries)  # no S3SYNC_BUCKET in the hermetic env
@@ -324,10 +324,14 @@ def test_destination_holding_another_generation_exits_1(run, s3_server, bucket, 
     assert run("publish", src, "--to", url, *ep, *SMALL, "-q").code == 0
     assert_error(run("pull", url, dest, *ep), 1)
     assert not (dest / "ds" / "new.txt").exists()
-    # An unrelated existing directory is not overwritten either.
+    # An unrelated existing directory is not overwritten either (an empty one is taken over).
     (tmp_path / "other" / "ds").mkdir(parents=True)
+    (tmp_path / "other" / "ds" / "mine.txt").write_text("keep\n")
     assert_error(run("pull", url, tmp_path / "other", *ep), 1)
-    assert list((tmp_path / "other" / "ds").iterdir()) == []
+    assert [p.name for p in (tmp_path / "other" / "ds").iterdir()] == ["mine.txt"]
+    (tmp_path / "empty" / "ds").mkdir(parents=True)
+    assert run("pull", url, tmp_path / "empty", *ep, "-q").code == 0
+    assert (tmp_path / "empty" / "ds" / "new.txt").exists()
 
 
 def test_closed_stdout_is_not_an_internal_error(s3sync_exe: str) -> None:
