@@ -157,7 +157,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     elif not ui.quiet:
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         ui.info(f"published {m.name} to {location.url()}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} "
-                f"in {len(m.parts)} part(s), generation {m.generation}, "
+                f"in {_plural(len(m.parts), 'part')}, generation {m.generation}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK
 
