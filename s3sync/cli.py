@@ -45,7 +45,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--profile", help="AWS profile from ~/.aws/config", **d)
     g.add_argument("--region", help="AWS region", **d)
     g.add_argument("--no-sign-request", action="store_true", help="anonymous requests (public buckets)", **flag)
-    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default 8)", **d)
+    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default: 2 per CPU, 4 to 32)", **d)
     g.add_argument("-q", "--quiet", action="store_true", help="print errors only", **flag)
     g.add_argument("-v", "--verbose", action="store_true", help="print retries and resume points", **flag)
     g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout", **flag)
@@ -120,7 +120,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
         "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,
         "chunk_size": getattr(args, "chunk_size", None), "part_size": getattr(args, "part_size", None),
     }
-    return resolve(doc, env, flags, str(path))
+    return resolve(doc, env, flags, str(path), cpus=os.cpu_count())
 
 
 def _store(settings: Settings, bucket: str) -> Any:
