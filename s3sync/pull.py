@@ -8,6 +8,7 @@ Pipeline: manifest -> validate -> journal (resume point) -> preflight (disk, ino
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -52,6 +53,18 @@ class PullResult:
     retries: int
     up_to_date: bool
     elapsed_s: float
+
+
+MEMORY_BUDGET = 256 * 1024 * 1024
+"""Bytes of chunk buffers a pull aims to stay within (beyond one per connection)."""
+
+
+def fetch_settings(settings: TransferSettings, chunk_size: int) -> TransferSettings:
+    """Transfer settings for a manifest's ``chunk_size``: buffers sized to its chunks, and a
+    window of 2 chunks per connection, trimmed to ``MEMORY_BUDGET`` but never below one
+    chunk per connection."""
+    window = max(settings.concurrency, min(settings.window, MEMORY_BUDGET // chunk_size))
+    return dataclasses.replace(settings, chunk_size=chunk_size, window=window)
 
 
 def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
@@ -126,7 +139,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     offset = journal.open()
     if offset:
         progress.message(f"resuming {name} at byte {offset} of {manifest.stream_size}")
-    fetcher = ChunkFetcher(store, location.key, settings, progress)
+    fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
     try:
         _preflight(journal.tree, manifest, offset, extract)
         jobs = plan_pull(manifest, offset)
