@@ -41,6 +41,9 @@ SMALL_FILE = 1024 * 1024
 MAX_PENDING = 256
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 """Bound on files (count, bytes) copied out and waiting for a writer thread."""
+BATCH_FILES = 32
+BATCH_BYTES = 2 * 1024 * 1024
+"""A writer task takes up to this many small files or bytes."""
 METADATA_DIR = ".s3sync"
 """Top-level directory a pull adds to a dataset (manifest copy, completion marker);
 never published."""
@@ -292,21 +295,35 @@ class SafeExtractor:
                                   errors="surrogateescape")
         except tarfile.ReadError as err:
             raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
-        pending: deque[tuple[Future[MemberRecord], int]] = deque()
+        # A task writes a batch of small files: one future per 4 KiB file would cost more
+        # than writing the file. Batches complete, and are reported, in stream order.
+        pending: deque[tuple[Future[list[MemberRecord]], list[int], int]] = deque()
         pending_bytes = 0
-        inflight: dict[str, Future[MemberRecord]] = {}
+        inflight: set[str] = set()  # paths in unfinished batches
+        batch: list[tuple[str, bytearray, int, int]] = []
+        offsets: list[int] = []
+        batch_bytes = 0
+
+        def submit() -> None:
+            nonlocal batch, offsets, batch_bytes, pending_bytes
+            if batch:
+                pending.append((pool.submit(self._write_batch, batch), offsets, batch_bytes))
+                pending_bytes += batch_bytes
+                batch, offsets, batch_bytes = [], [], 0
 
         def complete(drain: bool = False) -> None:
-            """Report finished writes in order; wait while over the bounds (or all, if drain)."""
+            """Report finished batches in order; wait while over the bounds (or all, if drain)."""
             nonlocal pending_bytes
-            while pending and (drain or pending[0][0].done() or len(pending) > MAX_PENDING
+            if drain:
+                submit()
+            while pending and (drain or pending[0][0].done() or len(pending) > MAX_PENDING // BATCH_FILES
                                or pending_bytes > MAX_PENDING_BYTES):
-                fut, next_offset = pending.popleft()
-                record = fut.result()
-                pending_bytes -= record.size
-                if inflight.get(record.path) is fut:
-                    del inflight[record.path]
-                on_member(next_offset, record)
+                fut, next_offsets, nbytes = pending.popleft()
+                records = fut.result()
+                pending_bytes -= nbytes
+                for record, next_offset in zip(records, next_offsets, strict=True):
+                    inflight.discard(record.path)
+                    on_member(next_offset, record)
 
         pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="s3sync-write")
         try:
@@ -320,15 +337,19 @@ class SafeExtractor:
                 tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
                 name = self._check_name(member)
                 self._ensure_dir(os.path.dirname(name), member.name)
-                if member.isreg() and member.size <= SMALL_FILE and name not in inflight:
+                if name in inflight:
+                    complete(drain=True)  # the same path again: let the earlier write finish
+                if member.isreg() and member.size <= SMALL_FILE:
                     stream.seek(member.offset_data)
                     data = bytearray()
                     for view in stream.views(member.size):
                         data += view  # copy now: the chunk buffer is reused once we move on
-                    fut = pool.submit(self._write_small, name, data, member.mode & 0o777, int(member.mtime))
-                    inflight[name] = fut
-                    pending.append((fut, tar.offset))
-                    pending_bytes += member.size
+                    batch.append((name, data, member.mode & 0o777, int(member.mtime)))
+                    offsets.append(tar.offset)
+                    inflight.add(name)
+                    batch_bytes += member.size
+                    if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                        submit()
                     complete()
                 else:
                     complete(drain=True)  # links and directories see every earlier member written
@@ -336,6 +357,9 @@ class SafeExtractor:
             complete(drain=True)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write_batch(self, batch: list[tuple[str, bytearray, int, int]]) -> list[MemberRecord]:
+        return [self._write_small(*item) for item in batch]
 
     def _write_small(self, name: str, data: bytearray, mode: int, mtime: int) -> MemberRecord:
         path = os.path.join(self.root, name)
