@@ -153,8 +153,10 @@ def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
 
 def member_span(info: tarfile.TarInfo) -> int:
     """Bytes a member takes in the stream: its headers plus its data padded to 512."""
-    header = len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-    return header + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    data = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    if info.name.isascii() and len(info.name) < 100 and len(info.linkname) < 100 and info.size < 8**11:
+        return tarfile.BLOCKSIZE + data  # a plain ustar header, no PAX record (common case)
+    return len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")) + data
 
 
 def _read_small(path: str) -> bytes:

@@ -30,6 +30,7 @@ from .progress import NullProgress, Progress
 from .stores.base import ObjectInfo, Store
 
 _PIPE_DEPTH = 16
+_COALESCE = 1024 * 1024
 
 
 class _Pipe:
@@ -103,6 +104,13 @@ class _OpenPart:
     hasher: hashing.Hasher = field(default_factory=hashing.Hasher)
     chunk_hasher: hashing.Hasher = field(default_factory=hashing.Hasher)
     chunks: list[str] = field(default_factory=list)
+    small: bytearray = field(default_factory=bytearray)
+
+    def flush(self) -> None:
+        """Hand the coalesced small writes to the uploader."""
+        if self.small:
+            self.pipe.put(bytes(self.small))
+            self.small = bytearray()
 
 
 class PartWriter:
@@ -144,7 +152,15 @@ class PartWriter:
             part.chunk_hasher.update(piece)
             part.hasher.update(piece)
             self.stream_hasher.update(piece)
-            part.pipe.put(piece)
+            # Coalesce small writes (tar headers, tiny files): one queue hand-off per
+            # ~1 MiB instead of one per 512-byte header.
+            if len(piece) >= _COALESCE:
+                part.flush()
+                part.pipe.put(piece)
+            else:
+                part.small += piece
+                if len(part.small) >= _COALESCE:
+                    part.flush()
             part.size += len(piece)
             part.chunk_pos += len(piece)
             self._pos += len(piece)
@@ -183,6 +199,7 @@ class PartWriter:
         assert part is not None
         if part.chunk_pos:
             part.chunks.append(part.chunk_hasher.hexdigest())
+        part.flush()
         part.pipe.put(None)
         self._part = None
         self._end_part(part.index, part.size, part.hasher.hexdigest(), part.chunks)
