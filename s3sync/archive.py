@@ -42,7 +42,7 @@ MAX_PENDING = 256
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 """Bound on files (count, bytes) copied out and waiting for a writer thread."""
 BATCH_FILES = 32
-BATCH_BYTES = 2 * 1024 * 1024
+BATCH_BYTES = 256 * 1024
 """A writer task takes up to this many small files or bytes."""
 METADATA_DIR = ".s3sync"
 """Top-level directory a pull adds to a dataset (manifest copy, completion marker);
@@ -357,6 +357,14 @@ class SafeExtractor:
                     complete(drain=True)  # links and directories see every earlier member written
                     on_member(tar.offset, self._extract_member(name, member, stream))
             complete(drain=True)
+        except BaseException:
+            # Interrupted or failed: finish and record the small files already copied out,
+            # so that the resume point covers them and a rerun does not fetch them again.
+            try:
+                complete(drain=True)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
