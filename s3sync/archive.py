@@ -36,6 +36,10 @@ from .errors import (
 )
 
 COPY_BUFSIZE = 1024 * 1024
+WRITE_STEP = 1024 * 1024
+"""Largest single write()/pwrite() (bytes). One 16 MiB write cost 5x the system CPU of
+sixteen 1 MiB writes here (perf: copy_folio_from_iter_atomic, Linux 6.18, ext4), which
+made `pull --no-extract` 3x slower than s5cmd."""
 SMALL_FILE = 1024 * 1024
 """Regular files up to this size (bytes) are written by the writer pool."""
 MAX_PENDING = 256
@@ -489,7 +493,7 @@ class SafeExtractor:
             for view in stream.views(member.size):
                 hasher.update(view)
                 while view:
-                    n = os.write(fd, view)
+                    n = os.write(fd, view[:WRITE_STEP])
                     view = view[n:]
             os.fchmod(fd, mode)
             os.utime(fd, (member.mtime, member.mtime))

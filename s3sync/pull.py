@@ -264,7 +264,7 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
         try:
             with part_locks[job.part_index]:
                 while data:
-                    n = os.pwrite(fds[job.part_index], data, pos)
+                    n = os.pwrite(fds[job.part_index], data[:archive.WRITE_STEP], pos)
                     data, pos = data[n:], pos + n
         except OSError as err:
             error = archive.translate_os_error(err, str(journal.tree))
