@@ -325,11 +325,13 @@ class SafeExtractor:
             while pending and (drain or pending[0][0].done() or len(pending) > MAX_PENDING // BATCH_FILES
                                or pending_bytes > MAX_PENDING_BYTES):
                 fut, next_offsets, nbytes = pending.popleft()
-                records = fut.result()
+                records, error = fut.result()
                 pending_bytes -= nbytes
-                for record, next_offset in zip(records, next_offsets, strict=True):
+                for record, next_offset in zip(records, next_offsets, strict=False):
                     inflight.discard(record.path)
                     on_member(next_offset, record)
+                if error is not None:
+                    raise error
 
         pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="s3sync-write")
         try:
@@ -372,8 +374,17 @@ class SafeExtractor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _write_batch(self, batch: list[tuple[str, bytearray, int, int]]) -> list[MemberRecord]:
-        return [self._write_small(*item) for item in batch]
+    def _write_batch(self, batch: list[tuple[str, bytearray, int, int]]
+                     ) -> tuple[list[MemberRecord], Exception | None]:
+        """Write the files in order; stop at the first failure and return it with the
+        records of the files written before it (they still count for the resume point)."""
+        records: list[MemberRecord] = []
+        for item in batch:
+            try:
+                records.append(self._write_small(*item))
+            except Exception as err:  # noqa: BLE001 - re-raised in order by the caller
+                return records, err
+        return records, None
 
     def _write_small(self, name: str, data: bytearray, mode: int, mtime: int) -> MemberRecord:
         path = os.path.join(self.root, name)
