@@ -309,6 +309,7 @@ class SafeExtractor:
         batch: list[tuple[str, bytearray, int, int]] = []
         offsets: list[int] = []
         batch_bytes = 0
+        broken = False
 
         def submit() -> None:
             nonlocal batch, offsets, batch_bytes, pending_bytes
@@ -331,6 +332,8 @@ class SafeExtractor:
                     inflight.discard(record.path)
                     on_member(next_offset, record)
                 if error is not None:
+                    nonlocal broken
+                    broken = True  # later batches must not move the resume point past this file
                     raise error
 
         pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="s3sync-write")
@@ -366,10 +369,11 @@ class SafeExtractor:
         except BaseException:
             # Interrupted or failed: finish and record the small files already copied out,
             # so that the resume point covers them and a rerun does not fetch them again.
-            try:
-                complete(drain=True)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
+            if not broken:
+                try:
+                    complete(drain=True)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -4,6 +4,7 @@ Layout of ``DEST_PARENT/.NAME.s3sync-partial/``::
 
     manifest.json   the manifest being pulled (bytes as fetched)
     journal.json    {"version", "generation", "manifest_digest", "mode", "offset", "index_size"}
+    reserve         256 KiB set aside, deleted on ENOSPC so the last checkpoint can be written
     tree/           the dataset as extracted so far (renamed into place at the end)
     tree/.s3sync/index.jsonl
                     one line per extracted member (archive.MemberRecord), in stream
@@ -20,6 +21,7 @@ process dying, not against the OS losing unsynced file data.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -33,6 +35,8 @@ from .archive import METADATA_DIR, MemberRecord, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
+RESERVE_NAME = "reserve"
+RESERVE_SIZE = 256 * 1024
 INDEX_NAME = "index.jsonl"
 
 
@@ -125,6 +129,12 @@ class Journal:
                 if index.exists():
                     os.truncate(index, min(int(state.get("index_size", 0)), index.stat().st_size))
             self.index_path.parent.mkdir(exist_ok=True)
+            # A little space set aside, freed when the disk fills up, so that the last
+            # checkpoint can still be written and a rerun resumes from it.
+            reserve = self.staging / RESERVE_NAME
+            if not reserve.exists():
+                with open(reserve, "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, RESERVE_SIZE)
             self._index_file = open(self.index_path, "ab")
         except OSError as err:
             raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
@@ -161,7 +171,21 @@ class Journal:
         try:
             self._write_unchecked(sync)
         except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) and self._release_reserve():
+                try:
+                    self._write_unchecked(sync)  # the reserve made room for the resume point
+                    return
+                except OSError as again:
+                    err = again
             raise translate_os_error(err, str(self.staging.parent)) from err
+
+    def _release_reserve(self) -> bool:
+        """Free the reserve file (see ``open``); True if there was one."""
+        try:
+            (self.staging / RESERVE_NAME).unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def _write_unchecked(self, sync: bool) -> None:
         if self._index_file is not None:
