@@ -158,10 +158,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         journal.close_quietly()
         if err.needed:
             raise
-        left = manifest.stream_size - journal.offset
-        if extract and manifest.stream_size:
-            left = manifest.extracted_size * left // manifest.stream_size
-        raise _space_error(journal, left) from err
+        raise _space_error(journal, _bytes_left(manifest, journal.offset, extract)) from err
     except BaseException:
         journal.close_quietly()  # flush the last checkpoint: a rerun resumes from it
         raise
@@ -172,12 +169,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
 
 def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> None:
     """Refuse at once when free space or inodes are clearly too small."""
-    left = max(0, manifest.stream_size - offset)
-    if extract and manifest.stream_size:
-        need = manifest.extracted_size * left // manifest.stream_size
-    else:
-        need = left
-    need += SPACE_MARGIN
+    need = _bytes_left(manifest, offset, extract) + SPACE_MARGIN
     usage = shutil.disk_usage(tree)
     if usage.free < need:
         raise InsufficientSpaceError(
@@ -203,21 +195,25 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
         progress.advance("extract", record.size if record.kind == "file" else 0)
 
     if offset < manifest.stream_size:
-        try:
-            extractor.extract(reader, on_member)
-        except InsufficientSpaceError as err:
-            left = manifest.extracted_size * (manifest.stream_size - reader.tell()) // manifest.stream_size
-            raise _space_error(journal, left) from err
+        extractor.extract(reader, on_member)  # ENOSPC: pull() adds the bytes still needed
         reader.drain()  # end-of-archive padding: fetched and verified like the rest
     journal.checkpoint(manifest.stream_size, force=True)
     extractor.finish_dirs([r for r in journal.records() if r.kind == "dir"])
     progress.finish("extract")
 
 
+def _bytes_left(manifest: Manifest, offset: int, extract: bool) -> int:
+    """Bytes still to be written from stream ``offset``: a share of the extracted size, or
+    the rest of the stream for ``--no-extract``."""
+    left = max(0, manifest.stream_size - offset)
+    if extract and manifest.stream_size:
+        return manifest.extracted_size * left // manifest.stream_size
+    return left
+
+
 def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
     """The disk filled up: name the destination and about how many bytes are still needed."""
     dest = journal.staging.parent
-    left = max(0, left)
     free = shutil.disk_usage(journal.staging).free
     return InsufficientSpaceError(
         f"{dest}: disk full while extracting; about {left + SPACE_MARGIN} more bytes are needed, {free} are free",
@@ -266,11 +262,8 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
                 while data:
                     n = os.pwrite(fds[job.part_index], data[:archive.WRITE_STEP], pos)
                     data, pos = data[n:], pos + n
-        except OSError as err:
-            error = archive.translate_os_error(err, str(journal.tree))
-            if isinstance(error, InsufficientSpaceError):
-                raise _space_error(journal, manifest.stream_size - journal.offset) from err
-            raise error from err
+        except OSError as err:  # ENOSPC: pull() adds the bytes still needed
+            raise archive.translate_os_error(err, str(journal.tree)) from err
         finally:
             with gate:
                 writing -= 1
