@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from .engine import ChunkFetcher, OrderedReader
 from .errors import DestinationError, InsufficientSpaceError, Interrupted, NotFoundError
 from .journal import INDEX_NAME, Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
+from .partfiles import PartFiles
 from .planning import plan_pull
 from .progress import NullProgress, Progress
 from .stores.base import Store
@@ -220,66 +220,17 @@ def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
         path=str(dest), needed=left + SPACE_MARGIN, available=free)
 
 
-def _open_parts(manifest: Manifest, journal: Journal) -> dict[int, int]:
-    """Create (or reopen, on resume) every part file at its final size; return fds by part index."""
-    fds: dict[int, int] = {}
-    try:
-        for i, part in enumerate(manifest.parts):
-            path = journal.tree / part.key.rsplit("/", 1)[-1]
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            fds[i] = fd
-            os.ftruncate(fd, part.size)
-    except OSError as err:
-        for fd in fds.values():
-            os.close(fd)
-        raise archive.translate_os_error(err, str(journal.tree)) from err
-    return fds
-
-
 def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal: Journal) -> None:
-    """Write verified chunks into the part files from the fetch workers (in parallel);
-    checkpoint the in-order prefix of completed chunks."""
-    fds = _open_parts(manifest, journal)
-    # Workers may still be writing when the consumer stops (Ctrl-C, a failed chunk):
-    # the fds are closed only once no write is in progress and none can start, so a
-    # recycled descriptor number never receives chunk data.
-    gate = threading.Condition()
-    writing = 0
-    closed = False
-    # One writer per part file at a time: concurrent pwrite()s to one inode contend on
-    # its lock in the kernel (measured: twice the system CPU of serialised writes).
-    part_locks = {i: threading.Lock() for i in fds}
-
-    def sink(job, data: memoryview) -> None:
-        nonlocal writing
-        with gate:
-            if closed:
-                raise Interrupted("pull stopped")
-            writing += 1
-        pos = job.offset
-        try:
-            with part_locks[job.part_index]:
-                while data:
-                    n = os.pwrite(fds[job.part_index], data[:archive.WRITE_STEP], pos)
-                    data, pos = data[n:], pos + n
-        except OSError as err:  # ENOSPC: pull() adds the bytes still needed
-            raise archive.translate_os_error(err, str(journal.tree)) from err
-        finally:
-            with gate:
-                writing -= 1
-                gate.notify_all()
-
-    chunks = fetcher.fetch(jobs, sink)
+    """Fetch chunks into the part files piece by piece (in the fetch workers); checkpoint
+    the in-order prefix of verified chunks."""
+    files = PartFiles(journal.tree, [(part.key.rsplit("/", 1)[-1], part.size) for part in manifest.parts]).open()
+    done = fetcher.fetch_to(jobs, files.write)
     try:
-        for job, _ in chunks:
+        for job in done:
             journal.checkpoint(job.stream_offset + job.length)
     finally:
-        chunks.close()
-        with gate:
-            closed = True
-            gate.wait_for(lambda: writing == 0)
-            for fd in fds.values():
-                os.close(fd)
+        done.close()  # cancels the fetch
+        files.close()  # no write after this: none lands once pull() has returned
     journal.checkpoint(manifest.stream_size, force=True)
 
 

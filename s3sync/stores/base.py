@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -42,6 +42,14 @@ class Store(Protocol):
         The request is pinned with ``If-Match: etag`` and the response's ETag is
         compared too (some servers ignore If-Match). ``on_bytes(n)`` is called as
         bytes arrive, for progress.
+        """
+
+    def read_range_pieces(self, key: str, offset: int, length: int, etag: str,
+                          scratch: memoryview) -> Generator[memoryview, None, None]:
+        """Yield the ``length`` bytes of ``key`` from ``offset`` in order, as views into
+        ``scratch``, each valid until the next is requested (a ranged GET, checked as in
+        ``read_range_into``). Pieces are at most ``len(scratch)`` bytes; their lengths add
+        up to ``length`` or an error is raised.
         """
 
     def put(self, key: str, data: bytes) -> ObjectInfo:

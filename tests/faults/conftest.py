@@ -238,6 +238,22 @@ class Kit:
         assert (dest / METADATA_DIR).is_dir(), f"{dest} has no completion metadata"
         assert snapshot(dest) == snapshot(src)
 
+    def assert_same_parts(self, pub: Published, dest: Path) -> None:
+        """``dest`` holds exactly the part objects of ``pub``, byte for byte (a --no-extract pull)."""
+        assert (dest / METADATA_DIR).is_dir(), f"{dest} has no completion metadata"
+        names = sorted(p.name for p in dest.iterdir() if p.name != METADATA_DIR)
+        assert names == [part.key.rsplit("/", 1)[-1] for part in pub.manifest.parts]
+        for part in pub.manifest.parts:
+            body = self.client.get_object(Bucket=self.bucket, Key=pub.location.key(part.key))["Body"].read()
+            assert (dest / part.key.rsplit("/", 1)[-1]).read_bytes() == body, part.key
+
+    def assert_pulled(self, pub: Published, dest: Path, extract: bool) -> None:
+        """The tree (extract) or the part files (--no-extract) of ``pub`` are in ``dest``."""
+        if extract:
+            self.assert_same_tree(pub.src, dest)
+        else:
+            self.assert_same_parts(pub, dest)
+
     def cli(self, *args: str | os.PathLike, **popen: Any) -> subprocess.Popen:
         """Start the installed ``s3sync`` command (the console script next to this Python)."""
         exe = Path(sysconfig.get_path("scripts")) / "s3sync"

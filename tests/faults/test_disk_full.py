@@ -111,3 +111,23 @@ def test_disk_fills_up_mid_pull_then_rerun_after_freeing_resumes(kit, make_tmpfs
     kit.assert_same_tree(src, result.dest)
     assert result.resumed_from > 0
     assert kit.sent("part-") - before < pub.manifest.stream_size
+
+
+
+def test_no_extract_disk_fills_up_mid_pull_then_rerun_after_freeing_resumes(kit, make_tmpfs):
+    """--no-extract writes pieces of chunks before they are verified: after ENOSPC the rerun
+    resumes from the last verified chunk and the part files come out whole."""
+    pub = kit.publish(kit.tree())
+    dest_parent = make_tmpfs(SPACE_MARGIN + pub.manifest.stream_size + 4 * MiB)
+    # Room for about two thirds of the parts: the first chunks complete, a later one fails.
+    filler = _fill_at_first_part(kit, dest_parent, leave=2 * MiB)
+    with pytest.raises(InsufficientSpaceError) as caught:
+        kit.pull(pub, dest_parent, extract=False)
+    assert caught.value.needed > 0
+    assert not (dest_parent / pub.name).exists()
+
+    filler.unlink()
+    kit.proxy.clear()
+    result = kit.pull(pub, dest_parent, extract=False)
+    kit.assert_same_parts(pub, result.dest)
+    assert result.resumed_from > 0

@@ -87,16 +87,18 @@ def kill(proc: subprocess.Popen, sig: int) -> None:
         proc.send_signal(sig)
 
 
-def test_kill_9_then_rerun_resumes(kit):
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "no-extract"])
+def test_kill_9_then_rerun_resumes(kit, extract):
     """A burst of 2 MiB, then a trickle; kill -9 a moment after the first checkpoint of the
     trickle; the same command again completes and re-fetches about the in-flight window."""
+    flags = () if extract else ("--no-extract",)
     pub = kit.publish(kit.tree(standard_files(4 * MiB, 32)))
     dest_parent = kit.tmp / "dest"
     stream = pub.manifest.stream_size
     # From the first GET of the 3rd part (stream offset 2 MiB) on, the network slows down.
     kit.add(Rule("hook", key="part-00002", times=1,
                  hook=lambda req: setattr(kit.proxy, "throttle_bps", THROTTLE_BPS)))
-    proc = pull_cmd(kit, pub, dest_parent)
+    proc = pull_cmd(kit, pub, dest_parent, *flags)
     try:
         wait_for(lambda: journal_offset(dest_parent, pub.name) >= MiB, 30, "a checkpoint past 1 MiB", proc)
         time.sleep(0.3)
@@ -110,16 +112,16 @@ def test_kill_9_then_rerun_resumes(kit):
     assert not (dest_parent / pub.name).exists()
 
     kit.proxy.clear()
-    code, doc, err = finish(pull_cmd(kit, pub, dest_parent), kit=kit)
+    code, doc, err = finish(pull_cmd(kit, pub, dest_parent, *flags), kit=kit)
     assert code == 0, err
     second_run = kit.sent("part-") - first_run
-    kit.assert_same_tree(pub.src, dest_parent / pub.name)
+    kit.assert_pulled(pub, dest_parent / pub.name, extract)
     verify_ok(kit, dest_parent / pub.name)
 
     refetched = first_run + second_run - stream
     # the window, plus a chunk for the member/chunk alignment and a chunk of slack
     bound = WINDOW * CHUNK + 2 * CHUNK
-    REPORT[f"kill-9/{kit.server.name}"] = (
+    REPORT[f"kill-9/{'extract' if extract else 'no-extract'}/{kit.server.name}"] = (
         f"stream {stream} B; first run got {first_run} B, durable checkpoint {checkpoint} B; rerun resumed "
         f"at {doc['resumed_from']} and fetched {second_run} B; re-fetched {refetched} B = "
         f"{refetched / CHUNK:.1f} chunks of 256 KiB (window {WINDOW} chunks, bound {bound} B)")

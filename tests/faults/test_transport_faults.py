@@ -76,17 +76,20 @@ FAULTS = {
 }
 
 
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "no-extract"])
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_pull_survives(kit, fault):
+def test_pull_survives(kit, fault, extract):
     src = kit.tree()
     pub = kit.publish(src)
     assert len(pub.manifest.parts) > 1
     rule, = kit.add(FAULTS[fault]())
     progress = RecordingProgress()
 
-    result = kit.pull(pub, store=kit.store(read_timeout_s=0.5), progress=progress)
+    result = kit.pull(pub, store=kit.store(read_timeout_s=0.5), progress=progress, extract=extract)
 
-    kit.assert_same_tree(src, result.dest)
+    # --no-extract reads chunks straight into the part files: a failed attempt's bytes land
+    # there first and must be overwritten by the retry.
+    kit.assert_pulled(pub, result.dest, extract)
     assert rule.applied > 0, "the fault was never injected"
     if fault == "ignores-range":
         # Handled without a retry: the chunk's bytes are taken from the right offset of the body.
@@ -101,7 +104,7 @@ def test_pull_survives(kit, fault):
     assert total == pub.manifest.stream_size
     assert progress.peak["download"] <= total
     assert progress.done["download"] == total
-    REPORT[f"fault-{fault}/{kit.server.name}"] = (
+    REPORT[f"fault-{fault}/{'extract' if extract else 'no-extract'}/{kit.server.name}"] = (
         f"injected {rule.applied}, retries {result.retries}, received {result.bytes_received} B "
         f"for a {pub.manifest.stream_size} B stream, proxy sent {kit.sent('part-')} B")
 
@@ -127,8 +130,9 @@ BUDGET = {
 }
 
 
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "no-extract"])
 @pytest.mark.parametrize("case", list(BUDGET))
-def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
+def test_retry_budget_exhausted_then_rerun_resumes(kit, case, extract):
     src = kit.tree()
     pub = kit.publish(src)
     make_rule, expected = BUDGET[case]
@@ -137,7 +141,7 @@ def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
     dest_parent = kit.tmp / "dest"
 
     with pytest.raises(expected) as caught:
-        kit.pull(pub, dest_parent, transfer=settings)
+        kit.pull(pub, dest_parent, transfer=settings, extract=extract)
     err = caught.value
     assert err.exit_code != 0 and err.retriable
     assert "part-00001" in str(err)
@@ -146,12 +150,14 @@ def test_retry_budget_exhausted_then_rerun_resumes(kit, case):
 
     kit.proxy.clear()
     first_part, before = kit.sent("part-00000"), kit.sent("part-")
-    result = kit.pull(pub, dest_parent)
-    kit.assert_same_tree(src, result.dest)
-    # The first part was extracted before the failure: the rerun resumes after it.
+    result = kit.pull(pub, dest_parent, extract=extract)
+    # --no-extract: the failed chunk's last (corrupt or cut) attempt is in the part file
+    # until the rerun fetches it again.
+    kit.assert_pulled(pub, result.dest, extract)
+    # The first part was written before the failure: the rerun resumes after it.
     assert result.resumed_from > 0
     assert kit.sent("part-00000") == first_part, "the rerun fetched the first part again"
-    REPORT[f"budget-{case}/{kit.server.name}"] = (
+    REPORT[f"budget-{case}/{'extract' if extract else 'no-extract'}/{kit.server.name}"] = (
         f"{type(err).__name__} after {rule.applied} attempts; rerun resumed at byte {result.resumed_from}, "
         f"fetched {kit.sent('part-') - before} of {pub.manifest.stream_size} B")
 
