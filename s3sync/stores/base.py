@@ -55,8 +55,10 @@ class Store(Protocol):
     def put(self, key: str, data: bytes) -> ObjectInfo:
         """Write a small object in one request."""
 
-    def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> ObjectInfo:
-        """Multipart-upload a non-seekable stream of unknown length; return the new object's info."""
+    def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> None:
+        """Multipart-upload a non-seekable stream of unknown length. The ETag a GET will
+        show is ``head(key).etag``: some servers (rclone serve s3) answer
+        CompleteMultipartUpload with another one."""
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""

@@ -303,7 +303,7 @@ class S3Store:
             raise translate(err, self._url(key)) from err
         return ObjectInfo(key, len(data), resp["ETag"])
 
-    def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> ObjectInfo:
+    def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> None:
         if self._manager is not None and self._manager.config.multipart_chunksize != upload_part_size:
             self.close()
         if self._manager is None:
@@ -318,7 +318,6 @@ class S3Store:
                                  extra_args={"ContentType": "application/x-tar"}).result()
         except Exception as err:
             raise translate(err, self._url(key)) from err
-        return self.head(key)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
