@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     parser = _Parser(prog="s3sync", parents=[_common(suppress=False)],
                      description="Publish and pull ML datasets through S3, verified and resumable.")
-    parser.add_argument("--version", action="version", version=f"s3sync {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", nargs="?")
     p.set_defaults(func=cmd_ls)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata costs ~40 ms of start-up)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        print(f"s3sync {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

@@ -14,34 +14,38 @@ import threading
 import time
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import (
-    Progress as RichBar,
-)
-from rich.table import Table
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .config import format_size
 from .errors import S3SyncError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich is imported where it is first used: it costs ~60 ms of start-up, and a command whose
+# output is not a terminal (scripts, -q, --json) may never draw a bar or a table.
 
 
 class RichProgress:
     """Bars per stage (bytes, rate, ETA) on an interactive terminal."""
 
     def __init__(self, console: Console, verbose: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichBar
+
         self._verbose = verbose
         self._bar = RichBar(
             TextColumn("{task.description:>9}"), BarColumn(), DownloadColumn(binary_units=True),
             TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
         )
-        self._tasks: dict[str, TaskID] = {}
+        self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._bar.start()
 
@@ -134,9 +138,21 @@ class UI:
         self.quiet = quiet
         self.as_json = as_json
         self.verbose = verbose
-        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True,
-                           width=None if sys.stdout.isatty() else 200)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+    @cached_property
+    def out(self) -> Console:
+        """rich console on stdout."""
+        from rich.console import Console
+
+        return Console(file=sys.stdout, highlight=False, soft_wrap=True,
+                       width=None if sys.stdout.isatty() else 200)
+
+    @cached_property
+    def err(self) -> Console:
+        """rich console on stderr."""
+        from rich.console import Console
+
+        return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
     def progress(self) -> Any:
         """A progress sink suited to the output: rich bars, plain lines, or nothing."""
@@ -165,6 +181,8 @@ class UI:
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         """A table on stdout (plain aligned text when stdout is not a terminal)."""
+        from rich.table import Table
+
         table = Table(title=title, show_lines=False, box=None if not self.out.is_terminal else None)
         for c in columns:
             table.add_column(c, overflow="fold")

@@ -1,4 +1,4 @@
-"""The S3 store: the only module that imports boto3, botocore and s3transfer.
+"""The S3 store: the only module that imports botocore and s3transfer (boto3's stack).
 
 Requests follow the S3 API reference (GetObject with ``Range`` and ``If-Match``,
 HeadObject, PutObject, ListObjectsV2, DeleteObjects, and multipart upload through
@@ -11,13 +11,12 @@ from __future__ import annotations
 import http.client
 import re
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import boto3
 import botocore.exceptions as bexc
+import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
-from s3transfer.manager import TransferConfig, TransferManager
 
 from ..config import S3Settings
 from ..errors import (
@@ -31,6 +30,9 @@ from ..errors import (
     UsageError,
 )
 from .base import ObjectInfo
+
+if TYPE_CHECKING:
+    from s3transfer.manager import TransferManager
 
 _READ_STEP = 1024 * 1024
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -46,7 +48,11 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 
 
 def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
-    """Build a boto3 S3 client from ``settings`` and boto3's usual credential chain.
+    """Build an S3 client from ``settings`` and the usual AWS credential chain.
+
+    The client comes from botocore's session, as ``boto3.client`` builds it, without
+    boto3's own layer: importing boto3 also imports s3transfer and its handlers
+    (~50 ms of every command's start-up). The client is the same object either way.
 
     Checksums are computed and validated only when the API requires them: s3sync
     verifies every byte with its own digests, and S3-compatible servers differ
@@ -56,10 +62,7 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
     Raises:
         CredentialsError: if the named profile does not exist.
     """
-    try:
-        session = boto3.session.Session(profile_name=settings.profile)
-    except bexc.ProfileNotFound as err:
-        raise CredentialsError(f"AWS profile {settings.profile!r} not found") from err
+    session = botocore.session.Session(profile=settings.profile)
     config = Config(
         signature_version=UNSIGNED if settings.no_sign_request else None,
         connect_timeout=settings.connect_timeout_s,
@@ -73,8 +76,10 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
     try:
-        return session.client("s3", endpoint_url=settings.endpoint_url,
-                              region_name=settings.region, config=config)
+        return session.create_client("s3", endpoint_url=settings.endpoint_url,
+                                     region_name=settings.region, config=config)
+    except bexc.ProfileNotFound as err:
+        raise CredentialsError(f"AWS profile {settings.profile!r} not found") from err
     except ValueError as err:  # e.g. AWS_ENDPOINT_URL_S3 without http://
         raise UsageError(f"invalid S3 endpoint or region: {err}",
                          hint="an endpoint URL starts with http:// or https://") from err
@@ -171,7 +176,7 @@ class S3Store:
     """One bucket of an S3-compatible server.
 
     Args:
-        client: a boto3 S3 client (see ``make_client``); owned by the caller.
+        client: a botocore S3 client (see ``make_client``); owned by the caller.
         bucket: bucket name.
         concurrency: threads s3transfer may use for one multipart upload.
     """
@@ -307,6 +312,9 @@ class S3Store:
         if self._manager is not None and self._manager.config.multipart_chunksize != upload_part_size:
             self.close()
         if self._manager is None:
+            # Imported here: only publish uploads (s3transfer adds ~20 ms to every start-up).
+            from s3transfer.manager import TransferConfig, TransferManager
+
             self._manager = TransferManager(self.client, TransferConfig(
                 multipart_threshold=upload_part_size,
                 multipart_chunksize=upload_part_size,

@@ -169,7 +169,8 @@ def test_ls_lists_builtin_catalog(run) -> None:
 
 
 def test_version_and_help(run) -> None:
-    assert run("--version").code == 0
+    version = run("--version")
+    assert version.code == 0 and version.stdout.startswith("s3sync "), version.describe()
     assert run("--help").code == 0
     for command in ("publish", "pull", "ls"):
         helped = run(command, "--help")
@@ -310,6 +311,15 @@ def test_rejected_credentials_exit_1(run, s3_server, bucket, tmp_path: Path) -> 
     result = run("ls", f"s3://{bucket}/x", "--endpoint-url", s3_server.endpoint_url,
                  env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
     assert_error(result, 1)
+
+
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_unknown_aws_profile_exits_1(run, s3_server, bucket, tmp_path: Path) -> None:
+    result = run("--profile", "no-such-profile-s3sync", "pull", f"s3://{bucket}/x", str(tmp_path / "dest"),
+                 "--endpoint-url", s3_server.endpoint_url)
+    assert_error(result, 1)
+    assert "no-such-profile-s3sync" in result.stderr
+    assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
