@@ -308,9 +308,10 @@ def run() -> NoReturn:
     """Console-script entry point.
 
     SIGTERM is handled like Ctrl-C. After the first interrupt the pipeline flushes its
-    resume state and unwinds; a second Ctrl-C exits at once. On interrupt the process
-    leaves with ``os._exit`` so that worker threads still blocked in a network read
-    do not delay the exit (their work is simply redone by the resumed run).
+    resume state and unwinds; a second Ctrl-C exits at once. The process leaves with
+    ``os._exit`` once output is flushed, so that worker threads still blocked in a
+    network read after an interrupt do not delay the exit (their work is simply redone
+    by the resumed run).
     """
     def interrupted(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
@@ -322,9 +323,9 @@ def run() -> NoReturn:
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    if code == Interrupted.exit_code:
-        os._exit(code)
-    sys.exit(code)
+    # Every file s3sync writes is closed by now; skipping the interpreter's teardown
+    # (garbage-collecting botocore's models, joining idle pool threads) saves ~50 ms.
+    os._exit(code)
 
 
 if __name__ == "__main__":
