@@ -21,7 +21,7 @@ import os
 import stat
 import tarfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +45,8 @@ SMALL_FILE = 1024 * 1024
 MAX_PENDING = 256
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 """Bound on files (count, bytes) copied out and waiting for a writer thread."""
-BATCH_FILES = 32
-BATCH_BYTES = 256 * 1024
+BATCH_FILES = 64
+BATCH_BYTES = 1024 * 1024
 """A writer task takes up to this many small files or bytes."""
 METADATA_DIR = ".s3sync"
 """Top-level directory a pull adds to a dataset (manifest copy, completion marker);
@@ -275,10 +275,11 @@ class SafeExtractor:
         writers: threads writing small files.
     """
 
-    def __init__(self, root: Path, writers: int = 4) -> None:
+    def __init__(self, root: Path, writers: int = 2) -> None:
         self.root = os.fspath(root)
         self.writers = writers
         self._safe_dirs: set[str] = {""}
+        self._umask = _current_umask()
 
     def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.
@@ -393,19 +394,39 @@ class SafeExtractor:
     def _write_small(self, name: str, data: bytearray, mode: int, mtime: int) -> MemberRecord:
         path = os.path.join(self.root, name)
         try:
-            self._clear(path, name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-                os.utime(fd, (mtime, mtime))
-            finally:
-                os.close(fd)
+            digest = self._write_regular(path, name, mode, mtime, (memoryview(data),))
         except OSError as err:
             raise translate_os_error(err, path) from err
-        return MemberRecord(name, "file", len(data), mode, mtime, hashing.digest(data))
+        return MemberRecord(name, "file", len(data), mode, mtime, digest)
+
+    def _write_regular(self, path: str, member_name: str, mode: int, mtime: int,
+                       pieces: Iterable[memoryview]) -> str:
+        """Create the regular file ``path`` (replacing a non-directory, as tar does), write
+        ``pieces``, set ``mode`` and ``mtime``; return the digest of the data.
+
+        O_EXCL and O_NOFOLLOW: an existing name, a planted symlink included, is never
+        written through; it is removed by ``_clear`` and the file created again. The file
+        is created with ``mode`` and chmod-ed only if the umask took bits away.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, mode)
+        except FileExistsError:
+            self._clear(path, member_name)
+            fd = os.open(path, flags, mode)
+        hasher = hashing.Hasher()
+        try:
+            for view in pieces:
+                hasher.update(view)
+                while view:
+                    n = os.write(fd, view[:WRITE_STEP])
+                    view = view[n:]
+            if mode & self._umask:
+                os.fchmod(fd, mode)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        return hasher.hexdigest()
 
     def _extract_member(self, name: str, member: tarfile.TarInfo, stream: ForwardReader) -> MemberRecord:
         # Permission bits are kept as published (the data filter would drop group/other
@@ -428,7 +449,8 @@ class SafeExtractor:
                 self._make_dir(name, member.name)
                 return MemberRecord(name, "dir", 0, mode, mtime)  # applied by finish_dirs
             if member.isreg():
-                digest = self._write_file(path, member, stream, mode)
+                stream.seek(member.offset_data)  # written straight from the chunk buffers
+                digest = self._write_regular(path, member.name, mode, mtime, stream.views(member.size))
                 return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.issym():
                 self._clear(path, member.name)
@@ -498,24 +520,6 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member_name!r} would replace a directory")
         os.unlink(path)
 
-    def _write_file(self, path: str, member: tarfile.TarInfo, stream: ForwardReader, mode: int) -> str:
-        """Write the member's data (straight from the chunk buffers); return its digest."""
-        self._clear(path, member.name)
-        hasher = hashing.Hasher()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            stream.seek(member.offset_data)
-            for view in stream.views(member.size):
-                hasher.update(view)
-                while view:
-                    n = os.write(fd, view[:WRITE_STEP])
-                    view = view[n:]
-            os.fchmod(fd, mode)
-            os.utime(fd, (member.mtime, member.mtime))
-        finally:
-            os.close(fd)
-        return hasher.hexdigest()
-
     def finish_dirs(self, dirs: list[MemberRecord]) -> None:
         """Apply directory modes and mtimes, deepest first (as tar does at the end)."""
         for d in sorted(dirs, key=lambda d: d.path, reverse=True):
@@ -523,6 +527,19 @@ class SafeExtractor:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.utime(path, (d.mtime, d.mtime))
                 os.chmod(path, d.mode & 0o7777)
+
+
+def _current_umask() -> int:
+    """The process umask, read from /proc (Linux) without changing it; 0o777 if unknown,
+    which makes every file get an explicit chmod."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777
 
 
 def file_digest(path: str | Path) -> str:
