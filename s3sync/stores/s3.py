@@ -319,7 +319,7 @@ class S3Store:
                 multipart_threshold=upload_part_size,
                 multipart_chunksize=upload_part_size,
                 max_request_concurrency=self._concurrency,
-                max_in_memory_upload_chunks=self._concurrency + 2,
+                max_in_memory_upload_chunks=self._concurrency,
             ))
         try:
             self._manager.upload(stream, self.bucket, key,
