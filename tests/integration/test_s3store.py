@@ -1,0 +1,117 @@
+"""S3Store's ranged reads on moto and rclone: exact bytes, one copy, connections reused.
+
+``read_range_into`` and ``read_range_pieces`` read response bodies straight from the
+``http.client`` response under botocore and urllib3 (urllib3's own ``readinto`` copies each
+byte twice more). These tests pin that the fast path is the one taken with the installed
+libraries, so an upgrade that changes their layers shows up here rather than as a silent
+slowdown, and that handing connections back by hand keeps them reusable.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+
+import pytest
+import urllib3.connection
+
+from s3sync.config import S3Settings
+from s3sync.errors import IntegrityError, PartChangedError
+from s3sync.stores import s3 as s3_module
+from s3sync.stores.s3 import S3Store, make_client
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def store(s3_server, bucket):
+    s = S3Store(make_client(S3Settings(endpoint_url=s3_server.endpoint_url), max_connections=4), bucket)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list[int]:
+    """Counts TCP connections opened by urllib3 (one list entry per connect)."""
+    opened: list[int] = []
+    real = urllib3.connection.HTTPConnection.connect
+
+    def connect(self):
+        opened.append(1)
+        return real(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", connect)
+    return opened
+
+
+def _put(store: S3Store, key: str, size: int) -> tuple[bytes, str]:
+    data = os.urandom(size)
+    etag = store.client.put_object(Bucket=store.bucket, Key=key, Body=data)["ETag"]
+    return data, etag
+
+
+def test_the_fast_path_is_taken_with_the_installed_libraries(store):
+    _, etag = _put(store, "obj", 1000)
+    resp = store.client.get_object(Bucket=store.bucket, Key="obj")
+    try:
+        readinto = s3_module._body_readinto(resp["Body"])
+        assert isinstance(readinto.__self__, http.client.HTTPResponse), (
+            "botocore/urllib3 changed their layers: ranged reads fell back to StreamingBody.readinto")
+    finally:
+        resp["Body"].close()
+
+
+def test_ranges_are_exact(store):
+    data, etag = _put(store, "obj", 3 * MiB + 123)
+    for offset, length in [(0, MiB), (MiB, MiB), (2 * MiB, MiB + 123), (5, 1), (3 * MiB + 122, 1)]:
+        buf = bytearray(length)
+        store.read_range_into("obj", offset, memoryview(buf), etag)
+        assert bytes(buf) == data[offset:offset + length]
+        scratch = memoryview(bytearray(64 * 1024))
+        pieces = [bytes(p) for p in store.read_range_pieces("obj", offset, length, etag, scratch)]
+        assert b"".join(pieces) == data[offset:offset + length]
+        assert all(len(p) <= len(scratch) for p in pieces)
+
+
+# moto's server answers every request with "Connection: close", so connection reuse can
+# only be seen on rclone (and on AWS).
+@pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)
+def test_connections_are_reused(store, connections):
+    data, etag = _put(store, "obj", 3 * MiB + 123)
+    for offset, length in [(0, MiB), (MiB, MiB), (2 * MiB, MiB + 123)] * 4:
+        buf = bytearray(length)
+        store.read_range_into("obj", offset, memoryview(buf), etag)
+        scratch = memoryview(bytearray(64 * 1024))
+        assert sum(len(p) for p in store.read_range_pieces("obj", offset, length, etag, scratch)) == length
+    # 24 ranged GETs one after the other: every body was read to its end and its
+    # connection went back to the pool (the PUT opened the first one).
+    assert len(connections) == 1
+
+
+@pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)
+def test_a_body_left_unread_closes_its_connection(store, connections):
+    data, etag = _put(store, "obj", 2 * MiB)
+    scratch = memoryview(bytearray(256 * 1024))
+    pieces = store.read_range_pieces("obj", 0, 2 * MiB, etag, scratch)
+    assert bytes(next(pieces)) == data[:256 * 1024]
+    pieces.close()  # the consumer stopped: the rest of the body is never read
+    buf = bytearray(1000)
+    store.read_range_into("obj", 7, memoryview(buf), etag)
+    assert bytes(buf) == data[7:1007]
+    # The half-read connection could not be reused: the next GET needed a new one.
+    assert len(connections) == 2
+
+
+def test_pieces_check_the_etag_before_yielding(store):
+    _, etag = _put(store, "obj", 1000)
+    _put(store, "obj", 1000)  # replaced: another ETag
+    with pytest.raises(PartChangedError):
+        next(store.read_range_pieces("obj", 0, 10, etag, memoryview(bytearray(10))))
+
+
+def test_pieces_of_a_range_past_the_end_are_refused(store):
+    """Servers clip a range at the end (206 with fewer bytes): the Content-Range check refuses it."""
+    _, etag = _put(store, "obj", 1000)
+    with pytest.raises(IntegrityError) as caught:
+        list(store.read_range_pieces("obj", 900, 200, etag, memoryview(bytearray(64))))
+    assert "obj" in str(caught.value)
