@@ -155,12 +155,23 @@ def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
     return info
 
 
-def member_span(info: tarfile.TarInfo) -> int:
-    """Bytes a member takes in the stream: its headers plus its data padded to 512."""
-    data = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    if info.name.isascii() and len(info.name) < 100 and len(info.linkname) < 100 and info.size < 8**11:
-        return tarfile.BLOCKSIZE + data  # a plain ustar header, no PAX record (common case)
-    return len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")) + data
+def member_header(info: tarfile.TarInfo) -> bytes:
+    """The member's header block(s), exactly as ``TarInfo.tobuf`` writes them in PAX format.
+
+    Most members need no PAX extended header (ASCII name and link name under 100 bytes,
+    size under 8 GiB, integer mtime from 1970 to 2242, owner 0/0 with empty names); for them tarfile's PAX
+    writer emits a plain ustar header, and ``tobuf(USTAR_FORMAT)`` builds the same bytes
+    without testing every field for a PAX record first.
+    """
+    if info.name.isascii() and len(info.name) < 100 and info.linkname.isascii() and len(info.linkname) < 100 \
+            and info.size < 8**11 and 0 <= info.mtime < 8**11:
+        return info.tobuf(tarfile.USTAR_FORMAT, "ascii", "strict")
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> bytes:
+    """NUL bytes that fill a member's data up to the next 512-byte block."""
+    return bytes(-size % tarfile.BLOCKSIZE)
 
 
 def _read_small(path: str) -> bytes:
@@ -168,33 +179,75 @@ def _read_small(path: str) -> bytes:
         return f.readall()
 
 
-def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, Future[bytes] | None]]:
-    """Yield entries in order, small regular files' contents already being read by a pool.
+def _read_batch(paths: list[str]) -> list[bytes | OSError]:
+    """Contents of small files, or the error reading each one (reported at its member)."""
+    out: list[bytes | OSError] = []
+    for path in paths:
+        try:
+            out.append(_read_small(path))
+        except OSError as err:
+            out.append(err)
+    return out
+
+
+def _small(entry: _Entry) -> bool:
+    return entry.link is None and stat.S_ISREG(entry.st.st_mode) and entry.st.st_size <= SMALL_FILE
+
+
+def _groups(entries: list[_Entry]) -> Iterator[tuple[list[_Entry], bool]]:
+    """Consecutive small regular files in batches of up to ``BATCH_FILES`` files or
+    ``BATCH_BYTES`` (``True``), every other entry alone (``False``), in order."""
+    batch: list[_Entry] = []
+    nbytes = 0
+    for entry in entries:
+        if _small(entry):
+            batch.append(entry)
+            nbytes += entry.st.st_size
+            if len(batch) >= BATCH_FILES or nbytes >= BATCH_BYTES:
+                yield batch, True
+                batch, nbytes = [], 0
+        else:
+            if batch:
+                yield batch, True
+                batch, nbytes = [], 0
+            yield [entry], False
+    if batch:
+        yield batch, True
+
+
+def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, bytes | OSError | None]]:
+    """Yield entries in order with small regular files' contents (or the OSError reading
+    one), read ahead by a pool; ``None`` for other entries (large files are streamed).
 
     Reading files one by one leaves the disk idle between them (open and first-read
-    latency); a few reads in flight keep it busy. Look-ahead is bounded by
-    ``MAX_PENDING`` files and ``MAX_PENDING_BYTES``.
+    latency); a few reads in flight keep it busy. A task reads a batch of up to
+    ``BATCH_FILES`` files or ``BATCH_BYTES``: one task per file cost more than reading
+    the file. Look-ahead is bounded by ``MAX_PENDING`` files and ``MAX_PENDING_BYTES``.
     """
-    window: deque[tuple[_Entry, Future[bytes] | None, int]] = deque()
-    held = 0
-    it = iter(entries)
+    window: deque[tuple[list[_Entry], Future[list[bytes | OSError]] | None, int]] = deque()
+    held = files = 0
+
+    def oldest() -> Iterator[tuple[_Entry, bytes | OSError | None]]:
+        nonlocal held, files
+        group, fut, nbytes = window.popleft()
+        held -= nbytes
+        files -= len(group)
+        if fut is None:
+            return iter([(group[0], None)])
+        return zip(group, fut.result(), strict=True)
+
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="s3sync-read") as pool:
         try:
-            while True:
-                while len(window) < MAX_PENDING and held < MAX_PENDING_BYTES:
-                    entry = next(it, None)
-                    if entry is None:
-                        break
-                    small = entry.link is None and stat.S_ISREG(entry.st.st_mode) and entry.st.st_size <= SMALL_FILE
-                    fut = pool.submit(_read_small, entry.path) if small else None
-                    n = entry.st.st_size if small else 0
-                    window.append((entry, fut, n))
-                    held += n
-                if not window:
-                    return
-                entry, fut, n = window.popleft()
-                held -= n
-                yield entry, fut
+            for group, small in _groups(entries):
+                nbytes = sum(e.st.st_size for e in group) if small else 0
+                fut = pool.submit(_read_batch, [e.path for e in group]) if small else None
+                window.append((group, fut, nbytes))
+                held += nbytes
+                files += len(group)
+                while window and (files > MAX_PENDING or held > MAX_PENDING_BYTES):
+                    yield from oldest()
+            while window:
+                yield from oldest()
         finally:
             for _, fut, _ in window:
                 if fut is not None:
@@ -203,36 +256,67 @@ def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, F
 
 def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int], None],
               readers: int = 4) -> TreeStats:
-    """Write ``entries`` (from ``scan_tree``) as one PAX tar stream to ``out``.
+    """Write ``entries`` (from ``scan_tree``) as one POSIX.1-2001 (PAX) tar stream to ``out``.
 
-    ``out`` needs ``write`` and ``tell``. ``before_member(span)`` is called before
-    each member with the bytes the member will take, so the caller can cut a part
-    at the member boundary. ``readers`` threads read small files ahead.
+    Headers come from tarfile (``member_header``); a small file's header, data and
+    padding go to ``out`` in one ``write``. The stream ends with two zero blocks, padded
+    to a multiple of tarfile's 10240-byte record, as ``TarFile.close`` writes it.
+
+    ``out`` needs ``write``. ``before_member(span)`` is called before each member with
+    the bytes the member will take, so the caller can cut a part at the member
+    boundary. ``readers`` threads read small files ahead.
 
     Raises:
-        SourceError: a file vanished, shrank or became unreadable while being read.
+        SourceError: a file vanished, changed size or became unreadable while being read.
     """
-    files = size = 0
-    with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
-                         encoding="utf-8", copybufsize=COPY_BUFSIZE) as tar:
-        for entry, data in _read_ahead(entries, readers):
-            info = _tarinfo(entry)
-            before_member(member_span(info))
-            if info.isreg():
-                try:
-                    if data is not None:
-                        tar.addfile(info, io.BytesIO(data.result()))
-                    else:
-                        with open(entry.path, "rb") as f:
-                            tar.addfile(info, f)
-                except OSError as err:
-                    raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
-                                      hint="the file changed or vanished while publishing; publish again") from err
-                files += 1
-                size += info.size
-            else:
-                tar.addfile(info)
+    files = size = written = 0
+    for entry, data in _read_ahead(entries, readers):
+        info = _tarinfo(entry)
+        header = member_header(info)
+        span = len(header) + info.size + -info.size % tarfile.BLOCKSIZE
+        before_member(span)
+        if info.isreg():
+            try:
+                if isinstance(data, OSError):
+                    raise data
+                if data is not None:
+                    if len(data) != info.size:
+                        raise OSError(f"size changed from {info.size} to {len(data)} bytes")
+                    out.write(header + data + _padding(info.size))
+                else:
+                    out.write(header)
+                    _copy_exact(entry.path, info.size, out)
+                    out.write(_padding(info.size))
+            except OSError as err:
+                raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
+                                  hint="the file changed or vanished while publishing; publish again") from err
+            files += 1
+            size += info.size
+        else:
+            out.write(header)
+        written += span
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(written + end) % tarfile.RECORDSIZE
+    out.write(bytes(end))
     return TreeStats(files, size, len(entries))
+
+
+def _copy_exact(path: str, size: int, out: BinaryIO) -> None:
+    """Copy exactly ``size`` bytes of the file at ``path`` to ``out``.
+
+    Raises:
+        OSError: the file cannot be read or does not hold exactly ``size`` bytes.
+    """
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            block = f.read(min(COPY_BUFSIZE, left))
+            if not block:
+                raise OSError(f"size changed: ended {left} bytes early")
+            out.write(block)
+            left -= len(block)
+        if f.read(1):
+            raise OSError(f"size changed: more than {size} bytes")
 
 
 class ForwardReader(Protocol):
