@@ -120,9 +120,8 @@ def install_publish() -> None:
     patch("s3sync.archive", "scan_tree", "scan tree (scandir + lstat)")
     _patch_future_result()
     patch("s3sync.archive", "_read_small", "read a small file (reader pool)")
-    patch("tarfile", "copyfileobj", "copy member data into the tar (tarfile.copyfileobj)")
-    patch("tarfile", "TarInfo.tobuf", "tar header building (TarInfo.tobuf)")
-    patch("s3sync.archive", "member_span", "member_span (header built twice)")
+    patch("s3sync.archive", "_copy_exact", "copy a large file into the tar")
+    patch("s3sync.archive", "member_header", "tar header building (member_header -> TarInfo.tobuf)")
     patch("s3sync.publish", "PartWriter.write", "PartWriter.write: cut parts, copy, feed hashes + pipe")
     patch("s3sync.hashing", "Hasher.update", "hash: chunk + part + stream (3x Hasher.update)")
     patch("s3sync.publish", "_Pipe.put", "pipe put (blocks while the uploader is behind)")
@@ -137,8 +136,8 @@ def install_publish() -> None:
 
 def install() -> None:
     # fetch workers
-    patch("s3sync.stores.s3", "S3Store.read_range_into", "GET: request, headers, checks (botocore)")
-    patch("s3sync.stores.s3", "S3Store._read_exact", "GET: body read (socket + urllib3)")
+    patch("s3sync.stores.s3", "S3Store.read_range_into", "GET of a chunk: request, checks, body (extract)")
+    patch("s3sync.stores.s3", "_body_readinto", "GET: pick the body reader")
     patch("s3sync.hashing", "digest", "xxh3-128 digest, one call (a chunk, or a small file)")
     _patch_future_result()
     # main thread: stream and tar
@@ -147,9 +146,9 @@ def install() -> None:
     patch("tarfile", "data_filter", "tarfile.data_filter")
     patch("s3sync.archive", "SafeExtractor._check_name", "name checks")
     patch("s3sync.archive", "SafeExtractor._ensure_dir", "parent dir checks / mkdir")
-    patch("s3sync.archive", "SafeExtractor._clear", "lstat before create (_clear)")
+    patch("s3sync.archive", "SafeExtractor._clear", "replace an existing name (_clear)")
     patch("s3sync.archive", "SafeExtractor._write_small", "small-file write: Python around the syscalls")
-    patch("s3sync.archive", "SafeExtractor._write_file", "large-file write: Python around the syscalls")
+    patch("s3sync.archive", "SafeExtractor._write_regular", "file create + write + mode + mtime")
     patch("s3sync.hashing", "Hasher.update", "per-file digest (Hasher.update)")
     patch("s3sync.hashing", "Hasher.hexdigest", "per-file digest (Hasher.hexdigest)")
     patch("s3sync.journal", "Journal.add", "journal: index record (json)")
