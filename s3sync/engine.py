@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import hashing
 from .config import TransferSettings
@@ -128,7 +129,9 @@ class ChunkFetcher:
 
         return self._run(jobs, start)
 
-    def _run(self, jobs: Iterable[ChunkJob], start) -> Iterator:
+    def _run(self, jobs: Iterable[ChunkJob],
+             start: Callable[[ChunkJob, ThreadPoolExecutor], tuple[Future[None], Any, Callable[[], None] | None]]
+             ) -> Iterator[Any]:
         """Start jobs on the worker pool, at most ``window`` ahead of the consumer; yield
         each started job's item in order once its future is done.
 
