@@ -1047,13 +1047,18 @@ def mode_profile(args, tools, env, out) -> int:
     return 0
 
 
+_PROFILED = "import sys; from s3sync.cli import main; sys.exit(main(sys.argv[1:]))"
+"""s3sync under pyinstrument: ``cli.main`` returns, where the console script (``cli.run``)
+leaves with ``os._exit`` and pyinstrument would never write its session."""
+
+
 def profile_pull(bench: Bench, out: Path, label: str) -> str:
     """pyinstrument text tree + top self times, and bench_breakdown's per-thread timers."""
     session = out / f"{label}.pyisession"
     bench.cleanup(wait=True)
     d = bench.fresh_dir(f"{label}-pyinstrument")
     os.sync()
-    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "s3sync", "pull",
+    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-c", _PROFILED, "pull",
                f"s3://{BUCKET}/{bench.prefix}", str(d), "--endpoint-url", bench.endpoint, "-q"],
               bench.env, bench.log_stem(f"{label}-pyinstrument"))
     tree_txt = subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
@@ -1104,7 +1109,7 @@ def profile_publish(bench: Bench, out: Path, label: str) -> str:
     chunk = ["--chunk-size", bench.args.chunk_size] if bench.args.chunk_size else []
     args = [str(bench.src), "--to", f"s3://{BUCKET}/{prefix}", "--part-size", bench.args.part_size, *chunk,
             "--endpoint-url", bench.endpoint]
-    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "s3sync",
+    res = run([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-c", _PROFILED,
                "publish", *args, "-q"], bench.env, bench.log_stem(f"{label}-publish-pyinstrument"))
     bench.delete_prefix(prefix + "/")
     tree_txt = subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
