@@ -363,7 +363,6 @@ class SafeExtractor:
         self.root = os.fspath(root)
         self.writers = writers
         self._safe_dirs: set[str] = {""}
-        self._umask = _current_umask()
 
     def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.
@@ -489,8 +488,9 @@ class SafeExtractor:
         ``pieces``, set ``mode`` and ``mtime``; return the digest of the data.
 
         O_EXCL and O_NOFOLLOW: an existing name, a planted symlink included, is never
-        written through; it is removed by ``_clear`` and the file created again. The file
-        is created with ``mode`` and chmod-ed only if the umask took bits away.
+        written through; it is removed by ``_clear`` and the file created again. The mode
+        is always set with fchmod: the umask, or a default ACL on the parent directory
+        (which replaces the umask), may have taken bits from the mode given to open.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -505,8 +505,7 @@ class SafeExtractor:
                 while view:
                     n = os.write(fd, view[:WRITE_STEP])
                     view = view[n:]
-            if mode & self._umask:
-                os.fchmod(fd, mode)
+            os.fchmod(fd, mode)
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -611,19 +610,6 @@ class SafeExtractor:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.utime(path, (d.mtime, d.mtime))
                 os.chmod(path, d.mode & 0o7777)
-
-
-def _current_umask() -> int:
-    """The process umask, read from /proc (Linux) without changing it; 0o777 if unknown,
-    which makes every file get an explicit chmod."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o777
 
 
 def file_digest(path: str | Path) -> str:

@@ -112,8 +112,7 @@ def translate(err: Exception, what: str) -> StoreError:
         return TransientStoreError(f"{what}: cannot connect to {err.kwargs.get('endpoint_url')}",
                                    hint="check --endpoint-url and the network")
     if isinstance(err, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
-                        bexc.IncompleteReadError, http.client.HTTPException, ConnectionError,
-                        TimeoutError)):
+                        bexc.IncompleteReadError, http.client.HTTPException, OSError)):
         return TransientStoreError(f"{what}: connection failed ({type(err).__name__})")
     if isinstance(err, bexc.BotoCoreError):
         return StoreError(f"{what}: {err}")
@@ -137,8 +136,10 @@ def _body_readinto(body: Any) -> Callable[[memoryview], int]:
     return body.readinto
 
 
-_STREAM_ERRORS = (bexc.BotoCoreError, http.client.HTTPException, ConnectionError, TimeoutError)
-"""What reading a response body may raise: translated by ``translate``."""
+_STREAM_ERRORS = (bexc.BotoCoreError, http.client.HTTPException, OSError)
+"""What reading a response body may raise: translated by ``translate``. Read straight from
+http.client, a socket error arrives as itself (ECONNRESET, EHOSTUNREACH, an SSL error, a
+timeout), not wrapped by urllib3 and botocore: every OSError is a transient store error."""
 
 
 def _skip(readinto: Callable[[memoryview], int], skip: int, url: str) -> None:

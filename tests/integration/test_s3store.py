@@ -16,7 +16,7 @@ import pytest
 import urllib3.connection
 
 from s3sync.config import S3Settings
-from s3sync.errors import IntegrityError, PartChangedError
+from s3sync.errors import IntegrityError, PartChangedError, TransientStoreError
 from s3sync.stores import s3 as s3_module
 from s3sync.stores.s3 import S3Store, make_client
 
@@ -115,3 +115,30 @@ def test_pieces_of_a_range_past_the_end_are_refused(store):
     with pytest.raises(IntegrityError) as caught:
         list(store.read_range_pieces("obj", 900, 200, etag, memoryview(bytearray(64))))
     assert "obj" in str(caught.value)
+
+
+@pytest.mark.parametrize("way", ["into", "pieces"])
+def test_a_socket_error_mid_body_is_a_transient_store_error(store, monkeypatch, way):
+    """Read straight from http.client, socket errors arrive unwrapped (urllib3 used to turn
+    them into ProtocolError): any OSError must still be retriable, e.g. EHOSTUNREACH."""
+    import errno
+    import socket
+
+    data, etag = _put(store, "obj", 2 * MiB)
+    real = socket.SocketIO.readinto
+    reads = []
+
+    def flaky(self, b):
+        if len(memoryview(b)) > 8192:  # a body read, not the status line or headers
+            reads.append(1)
+            if len(reads) == 2:
+                raise OSError(errno.EHOSTUNREACH, "No route to host")
+        return real(self, b)
+
+    monkeypatch.setattr(socket.SocketIO, "readinto", flaky)
+    with pytest.raises(TransientStoreError) as caught:
+        if way == "into":
+            store.read_range_into("obj", 0, memoryview(bytearray(2 * MiB)), etag)
+        else:
+            list(store.read_range_pieces("obj", 0, 2 * MiB, etag, memoryview(bytearray(64 * 1024))))
+    assert caught.value.retriable and "obj" in str(caught.value)
