@@ -320,6 +320,12 @@ def run() -> NoReturn:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+    # Started with stdout or stderr closed (``s3sync ls >&-``): Python sets them to None;
+    # write that output nowhere rather than fail with a traceback.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until os._exit
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

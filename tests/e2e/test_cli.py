@@ -354,3 +354,11 @@ def test_closed_stdout_is_not_an_internal_error(s3sync_exe: str) -> None:
         os.close(write_end)
     assert "Traceback" not in proc.stderr
     assert "internal error" not in proc.stderr, proc.stderr
+
+
+def test_started_without_stdout_is_not_an_internal_error(s3sync_exe: str) -> None:
+    """``s3sync ls >&-``: Python starts with sys.stdout None."""
+    proc = subprocess.run([s3sync_exe, "ls"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ), timeout=60, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
