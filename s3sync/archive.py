@@ -47,10 +47,9 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 """Bound on files (count, bytes) copied out and waiting for a writer thread."""
 BATCH_FILES = 32
 BATCH_BYTES = 256 * 1024
-"""A writer task takes up to this many small files or bytes. A batch is handed to a writer
-when full, so while the network stalls up to ``BATCH_BYTES`` of verified data wait in it,
-unwritten and behind the resume point: 1 MiB batches made a kill -9 during a stall re-fetch
-more than the window (tests/faults/test_interruptions.py), for no measurable speed-up."""
+"""A writer task takes up to this many small files or bytes. (A half-filled batch is handed
+over, and every batch written and recorded, before the stream waits for a chunk that is not
+there yet: see ``extract``.)"""
 METADATA_DIR = ".s3sync"
 """Top-level directory a pull adds to a dataset (manifest copy, completion marker);
 never published."""
@@ -330,6 +329,8 @@ class ForwardReader(Protocol):
     def seek(self, pos: int, whence: int = 0) -> int: ...
     def views(self, n: int) -> Iterator[memoryview]: ...
 
+    before_next_chunk: Callable[[], None] | None
+
 
 @dataclass(frozen=True, slots=True)
 class MemberRecord:
@@ -424,6 +425,10 @@ class SafeExtractor:
                     raise error
 
         pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="s3sync-write")
+        # Before the stream waits for its next chunk (a stalled network, a kill -9 to come),
+        # write and record every file already copied out: the resume point then trails the
+        # verified data by at most the member being read, not by a half-filled batch.
+        stream.before_next_chunk = lambda: complete(drain=True)
         try:
             while True:
                 try:
@@ -463,6 +468,7 @@ class SafeExtractor:
                     pass
             raise
         finally:
+            stream.before_next_chunk = None
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_batch(self, batch: list[tuple[str, bytearray, int, int]]

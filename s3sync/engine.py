@@ -71,6 +71,7 @@ class ChunkFetcher:
         self.stats = FetchStats()
         self._cancel = threading.Event()
         self._rng = random.Random()
+        self._pending: queue.Queue | None = None
 
     def cancel(self) -> None:
         """Ask workers to stop at their next step (between reads or retries)."""
@@ -140,6 +141,7 @@ class ChunkFetcher:
         """
         slots = threading.Semaphore(max(1, self.settings.window))
         pending: queue.Queue[tuple[Future[None], object, Callable[[], None] | None] | None] = queue.Queue()
+        self._pending = pending
         executor = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="s3sync-fetch")
 
         def feed() -> None:
@@ -176,6 +178,17 @@ class ChunkFetcher:
             self._cancel.set()
             executor.shutdown(wait=False, cancel_futures=True)
             feeder.join(timeout=5)
+
+    def next_ready(self) -> bool:
+        """True if the next item of the running fetch can be had without waiting."""
+        pending = self._pending
+        if pending is None:
+            return False
+        with pending.mutex:
+            if not pending.queue:
+                return False
+            head = pending.queue[0]
+        return head is None or head[0].done()  # None: the end of the stream
 
     def _fetch_one(self, job: ChunkJob, buf: memoryview,
                    write: Callable[[ChunkJob, int, memoryview], None] | None = None) -> None:
@@ -245,14 +258,22 @@ class OrderedReader:
     anything else raises ``ValueError``.
     """
 
-    def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]], start: int, size: int) -> None:
+    def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]], start: int, size: int,
+                 ready: Callable[[], bool] | None = None) -> None:
         self._chunks = chunks
+        self._ready = ready
         self._size = size
         self._pos = start
         self._cur: memoryview = memoryview(b"")
         self._cur_start = start
+        self.before_next_chunk: Callable[[], None] | None = None
+        """Called when the current chunk is used up and the next one is not there yet
+        (``ready``, if given, says so): before waiting, which may take long if the network
+        stalls, a consumer finishes its pending work."""
 
     def _advance(self) -> bool:
+        if self.before_next_chunk is not None and not (self._ready is not None and self._ready()):
+            self.before_next_chunk()
         try:
             job, data = next(self._chunks)
         except StopIteration:

@@ -147,7 +147,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         if extract:
             chunks = fetcher.fetch(jobs)
             try:
-                _extract(manifest, chunks, offset, journal, progress)
+                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready)
             finally:
                 chunks.close()
         else:
@@ -182,8 +182,9 @@ def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> No
             path=str(tree.parent.parent), needed=manifest.members, available=st.f_favail)
 
 
-def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress) -> None:
-    reader = OrderedReader(chunks, offset, manifest.stream_size)
+def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress,
+             ready) -> None:
+    reader = OrderedReader(chunks, offset, manifest.stream_size, ready=ready)
     extractor = archive.SafeExtractor(journal.tree)
     progress.start("extract", manifest.extracted_size)
     if offset:
