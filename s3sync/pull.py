@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> No
 
 
 def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress,
-             ready) -> None:
+             ready: Callable[[], bool]) -> None:
     reader = OrderedReader(chunks, offset, manifest.stream_size, ready=ready)
     extractor = archive.SafeExtractor(journal.tree)
     progress.start("extract", manifest.extracted_size)

@@ -130,10 +130,14 @@ def _body_readinto(body: Any) -> Callable[[memoryview], int]:
     urllib3 not to decode content, so both return the same bytes; lengths are checked by
     the caller. Falls back to ``body.readinto`` if the layers ever look different.
     """
+    fp = _http_response(body)
+    return fp.readinto if fp is not None else body.readinto
+
+
+def _http_response(body: Any) -> http.client.HTTPResponse | None:
+    """The http.client response under a botocore StreamingBody and urllib3, if it is there."""
     fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
-    if isinstance(fp, http.client.HTTPResponse):
-        return fp.readinto
-    return body.readinto
+    return fp if isinstance(fp, http.client.HTTPResponse) else None
 
 
 _STREAM_ERRORS = (bexc.BotoCoreError, http.client.HTTPException, OSError)
@@ -161,10 +165,9 @@ def _finish(body: Any) -> None:
     ``release_conn()`` (urllib3's public method) returns the connection for reuse, as
     urllib3 does itself after a complete read. Otherwise the connection is closed.
     """
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
-    if isinstance(fp, http.client.HTTPResponse) and fp.isclosed() and hasattr(raw, "release_conn"):
-        raw.release_conn()
+    fp = _http_response(body)
+    if fp is not None and fp.isclosed():
+        body._raw_stream.release_conn()
     body.close()
 
 
@@ -244,23 +247,21 @@ class S3Store:
         if length == 0:
             return
         body, skip = self._get_range(key, offset, length, etag)
+        # The consumer's own errors are never thrown in here (a generator only sees
+        # GeneratorExit on close), so everything caught below comes from reading the body.
         try:
             readinto = _body_readinto(body)
-            try:
-                _skip(readinto, skip, url)
-            except _STREAM_ERRORS as err:
-                raise translate(err, url) from err
+            _skip(readinto, skip, url)
             pos = 0
             while pos < length:
                 view = scratch[: min(len(scratch), length - pos)]
-                try:
-                    n = readinto(view)
-                except _STREAM_ERRORS as err:
-                    raise translate(err, url) from err
+                n = readinto(view)
                 if not n:
                     raise IntegrityError(f"{url}: body ended after {pos} of {length} bytes")
                 pos += n
                 yield view[:n]
+        except _STREAM_ERRORS as err:
+            raise translate(err, url) from err
         finally:
             _finish(body)
 
