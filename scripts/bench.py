@@ -103,7 +103,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -500,9 +500,9 @@ def q(s: str | Path) -> str:
 # --------------------------------------------------------------------------- dataset
 
 
-def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, per_dir: int = 1000) -> tuple[Path, dict]:
-    """The cached dataset tree ``out/datasets/KEY/sbu`` (built once per key)."""
-    key = f"sbu-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}"
+def cached_dataset(out: Path, key: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+    """The dataset tree ``out/datasets/KEY/sbu``, built by ``build(tree)`` (which returns its
+    metadata) only if no earlier run finished it."""
     base = out / "datasets" / key
     tree = base / NAME
     done = base / "done.json"
@@ -512,35 +512,36 @@ def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, pe
     base.mkdir(parents=True)
     print(f"building dataset {key} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    info = md.make_dataset(tree, files=files, min_bytes=min_kb * KiB, max_bytes=max_kb * KiB,
-                           per_dir=per_dir, seed=seed)
-    meta = {"key": key, "files": info.files, "bytes": info.bytes, "build_s": round(time.perf_counter() - t0, 1)}
+    meta = {"key": key, **build(tree), "build_s": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(meta) + "\n")
-    print(f"  {info.files} files, {info.bytes / MiB:.0f} MiB in {meta['build_s']} s", file=sys.stderr, flush=True)
+    print(f"  {meta['files']} files, {meta['bytes'] / MiB:.0f} MiB in {meta['build_s']} s", file=sys.stderr, flush=True)
     return tree, meta
+
+
+def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, per_dir: int = 1000) -> tuple[Path, dict]:
+    """The SBU-shaped dataset (``scripts/make_dataset.py``), cached per parameters."""
+    def build(tree: Path) -> dict:
+        info = md.make_dataset(tree, files=files, min_bytes=min_kb * KiB, max_bytes=max_kb * KiB,
+                               per_dir=per_dir, seed=seed)
+        return {"files": info.files, "bytes": info.bytes}
+
+    return cached_dataset(out, f"sbu-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}", build)
 
 
 def build_large_dataset(out: Path, count: int, size: int) -> tuple[Path, dict]:
     """``count`` incompressible files of ``size`` bytes each, cached."""
-    key = f"large-{count}x{size // MiB}MiB"
-    base = out / "datasets" / key
-    tree = base / NAME
-    done = base / "done.json"
-    if done.is_file():
-        return tree, json.loads(done.read_text())
-    shutil.rmtree(base, ignore_errors=True)
-    tree.mkdir(parents=True)
-    print(f"building dataset {key} ...", file=sys.stderr, flush=True)
-    for i in range(count):
-        with open(tree / f"shard-{i:05d}.bin", "wb") as f:
-            left = size
-            while left:
-                n = min(left, 16 * MiB)
-                f.write(os.urandom(n))
-                left -= n
-    meta = {"key": key, "files": count, "bytes": count * size}
-    done.write_text(json.dumps(meta) + "\n")
-    return tree, meta
+    def build(tree: Path) -> dict:
+        tree.mkdir()
+        for i in range(count):
+            with open(tree / f"shard-{i:05d}.bin", "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 16 * MiB)
+                    f.write(os.urandom(n))
+                    left -= n
+        return {"files": count, "bytes": count * size}
+
+    return cached_dataset(out, f"large-{count}x{size // MiB}MiB", build)
 
 
 def tree_stats(path: Path) -> tuple[int, int]:
