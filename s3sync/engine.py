@@ -31,9 +31,12 @@ from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store
 
-PIECE = 256 * 1024
-"""Bytes per piece of ``fetch_to``: small enough to stay in a core's L2 cache between
-the socket read, the hash and the write."""
+PIECE = 512 * 1024
+"""Bytes per piece of ``fetch_to``: small enough to stay in a core's L2 cache (1 MiB on
+the benchmark machine) between the socket read, the hash and the write, large enough to
+keep system calls and thread switches few. Measured (1 GiB of parts onto ext4, 8
+interleaved runs, median wall s): 256 KiB 1.73, 512 KiB 1.45, 1 MiB 1.59; 2 MiB and
+4 MiB pieces doubled the system CPU."""
 
 
 @dataclass(slots=True)

@@ -20,7 +20,8 @@ What it does:
    files in sub-directories plus ``captions.json``), cached in ``--out`` keyed by file count,
    sizes and seed, so later runs skip this step.
 3. Publishes it with ``s3sync publish --part-size 256MiB`` (several parts).
-4. Per repeat, runs every case once, in an order rotated by one each repeat, each into a fresh
+4. Per repeat, runs every case once, in a shuffled order (seeded by ``--seed`` and the repeat,
+   see ``case_order``), each into a fresh
    empty directory that is deleted right after the run, with an ``os.sync()`` before each
    run so one run's dirty pages are not written back during the next one. The page cache is
    not dropped: the server's objects and the source tree are warm for every tool alike.
@@ -88,10 +89,12 @@ build adds ~10-30 s the first time (``--dest-fs local`` adds two 65 s pauses).
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -208,8 +211,11 @@ class Tools:
 
 def tool_env(base: Path) -> dict[str, str]:
     """A clean environment: dummy credentials, no AWS/S3SYNC/RCLONE settings of the machine."""
+    # PYTHONDONTWRITEBYTECODE (set on some CI machines) would make every s3sync run compile
+    # its modules from source (~35 ms here): an installed package has its bytecode written
+    # by pip, as aws cli has; ``main`` byte-compiles the checkout once the same way.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "S3SYNC_", "RCLONE_"))}
+           if not k.startswith(("AWS_", "S3SYNC_", "RCLONE_")) and k != "PYTHONDONTWRITEBYTECODE"}
     home = base / "home"
     (home / ".config").mkdir(parents=True, exist_ok=True)
     env.update({
@@ -961,6 +967,20 @@ def dataset_files(args: argparse.Namespace) -> int:
     return max(1, round(md.parse_size(args.size) / ((args.min_kb + args.max_kb) * KiB / 2)))
 
 
+def case_order(cases: list[str], rep: int, seed: int) -> list[str]:
+    """The order of the cases in repeat ``rep``: a shuffle seeded by ``(seed, rep)``.
+
+    A fixed rotation made each case follow the same neighbour in most repeats, and a
+    case that leaves the machine in a costly state (the publish cases upload 1 GiB into
+    rclone's directory and delete it) then slowed the same successor every time (seen:
+    (a) at twice its time, with twice the system CPU, in every repeat that followed
+    f_aws). Shuffled orders spread such effects over all cases; medians absorb them.
+    """
+    order = list(cases)
+    random.Random(f"{seed}-{rep}").shuffle(order)
+    return order
+
+
 def mode_bench(args, tools, env, out) -> int:
     from s3sync.pull import SPACE_MARGIN
 
@@ -973,8 +993,7 @@ def mode_bench(args, tools, env, out) -> int:
         setup = bench.setup(src, meta)
         for rep in range(args.repeats):
             bench.cleanup(wait=True)
-            k = rep % len(cases)
-            order = cases[k:] + cases[:k]
+            order = case_order(cases, rep, args.seed)
             for case in order:
                 rec = bench.run_case(case, rep)
                 records.append(rec)
@@ -1291,6 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
                            capture_output=True, text=True).stdout.strip()
     if not where.startswith(str(REPO / "s3sync")):
         sys.exit(f"error: subprocesses import s3sync from {where or '?'}, not from {REPO}")
+    compileall.compile_dir(REPO / "s3sync", quiet=1)  # as pip does when it installs a package
     if args.scaling:
         code = mode_scaling(args, tools, env, out)
     elif args.rss_sizes:
