@@ -176,8 +176,34 @@ def _padding(size: int) -> bytes:
     return bytes(-size % tarfile.BLOCKSIZE)
 
 
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading (unbuffered) only if it is still a regular file.
+
+    Between the scan and the read a file may be replaced: by a FIFO (a plain ``open``
+    would block for ever waiting for a writer), a device or a symlink (which would be
+    followed out of the tree). The file is opened with ``O_NONBLOCK`` and
+    ``O_NOFOLLOW`` and checked with ``fstat`` on the open descriptor.
+
+    Raises:
+        OSError: the file cannot be opened, is a symlink (ELOOP) or is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "replaced by a symbolic link", str(path)) from err
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file", str(path))
+        return open(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_small(path: str) -> bytes:
-    with open(path, "rb", buffering=0) as f:
+    with open_regular(path) as f:
         return f.readall()
 
 
@@ -309,7 +335,7 @@ def _copy_exact(path: str, size: int, out: BinaryIO) -> None:
     Raises:
         OSError: the file cannot be read or does not hold exactly ``size`` bytes.
     """
-    with open(path, "rb", buffering=0) as f:
+    with open_regular(path) as f:
         left = size
         while left:
             block = f.read(min(COPY_BUFSIZE, left))
@@ -625,10 +651,10 @@ def file_digest(path: str | Path) -> str:
     """Digest of a file's bytes, read in 1 MiB blocks.
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read or is not a regular file (see ``open_regular``).
     """
     hasher = hashing.Hasher()
-    with open(path, "rb", buffering=0) as f:
+    with open_regular(path) as f:
         while block := f.read(COPY_BUFSIZE):
             hasher.update(block)
     return hasher.hexdigest()

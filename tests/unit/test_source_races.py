@@ -1,0 +1,88 @@
+"""Files replaced between the scan and the read of a publish (or a verify).
+
+``scan_tree`` refuses special files and symlinks leaving the tree, but a file can be
+replaced after the scan: by a FIFO (a plain ``open`` blocks for ever waiting for a
+writer), or by a symlink (which a plain ``open`` follows out of the tree). Each case must
+end at once with a ``SourceError`` naming the file, never hang and never read elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from s3sync import archive
+from s3sync.errors import SourceError
+
+SMALL = 1000
+BIG = archive.SMALL_FILE + 1  # read with _copy_exact instead of the read-ahead batches
+
+
+def _tree(root: Path) -> Path:
+    src = root / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "small.bin").write_bytes(b"s" * SMALL)
+    (src / "d" / "big.bin").write_bytes(b"b" * BIG)
+    (src / "z.txt").write_text("last\n")
+    return src
+
+
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _replace_with_symlink(path: Path, target: Path) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
+def _write_tar_in_thread(entries) -> BaseException | None:
+    """Run write_tar with a deadline; a hang fails the test instead of the suite."""
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            archive.write_tar(entries, io.BytesIO(), lambda span: None)
+            result.append(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            result.append(err)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "write_tar hung on a replaced file"
+    return result[0]
+
+
+@pytest.mark.parametrize("name", ["small.bin", "big.bin"])
+@pytest.mark.parametrize("replacement", ["fifo", "symlink"])
+def test_file_replaced_after_the_scan_is_refused_at_once(tmp_path: Path, name: str, replacement: str) -> None:
+    src = _tree(tmp_path)
+    secret = tmp_path / "outside.txt"
+    secret.write_bytes(b"x" * (SMALL if name == "small.bin" else BIG))  # same size: only the type differs
+    entries = archive.scan_tree(src)
+    victim = src / "d" / name
+    if replacement == "fifo":
+        _replace_with_fifo(victim)
+    else:
+        _replace_with_symlink(victim, secret)
+    err = _write_tar_in_thread(entries)
+    assert isinstance(err, SourceError), err
+    assert str(victim) in str(err)
+    assert ("no longer a regular file" if replacement == "fifo" else "replaced by a symbolic link") in str(err)
+
+
+def test_unchanged_tree_still_publishes(tmp_path: Path) -> None:
+    assert _write_tar_in_thread(archive.scan_tree(_tree(tmp_path))) is None
+
+
+def test_file_digest_refuses_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="no longer a regular file"):
+        archive.file_digest(fifo)
