@@ -23,8 +23,10 @@ What it does:
 4. Per repeat, runs every case once, in a shuffled order (seeded by ``--seed`` and the repeat,
    see ``case_order``), each into a fresh
    empty directory that is deleted right after the run, with an ``os.sync()`` before each
-   run so one run's dirty pages are not written back during the next one. The page cache is
-   not dropped: the server's objects and the source tree are warm for every tool alike.
+   run so one run's dirty pages are not written back during the next one. As root
+   (``--drop-caches``, the default then) the page cache is also dropped before each run and
+   the server's objects and the source tree read back in: every tool starts with the same
+   warm inputs and the same free memory, whatever ran before it (see ``Bench.settle``).
 
    Destinations live on a dedicated ext4 file system *with a journal*, on a loop device
    backed by a sparse image in ``--out`` (``--dest-fs loop``, the default; needs root). Why:
@@ -281,8 +283,8 @@ def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str
         else:
             sys.exit(f"error: rclone serve s3 did not start\n{log_path.read_text(errors='replace')}")
         (data / BUCKET).mkdir()  # rclone serves top-level directories as buckets
-        global SERVER_PID
-        SERVER_PID = proc.pid
+        global SERVER_PID, SERVER_DATA
+        SERVER_PID, SERVER_DATA = proc.pid, data
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -440,6 +442,8 @@ class Proc:
 
 
 SERVER_PID: int | None = None
+SERVER_DATA: Path | None = None
+"""The directory rclone serves (top-level directories are buckets)."""
 """The rclone server's pid: its CPU time per run is recorded (it shares the machine's cores)."""
 
 
@@ -683,10 +687,41 @@ class Bench:
             print(f"cooling down {left:.0f} s (ext4 recently-deleted inodes)", file=sys.stderr, flush=True)
             time.sleep(left)
 
+    def settle(self) -> None:
+        """Put the machine in the same memory state before every case.
+
+        Flush dirty pages (``os.sync``); then, with ``--drop-caches`` (the default when
+        root), drop the page cache and read the inputs back in: the published objects in
+        rclone's directory and the source tree. Why: the cases write 1-2 GiB each and free
+        it again; on this VM what a case pays for fresh page-cache memory depended on what
+        ran before it (free memory near the low watermark means direct reclaim in the
+        writing process; freed memory is also handed back to the host, see
+        /sys/module/page_reporting). (a) once took twice its time, with twice the system
+        CPU, in every repeat that followed the publish cases. With caches dropped every
+        case starts with the same warm inputs and plenty of free memory.
+        """
+        os.sync()
+        if not self.args.drop_caches:
+            return
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        except OSError as err:
+            print(f"warning: cannot drop caches ({err}); continuing without", file=sys.stderr, flush=True)
+            self.args.drop_caches = False
+            return
+        roots = [self.src] + ([SERVER_DATA / BUCKET / self.prefix] if SERVER_DATA else [])
+        buf = bytearray(1 << 20)
+        for root in roots:
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                        while f.readinto(buf):
+                            pass
+
     def run_case(self, case: str, rep: int, *, sample_disk: bool = True) -> dict:
         run_dir = self.fresh_dir(f"{case}-r{rep}")
         stem = self.log_stem(f"{case}-r{rep}")
-        os.sync()
+        self.settle()
         sampler = (DiskSampler(run_dir, self.product_dirs(case, run_dir))
                    if (sample_disk and case in DOWNLOAD_CASES) else None)
         extra: dict = {}
@@ -858,7 +893,8 @@ def markdown(summary: dict, meta: dict) -> str:
              f"{meta['repeats']} repeats",
              "",
              f"`{meta['command']}` on {meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs, "
-             f"{meta['platform']}, against `rclone serve s3` on loopback; destinations on a {meta['dest_fs']}.",
+             f"{meta['platform']}, against `rclone serve s3` on loopback; destinations on a {meta['dest_fs']}"
+             + ("; page cache dropped and inputs re-read before each case." if meta.get("drop_caches") else "."),
              "",
              "| case | what | median s | min-max s | MiB/s | CPU s (sys) | server CPU s | other load | peak RSS MiB "
              "| extra disk MiB |",
@@ -1008,7 +1044,7 @@ def mode_bench(args, tools, env, out) -> int:
     summary = summarise(records, cases, stream_size)
     info = {"command": "python scripts/bench.py " + " ".join(sys.argv[1:]), "dataset": meta, "dest_fs": dest_fs,
             "parts": parts, "part_size": args.part_size, "repeats": args.repeats,
-            "space_margin_mib": SPACE_MARGIN / MiB, **environment(tools, env)}
+            "space_margin_mib": SPACE_MARGIN / MiB, "drop_caches": args.drop_caches, **environment(tools, env)}
     text = markdown(summary, info)
     doc = {"meta": info, "manifest": manifest, "setup_publish_s": round(setup["wall_s"], 2), "summary": summary,
            "records": records, "total_s": round(time.perf_counter() - started, 1)}
@@ -1289,6 +1325,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --dest-fs local: seconds between deleting run directories and the next repeat "
                         "(default 65)")
     p.add_argument("--repeats", type=int, default=5, help="repeats of every case (default 5)")
+    p.add_argument("--drop-caches", action=argparse.BooleanOptionalAction, default=os.geteuid() == 0,
+                   help="before each case: sync, drop the page cache, read the inputs back (default: on "
+                        "when root; see Bench.settle)")
     p.add_argument("--out", default=str(REPO / "bench-out"), help="work and result directory (default bench-out)")
     p.add_argument("--only", default="a,b,c,d,e,f,g", help="cases to run, e.g. a,b,d (default all)")
     p.add_argument("--docs", help="also write DIR/bench.{md,json,png} from every mode's latest results in --out")
