@@ -393,6 +393,10 @@ class SafeExtractor:
         self.root = os.fspath(root)
         self.writers = writers
         self._safe_dirs: set[str] = {""}
+        # Mode bits open() may take away: the umask's, or all of them under a default
+        # ACL (which replaces the umask for new files, here and in every directory made
+        # below it). A file whose mode loses nothing needs no fchmod.
+        self._masked_bits = 0o7777 if _has_default_acl(self.root) else _umask()
 
     def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.
@@ -524,8 +528,8 @@ class SafeExtractor:
 
         O_EXCL and O_NOFOLLOW: an existing name, a planted symlink included, is never
         written through; it is removed by ``_clear`` and the file created again. The mode
-        is always set with fchmod: the umask, or a default ACL on the parent directory
-        (which replaces the umask), may have taken bits from the mode given to open.
+        is set again with fchmod when the umask, or a default ACL on the tree (which
+        replaces the umask), may have taken bits from the mode given to open.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -540,7 +544,8 @@ class SafeExtractor:
                 while view:
                     n = os.write(fd, view[:WRITE_STEP])
                     view = view[n:]
-            os.fchmod(fd, mode)
+            if mode & self._masked_bits:
+                os.fchmod(fd, mode)
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -645,6 +650,30 @@ class SafeExtractor:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.utime(path, (d.mtime, d.mtime))
                 os.chmod(path, d.mode & 0o7777)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``/proc/self/status``, Linux 4.7+);
+    0o7777 (assume every bit may be masked) where that cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o7777
+
+
+def _has_default_acl(path: str) -> bool:
+    """True if ``path`` carries a default POSIX ACL, or if that cannot be told."""
+    try:
+        os.getxattr(path, "system.posix_acl_default")
+        return True
+    except OSError as err:
+        return err.errno != errno.ENODATA  # ENOTSUP: maybe another ACL model (NFSv4)
+    except AttributeError:  # no xattr support in this Python build
+        return True
 
 
 def file_digest(path: str | Path) -> str:

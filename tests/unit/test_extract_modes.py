@@ -1,0 +1,50 @@
+"""When extraction may skip ``fchmod``: only if open() cannot have taken bits from the mode.
+
+``SafeExtractor`` sets a file's mode again only when the umask, or a default POSIX ACL on
+the tree (which replaces the umask), may have masked some of its bits. These pin the two
+facts it decides on; the end-to-end modes (with and without a default ACL) are checked in
+tests/integration/test_roundtrip.py and tests/faults/test_edges_and_credentials.py.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from s3sync import archive
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o000])
+def test_umask_is_read_without_changing_it(mask: int) -> None:
+    old = os.umask(mask)
+    try:
+        assert archive._umask() == mask
+        assert os.umask(mask) == mask  # still what was set
+    finally:
+        os.umask(old)
+
+
+def test_default_acl_is_detected(tmp_path: Path) -> None:
+    plain, acl_dir = tmp_path / "plain", tmp_path / "acl"
+    plain.mkdir()
+    acl_dir.mkdir()
+    assert not archive._has_default_acl(str(plain))
+    # setfacl -d -m u::rwx,g::---,o::--- (xattr format v2)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
+    try:
+        os.setxattr(acl_dir, "system.posix_acl_default", acl)
+    except OSError as err:
+        pytest.skip(f"no POSIX ACLs here: {err}")
+    assert archive._has_default_acl(str(acl_dir))
+    (acl_dir / "sub").mkdir()  # a directory made below inherits the default ACL
+    assert archive._has_default_acl(str(acl_dir / "sub"))
+    extractor = archive.SafeExtractor(acl_dir)
+    assert extractor._masked_bits == 0o7777  # every file gets its mode set again
+
+
+def test_unreadable_xattr_counts_as_an_acl(tmp_path: Path) -> None:
+    assert archive._has_default_acl(str(tmp_path / "missing"))  # ENOENT: cannot tell, keep fchmod
