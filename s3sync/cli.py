@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from . import catalog
 from .config import Settings, format_size, resolve
-from .errors import ConfigError, Interrupted, S3SyncError, UsageError, VerifyFailed
+from .errors import ConfigError, Interrupted, S3SyncError, SourceError, UsageError, VerifyFailed
 from .manifest import valid_name
 from .ui import UI
 
@@ -146,7 +146,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if not valid_name(name):
         raise UsageError(f"{name!r} is not a valid dataset name", hint="pass --name with letters, digits, '.', '_', '-'")
     if not src.is_dir():
-        raise UsageError(f"{src}: not a directory", hint="give the dataset's directory as SRC_DIR")
+        raise SourceError(f"{src}: {'not a directory' if src.exists() else 'no such directory'}",
+                          hint="give the dataset's directory as SRC_DIR")
     if args.to and not args.to.startswith("s3://"):
         raise UsageError(f"--to {args.to!r} is not an s3:// URL", hint="write --to s3://BUCKET/PREFIX")
     location = catalog.resolve(args.to, settings).location if args.to else catalog.location_for_name(name, settings)

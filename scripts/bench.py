@@ -138,6 +138,9 @@ CASES = {
     "f_aws": "tar c | aws s3 cp -",
 }
 S3SYNC_CASES = {"a", "d", "f_s3sync"}
+CASE_TOOLS = {"a": ("s3sync",), "d": ("s3sync",), "f_s3sync": ("s3sync",), "b": ("s5cmd",),
+              "c": ("aws",), "e": ("s5cmd", "tar"), "g": ("s5cmd", "tar"), "f_aws": ("aws", "tar")}
+"""The programs each case runs (warmed up by ``Bench.settle``)."""
 DOWNLOAD_CASES = {"a", "b", "c", "d", "e", "g"}
 
 # (name, numerator, denominator, target, how the target reads)
@@ -687,13 +690,13 @@ class Bench:
             print(f"cooling down {left:.0f} s (ext4 recently-deleted inodes)", file=sys.stderr, flush=True)
             time.sleep(left)
 
-    def settle(self) -> None:
-        """Put the machine in the same memory state before every case.
+    def settle(self, case: str) -> None:
+        """Put the machine in the same memory state before every run of ``case``.
 
         Flush dirty pages (``os.sync``); then, with ``--drop-caches`` (the default when
-        root), drop the page cache and read the inputs back in: the published objects in
-        rclone's directory and the source tree; then run one listing with each tool so its
-        own files are cached again. Why: the cases write 1-2 GiB each and free
+        root), drop the page cache and read the case's inputs back in (the published objects
+        in rclone's directory for a download, the source tree for a publish) and run one
+        listing with each tool the case uses, so its own files are cached again. Why: the cases write 1-2 GiB each and free
         it again; on this VM what a case pays for fresh page-cache memory depended on what
         ran before it (free memory near the low watermark means direct reclaim in the
         writing process; freed memory is also handed back to the host, see
@@ -710,7 +713,7 @@ class Bench:
             print(f"warning: cannot drop caches ({err}); continuing without", file=sys.stderr, flush=True)
             self.args.drop_caches = False
             return
-        roots = [self.src] + ([SERVER_DATA / BUCKET / self.prefix] if SERVER_DATA else [])
+        roots = [self.src] if case.startswith("f") else [SERVER_DATA / BUCKET / self.prefix]
         buf = bytearray(1 << 20)
         for root in roots:
             for dirpath, _, names in os.walk(root):
@@ -722,15 +725,16 @@ class Bench:
         # a cold start reads them from disk, ~0.7 s more for a Python tool; each case is
         # timed warm, as it was before caches were dropped.
         where = f"s3://{BUCKET}/{self.prefix}/"
-        for cmd in (self.s3sync("ls", where.rstrip("/")), self.s5("ls", where),
-                    [self.tools.aws, "s3", "ls", "--endpoint-url", self.endpoint, where],
-                    [self.tools.tar, "--version"], ["bash", "-c", "true"]):
-            subprocess.run(cmd, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, check=True)
+        warm = {"s3sync": self.s3sync("ls", where.rstrip("/")), "s5cmd": self.s5("ls", where),
+                "aws": [self.tools.aws, "s3", "ls", "--endpoint-url", self.endpoint, where],
+                "tar": ["bash", "-c", f"{q(self.tools.tar)} --version"]}
+        for tool in CASE_TOOLS[case]:
+            subprocess.run(warm[tool], env=self.env, stdin=subprocess.DEVNULL, capture_output=True, check=True)
 
     def run_case(self, case: str, rep: int, *, sample_disk: bool = True) -> dict:
         run_dir = self.fresh_dir(f"{case}-r{rep}")
         stem = self.log_stem(f"{case}-r{rep}")
-        self.settle()
+        self.settle(case)
         sampler = (DiskSampler(run_dir, self.product_dirs(case, run_dir))
                    if (sample_disk and case in DOWNLOAD_CASES) else None)
         extra: dict = {}

@@ -201,7 +201,6 @@ USAGE_ERRORS = [
     ["pull", "sbu", "DEST"],  # a name, but no S3SYNC_BUCKET
     ["pull", "../../etc", "DEST"],
     ["ls", "sbu"],
-    ["publish", "/nonexistent/src-dir-s3sync"],
 ]
 
 
@@ -249,6 +248,7 @@ def test_missing_manifest_bucket_and_source_exit_1(run_many, s3_server, bucket, 
         ["publish", src, "--to", "s3://no-such-bucket-s3sync/x", *ep],
         ["publish", fifo_src, "--to", f"s3://{bucket}/fifo", *ep],  # unpublishable source
         ["publish", out_src, "--to", f"s3://{bucket}/escape", *ep],
+        ["publish", tmp_path / "no-such-dir", "--to", f"s3://{bucket}/none", *ep],  # a typo in SRC_DIR
     ]
     failures = []
     for args, result in zip(calls, run_many([(c, {}) for c in calls])):
