@@ -16,7 +16,6 @@ links out of the tree, and device files.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import tarfile
@@ -176,43 +175,59 @@ def _padding(size: int) -> bytes:
     return bytes(-size % tarfile.BLOCKSIZE)
 
 
-def open_regular(path: str | Path) -> BinaryIO:
-    """Open ``path`` for reading (unbuffered) only if it is still a regular file.
+def open_regular(path: str | Path, expect: os.stat_result | None = None) -> BinaryIO:
+    """Open ``path`` for reading (unbuffered) only if it is still a regular file and, given
+    ``expect`` (the scan's ``lstat``), still the same file (device and inode).
 
     Between the scan and the read a file may be replaced: by a FIFO (a plain ``open``
-    would block for ever waiting for a writer), a device or a symlink (which would be
-    followed out of the tree). The file is opened with ``O_NONBLOCK`` and
-    ``O_NOFOLLOW`` and checked with ``fstat`` on the open descriptor.
+    would block for ever waiting for a writer), a device, a symlink, or a directory above
+    it by a symlink (either would be followed out of the tree). The path is first opened
+    with ``O_PATH | O_NOFOLLOW``, which opens nothing (no FIFO wait, no lease break) and
+    does not follow a final symlink, and checked with ``fstat``; the same inode is then
+    opened for reading through ``/proc/self/fd`` without ``O_NONBLOCK``, so a holder of a
+    lease on the file (Samba oplocks) gets its usual time to release it (open(2), proc(5)).
 
     Raises:
-        OSError: the file cannot be opened, is a symlink (ELOOP) or is not a regular file.
+        OSError: the file cannot be opened, or is no longer the regular file scanned.
     """
+    pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "replaced by a symbolic link", str(path)) from err
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(pfd)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, "replaced by a symbolic link", str(path))
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file", str(path))
+        if expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise OSError(errno.ESTALE, "replaced by another file since the scan", str(path))
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # no /proc: open the path again, refusing to wait on a FIFO
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            again = os.fstat(fd)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise OSError(errno.ESTALE, "replaced by another file while opening", str(path)) from None
+    finally:
+        os.close(pfd)
+    try:
         return open(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
 
 
-def _read_small(path: str) -> bytes:
-    with open_regular(path) as f:
+def _read_small(path: str, expect: os.stat_result) -> bytes:
+    with open_regular(path, expect) as f:
         return f.readall()
 
 
-def _read_batch(paths: list[str]) -> list[bytes | OSError]:
-    """Contents of small files, or the error reading each one (reported at its member)."""
+def _read_batch(files: list[tuple[str, os.stat_result]]) -> list[bytes | OSError]:
+    """Contents of small files (path, scanned ``lstat``), or the error reading each one
+    (reported at its member)."""
     out: list[bytes | OSError] = []
-    for path in paths:
+    for path, expect in files:
         try:
-            out.append(_read_small(path))
+            out.append(_read_small(path, expect))
         except OSError as err:
             out.append(err)
     return out
@@ -268,7 +283,7 @@ def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, b
         try:
             for group, small in _groups(entries):
                 nbytes = sum(e.st.st_size for e in group) if small else 0
-                fut = pool.submit(_read_batch, [e.path for e in group]) if small else None
+                fut = pool.submit(_read_batch, [(e.path, e.st) for e in group]) if small else None
                 window.append((group, fut, nbytes))
                 held += nbytes
                 files += len(group)
@@ -313,7 +328,7 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                     out.write(header + data + _padding(info.size))
                 else:
                     out.write(header)
-                    _copy_exact(entry.path, info.size, out)
+                    _copy_exact(entry.path, entry.st, out)
                     out.write(_padding(info.size))
             except OSError as err:
                 raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
@@ -329,13 +344,15 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
     return TreeStats(files, size, len(entries))
 
 
-def _copy_exact(path: str, size: int, out: BinaryIO) -> None:
-    """Copy exactly ``size`` bytes of the file at ``path`` to ``out``.
+def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO) -> None:
+    """Copy the file at ``path``, exactly its scanned size (``expect.st_size`` bytes), to ``out``.
 
     Raises:
-        OSError: the file cannot be read or does not hold exactly ``size`` bytes.
+        OSError: the file cannot be read, is no longer the file scanned (see
+            ``open_regular``) or does not hold exactly that many bytes.
     """
-    with open_regular(path) as f:
+    size = expect.st_size
+    with open_regular(path, expect) as f:
         left = size
         while left:
             block = f.read(min(COPY_BUFSIZE, left))
@@ -395,8 +412,10 @@ class SafeExtractor:
         self._safe_dirs: set[str] = {""}
         # Mode bits open() may take away: the umask's, or all of them under a default
         # ACL (which replaces the umask for new files, here and in every directory made
-        # below it). A file whose mode loses nothing needs no fchmod.
-        self._masked_bits = 0o7777 if _has_default_acl(self.root) else _umask()
+        # below it). A file whose mode loses nothing needs no fchmod. Directories left by
+        # an interrupted run may have been given an ACL since: on resume, always fchmod.
+        fresh = not any(e.name != METADATA_DIR for e in os.scandir(self.root))
+        self._masked_bits = _umask() if fresh and not _has_default_acl(self.root) else 0o7777
 
     def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.

@@ -255,6 +255,7 @@ def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str
     data, home = root / "data", root / "home"
     data.mkdir()
     home.mkdir()
+    (data / BUCKET).mkdir()  # rclone serves top-level directories as buckets (made before it starts)
     log_path = root / "rclone.log"
     cmd = [tools.rclone, "serve", "s3", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}",
            "--addr", "127.0.0.1:0", "--config", "", "--cache-dir", str(root / "cache"),
@@ -285,7 +286,6 @@ def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str
             time.sleep(0.05)
         else:
             sys.exit(f"error: rclone serve s3 did not start\n{log_path.read_text(errors='replace')}")
-        (data / BUCKET).mkdir()  # rclone serves top-level directories as buckets
         global SERVER_PID, SERVER_DATA
         SERVER_PID, SERVER_DATA = proc.pid, data
         yield url
@@ -1259,8 +1259,7 @@ def mode_scaling(args, tools, env, out) -> int:
             recs = []
             cases = ["f_s3sync", "f_aws", "a", "d", "g", "e"]
             for rep in range(args.scaling_repeats):
-                k = rep % len(cases)
-                for case in cases[k:] + cases[:k]:
+                for case in case_order(cases, rep, args.seed):
                     rec = bench.run_case(case, rep)
                     recs.append(rec)
                     print(f"{label:5s} {case:9s} {rec['wall_s']:7.2f} s  rss {rec['rss_kib'] / 1024:5.0f} MiB",

@@ -48,3 +48,13 @@ def test_default_acl_is_detected(tmp_path: Path) -> None:
 
 def test_unreadable_xattr_counts_as_an_acl(tmp_path: Path) -> None:
     assert archive._has_default_acl(str(tmp_path / "missing"))  # ENOENT: cannot tell, keep fchmod
+
+
+def test_resume_into_an_existing_tree_always_sets_modes(tmp_path: Path) -> None:
+    """Directories left by an interrupted pull may have been given a default ACL since:
+    a resumed extraction sets every mode again; a fresh one relies on the umask."""
+    tree = tmp_path / "tree"
+    (tree / archive.METADATA_DIR).mkdir(parents=True)  # the journal's index lives here
+    assert archive.SafeExtractor(tree)._masked_bits == archive._umask()
+    (tree / "images").mkdir()  # left by an earlier run
+    assert archive.SafeExtractor(tree)._masked_bits == 0o7777

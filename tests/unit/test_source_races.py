@@ -86,3 +86,53 @@ def test_file_digest_refuses_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="no longer a regular file"):
         archive.file_digest(fifo)
+
+
+def test_directory_replaced_by_a_symlink_after_the_scan_is_refused(tmp_path: Path) -> None:
+    """O_NOFOLLOW guards only the last path component: a directory above the file swapped
+    for a symlink must be caught by comparing the file with the scan's (device, inode)."""
+    src = _tree(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "small.bin").write_bytes(b"S" * SMALL)  # same names and sizes as the originals
+    (outside / "big.bin").write_bytes(b"B" * BIG)
+    entries = archive.scan_tree(src)
+    (src / "d").rename(tmp_path / "d.saved")
+    (src / "d").symlink_to(outside)
+    err = _write_tar_in_thread(entries)
+    assert isinstance(err, SourceError), err
+    assert "replaced by another file since the scan" in str(err)
+
+
+LEASE_HOLDER = r"""
+import fcntl, os, signal, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+def release(signum, frame):
+    time.sleep(0.3)  # a lease holder (e.g. Samba) flushes, then lets go
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    print("released", flush=True)
+signal.signal(signal.SIGIO, release)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_file_under_a_lease_is_read_once_the_holder_lets_go(tmp_path: Path) -> None:
+    """open(O_NONBLOCK) fails at once with EAGAIN on a file with a lease (open(2)); a
+    reader must wait for the lease break like any program opening the file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "leased.bin"
+    path.write_bytes(b"l" * SMALL)
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        if holder.stdout.readline().strip() != "leased":
+            pytest.skip("cannot take a file lease here")
+        with archive.open_regular(path, os.lstat(path)) as f:
+            assert f.read() == b"l" * SMALL
+        assert holder.stdout.readline().strip() == "released"  # the open waited for the break
+    finally:
+        holder.kill()
+        holder.wait()
