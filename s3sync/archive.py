@@ -181,39 +181,46 @@ def open_regular(path: str | Path, expect: os.stat_result | None = None) -> Bina
 
     Between the scan and the read a file may be replaced: by a FIFO (a plain ``open``
     would block for ever waiting for a writer), a device, a symlink, or a directory above
-    it by a symlink (either would be followed out of the tree). The path is first opened
-    with ``O_PATH | O_NOFOLLOW``, which opens nothing (no FIFO wait, no lease break) and
-    does not follow a final symlink, and checked with ``fstat``; the same inode is then
-    opened for reading through ``/proc/self/fd`` without ``O_NONBLOCK``, so a holder of a
-    lease on the file (Samba oplocks) gets its usual time to release it (open(2), proc(5)).
+    it by a symlink (either would be followed out of the tree). The file is opened with
+    ``O_NONBLOCK | O_NOFOLLOW`` (no FIFO wait; a final symlink fails with ELOOP) and checked
+    with ``fstat``. A file under a lease (Samba oplocks) makes that open fail with EAGAIN
+    (open(2)); it is then opened with ``O_PATH``, checked, and opened for reading through
+    ``/proc/self/fd`` without ``O_NONBLOCK``, which waits for the lease break as any
+    program's open does (proc(5)).
 
     Raises:
         OSError: the file cannot be opened, or is no longer the regular file scanned.
     """
-    pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(pfd)
-        if stat.S_ISLNK(st.st_mode):
-            raise OSError(errno.ELOOP, "replaced by a symbolic link", str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "replaced by a symbolic link", str(path)) from err
+        if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
+        fd = _open_leased(path)
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file", str(path))
         if expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
             raise OSError(errno.ESTALE, "replaced by another file since the scan", str(path))
-        try:
-            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # no /proc: open the path again, refusing to wait on a FIFO
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-            again = os.fstat(fd)
-            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
-                os.close(fd)
-                raise OSError(errno.ESTALE, "replaced by another file while opening", str(path)) from None
-    finally:
-        os.close(pfd)
-    try:
         return open(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_leased(path: str | Path) -> int:
+    """Open a file that has a lease for reading, waiting for the lease break (see
+    ``open_regular``); return the descriptor."""
+    pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file", str(path))
+        return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(pfd)
 
 
 def _read_small(path: str, expect: os.stat_result) -> bytes:
