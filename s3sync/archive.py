@@ -339,7 +339,9 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                     out.write(_padding(info.size))
             except OSError as err:
                 raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
-                                  hint="the file changed or vanished while publishing; publish again") from err
+                                  hint="make the file readable (or remove it), then publish again"
+                                  if err.errno in (errno.EACCES, errno.EPERM) else
+                                  "the file changed or vanished while publishing; publish again") from err
             files += 1
             size += info.size
         else:

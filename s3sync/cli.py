@@ -217,7 +217,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for p in result.problems:
-            ui.out.print(f"{p.kind}\t{p.path}\t{p.detail}", markup=False)
+            ui.line(f"{p.kind}\t{p.path}\t{p.detail}")
     if result.problems:
         raise VerifyFailed(f"{result.dest}: {len(result.problems)} of {result.checked} entries differ from "
                            f"generation {result.generation}")

@@ -175,6 +175,10 @@ class UI:
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr, flush=True)
 
+    def line(self, text: str) -> None:
+        """One line of data on stdout, exactly as given (tabs kept, for scripts)."""
+        print(text)
+
     def emit_json(self, doc: Any) -> None:
         """One JSON document on stdout."""
         print(json.dumps(doc, indent=2, ensure_ascii=False))

@@ -30,7 +30,7 @@ from .pull import read_marker
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One difference: ``path`` (relative), ``kind`` (missing, changed, type, mode, link,
-    extra) and a human ``detail``."""
+    extra, unreadable) and a human ``detail``."""
 
     path: str
     kind: str
@@ -129,7 +129,7 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
         try:
             got = archive.file_digest(os.path.join(root, rec.path))
         except OSError as err:
-            return Problem(rec.path, "missing", f"cannot read ({err.strerror})")
+            return Problem(rec.path, "unreadable", f"cannot read ({err.strerror or err})")
         finally:
             progress.advance("verify", rec.size)
         return None if got == rec.digest else Problem(rec.path, "changed", "content differs")

@@ -305,6 +305,54 @@ def test_unreadable_source_exits_1(run, s3_server, bucket, tmp_path: Path) -> No
     assert [o.key for o in _list(s3_server, bucket)] == []
 
 
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_unreadable_source_file_names_it_and_says_what_to_do(run, s3_server, bucket, tmp_path: Path) -> None:
+    prefix = _without_root_file_access()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: every file is readable")
+    src = make_tree(tmp_path / "src")
+    locked = next(p for p in sorted(src.rglob("*")) if p.is_file())
+    locked.chmod(0)
+    try:
+        result = run("publish", src, "--to", f"s3://{bucket}/x", "--endpoint-url", s3_server.endpoint_url,
+                     prefix=prefix)
+    finally:
+        locked.chmod(0o644)
+    assert_error(result, 1)
+    assert f"{locked}: cannot read (Permission denied)" in result.stderr
+    assert "hint: make the file readable (or remove it), then publish again" in result.stderr
+    assert [o.key for o in _list(s3_server, bucket)] == []
+
+
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_verify_lists_each_kind_of_difference(run, s3_server, bucket, tmp_path: Path) -> None:
+    """A pulled copy with a file deleted, one changed (same size), one added, one made
+    unreadable: one line per problem (kind, path, detail) and exit 1."""
+    prefix = _without_root_file_access()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: every file is readable")
+    src = make_tree(tmp_path / "src")
+    url, ep = f"s3://{bucket}/v", ["--endpoint-url", s3_server.endpoint_url]
+    assert run("publish", src, "--to", url, *ep, "-q").code == 0
+    assert run("pull", url, tmp_path / "dest", *ep, "-q").code == 0
+    copy = tmp_path / "dest" / "src"
+    assert run("verify", copy).code == 0
+    (copy / "images" / "0000.jpg").unlink()
+    changed = copy / "images" / "0001.jpg"
+    changed.write_bytes(bytes(len(changed.read_bytes())))
+    (copy / "images" / "stray.jpg").write_bytes(b"x")
+    (copy / "big.bin").chmod(0)
+    try:
+        result = run("verify", copy, prefix=prefix)
+    finally:
+        (copy / "big.bin").chmod(0o644)
+    assert result.code == 1, result.describe()
+    lines = {tuple(line.split("\t")[:2]) for line in result.stdout.splitlines()}
+    assert {("missing", "images/0000.jpg"), ("changed", "images/0001.jpg"), ("extra", "images/stray.jpg"),
+            ("unreadable", "big.bin"), ("mode", "big.bin")} <= lines, result.describe()
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)
 def test_rejected_credentials_exit_1(run, s3_server, bucket, tmp_path: Path) -> None:
     """rclone accepts only the configured key pair: a wrong secret is a credentials error."""
