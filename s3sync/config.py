@@ -49,8 +49,9 @@ def parse_size(text: str | int, what: str = "size") -> int:
     m = _SIZE_RE.match(str(text))
     unit = m and _UNITS.get(m.group(2).lower())
     if not m or unit is None:
-        raise UsageError(f"{what}: {text!r} is not a size", hint="write bytes, or a number with KiB, MiB, GiB (powers of 1024) or KB, MB, GB "
-                                                                "(powers of 1000), e.g. 64MiB or 1GB")
+        raise UsageError(f"{what}: {text!r} is not a size",
+                         hint="write bytes, or a number with KiB, MiB, GiB (powers of 1024) or KB, MB, GB "
+                              "(powers of 1000), e.g. 64MiB or 1GB")
     return int(float(m.group(1)) * unit)
 
 

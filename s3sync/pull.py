@@ -20,7 +20,7 @@ from pathlib import Path
 from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
-from .errors import DestinationError, InsufficientSpaceError, Interrupted, NotFoundError
+from .errors import DestinationError, InsufficientSpaceError, NotFoundError
 from .journal import INDEX_NAME, Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
 from .partfiles import PartFiles
