@@ -10,6 +10,8 @@ This module owns:
   or through ``s3_client``/``bucket``, runs once per server. Select one with ``-k moto``.
 - ``s3_client`` and ``bucket`` (function): a boto3 client for that server and a fresh,
   uniquely named bucket that is emptied and deleted again afterwards.
+- ``set_default_acl`` (function): gives a directory the default POSIX ACL
+  ``u::rwx,g::---,o::---`` (skips the test where the file system has no ACLs).
 
 It must not import ``s3sync``: the fixtures test the servers with plain boto3, and they have to
 work before (and independently of) the package under test.
@@ -26,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sysconfig
 import time
@@ -423,3 +426,22 @@ def _delete_bucket(client, name: str) -> None:
         if keys:
             client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
     client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def set_default_acl():
+    """``set_default_acl(directory)``: the equivalent of ``setfacl -d -m u::rwx,g::---,o::---``
+    (setfacl may not be installed), written as the ``system.posix_acl_default`` xattr in
+    its version-2 format (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER entries). New files and
+    directories below then get no group or other bits, whatever the umask. Skips the test
+    where the file system has no POSIX ACLs."""
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
+
+    def apply(directory: Path) -> None:
+        try:
+            os.setxattr(directory, "system.posix_acl_default", acl)
+        except OSError as err:
+            pytest.skip(f"no POSIX ACLs on {directory}: {err}")
+
+    return apply

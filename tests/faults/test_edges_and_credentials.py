@@ -36,11 +36,10 @@ def test_edge_tree_round_trips(kit, case):
     assert 416 not in kit.stats().statuses, "a 0-byte range was requested"
 
 
-def test_modes_survive_a_default_acl_on_the_destination(kit):
+def test_modes_survive_a_default_acl_on_the_destination(kit, set_default_acl):
     """A default POSIX ACL on DEST_PARENT replaces the umask for new files (here: group and
     others get nothing); extraction must still set every mode as published."""
     import os
-    import struct
 
     src = kit.tree({"a.bin": 1000, "d/b.bin": 2000, "d/c.sh": 10})
     os.chmod(src / "d" / "c.sh", 0o755)
@@ -48,13 +47,7 @@ def test_modes_survive_a_default_acl_on_the_destination(kit):
     pub = kit.publish(src)
     dest_parent = kit.tmp / "acl"
     dest_parent.mkdir()
-    # setfacl -d -m u::rwx,g::---,o::--- (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER), xattr format v2
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
-                                          for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
-    try:
-        os.setxattr(dest_parent, "system.posix_acl_default", acl)
-    except OSError as err:
-        pytest.skip(f"no POSIX ACLs on {dest_parent}: {err}")
+    set_default_acl(dest_parent)
     result = kit.pull(pub, dest_parent)
     kit.assert_same_tree(src, result.dest)
 

@@ -9,7 +9,6 @@ tests/integration/test_roundtrip.py and tests/faults/test_edges_and_credentials.
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import pytest
@@ -27,18 +26,12 @@ def test_umask_is_read_without_changing_it(mask: int) -> None:
         os.umask(old)
 
 
-def test_default_acl_is_detected(tmp_path: Path) -> None:
+def test_default_acl_is_detected(tmp_path: Path, set_default_acl) -> None:
     plain, acl_dir = tmp_path / "plain", tmp_path / "acl"
     plain.mkdir()
     acl_dir.mkdir()
     assert not archive._has_default_acl(str(plain))
-    # setfacl -d -m u::rwx,g::---,o::--- (xattr format v2)
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
-                                          for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
-    try:
-        os.setxattr(acl_dir, "system.posix_acl_default", acl)
-    except OSError as err:
-        pytest.skip(f"no POSIX ACLs here: {err}")
+    set_default_acl(acl_dir)
     assert archive._has_default_acl(str(acl_dir))
     (acl_dir / "sub").mkdir()  # a directory made below inherits the default ACL
     assert archive._has_default_acl(str(acl_dir / "sub"))
