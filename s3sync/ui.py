@@ -12,10 +12,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any, TextIO
-
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import format_size
 from .errors import S3SyncError

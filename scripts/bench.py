@@ -713,14 +713,13 @@ class Bench:
             print(f"warning: cannot drop caches ({err}); continuing without", file=sys.stderr, flush=True)
             self.args.drop_caches = False
             return
-        roots = [self.src] if case.startswith("f") else [SERVER_DATA / BUCKET / self.prefix]
+        inputs = self.src if case.startswith("f") else SERVER_DATA / BUCKET / self.prefix
         buf = bytearray(1 << 20)
-        for root in roots:
-            for dirpath, _, names in os.walk(root):
-                for name in names:
-                    with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
-                        while f.readinto(buf):
-                            pass
+        for dirpath, _, names in os.walk(inputs):
+            for name in names:
+                with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                    while f.readinto(buf):
+                        pass
         # The tools' own files too (interpreter, modules, botocore's JSON models, binaries):
         # a cold start reads them from disk, ~0.7 s more for a Python tool; each case is
         # timed warm, as it was before caches were dropped.
