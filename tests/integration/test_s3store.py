@@ -9,8 +9,11 @@ slowdown, and that handing connections back by hand keeps them reusable.
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import os
+import zlib
 
 import pytest
 import urllib3.connection
@@ -142,3 +145,42 @@ def test_a_socket_error_mid_body_is_a_transient_store_error(store, monkeypatch, 
         else:
             list(store.read_range_pieces("obj", 0, 2 * MiB, etag, memoryview(bytearray(64 * 1024))))
     assert caught.value.retriable and "obj" in str(caught.value)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_uploads_carry_a_crc32_and_an_unsigned_payload(store):
+    """Every upload request (multipart parts, the manifest PUT) sends the body's CRC32 for
+    the server to check and ``UNSIGNED-PAYLOAD`` instead of a SHA-256 of the body.
+
+    Neither moto nor rclone checks either one (both accept a wrong CRC32 and a wrong
+    payload SHA-256); S3 rejects a body that does not match its CRC32 with BadDigest.
+    """
+    sent: list[tuple[str, dict[str, str], bytes]] = []
+
+    def capture(request, **_):
+        body = request.body
+        if hasattr(body, "read"):
+            pos = body.tell()
+            data = body.read()
+            body.seek(pos)
+        else:
+            data = bytes(body or b"")
+        sent.append((request.url, dict(request.headers), data))
+
+    store.client.meta.events.register("before-send.s3", capture)
+    data = os.urandom(5 * MiB + 123)
+    store.upload("big", io.BytesIO(data), 5 * MiB)
+    store.put("small.json", b"{}")
+    bodies = [(url, h, b) for url, h, b in sent if b]
+    assert len([1 for url, _, _ in bodies if "partNumber=" in url]) == 2
+    for url, headers, body in bodies:
+        if "uploadId=" in url and "partNumber=" not in url:
+            continue  # CompleteMultipartUpload: an XML list of parts
+        assert _text(headers["X-Amz-Content-SHA256"]) == "UNSIGNED-PAYLOAD", url
+        assert _text(headers["x-amz-checksum-crc32"]) == base64.b64encode(
+            zlib.crc32(body).to_bytes(4, "big")).decode(), url
+    assert store.get("small.json") == b"{}"
+    assert store.client.get_object(Bucket=store.bucket, Key="big")["Body"].read() == data
