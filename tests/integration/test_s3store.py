@@ -15,6 +15,7 @@ import io
 import os
 import zlib
 
+import botocore.loaders
 import pytest
 import urllib3.connection
 
@@ -184,3 +185,10 @@ def test_uploads_carry_a_crc32_and_an_unsigned_payload(store):
             zlib.crc32(body).to_bytes(4, "big")).decode(), url
     assert store.get("small.json") == b"{}"
     assert store.client.get_object(Bucket=store.bucket, Key="big")["Body"].read() == data
+
+
+def test_the_data_loader_searches_aws_data_path_first_and_loads_s3(tmp_path):
+    loader = s3_module._data_loader(f"{tmp_path}{os.pathsep}~/models")
+    assert loader.search_paths[:2] == [str(tmp_path), os.path.expanduser("~/models")]
+    assert loader.load_service_model("s3", "service-2")["metadata"]["serviceId"] == "S3"
+    assert s3_module._data_loader(None).search_paths == botocore.loaders.create_loader().search_paths
