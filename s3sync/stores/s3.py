@@ -76,13 +76,15 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
     boto3's own layer: importing boto3 also imports s3transfer and its handlers
     (~50 ms of every command's start-up). The client is the same object either way.
 
-    Uploads carry a CRC32 checksum that the server checks (S3's flexible checksums, as
-    the AWS SDKs and CLI send by default) and an unsigned payload (SigV4's
-    ``UNSIGNED-PAYLOAD``, S3 API reference "Authenticating Requests"): the headers,
-    checksum included, are still signed, but the body is not hashed a second time with
-    SHA-256. botocore does this by itself over https; over http it would also SHA-256
-    every byte (0.7 s of CPU per GiB here, 10 % of a publish), on top of the CRC32 and
-    s3sync's own XXH3-128 digests, which pulls verify end to end.
+    Uploads carry a CRC32 checksum that the server checks (S3's flexible checksums,
+    botocore's default, as in the AWS CLI: ``AWS_REQUEST_CHECKSUM_CALCULATION`` or the
+    profile's ``request_checksum_calculation = when_required`` turns it off for servers
+    that reject it) and an unsigned payload (SigV4's ``UNSIGNED-PAYLOAD``, S3 API
+    reference "Authenticating Requests"): the headers, checksum included, are still
+    signed, but the body is not hashed a second time with SHA-256. botocore does this by
+    itself over https; over http it would also SHA-256 every byte (0.7 s of CPU per GiB
+    here, 10 % of a publish), on top of the CRC32 and s3sync's own XXH3-128 digests,
+    which pulls verify end to end.
 
     Responses are validated only when the API requires it: s3sync verifies every byte
     with its own digests, and S3-compatible servers differ (rclone sends the whole
@@ -101,7 +103,6 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
         # botocore's "max_attempts" key counts retries only.
         retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts)},
         max_pool_connections=max_connections,
-        request_checksum_calculation="when_supported",
         response_checksum_validation="when_required",
         s3={"payload_signing_enabled": False,
             **({"addressing_style": "path"} if settings.endpoint_url else {})},

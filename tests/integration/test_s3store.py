@@ -152,13 +152,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def test_uploads_carry_a_crc32_and_an_unsigned_payload(store):
-    """Every upload request (multipart parts, the manifest PUT) sends the body's CRC32 for
-    the server to check and ``UNSIGNED-PAYLOAD`` instead of a SHA-256 of the body.
-
-    Neither moto nor rclone checks either one (both accept a wrong CRC32 and a wrong
-    payload SHA-256); S3 rejects a body that does not match its CRC32 with BadDigest.
-    """
+def _upload_requests(store: S3Store) -> list[tuple[str, dict[str, str], bytes]]:
+    """Upload a 2-part object and a small one; check them back; return the requests that
+    sent object data (UploadPart, PutObject) as (url, headers, body)."""
     sent: list[tuple[str, dict[str, str], bytes]] = []
 
     def capture(request, **_):
@@ -175,16 +171,37 @@ def test_uploads_carry_a_crc32_and_an_unsigned_payload(store):
     data = os.urandom(5 * MiB + 123)
     store.upload("big", io.BytesIO(data), 5 * MiB)
     store.put("small.json", b"{}")
-    bodies = [(url, h, b) for url, h, b in sent if b]
-    assert len([1 for url, _, _ in bodies if "partNumber=" in url]) == 2
-    for url, headers, body in bodies:
-        if "uploadId=" in url and "partNumber=" not in url:
-            continue  # CompleteMultipartUpload: an XML list of parts
+    assert store.get("small.json") == b"{}"
+    assert store.client.get_object(Bucket=store.bucket, Key="big")["Body"].read() == data
+    # CompleteMultipartUpload's body is an XML list of parts, not object data.
+    uploads = [(url, h, b) for url, h, b in sent if b and ("partNumber=" in url or "uploadId=" not in url)]
+    assert sum("partNumber=" in url for url, _, _ in uploads) == 2
+    return uploads
+
+
+def test_uploads_carry_a_crc32_and_an_unsigned_payload(store):
+    """Every upload request (multipart parts, the manifest PUT) sends the body's CRC32 for
+    the server to check and ``UNSIGNED-PAYLOAD`` instead of a SHA-256 of the body.
+
+    Neither moto nor rclone checks either one (both accept a wrong CRC32 and a wrong
+    payload SHA-256); S3 rejects a body that does not match its CRC32 with BadDigest.
+    """
+    for url, headers, body in _upload_requests(store):
         assert _text(headers["X-Amz-Content-SHA256"]) == "UNSIGNED-PAYLOAD", url
         assert _text(headers["x-amz-checksum-crc32"]) == base64.b64encode(
             zlib.crc32(body).to_bytes(4, "big")).decode(), url
-    assert store.get("small.json") == b"{}"
-    assert store.client.get_object(Bucket=store.bucket, Key="big")["Body"].read() == data
+
+
+def test_the_checksum_can_be_turned_off_as_for_aws_cli(s3_server, bucket, monkeypatch):
+    """For servers that reject S3's flexible checksums, the AWS CLI's setting works."""
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    store = S3Store(make_client(S3Settings(endpoint_url=s3_server.endpoint_url)), bucket)
+    try:
+        for url, headers, _ in _upload_requests(store):
+            assert _text(headers["X-Amz-Content-SHA256"]) == "UNSIGNED-PAYLOAD", url
+            assert not any(k.lower().startswith("x-amz-checksum-") for k in headers), url
+    finally:
+        store.close()
 
 
 def test_the_data_loader_searches_aws_data_path_first_and_loads_s3(tmp_path):
