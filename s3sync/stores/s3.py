@@ -9,13 +9,11 @@ s3transfer's TransferManager). botocore exceptions are translated here into
 from __future__ import annotations
 
 import http.client
-import os
 import re
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import botocore.exceptions as bexc
-import botocore.loaders
 import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -49,26 +47,6 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "RequestTimeTooSkewed"}
 
 
-class _S3Loader(botocore.loaders.Loader):
-    """botocore's data loader without the scan of every service's model directory.
-
-    ``Loader.load_service_model`` lists all ~400 services botocore ships (a ``listdir``
-    and ``isdir`` per directory, twice per client: ~25 ms of every command's start-up)
-    only to raise UnknownServiceError for an unknown name. s3sync asks for S3 alone; a
-    missing model file still raises botocore's DataNotFoundError when it is loaded.
-    """
-
-    def list_available_services(self, type_name: str) -> list[str]:
-        return ["s3"]
-
-
-def _data_loader(data_path: str | None) -> botocore.loaders.Loader:
-    """A loader with the search path ``botocore.loaders.create_loader`` would use
-    (``AWS_DATA_PATH``: directories separated by ``os.pathsep``)."""
-    paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else []
-    return _S3Loader(extra_search_paths=paths)
-
-
 def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
     """Build an S3 client from ``settings`` and the usual AWS credential chain.
 
@@ -94,7 +72,6 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
         CredentialsError: if the named profile does not exist.
     """
     session = botocore.session.Session(profile=settings.profile)
-    session.register_component("data_loader", _data_loader(session.get_config_variable("data_path")))
     config = Config(
         signature_version=UNSIGNED if settings.no_sign_request else None,
         connect_timeout=settings.connect_timeout_s,

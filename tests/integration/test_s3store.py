@@ -15,7 +15,6 @@ import io
 import os
 import zlib
 
-import botocore.loaders
 import pytest
 import urllib3.connection
 
@@ -202,10 +201,3 @@ def test_the_checksum_can_be_turned_off_as_for_aws_cli(s3_server, bucket, monkey
             assert not any(k.lower().startswith("x-amz-checksum-") for k in headers), url
     finally:
         store.close()
-
-
-def test_the_data_loader_searches_aws_data_path_first_and_loads_s3(tmp_path):
-    loader = s3_module._data_loader(f"{tmp_path}{os.pathsep}~/models")
-    assert loader.search_paths[:2] == [str(tmp_path), os.path.expanduser("~/models")]
-    assert loader.load_service_model("s3", "service-2")["metadata"]["serviceId"] == "S3"
-    assert s3_module._data_loader(None).search_paths == botocore.loaders.create_loader().search_paths
