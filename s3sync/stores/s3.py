@@ -21,6 +21,7 @@ from botocore.config import Config
 from ..config import S3Settings
 from ..errors import (
     AccessDeniedError,
+    ConfigError,
     CredentialsError,
     IntegrityError,
     NotFoundError,
@@ -55,14 +56,15 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
     (~50 ms of every command's start-up). The client is the same object either way.
 
     Uploads carry a CRC32 checksum that the server checks (S3's flexible checksums,
-    botocore's default, as in the AWS CLI: ``AWS_REQUEST_CHECKSUM_CALCULATION`` or the
+    botocore's default, as in the AWS CLI; ``AWS_REQUEST_CHECKSUM_CALCULATION`` or the
     profile's ``request_checksum_calculation = when_required`` turns it off for servers
-    that reject it) and an unsigned payload (SigV4's ``UNSIGNED-PAYLOAD``, S3 API
-    reference "Authenticating Requests"): the headers, checksum included, are still
-    signed, but the body is not hashed a second time with SHA-256. botocore does this by
-    itself over https; over http it would also SHA-256 every byte (0.7 s of CPU per GiB
-    here, 10 % of a publish), on top of the CRC32 and s3sync's own XXH3-128 digests,
-    which pulls verify end to end.
+    that reject it) and then an unsigned payload (SigV4's ``UNSIGNED-PAYLOAD``, S3 API
+    reference "Authenticating Requests"): the headers, checksum included, are signed,
+    but the body is not hashed a second time with SHA-256. botocore does this by itself
+    over https; over http it would also SHA-256 every byte (0.7 s of CPU per GiB here,
+    10 % of a publish), on top of the CRC32 and s3sync's own XXH3-128 digests, which
+    pulls verify end to end. With checksums turned off, payloads are signed as botocore
+    does by default, so a server can still check every body.
 
     Responses are validated only when the API requires it: s3sync verifies every byte
     with its own digests, and S3-compatible servers differ (rclone sends the whole
@@ -70,25 +72,34 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
 
     Raises:
         CredentialsError: if the named profile does not exist.
+        ConfigError: if the AWS request checksum setting has an unknown value.
+        UsageError: if the endpoint URL or region is malformed.
     """
     session = botocore.session.Session(profile=settings.profile)
-    config = Config(
-        signature_version=UNSIGNED if settings.no_sign_request else None,
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        # total_max_attempts counts the first request too, as AWS_MAX_ATTEMPTS does;
-        # botocore's "max_attempts" key counts retries only.
-        retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts)},
-        max_pool_connections=max_connections,
-        response_checksum_validation="when_required",
-        s3={"payload_signing_enabled": False,
-            **({"addressing_style": "path"} if settings.endpoint_url else {})},
-    )
     try:
+        s3: dict[str, Any] = {"addressing_style": "path"} if settings.endpoint_url else {}
+        checksums = str(session.get_config_variable("request_checksum_calculation"))
+        if checksums.strip().lower() != "when_required":
+            s3["payload_signing_enabled"] = False
+        config = Config(
+            signature_version=UNSIGNED if settings.no_sign_request else None,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            # total_max_attempts counts the first request too, as AWS_MAX_ATTEMPTS does;
+            # botocore's "max_attempts" key counts retries only.
+            retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts)},
+            max_pool_connections=max_connections,
+            response_checksum_validation="when_required",
+            s3=s3 or None,
+        )
         return session.create_client("s3", endpoint_url=settings.endpoint_url,
                                      region_name=settings.region, config=config)
     except bexc.ProfileNotFound as err:
-        raise CredentialsError(f"AWS profile {settings.profile!r} not found") from err
+        profile = err.kwargs.get("profile") or settings.profile
+        raise CredentialsError(f"AWS profile {profile!r} not found") from err
+    except bexc.InvalidChecksumConfigError as err:
+        raise ConfigError(str(err), hint="set AWS_REQUEST_CHECKSUM_CALCULATION (or request_checksum_calculation "
+                                         "in the AWS profile) to when_supported or when_required") from err
     except ValueError as err:  # e.g. AWS_ENDPOINT_URL_S3 without http://
         raise UsageError(f"invalid S3 endpoint or region: {err}",
                          hint="an endpoint URL starts with http:// or https://") from err

@@ -351,12 +351,24 @@ def test_rejected_credentials_exit_1(run, s3_server, bucket, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
-def test_unknown_aws_profile_exits_1(run, s3_server, bucket, tmp_path: Path) -> None:
-    result = run("--profile", "no-such-profile-s3sync", "pull", f"s3://{bucket}/x", str(tmp_path / "dest"),
-                 "--endpoint-url", s3_server.endpoint_url)
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_unknown_aws_profile_exits_1(run, s3_server, bucket, tmp_path: Path, how: str) -> None:
+    flag, env = (["--profile", "no-such-profile-s3sync"], {}) if how == "flag" else \
+        ([], {"AWS_PROFILE": "no-such-profile-s3sync"})
+    result = run(*flag, "pull", f"s3://{bucket}/x", str(tmp_path / "dest"),
+                 "--endpoint-url", s3_server.endpoint_url, env=env)
     assert_error(result, 1)
-    assert "no-such-profile-s3sync" in result.stderr
+    assert "AWS profile 'no-such-profile-s3sync' not found" in result.stderr
     assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+@pytest.mark.parametrize("value", ["bogus", ""])
+def test_bad_aws_checksum_setting_exits_2(run, s3_server, bucket, tmp_path: Path, value: str) -> None:
+    result = run("publish", make_tree(tmp_path / "ds"), "--to", f"s3://{bucket}/ds",
+                 "--endpoint-url", s3_server.endpoint_url, env={"AWS_REQUEST_CHECKSUM_CALCULATION": value})
+    assert_error(result, 2)
+    assert "request_checksum_calculation" in result.stderr
 
 
 @pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
