@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from s3sync import archive
@@ -28,6 +28,13 @@ names = st.one_of(
 @given(name=names, link=st.one_of(st.just(""), names),
        size=st.one_of(st.integers(0, 10**6), st.integers(8**11 - 2, 8**11 + 2)),
        mode=st.integers(0, 0o777), mtime=st.integers(0, 2**33), kind=st.sampled_from("file dir symlink".split()))
+# Where ustar ends and PAX records begin: a 99-character directory name (100 with its
+# slash), 99/100-character names and link names, the largest size and mtime in 11 digits.
+@example(name="d" * 99, link="", size=0, mode=0o755, mtime=8**11 - 1, kind="dir")
+@example(name="f" * 99, link="", size=8**11 - 1, mode=0o644, mtime=0, kind="file")
+@example(name="f" * 100, link="", size=1, mode=0o644, mtime=1, kind="file")
+@example(name="s", link="t" * 99, size=0, mode=0o777, mtime=1, kind="symlink")
+@example(name="s", link="t" * 100, size=0, mode=0o777, mtime=1, kind="symlink")
 def test_member_header_is_what_tarfile_writes_in_pax_format(name, link, size, mode, mtime, kind):
     info = tarfile.TarInfo(name)
     info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = mode, mtime, 0, 0, "", ""
