@@ -77,6 +77,24 @@ def test_file_replaced_after_the_scan_is_refused_at_once(tmp_path: Path, name: s
     assert ("no longer a regular file" if replacement == "fifo" else "replaced by a symbolic link") in str(err)
 
 
+@pytest.mark.parametrize("name", ["small.bin", "big.bin"])
+@pytest.mark.parametrize("delta", [1, -1, -SMALL])
+def test_file_that_changed_size_after_the_scan_is_refused(tmp_path: Path, name: str, delta: int) -> None:
+    src = _tree(tmp_path)
+    entries = archive.scan_tree(src)
+    victim = src / "d" / name
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:  # in place: the same inode, only the size differs
+        if delta > 0:
+            f.seek(0, os.SEEK_END)
+            f.write(b"+" * delta)
+        else:
+            f.truncate(size + delta)
+    err = _write_tar_in_thread(entries)
+    assert isinstance(err, SourceError), err
+    assert str(victim) in str(err) and "size changed" in str(err)
+
+
 def test_unchanged_tree_still_publishes(tmp_path: Path) -> None:
     assert _write_tar_in_thread(archive.scan_tree(_tree(tmp_path))) is None
 
