@@ -121,7 +121,7 @@ def install_publish() -> None:
     _patch_future_result()
     patch("s3sync.archive", "_read_small", "read a small file (reader pool)")
     patch("s3sync.archive", "_copy_exact", "copy a large file into the tar")
-    patch("s3sync.archive", "member_header", "tar header building (member_header -> TarInfo.tobuf)")
+    patch("s3sync.archive", "member_header", "tar header building (member_header)")
     patch("s3sync.publish", "PartWriter.write", "PartWriter.write: cut parts, copy, feed hashes + pipe")
     patch("s3sync.hashing", "Hasher.update", "hash: chunk + part + stream (3x Hasher.update)")
     patch("s3sync.publish", "_Pipe.put", "pipe put (blocks while the uploader is behind)")
