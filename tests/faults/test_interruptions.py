@@ -76,10 +76,19 @@ def journal_offset(dest_parent, name: str) -> int:
         return -1
 
 
-def hold_at(kit: Kit, part: str, offset: int = 0) -> None:
-    """Freeze the network (every response body) at the first GET of ``part`` from ``offset`` on."""
-    kit.add(Rule("hook", key=part, times=1, match=lambda req: (req.range_start or 0) >= offset,
-                 hook=lambda req: kit.proxy.hold()))
+def hold_at(kit: Kit, part: str, offset: int = 0, after: tuple[str, int] | None = None) -> None:
+    """Freeze the network (every response body) at the first GET of ``part`` from ``offset`` on;
+    with ``after=(key, n)``, only once the proxy has sent ``n`` body bytes of ``key`` (the GET
+    may come early, within the fetch window, while earlier chunks are still on their way)."""
+
+    def hook(req) -> None:
+        if after is not None:
+            deadline = time.monotonic() + 10
+            while kit.sent(after[0]) < after[1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        kit.proxy.hold()
+
+    kit.add(Rule("hook", key=part, times=1, match=lambda req: (req.range_start or 0) >= offset, hook=hook))
 
 
 def kill(proc: subprocess.Popen, sig: int) -> None:
@@ -204,7 +213,8 @@ def test_ctrl_c_exits_130_promptly_then_rerun_completes(kit, presses):
     src = kit.tree()
     pub = kit.publish(src)
     dest_parent = kit.tmp / "dest"
-    hold_at(kit, "part-00001", 512 * KiB)
+    # Part 0 delivered before the freeze: the Ctrl-C must then save a resume point past it.
+    hold_at(kit, "part-00001", 512 * KiB, after=("part-00000", pub.manifest.parts[0].size))
     proc = pull_cmd(kit, pub, dest_parent)
     try:
         wait_for(lambda: not kit.proxy._gate.is_set(), 30, "the hang", proc)
