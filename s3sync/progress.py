@@ -23,7 +23,8 @@ class Progress(Protocol):
         """A one-line note for the user (retries, resume points); not an error."""
 
     def finish(self, stage: str) -> None:
-        """The stage is complete."""
+        """The stage is complete: the bytes advanced are its size (``start``'s total may
+        have been an estimate)."""
 
 
 class NullProgress:

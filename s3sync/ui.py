@@ -68,8 +68,10 @@ class RichProgress:
         with self._lock:
             task = self._tasks.get(stage)
             if task is not None:
-                total = next(t.total for t in self._bar.tasks if t.id == task)
-                self._bar.update(task, completed=total)
+                # The bytes counted are the stage's true size; the total given to start()
+                # may be an estimate (publish: file sizes plus ~1 KiB of tar per member).
+                done = next(t.completed for t in self._bar.tasks if t.id == task)
+                self._bar.update(task, total=done, completed=done)
 
     def close(self) -> None:
         self._bar.stop()
@@ -116,7 +118,7 @@ class PlainProgress:
     def finish(self, stage: str) -> None:
         with self._lock:
             if stage in self._done:
-                self._done[stage] = self._total.get(stage, self._done[stage])
+                self._total[stage] = self._done[stage]  # the true size (see RichProgress.finish)
                 self._line(stage, time.monotonic())
 
     def close(self) -> None:

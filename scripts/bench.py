@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark s3sync pull and publish side by side with s5cmd, aws cli and the tar-split way.
+"""Benchmark s3sync pull and publish side by side with s5cmd, aws cli and the seed way (tar pieces, then cat | tar x).
 
 One command (issue 4)::
 
