@@ -39,7 +39,9 @@ _READ_STEP = 1024 * 1024
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"}
+# rclone serve s3 (gofakes3) answers a request without a signature, e.g. --no-sign-request
+# against a server started with --auth-key, with UnsupportedAlgorithm (HTTP 400).
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem", "UnsupportedAlgorithm"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                     "InvalidToken", "TokenRefreshRequired", "ExpiredTokenException"}
 _CHANGED = {"PreconditionFailed", "412"}
