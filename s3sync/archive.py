@@ -373,7 +373,9 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                 if isinstance(data, OSError):
                     raise data
                 if data is not None:
-                    if len(data) != info.size:
+                    if len(data) > info.size:  # _read_small reads one byte past the scanned size
+                        raise OSError(f"size changed: more than the {info.size} bytes scanned")
+                    if len(data) < info.size:
                         raise OSError(f"size changed from {info.size} to {len(data)} bytes")
                     out.write(header + data + _padding(info.size))
                 else:

@@ -14,7 +14,8 @@ class Progress(Protocol):
     """What a pipeline reports while it runs."""
 
     def start(self, stage: str, total: int) -> None:
-        """A stage begins (``download``, ``extract``, ``upload``...), ``total`` bytes expected."""
+        """A stage begins (``download``, ``extract``, ``upload``...), ``total`` bytes expected;
+        called again for a stage already begun, it corrects the total (it was an estimate)."""
 
     def advance(self, stage: str, n: int) -> None:
         """``n`` more bytes done in ``stage`` (negative to rewind after a retry)."""
@@ -23,8 +24,7 @@ class Progress(Protocol):
         """A one-line note for the user (retries, resume points); not an error."""
 
     def finish(self, stage: str) -> None:
-        """The stage is complete: the bytes advanced are its size (``start``'s total may
-        have been an estimate)."""
+        """The stage is complete."""
 
 
 class NullProgress:

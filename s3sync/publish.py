@@ -308,6 +308,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             if isinstance(err, S3SyncError):
                 raise err
             raise StoreError(f"upload to {location.url()} failed: {err}") from err
+        progress.start("upload", writer.tell())  # the estimate counted ~1 KiB of tar per member
         progress.finish("upload")
 
         entries_out = []

@@ -68,10 +68,8 @@ class RichProgress:
         with self._lock:
             task = self._tasks.get(stage)
             if task is not None:
-                # The bytes counted are the stage's true size; the total given to start()
-                # may be an estimate (publish: file sizes plus ~1 KiB of tar per member).
-                done = next(t.completed for t in self._bar.tasks if t.id == task)
-                self._bar.update(task, total=done, completed=done)
+                total = next(t.total for t in self._bar.tasks if t.id == task)
+                self._bar.update(task, completed=total)
 
     def close(self) -> None:
         self._bar.stop()
@@ -92,9 +90,10 @@ class PlainProgress:
 
     def start(self, stage: str, total: int) -> None:
         with self._lock:
-            self._done[stage] = 0
             self._total[stage] = total
-            self._since[stage] = time.monotonic()
+            if stage not in self._done:  # again for a stage begun: a corrected total
+                self._done[stage] = 0
+                self._since[stage] = time.monotonic()
 
     def advance(self, stage: str, n: int) -> None:
         with self._lock:
@@ -118,7 +117,7 @@ class PlainProgress:
     def finish(self, stage: str) -> None:
         with self._lock:
             if stage in self._done:
-                self._total[stage] = self._done[stage]  # the true size (see RichProgress.finish)
+                self._done[stage] = self._total.get(stage, self._done[stage])
                 self._line(stage, time.monotonic())
 
     def close(self) -> None:

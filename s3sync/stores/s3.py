@@ -220,9 +220,17 @@ class S3Store:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except bexc.ClientError as err:
-            if str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")) == "404":
+            status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            if status == "404":
                 raise NotFoundError(f"s3://{self.bucket}: bucket not found", bucket_missing=True,
                                     hint="create the bucket first or check its name") from err
+            if status == "400":
+                # A HEAD response has no body, so no error code: ask with a request that
+                # gets one (rclone's UnsupportedAlgorithm for an unsigned request, say).
+                try:
+                    self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+                except Exception as why:
+                    raise translate(why, f"s3://{self.bucket}") from why
             raise translate(err, f"s3://{self.bucket}") from err
         except Exception as err:
             raise translate(err, f"s3://{self.bucket}") from err

@@ -108,12 +108,14 @@ def test_wrong_secret_key_is_a_credentials_error(kit, monkeypatch):
 def test_unsigned_requests_to_a_server_that_wants_signatures_are_access_denied(kit):
     if kit.server.name != "rclone":
         pytest.skip("moto does not check signatures; rclone does")
-    pub = kit.publish(kit.tree({"a.bin": 10 * KiB}))
-    proc = kit.cli("ls", pub.url, "--endpoint-url", kit.proxy.url, "--no-sign-request")
-    _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1, err
-    assert "access denied" in err.decode() and "hint: check the credentials" in err.decode(), err
-    assert b"Traceback" not in err
+    src = kit.tree({"a.bin": 10 * KiB})
+    pub = kit.publish(src)
+    for args in (("ls", pub.url), ("pull", pub.url, kit.tmp / "dest"), ("publish", src, "--to", pub.url)):
+        proc = kit.cli(*args, "--endpoint-url", kit.proxy.url, "--no-sign-request")
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1, (args, err)
+        assert "access denied" in err.decode() and "hint: check the credentials" in err.decode(), (args, err)
+        assert b"Traceback" not in err
 
 
 def test_missing_credentials_is_a_credentials_error(kit, monkeypatch):

@@ -1,4 +1,5 @@
-"""Progress displays: a finished stage shows the bytes actually done, not start()'s estimate."""
+"""Progress displays: start() again for a stage already begun corrects its total (publish's
+upload total is an estimate until the tar stream is complete); finish() completes it."""
 
 from __future__ import annotations
 
@@ -9,22 +10,34 @@ from rich.console import Console
 from s3sync.ui import PlainProgress, RichProgress
 
 
-def test_plain_progress_finish_shows_the_true_size_not_the_estimate():
+def test_plain_progress_keeps_the_count_when_the_total_is_corrected():
     out = io.StringIO()
     progress = PlainProgress(out, interval_s=3600)
     progress.start("upload", 2048 * 1024)  # publish's estimate: file sizes + 1 KiB per member
     progress.advance("upload", 1536 * 1024)
+    progress.start("upload", 1536 * 1024)
     progress.finish("upload")
     assert out.getvalue().splitlines()[-1].startswith("upload: 1.5 MiB of 1.5 MiB 100.0%")
 
 
-def test_rich_progress_finish_sets_total_to_completed():
+def test_plain_progress_finish_completes_the_stage():
+    out = io.StringIO()
+    progress = PlainProgress(out, interval_s=3600)
+    progress.start("verify", 3 * 1024 * 1024)
+    progress.advance("verify", 1024 * 1024)  # e.g. files found missing are not re-hashed
+    progress.finish("verify")
+    assert out.getvalue().splitlines()[-1].startswith("verify: 3.0 MiB of 3.0 MiB 100.0%")
+
+
+def test_rich_progress_corrected_total_then_finish():
     progress = RichProgress(Console(file=io.StringIO(), force_terminal=False, width=100))
     try:
         progress.start("upload", 1000)
         progress.advance("upload", 700)
-        progress.finish("upload")
+        progress.start("upload", 700)
         (task,) = progress._bar.tasks
+        assert (task.completed, task.total) == (700, 700)
+        progress.finish("upload")
         assert (task.completed, task.total) == (700, 700)
     finally:
         progress.close()
