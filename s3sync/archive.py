@@ -256,19 +256,26 @@ def _open_leased(path: str | Path) -> int:
 
 
 def _read_small(path: str, expect: os.stat_result) -> bytes:
-    """The file's bytes: ``expect.st_size`` of them if it still has its scanned size (the
-    caller checks the length), one byte more if it grew.
+    """The bytes of a small file, exactly its scanned size (``expect.st_size``).
 
     One ``read`` of size + 1 bytes reads a file that kept its size (``readall`` costs an
     ``fstat``, an ``lseek`` and a second ``read`` to see the end: 7 system calls per file
     instead of 4, each a GIL round trip, with 100,000 small files). A short read (a file
     that shrank, or a file system that returns less) reads on to the end.
+
+    Raises:
+        OSError: as ``_copy_exact``, whose messages it shares.
     """
+    size = expect.st_size
     with open_regular(path, expect) as f:
-        data = f.read(expect.st_size + 1)
-        if len(data) < expect.st_size:
+        data = f.read(size + 1)
+        if len(data) < size:
             data += f.readall()
-        return data
+    if len(data) > size:
+        raise OSError(f"size changed: more than {size} bytes")
+    if len(data) < size:
+        raise OSError(f"size changed: ended {size - len(data)} bytes early")
+    return data
 
 
 def _read_batch(files: list[tuple[str, os.stat_result]]) -> list[bytes | OSError]:
@@ -373,10 +380,6 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                 if isinstance(data, OSError):
                     raise data
                 if data is not None:
-                    if len(data) > info.size:  # _read_small reads one byte past the scanned size
-                        raise OSError(f"size changed: more than the {info.size} bytes scanned")
-                    if len(data) < info.size:
-                        raise OSError(f"size changed from {info.size} to {len(data)} bytes")
                     out.write(header + data + _padding(info.size))
                 else:
                     out.write(header)
