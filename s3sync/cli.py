@@ -17,7 +17,15 @@ from typing import Any, NoReturn
 
 from . import catalog
 from .config import Settings, format_size, resolve
-from .errors import ConfigError, Interrupted, S3SyncError, SourceError, UsageError, VerifyFailed
+from .errors import (
+    ConfigError,
+    Interrupted,
+    S3SyncError,
+    SourceError,
+    UsageError,
+    VerifyFailed,
+    VerifyIncomplete,
+)
 from .manifest import valid_name
 from .ui import UI
 
@@ -219,14 +227,55 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for p in result.problems:
-            ui.line(f"{p.kind}\t{p.path}\t{p.detail}")
+            ui.line(f"{p.kind}\t{escape_field(p.path)}\t{escape_field(p.detail)}")
     if result.problems:
-        raise VerifyFailed(f"{result.dest}: {len(result.problems)} of {result.checked} entries differ from "
-                           f"generation {result.generation}")
+        # A file published without owner read permission is "unverifiable" to a non-root
+        # user: not a difference, and pulling again cannot change it.
+        unverifiable = {p.path for p in result.problems if p.kind == "unverifiable"}
+        differ = {p.path for p in result.problems if p.kind != "unverifiable"}
+        if not differ:
+            raise VerifyIncomplete(f"{result.dest}: {len(unverifiable)} of {result.checked} entries cannot be read "
+                                   f"back by this user (published without owner read permission); the rest match "
+                                   f"generation {result.generation}")
+        raise VerifyFailed(f"{result.dest}: {len(differ)} of {result.checked} entries differ from "
+                           f"generation {result.generation}",
+                           hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
+                                f"it cannot read" if unverifiable else None)
     ui.info(f"{result.dest}: {_plural(result.checked, 'entry', 'entries')}, "
             f"{format_size(result.checked_bytes)} verified OK "
             f"({result.elapsed_s:.1f}s)")
     return EXIT_OK
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_field(text: str) -> str:
+    """``text`` as one tab-free line for verify's plain output (``--json`` keeps raw strings).
+
+    A backslash, tab, newline and carriage return become ``\\\\``, ``\\t``, ``\\n``, ``\\r``;
+    other ASCII control characters ``\\xHH``; a byte of a name that is not UTF-8 (carried
+    as a surrogate escape, PEP 383) ``\\xHH`` too (80-FF: never an ASCII control); any other
+    non-printable character (Unicode categories C and Z but space: U+0085, U+2028,
+    U+200B...) ``\\uHHHH`` or ``\\UHHHHHHHH``. Everything else is kept, so the escaping is
+    reversible and one problem is always one line of three tab-separated fields.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80 or 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code & 0xFF:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:

@@ -22,6 +22,7 @@ the module that calls the library, with ``raise ... from err``.
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── VerifyFailed                          verify found missing or changed files
+    │   └── VerifyIncomplete                  nothing differs, but some files only root can read
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
 
 ``retriable`` tells the transfer engine whether fetching the same chunk again may
@@ -152,6 +153,14 @@ class VerifyFailed(S3SyncError):
     """``s3sync verify`` found files that are missing or differ (they are listed on stdout)."""
 
     hint = "pull the dataset again into a fresh directory to repair it"
+
+
+class VerifyIncomplete(VerifyFailed):
+    """``s3sync verify`` found no difference but could not read some files: they were
+    published with no read permission for their owner (mode 0000, 0200...), so only root
+    can read them back. Pulling again would not change that."""
+
+    hint = "run 's3sync verify' as root to check them too"
 
 
 class Interrupted(S3SyncError):
