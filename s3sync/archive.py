@@ -117,6 +117,25 @@ def scan_tree(src: Path) -> list[_Entry]:
     return entries
 
 
+def owner_unreadable_warning(entries: list[_Entry], show: int = 3) -> str | None:
+    """A warning naming the regular files published with no read permission for their
+    owner (mode 0000, 0200...) and the directories without owner read or search
+    permission, or None if there are none.
+
+    Publish (as root, which reads anything: CAP_DAC_OVERRIDE) can read them; a pull keeps
+    the mode, so a non-root user cannot read them back, nor ``verify`` them.
+    """
+    rx = stat.S_IRUSR | stat.S_IXUSR
+    closed = [e.rel for e in entries if e.link is None and (
+        stat.S_ISREG(e.st.st_mode) and not e.st.st_mode & stat.S_IRUSR
+        or stat.S_ISDIR(e.st.st_mode) and e.st.st_mode & rx != rx)]
+    if not closed:
+        return None
+    more = f" and {len(closed) - show} more" if len(closed) > show else ""
+    return (f"warning: {len(closed)} entr{'y' if len(closed) == 1 else 'ies'} published with no owner read "
+            f"permission ({', '.join(map(repr, closed[:show]))}{more}); a non-root pull cannot read them back")
+
+
 def symlink_target_ok(rel: str, target: str) -> bool:
     """True if a symlink at ``rel`` pointing to ``target`` provably stays inside the tree.
 

@@ -61,7 +61,7 @@ class RichProgress:
                 self._bar.advance(task, n)
 
     def message(self, text: str) -> None:
-        if self._verbose:
+        if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
             self._bar.console.print(text, style="dim", markup=False)
 
     def finish(self, stage: str) -> None:
@@ -111,7 +111,7 @@ class PlainProgress:
               file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
-        if self._verbose:
+        if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
             print(text, file=self._stream, flush=True)
 
     def finish(self, stage: str) -> None:

@@ -141,3 +141,48 @@ def test_files_published_without_owner_read_permission(kit, also_changed: bool) 
         assert "3 of 5 entries cannot be read back by this user" in proc.stderr, proc.stderr
         assert "hint: run 's3sync verify' as root" in proc.stderr, proc.stderr
 
+
+class _Messages:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, n: int) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+@moto
+def test_publish_warns_about_entries_without_owner_read_permission(kit) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can publish files without owner read permission")
+    from s3sync.config import Location
+    from s3sync.publish import publish
+
+    from .conftest import FAST_TRANSFER
+
+    src = kit.tmp / "src" / "ds"
+    (src / "sub").mkdir(parents=True)
+    for name, mode in [("a.bin", 0o000), ("b.bin", 0o200), ("c.bin", 0o244), ("d.bin", 0o644), ("e.bin", 0o000)]:
+        (src / name).write_bytes(b"x")
+        (src / name).chmod(mode)
+    (src / "sub").chmod(0o600)
+    progress = _Messages()
+    publish(src, "ds", Location(kit.bucket, "ds"), kit.store(kit.server.endpoint_url), FAST_TRANSFER, progress)
+    (src / "sub").chmod(0o755)
+    assert progress.lines == ["warning: 5 entries published with no owner read permission ('a.bin', 'b.bin', "
+                              "'c.bin' and 2 more); a non-root pull cannot read them back"], progress.lines
+    clean = kit.tmp / "src" / "clean"
+    clean.mkdir()
+    (clean / "f").write_bytes(b"y")
+    progress = _Messages()
+    publish(clean, "clean", Location(kit.bucket, "clean"), kit.store(kit.server.endpoint_url), FAST_TRANSFER,
+            progress)
+    assert progress.lines == []
