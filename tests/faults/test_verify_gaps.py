@@ -8,6 +8,7 @@ Datasets are hand-made tars (publish never writes hard links), pulled once from 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,8 +95,6 @@ def test_problem_lines_escape_control_characters(kit, capsys) -> None:
         ["new\\nline.txt", "tab\\there.txt", "back\\\\slash.txt", "bell\\x07.txt", "sep\\u2028.txt",
          "latin\\xe9.txt"]), out
     assert cli.main(["verify", "--json", str(result.dest)]) == 1
-    import json
-
     doc = json.loads(capsys.readouterr().out)
     # --json keeps raw strings; a non-UTF-8 byte is the JSON escape \udcXX (json.loads and
     # os.fsencode give the byte back)

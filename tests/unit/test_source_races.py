@@ -193,6 +193,11 @@ def _replace_by_rename(path: Path) -> None:
     os.replace(new, path)
 
 
+def _grow(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"+")
+
+
 def _chmod(path: Path) -> None:
     path.chmod(0o600)
 
@@ -200,7 +205,7 @@ def _chmod(path: Path) -> None:
 CHANGES = {
     "rewrite-same-size": _rewrite_same_size,
     "rewrite-mtime-restored": _rewrite_keep_mtime,
-    "grow": lambda p: open(p, "ab").write(b"+"),
+    "grow": _grow,
     "truncate": lambda p: os.truncate(p, 10),
     "replace-by-rename": _replace_by_rename,
     "delete": os.unlink,
