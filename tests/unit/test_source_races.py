@@ -169,7 +169,8 @@ def _after_a_tick(src: Path, scanned: os.stat_result) -> None:
     """Return once a new timestamp on this file system differs from the scanned ones."""
     probe = src.parent / "clock-probe"
     while True:
-        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+        probe.write_bytes(b"")  # a new inode: its times are the file system's clock now
         now = os.stat(probe).st_mtime_ns
         if now not in (scanned.st_mtime_ns, scanned.st_ctime_ns):
             probe.unlink()
