@@ -20,7 +20,7 @@ import urllib3.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from ..config import S3Settings
+from ..config import S3Settings, check_endpoint_url
 from ..errors import (
     AccessDeniedError,
     ConfigError,
@@ -102,8 +102,12 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
             response_checksum_validation="when_required",
             s3=s3 or None,
         )
-        return session.create_client("s3", endpoint_url=settings.endpoint_url,
-                                     region_name=settings.region, config=config)
+        client = session.create_client("s3", endpoint_url=settings.endpoint_url,
+                                       region_name=settings.region, config=config)
+        if settings.endpoint_url is None:
+            # An endpoint from AWS_ENDPOINT_URL_S3 or the profile: the same rule as --endpoint-url.
+            check_endpoint_url(client.meta.endpoint_url)
+        return client
     except bexc.ProfileNotFound as err:
         profile = err.kwargs.get("profile") or settings.profile
         raise CredentialsError(f"AWS profile {profile!r} not found") from err
