@@ -228,3 +228,13 @@ def test_https_to_a_plain_http_server_hints_at_http(run, s3_server, bucket) -> N
     assert_error(result, 1)
     assert "TLS handshake failed" in error(result)
     assert "--endpoint-url http://" in hint(result)
+
+
+@MOTO
+def test_aws_ca_bundle_naming_no_file_is_a_config_error(run, s3_server, bucket, tls_front, tmp_path: Path) -> None:
+    """Was a connection failure (botocore's HTTPClientError around urllib3's OSError), retried
+    by a pull as if the network were at fault."""
+    endpoint, _ = tls_front
+    result = run("ls", f"s3://{bucket}/x", "--endpoint-url", endpoint, env={"AWS_CA_BUNDLE": str(tmp_path / "none.pem")})
+    assert_error(result, 2)
+    assert "AWS_CA_BUNDLE" in error(result) and "none.pem" in error(result)
