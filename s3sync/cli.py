@@ -17,7 +17,16 @@ from typing import Any, NoReturn
 
 from . import catalog
 from .config import Settings, format_size, resolve
-from .errors import ConfigError, Interrupted, NotFoundError, S3SyncError, SourceError, UsageError, VerifyFailed
+from .errors import (
+    ConfigError,
+    Interrupted,
+    NotFoundError,
+    S3SyncError,
+    SourceError,
+    TransientStoreError,
+    UsageError,
+    VerifyFailed,
+)
 from .manifest import NAME_RULE, valid_name
 from .ui import UI
 
@@ -287,13 +296,17 @@ def for_command(err: S3SyncError, command: str | None) -> S3SyncError:
     """Give ``err`` the hint that fits ``command``, where the pipelines cannot know it.
 
     A missing bucket is created before a publish but only checked before a pull or ``ls``;
-    an interrupted pull resumes, an interrupted publish starts over. Hints a pipeline
-    chose for the case itself are kept.
+    an interrupted (or network-failed) pull resumes, a publish starts over. Hints a
+    pipeline chose for the case itself are kept.
     """
     if isinstance(err, NotFoundError) and err.bucket_missing and command == "publish":
         err.hint = "create the bucket first (e.g. 'aws s3 mb s3://BUCKET'), or check its name and --endpoint-url"
     elif isinstance(err, Interrupted) and "hint" not in vars(err):
         err.hint = _INTERRUPTED_HINTS.get(command or "", "run the same command again")
+    elif isinstance(err, TransientStoreError) and "hint" not in vars(err) and command != "pull":
+        # The class's hint speaks of a pull resuming.
+        err.hint = "check --endpoint-url and the network, then run the same command again" + (
+            " (the publish starts over; what was published before is unchanged)" if command == "publish" else "")
     return err
 
 

@@ -14,7 +14,7 @@ import pytest
 import s3sync.publish
 import s3sync.pull
 from s3sync import cli
-from s3sync.errors import Interrupted, NotFoundError
+from s3sync.errors import Interrupted, NotFoundError, TransientStoreError
 
 ENDPOINT = ["--endpoint-url", "http://127.0.0.1:9"]
 
@@ -60,3 +60,10 @@ def test_missing_bucket_hint_on_publish_says_create_it(monkeypatch, capsys, tmp_
     missing = NotFoundError("s3://bucket: bucket not found", bucket_missing=True, hint="check the bucket name")
     _, err = run_raising(monkeypatch, capsys, tmp_path, "pull", missing)
     assert err.splitlines()[-1] == "hint: check the bucket name"
+
+
+def test_network_failure_hint_speaks_of_the_command_that_ran(monkeypatch, capsys, tmp_path: Path) -> None:
+    _, err = run_raising(monkeypatch, capsys, tmp_path, "publish", TransientStoreError("s3://b/k: reset"))
+    assert "resumes" not in err and "publish starts over" in err.splitlines()[-1]
+    _, err = run_raising(monkeypatch, capsys, tmp_path, "pull", TransientStoreError("s3://b/k: reset"))
+    assert "resumes" in err.splitlines()[-1]
