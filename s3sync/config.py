@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .manifest import valid_name
+from .manifest import NAME_RULE, valid_name
 from .planning import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PART_SIZE,
@@ -263,7 +263,7 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
             raise ConfigError(f"{source}: [catalog.{name}] has unknown field {sorted(set(entry) - {'url'})[0]!r}",
                               hint="a catalog entry has one field: url = \"s3://BUCKET/PREFIX\"")
         if not valid_name(name):
-            raise ConfigError(f"{source}: [catalog.{name!r}] is not a valid dataset name")
+            raise ConfigError(f"{source}: [catalog.{name!r}] is not a valid dataset name", hint=NAME_RULE)
         parse_s3_url(entry["url"])
         catalog.append(CatalogOverride(name, entry["url"]))
     bucket = merged.get("bucket") or None
