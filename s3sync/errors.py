@@ -17,7 +17,8 @@ the module that calls the library, with ``raise ... from err``.
     │   ├── AccessDeniedError                 403 / bad signature
     │   ├── CredentialsError                  no or expired credentials
     │   ├── PartChangedError                  ETag differs from the manifest's
-    │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout
+    │   ├── TLSError                          certificate not trusted, TLS handshake refused
+    │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout, bad status line
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
     ├── UnsafeArchiveError                    tar member escapes or is a device
@@ -68,7 +69,9 @@ class SourceError(S3SyncError):
 class DestinationError(S3SyncError):
     """The pull destination cannot be used."""
 
-    hint = "choose another DEST_PARENT or remove the directory named above"
+    # Not "remove the directory": most of these are a path that cannot be written (permissions,
+    # a read-only file system); the few about an existing destination give their own hint.
+    hint = "check that the path named above is writable (permissions, read-only file system), or choose another DEST_PARENT"
 
 
 class InsufficientSpaceError(DestinationError):
@@ -121,6 +124,15 @@ class PartChangedError(StoreError):
     """A part's ETag differs from the one the manifest pinned: it was replaced after publish."""
 
     hint = "the dataset was republished while pulling; run the same command again to pull the new generation"
+
+
+class TLSError(StoreError):
+    """The TLS connection to the store could not be set up: its certificate is not trusted
+    (self-signed, private CA) or the server does not speak TLS at all (``https://`` to a
+    plain ``http`` port). Retrying cannot help."""
+
+    hint = ("if the server uses a private or self-signed certificate, set AWS_CA_BUNDLE to its CA file (PEM); "
+            "if it speaks plain http, write --endpoint-url http://...")
 
 
 class TransientStoreError(StoreError):
