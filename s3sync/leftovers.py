@@ -90,7 +90,7 @@ def _base(location: Location) -> str:
 
 def survey(store: Store, location: Location, current: str | None, *, me: Identity | None = None,
            settings: LeaseSettings = LeaseSettings(), now: float | None = None,
-           process_start: Callable[[int], int | None] = leases.process_start,
+           process_start: Callable[[int], int | None] | None = None,
            skip: str | None = None) -> Survey:
     """List the generations under ``location`` and judge every leftover's lease.
 
@@ -137,12 +137,7 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
         ups = tuple(uploads.get(gen, ()))
         size = sum(o.size for o in objs)
         names = {o.key[len(base) + len(gen) + 1:]: o for o in objs}
-        if gen == current:
-            out.append(Generation(gen, "current", objects=objs, size=size, uploads=ups))
-            continue
-        if MANIFEST_NAME in names:
-            out.append(Generation(gen, "history", objects=objs, size=size, uploads=ups))
-            continue
+        kind = "current" if gen == current else "history" if MANIFEST_NAME in names else "leftover"
         lease = None
         lease_obj = names.get(LEASE_NAME)
         if lease_obj is not None:
@@ -150,10 +145,16 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
                 lease = Lease.from_json(store.get(lease_obj.key))
             except NotFoundError:
                 lease_obj = None  # finished between the listing and now
+        if kind != "leftover" and lease_obj is None:
+            out.append(Generation(gen, kind, objects=objs, size=size, uploads=ups))
+            continue
         stamps = [o.modified for o in objs if o.modified is not None] + [u.initiated for u in ups]
         verdict = leases.judge(lease, lease_obj.modified if lease_obj else None,
-                               max(stamps) if stamps else None, now, me, process_start, settings.ttl_s)
-        out.append(Generation(gen, "leftover", verdict.state, verdict.alive, lease, objs, size, ups))
+                               max(stamps) if stamps else None, now, me,
+                               process_start or leases.process_start, settings.ttl_s)
+        # In a committed generation (current or history) the verdict only concerns the lease
+        # object itself: a publish that committed and died before removing it.
+        out.append(Generation(gen, kind, verdict.state, verdict.alive, lease, objs, size, ups))
     return Survey(current, tuple(out))
 
 
@@ -170,7 +171,9 @@ def clean(store: Store, location: Location, found: Survey) -> Cleanup:
     result = Cleanup()
     doomed: list[ObjectInfo] = []
     for gen in found.generations:
-        if gen.kind == "leftover" and not gen.alive:
+        if gen.kind != "leftover" and gen.state and not gen.alive:
+            doomed.extend(o for o in gen.objects if o.key.endswith("/" + LEASE_NAME))
+        elif gen.kind == "leftover" and not gen.alive:
             for up in gen.uploads:
                 store.abort_upload(up.key, up.upload_id)
                 result.aborted += 1

@@ -1,0 +1,202 @@
+"""The publish commit protocol under faults (issue 10 items 1, 5, 7 and "Crash points, enumerated").
+
+A store wrapper counts the store calls of a publish and, at call k, fails it: before doing it
+(a transient error, or a KeyboardInterrupt as a signal would raise it) or after doing it (the
+answer is lost, or the signal arrives once the server has applied it). For every k, SQLite
+style: the prefix then pulls as exactly the old or the new tree, and the next publish leaves
+nothing orphaned. Trees are tiny (3 parts of 128 KiB) so that every case costs little.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3sync import lease as leases
+from s3sync.config import Location
+from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, TransientStoreError
+from s3sync.lease import LeaseSettings
+from s3sync.manifest import Manifest
+from s3sync.publish import publish
+from s3sync.pull import pull
+
+from .conftest import FAST_TRANSFER, KiB, Kit, snapshot, write_tree
+
+SMALL = dataclasses.replace(FAST_TRANSFER, chunk_size=64 * KiB, part_size=128 * KiB)
+SLOW_LEASE = LeaseSettings(ttl_s=600.0, refresh_s=300.0)  # no refresh during a case: calls stay countable
+
+
+class FaultStore:
+    """A Store that fails its ``k``-th call (1-based) in one of four ways.
+
+    Modes: ``before`` (TransientStoreError, the call is not made), ``after`` (the call is made,
+    then TransientStoreError: a lost answer), ``int-before`` / ``int-after`` (KeyboardInterrupt
+    instead, as a signal during the call raises it).
+    """
+
+    _CALLS = ("check_bucket", "get", "read", "head", "put", "upload", "list", "delete",
+              "list_uploads", "abort_upload", "versioned")
+
+    def __init__(self, inner: Any, k: int = 0, mode: str = "before") -> None:
+        self.inner = inner
+        self.bucket = inner.bucket
+        self.k, self.mode = k, mode
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if name not in self._CALLS:
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls.append(name)
+                hit = len(self.calls) == self.k
+            if hit and self.mode == "before":
+                raise TransientStoreError(f"injected before {name}")
+            if hit and self.mode == "int-before":
+                raise KeyboardInterrupt
+            result = target(*args, **kwargs)
+            if name == "list":
+                result = iter(list(result))
+            if hit and self.mode == "after":
+                raise TransientStoreError(f"injected after {name}")
+            if hit and self.mode == "int-after":
+                raise KeyboardInterrupt
+            return result
+
+        return call
+
+
+def tree(kit: Kit, name: str, seed: int) -> Path:
+    return write_tree(kit.tmp / f"src-{name}", {"a.bin": 100 * KiB, "b/c.bin": 110 * KiB, "d.bin": 90 * KiB},
+                      seed=seed)
+
+
+def bucket_keys(kit: Kit) -> list[str]:
+    pages = kit.client.get_paginator("list_objects_v2").paginate(Bucket=kit.bucket)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def uploads(kit: Kit) -> list[str]:
+    try:
+        resp = kit.client.list_multipart_uploads(Bucket=kit.bucket)
+    except Exception:  # rclone: NoSuchUpload when there is none
+        return []
+    return [u["Key"] for u in resp.get("Uploads", [])]
+
+
+def current(kit: Kit, loc: Location) -> Manifest:
+    body = kit.client.get_object(Bucket=kit.bucket, Key=loc.key("manifest.json"))["Body"].read()
+    return Manifest.from_json(body)
+
+
+def assert_nothing_orphaned(kit: Kit, loc: Location) -> None:
+    """Only the current generation and history entries (each with its manifest copy, all its
+    parts, no lease) remain; no incomplete multipart upload."""
+    keys = bucket_keys(kit)
+    gens: dict[str, set[str]] = {}
+    for key in keys:
+        rel = key[len(loc.prefix) + 1:]
+        gen, _, rest = rel.partition("/")
+        if rest:
+            gens.setdefault(gen, set()).add(rest)
+    cur = current(kit, loc)
+    for gen, names in gens.items():
+        assert "lease.json" not in names, f"lease of a finished publish left: {gen} {sorted(names)}"
+        assert "manifest.json" in names, f"generation {gen} is neither current nor history: {sorted(names)}"
+        copy = Manifest.from_json(kit.client.get_object(
+            Bucket=kit.bucket, Key=loc.key(f"{gen}/manifest.json"))["Body"].read())
+        assert {p.key.split("/", 1)[1] for p in copy.parts} == names - {"manifest.json"}, gen
+    assert cur.generation in gens
+    assert uploads(kit) == []
+
+
+def pulled_tree(kit: Kit, loc: Location, dest: Path) -> dict:
+    result = pull(loc, "ds", dest, kit.store(kit.server.endpoint_url), SMALL)
+    return snapshot(result.dest)
+
+
+def _pid_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process that crashed is gone (it is this test's process: pretend it exited)."""
+    monkeypatch.setattr(leases, "process_start", lambda pid: None)
+
+
+def test_crash_points_are_counted(kit: Kit) -> None:
+    """The wrapper sees the commit protocol's calls: lease, 3 part uploads, manifest PUT."""
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL, lease_settings=SLOW_LEASE)
+    store = FaultStore(kit.store(kit.server.endpoint_url))
+    publish(tree(kit, "two", 2), "ds", loc, store, SMALL, lease_settings=SLOW_LEASE)
+    assert store.calls.count("upload") == 3
+    assert store.calls.count("put") == 4  # lease, base's history copy, manifest, own history copy
+    assert_nothing_orphaned(kit, loc)
+
+
+CALLS = 24  # more than a publish makes (checked below): every call is a crash point
+
+
+# On rclone, which ignores conditional writes (so the read-back alone protects) and answers
+# 3x faster than moto. Conditional writes and moto's 412 for a retried manifest PUT that was
+# applied are covered by the overlap and lost-answer tests below, on both servers.
+# "int-before" is "before" with another exception type: left out to keep the suite short.
+MODES = {"rclone": ("before", "after", "int-after"), "moto": ()}
+
+
+def parts_present(kit: Kit, loc: Location, m: Manifest) -> bool:
+    """Every part the manifest names exists with the size and ETag it pins (what a pull needs)."""
+    pages = kit.client.get_paginator("list_objects_v2").paginate(Bucket=kit.bucket, Prefix=loc.key(m.generation))
+    held = {o["Key"]: (o["Size"], o["ETag"].strip('"')) for page in pages for o in page.get("Contents", [])}
+    return all(held.get(loc.key(p.key)) == (p.size, p.etag.strip('"')) for p in m.parts)
+
+
+@pytest.mark.parametrize("mode", ["before", "after", "int-before", "int-after"])
+def test_crash_at_every_store_call(kit: Kit, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if mode not in MODES[kit.server.name]:
+        pytest.skip(f"{mode} runs on {' and '.join(s for s, m in MODES.items() if mode in m) or 'no server'}")
+    loc = Location(kit.bucket, "ds")
+    src1, src2, src3 = tree(kit, "one", 1), tree(kit, "two", 2), tree(kit, "three", 3)
+    publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL, lease_settings=SLOW_LEASE)
+    want = [snapshot(src1), snapshot(src2), snapshot(src3)]
+    real_start = leases.process_start
+    seen_calls = 0
+    for k in range(1, CALLS + 1):
+        monkeypatch.setattr(leases, "process_start", real_start)
+        store = FaultStore(kit.store(kit.server.endpoint_url), k, mode)
+        before = current(kit, loc)
+        try:
+            result = publish(src2, "ds", loc, store, SMALL, lease_settings=SLOW_LEASE)
+            raised = None
+        except (S3SyncError, KeyboardInterrupt) as err:
+            raised = err
+        seen_calls = max(seen_calls, len(store.calls))
+        if len(store.calls) < k:
+            break  # the publish made fewer than k calls: every crash point was visited
+        now = current(kit, loc)
+        committed = now.generation != before.generation
+        assert now.generation == before.generation or now.previous == before.generation, f"k={k}"
+        assert parts_present(kit, loc, now), f"k={k}: the current manifest names a missing part"
+        if committed or k % 4 == 0:
+            # The pull itself, where the generation changed (and a sample of the others).
+            got = pulled_tree(kit, loc, kit.tmp / f"pull-{k}")
+            assert got == want[1] if committed else got in want, f"k={k}: a mix or neither"
+        if raised is None:
+            assert committed and now.generation == result.manifest.generation, f"k={k}"
+        elif committed:
+            # Raised although committed: the message must say so, never "nothing committed".
+            assert isinstance(raised, S3SyncError), (k, raised)
+            assert "committed" in str(raised) and "nothing was committed" not in str(raised), (k, raised)
+        else:
+            assert not isinstance(raised, S3SyncError) or "had committed" not in str(raised), (k, raised)
+        # The crashed publish's process is gone: the next publish cleans up after it at once.
+        _pid_dead(monkeypatch)
+        publish(src3, "ds", loc, kit.store(kit.server.endpoint_url), SMALL, lease_settings=SLOW_LEASE)
+        assert_nothing_orphaned(kit, loc)
+    assert seen_calls < CALLS, "raise CALLS: some crash points were not reached"
+    assert seen_calls >= 15  # lease, 3 uploads and heads, history copies, manifest, read-back...
