@@ -26,6 +26,7 @@ from s3sync.publish import publish
 from s3sync.pull import pull
 
 from .conftest import FAST_TRANSFER, KiB, Kit, snapshot, write_tree
+from .proxy import Rule
 
 SMALL = dataclasses.replace(FAST_TRANSFER, chunk_size=64 * KiB, part_size=128 * KiB)
 SLOW_LEASE = LeaseSettings(ttl_s=600.0, refresh_s=300.0)  # no refresh during a case: calls stay countable
@@ -200,3 +201,146 @@ def test_crash_at_every_store_call(kit: Kit, mode: str, monkeypatch: pytest.Monk
         assert_nothing_orphaned(kit, loc)
     assert seen_calls < CALLS, "raise CALLS: some crash points were not reached"
     assert seen_calls >= 15  # lease, 3 uploads and heads, history copies, manifest, read-back...
+
+
+# --------------------------------------------------------------------------- lost answer
+
+
+@pytest.mark.parametrize("attempts", [1, 3], ids=["no-retry", "botocore-retries"])
+def test_lost_answer_to_manifest_put_keeps_the_committed_generation(kit: Kit, attempts: int) -> None:
+    """The proxy forwards the manifest PUT, then resets the connection: the server holds the new
+    manifest. The publish must read back, find it committed, delete nothing and succeed. (With
+    botocore's retries the PUT is sent again: moto refuses it with 412, rclone applies it again.)"""
+    loc = Location(kit.bucket, "ds")
+    src1, src2 = tree(kit, "one", 1), tree(kit, "two", 2)
+    publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    old = current(kit, loc)
+    kit.add(Rule("lose", key="ds/manifest.json", method="PUT", times=1))
+    result = publish(src2, "ds", loc, kit.store(max_attempts=attempts), SMALL)
+    assert kit.stats("ds/manifest.json").faults["lose"] == 1
+    now = current(kit, loc)
+    assert now.generation == result.manifest.generation != old.generation
+    assert parts_present(kit, loc, now) and parts_present(kit, loc, old)
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src2)
+
+
+def test_cli_lost_answer_exits_0_and_says_published(kit: Kit) -> None:
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    src2 = tree(kit, "two", 2)
+    kit.add(Rule("lose", key="ds/manifest.json", method="PUT", times=1))
+    proc = kit.cli("publish", src2, "--name", "ds", "--to", f"s3://{kit.bucket}/ds", "--endpoint-url",
+                   kit.proxy.url, "--part-size", "128KiB", "--chunk-size", "64KiB")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "published ds" in err.decode()
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src2)
+
+
+# --------------------------------------------------------------------------- overlapping publishes
+
+
+class HookStore:
+    """A Store that calls ``hook(name, args)`` before each call (to order two publishes)."""
+
+    def __init__(self, inner: Any, hook) -> None:
+        self.inner, self.bucket, self.hook = inner, inner.bucket, hook
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.hook(name, args)
+            return target(*args, **kwargs)
+
+        return call
+
+
+def test_publish_started_first_loses_to_one_that_finished_meanwhile(kit: Kit) -> None:
+    """A starts, B runs from start to commit while A uploads (B must not touch A's live
+    generation), then A reaches its swap: A loses, exits with 'another publish ... won', removes
+    only its own objects, and B's data pulls. On today's main A silently replaced B."""
+    loc = Location(kit.bucket, "ds")
+    src1, src_a, src_b = tree(kit, "one", 1), tree(kit, "a", 2), tree(kit, "b", 3)
+    publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    a_uploading, b_done = threading.Event(), threading.Event()
+
+    def hook(name: str, args: tuple) -> None:
+        if name == "upload" and not a_uploading.is_set():
+            a_uploading.set()
+            assert b_done.wait(60)
+
+    outcome: dict[str, Any] = {}
+
+    def run_a() -> None:
+        try:
+            outcome["a"] = publish(src_a, "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hook), SMALL)
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            outcome["a"] = err
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    try:
+        assert a_uploading.wait(60)
+        b = publish(src_b, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    finally:
+        b_done.set()
+        thread.join(60)
+    err = outcome["a"]
+    assert isinstance(err, S3SyncError) and err.exit_code == 1, err
+    assert "another publish" in str(err) and "won" in str(err) and b.manifest.generation in str(err)
+    assert current(kit, loc).generation == b.manifest.generation
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_b)
+    assert_nothing_orphaned(kit, loc)
+
+
+def test_simultaneous_manifest_puts_one_wins(kit: Kit) -> None:
+    """A and B both pass the last re-read, then PUT the manifest in turn (A first) and read back
+    after both PUTs. moto honours If-Match: B's PUT gets 412, A wins. rclone ignores it: B
+    overwrites A and wins, and A's read-back names B (whose previous is A's base), so A
+    loses. Either way exactly one exits 0, the other says another publish won."""
+    loc = Location(kit.bucket, "ds")
+    src1, src_a, src_b = tree(kit, "one", 1), tree(kit, "a", 2), tree(kit, "b", 3)
+    publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    at_put = threading.Barrier(2, timeout=60)
+    a_put_done, b_put_done = threading.Event(), threading.Event()
+    state = {"a": 0, "b": 0}
+
+    def hooks(who: str):
+        def hook(name: str, args: tuple) -> None:
+            if name == "put" and args[0] == loc.key("manifest.json"):
+                at_put.wait()
+                if who == "b":
+                    assert a_put_done.wait(60)
+                state[who] = 1
+            elif state[who] == 1 and name in ("read", "get"):
+                state[who] = 2
+                (a_put_done if who == "a" else b_put_done).set()
+                assert (b_put_done if who == "a" else a_put_done).wait(60)
+        return hook
+
+    outcome: dict[str, Any] = {}
+
+    def run(who: str, src: Path) -> None:
+        try:
+            outcome[who] = publish(src, "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hooks(who)), SMALL)
+        except BaseException as err:  # noqa: BLE001
+            outcome[who] = err
+
+    threads = [threading.Thread(target=run, args=("a", src_a)), threading.Thread(target=run, args=("b", src_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    winners = [w for w in "ab" if not isinstance(outcome[w], BaseException)]
+    losers = [w for w in "ab" if isinstance(outcome[w], BaseException)]
+    assert len(winners) == 1 and len(losers) == 1, outcome
+    assert winners == (["a"] if kit.server.name == "moto" else ["b"])
+    lost = outcome[losers[0]]
+    assert isinstance(lost, PublishConflictError) and "another publish" in str(lost), lost
+    win = outcome[winners[0]].manifest
+    assert current(kit, loc).generation == win.generation == lost.winner
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_a if winners == ["a"] else src_b)
+    assert_nothing_orphaned(kit, loc)
