@@ -10,7 +10,12 @@ nothing orphaned. Trees are tiny (3 parts of 128 KiB) so that every case costs l
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import subprocess
+import sysconfig
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from s3sync import lease as leases
 from s3sync.config import Location
 from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, TransientStoreError
 from s3sync.lease import LeaseSettings
+from s3sync.leftovers import clean, survey
 from s3sync.manifest import Manifest
 from s3sync.publish import publish
 from s3sync.pull import pull
@@ -343,4 +349,83 @@ def test_simultaneous_manifest_puts_one_wins(kit: Kit) -> None:
     win = outcome[winners[0]].manifest
     assert current(kit, loc).generation == win.generation == lost.winner
     assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_a if winners == ["a"] else src_b)
+    assert_nothing_orphaned(kit, loc)
+
+
+# --------------------------------------------------------------------------- kill -9, leases, ls -v
+
+
+def gens_under(kit: Kit, loc: Location) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for key in bucket_keys(kit):
+        gen, _, rest = key[len(loc.prefix) + 1:].partition("/")
+        if rest:
+            out.setdefault(gen, set()).add(rest)
+    return out
+
+
+@pytest.mark.parametrize("point", ["multipart-upload", "manifest-put"])
+def test_kill_9_leftovers_shown_then_cleaned_by_next_publish(kit: Kit, point: str) -> None:
+    """kill -9 of a real ``s3sync publish`` while the proxy holds a request (an upload part of a
+    multipart upload, or the manifest PUT): the lease, parts and incomplete multipart upload stay.
+    ``ls -v`` shows them as dead; the next publish on this host removes them at once."""
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    # One part of 9 MiB: a multipart upload of two upload parts (8 MiB, then 1 MiB).
+    src = write_tree(kit.tmp / "src-big", {"big.bin": 9 * 1024 * KiB})
+    if point == "multipart-upload":
+        rule = Rule("hang", key="ds/", method="PUT", stall_s=10,
+                    match=lambda r: "partNumber=2" in r.query)
+    else:
+        rule = Rule("hang", key="ds/manifest.json", method="PUT", stall_s=10)
+    kit.add(rule)
+    proc = kit.cli("publish", src, "--name", "ds", "--to", f"s3://{kit.bucket}/ds", "--endpoint-url",
+                   kit.proxy.url, "--part-size", "16MiB", "--chunk-size", "1MiB")
+    deadline = time.monotonic() + 60
+    while rule.applied == 0:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    kit.proxy.clear()
+    base = current(kit, loc)
+    left = [g for g in gens_under(kit, loc) if g != base.generation and g != base.previous]
+    assert len(left) == 1 and "lease.json" in gens_under(kit, loc)[left[0]]
+    if point == "multipart-upload":
+        assert uploads(kit), "the killed publish left no incomplete multipart upload"
+    out = subprocess.run([*cli_cmd(), "ls", f"s3://{kit.bucket}/ds", "-v", "--endpoint-url",
+                          kit.server.endpoint_url], capture_output=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr.decode()
+    assert re.search(rf"leftover\t{left[0]}\tdead on \S+ pid {proc.pid}, removed by the next publish",
+                     out.stdout.decode()), out.stdout.decode()
+    publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert left[0] not in gens_under(kit, loc)
+    assert_nothing_orphaned(kit, loc)
+
+
+def cli_cmd() -> list[str]:
+    return [str(Path(sysconfig.get_path("scripts")) / "s3sync")]
+
+
+def test_lease_of_another_host_is_respected_until_it_expires(kit: Kit) -> None:
+    """A leftover whose lease names another host is live until LastModified + ttl_s: a publish
+    leaves it alone, ``ls -v`` says so; once expired, a cleanup removes it."""
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    gen = "20260101T000000Z-0badf00d"
+    other = leases.Lease(gen, "elsewhere.example", "another-boot", 4242, 1, "2026-01-01T00:00:00Z", 60.0)
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/lease.json"), Body=other.to_json())
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/part-00000.tar"), Body=b"x" * 1000)
+    publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert gens_under(kit, loc)[gen] == {"lease.json", "part-00000.tar"}
+    store = kit.store(kit.server.endpoint_url)
+    found = survey(store, loc, current(kit, loc).generation)
+    (g,) = found.leftovers
+    assert (g.name, g.state, g.alive, g.lease.host) == (gen, "live", True, "elsewhere.example")
+    later = survey(store, loc, current(kit, loc).generation, now=time.time() + 61 + 300)  # clocks may differ
+    assert [(x.name, x.state, x.alive) for x in later.leftovers] == [(gen, "expired", False)]
+    result = clean(store, loc, later)
+    assert result.generations == [gen] and result.deleted == 2 and not result.failures
+    assert gen not in gens_under(kit, loc)
     assert_nothing_orphaned(kit, loc)
