@@ -168,6 +168,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "removed_leftovers": result.cleanup.generations if result.cleanup else [],
                       "notes": list(result.notes)})
     elif not ui.quiet:
+        for note in result.notes:
+            ui.info(note)
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         ui.info(f"published {m.name} to {location.url()}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} "
                 f"in {_plural(len(m.parts), 'part')}, generation {m.generation}, "

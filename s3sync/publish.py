@@ -238,7 +238,9 @@ class PartWriter:
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """What a publish committed: the manifest, where, how long it took (seconds), what it
-    cleaned up of dead publishes, and messages about what it could not finish."""
+    cleaned up of dead publishes, and one-line notes for the user: what it removed, keys the
+    server refused to delete, noncurrent versions left on a versioned bucket, and what it
+    could not finish after the commit."""
 
     manifest: Manifest
     location: Location
@@ -415,8 +417,6 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     me = leases.local_identity()
     cleanup, notes = safe_clean(store, location, survey(store, location, base.generation, me=me,
                                                         settings=lease_settings))
-    for line in notes:
-        progress.message(line)
     pid = os.getpid()
     lease = Lease(generation, me.host, me.boot_id, pid, leases.process_start(pid) or 0,
                   datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s)
@@ -521,7 +521,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             raise _conflict(location, err.winner, generation, removed=True) from None
         raise
     heads.shutdown()
-    return _swap(store, location, manifest, base, keeper, progress, started, cleanup)
+    return _swap(store, location, manifest, base, keeper, progress, started, cleanup, notes)
 
 
 class _Lost(Exception):
@@ -549,7 +549,7 @@ def _check_own(store: Store, location: Location, generation: str, part_keys: lis
 
 
 def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keeper: _LeaseKeeper,
-          progress: Progress, started: float, cleanup: Cleanup | None) -> PublishResult:
+          progress: Progress, started: float, cleanup: Cleanup | None, cleanup_notes: list[str]) -> PublishResult:
     """The conditional manifest PUT, the read-back, and what follows from it."""
     generation = manifest.generation
     key = location.key(MANIFEST_NAME)
@@ -578,7 +578,7 @@ def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keep
                               "publish removes this one if it was not") from err
     keeper.stop()
     if outcome(held, generation, history):
-        notes = []
+        notes = list(cleanup_notes)
         try:
             store.put(location.key(f"{generation}/{MANIFEST_NAME}"), manifest.to_json())
             failures = store.delete([location.key(f"{generation}/{LEASE_NAME}")])
@@ -588,8 +588,6 @@ def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keep
                          "the next publish of this prefix does it")
         except BaseException as err:  # Ctrl-C after the commit: say that it committed
             raise _committed_after(err, location, generation) from None
-        for line in notes:
-            progress.message(line)
         if put_err is not None and isinstance(put_err, (KeyboardInterrupt, Interrupted)):
             raise _committed_after(put_err, location, generation) from None
         return PublishResult(manifest, location, time.monotonic() - started, cleanup, tuple(notes))

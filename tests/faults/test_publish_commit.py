@@ -30,6 +30,7 @@ from s3sync.leftovers import clean, survey
 from s3sync.manifest import Manifest
 from s3sync.publish import publish
 from s3sync.pull import pull
+from s3sync.stores.base import DeleteFailure
 
 from .conftest import FAST_TRANSFER, KiB, Kit, snapshot, write_tree
 from .proxy import Rule
@@ -429,3 +430,55 @@ def test_lease_of_another_host_is_respected_until_it_expires(kit: Kit) -> None:
     assert result.generations == [gen] and result.deleted == 2 and not result.failures
     assert gen not in gens_under(kit, loc)
     assert_nothing_orphaned(kit, loc)
+
+
+def dead_leftover(kit: Kit, loc: Location, gen: str) -> None:
+    """A leftover whose lease names this host and a process that has exited."""
+    me = leases.local_identity()
+    dead = leases.Lease(gen, me.host, me.boot_id, _reaped_pid(), 1, "2026-01-01T00:00:00Z", 600.0)
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/lease.json"), Body=dead.to_json())
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/part-00000.tar"), Body=b"x" * 1000)
+
+
+def _reaped_pid() -> int:
+    """The pid of a child that has exited and been reaped (gone, until the kernel reuses it)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_cleanup_reports_per_key_failures(kit: Kit) -> None:
+    """DeleteObjects answers 200 with per-key errors: each one is reported, never dropped."""
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    gen = "20260101T000000Z-0000dead"
+    dead_leftover(kit, loc, gen)
+    inner = kit.store(kit.server.endpoint_url)
+
+    class Refusing(HookStore):
+        def delete(self, keys: list[str]) -> list[DeleteFailure]:
+            refused = [k for k in keys if k.endswith("part-00000.tar") and f"/{gen}/" in k]
+            rest = self.inner.delete([k for k in keys if k not in refused])
+            return rest + [DeleteFailure(k, "AccessDenied", "Access Denied") for k in refused]
+
+    result = publish(tree(kit, "two", 2), "ds", loc, Refusing(inner, lambda *a: None), SMALL)
+    assert f"could not delete s3://{kit.bucket}/ds/{gen}/part-00000.tar: AccessDenied Access Denied" in result.notes
+    assert any(f"1 generation(s) ({gen}), 1 object(s)" in line for line in result.notes), result.notes
+
+
+def test_cleanup_on_a_versioned_bucket_says_versions_remain(kit: Kit) -> None:
+    if kit.server.name != "moto":
+        pytest.skip("rclone serve s3 has no bucket versioning")
+    kit.client.put_bucket_versioning(Bucket=kit.bucket, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        loc = Location(kit.bucket, "ds")
+        publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+        gen = "20260101T000000Z-0000dead"
+        dead_leftover(kit, loc, gen)
+        result = publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+        assert gen not in gens_under(kit, loc)
+        assert any("is versioned" in line and "noncurrent versions" in line for line in result.notes), result.notes
+    finally:
+        versions = kit.client.list_object_versions(Bucket=kit.bucket)
+        for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+            kit.client.delete_object(Bucket=kit.bucket, Key=v["Key"], VersionId=v["VersionId"])
