@@ -164,10 +164,10 @@ def parts_present(kit: Kit, loc: Location, m: Manifest) -> bool:
     return all(held.get(loc.key(p.key)) == (p.size, p.etag.strip('"')) for p in m.parts)
 
 
-@pytest.mark.parametrize("mode", ["before", "after", "int-before", "int-after"])
+@pytest.mark.parametrize("mode", ["before", "after", "int-after"])
 def test_crash_at_every_store_call(kit: Kit, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if mode not in MODES[kit.server.name]:
-        pytest.skip(f"{mode} runs on {' and '.join(s for s, m in MODES.items() if mode in m) or 'no server'}")
+        pytest.skip(f"{mode} runs on {' and '.join(s for s, m in MODES.items() if mode in m)}")
     loc = Location(kit.bucket, "ds")
     src1, src2, src3 = tree(kit, "one", 1), tree(kit, "two", 2), tree(kit, "three", 3)
     publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL, lease_settings=SLOW_LEASE)
@@ -217,7 +217,10 @@ def test_crash_at_every_store_call(kit: Kit, mode: str, monkeypatch: pytest.Monk
 def test_lost_answer_to_manifest_put_keeps_the_committed_generation(kit: Kit, attempts: int) -> None:
     """The proxy forwards the manifest PUT, then resets the connection: the server holds the new
     manifest. The publish must read back, find it committed, delete nothing and succeed. (With
-    botocore's retries the PUT is sent again: moto refuses it with 412, rclone applies it again.)"""
+    botocore's retries the PUT is sent again: moto refuses it with 412; rclone would simply
+    apply it again, so that case runs on moto only.)"""
+    if attempts > 1 and kit.server.name != "moto":
+        pytest.skip("the retried conditional PUT matters where the server honours If-Match (moto)")
     loc = Location(kit.bucket, "ds")
     src1, src2 = tree(kit, "one", 1), tree(kit, "two", 2)
     publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
@@ -232,6 +235,9 @@ def test_lost_answer_to_manifest_put_keeps_the_committed_generation(kit: Kit, at
 
 
 def test_cli_lost_answer_exits_0_and_says_published(kit: Kit) -> None:
+    """The installed command, with its default retries (moto: the retried PUT gets 412)."""
+    if kit.server.name != "moto":
+        pytest.skip("the in-process test covers rclone")
     loc = Location(kit.bucket, "ds")
     publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
     src2 = tree(kit, "two", 2)
@@ -369,7 +375,10 @@ def gens_under(kit: Kit, loc: Location) -> dict[str, set[str]]:
 def test_kill_9_leftovers_shown_then_cleaned_by_next_publish(kit: Kit, point: str) -> None:
     """kill -9 of a real ``s3sync publish`` while the proxy holds a request (an upload part of a
     multipart upload, or the manifest PUT): the lease, parts and incomplete multipart upload stay.
-    ``ls -v`` shows them as dead; the next publish on this host removes them at once."""
+    ``ls -v`` shows them as dead; the next publish on this host removes them at once. (One point
+    per server, to keep the suite short: the protocol does not depend on the server here.)"""
+    if (kit.server.name, point) not in (("rclone", "multipart-upload"), ("moto", "manifest-put")):
+        pytest.skip("the other server runs this point")
     loc = Location(kit.bucket, "ds")
     publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
     # One part of 9 MiB: a multipart upload of two upload parts (8 MiB, then 1 MiB).
