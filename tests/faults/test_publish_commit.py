@@ -491,3 +491,24 @@ def test_cleanup_on_a_versioned_bucket_says_versions_remain(kit: Kit) -> None:
         versions = kit.client.list_object_versions(Bucket=kit.bucket)
         for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
             kit.client.delete_object(Bucket=kit.bucket, Key=v["Key"], VersionId=v["VersionId"])
+
+
+def test_lost_answer_to_complete_multipart_upload(kit: Kit) -> None:
+    """The proxy forwards CompleteMultipartUpload of a part, then resets the connection. Whatever
+    the upload then does (botocore retries: the server no longer knows the upload id), the old or
+    the new generation pulls, and the next publish leaves nothing orphaned."""
+    loc = Location(kit.bucket, "ds")
+    src1 = tree(kit, "one", 1)
+    publish(src1, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    src2 = write_tree(kit.tmp / "src-big", {"big.bin": 9 * 1024 * KiB})  # 1 part: 2 upload parts
+    kit.add(Rule("lose", key="ds/", method="POST", times=1, match=lambda r: "uploadId=" in r.query))
+    settings = dataclasses.replace(SMALL, chunk_size=1024 * KiB, part_size=16 * 1024 * KiB)
+    try:
+        publish(src2, "ds", loc, kit.store(max_attempts=3), settings)
+    except S3SyncError:
+        pass
+    assert kit.stats("ds/").faults["lose"] == 1
+    got = snapshot(pull(loc, "ds", kit.tmp / "pulled", kit.store(kit.server.endpoint_url), settings).dest)
+    assert got in (snapshot(src1), snapshot(src2))
+    publish(tree(kit, "three", 3), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert_nothing_orphaned(kit, loc)
