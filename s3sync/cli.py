@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest")
+    p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest "
+                                                    "(-v: also history generations and leftovers of publishes)")
     p.add_argument("source", metavar="SOURCE", nargs="?")
     p.set_defaults(func=cmd_ls)
     return parser
@@ -175,8 +176,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if ui.as_json:
         ui.emit_json({"command": "publish", "url": location.url(), "name": m.name, "generation": m.generation,
                       "parts": len(m.parts), "stream_size": m.stream_size, "files": m.files,
-                      "extracted_size": m.extracted_size, "elapsed_s": round(result.elapsed_s, 3)})
+                      "extracted_size": m.extracted_size, "elapsed_s": round(result.elapsed_s, 3),
+                      "previous": m.previous,
+                      "removed_leftovers": result.cleanup.generations if result.cleanup else [],
+                      "notes": list(result.notes)})
     elif not ui.quiet:
+        for note in result.notes:
+            ui.info(note)
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         ui.info(f"published {m.name} to {location.url()}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} "
                 f"in {_plural(len(m.parts), 'part')}, generation {m.generation}, "
@@ -304,16 +310,29 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
     resolved = catalog.resolve(args.source, settings)
     store = _store(settings, resolved.location.bucket)
+    found = None
     try:
         m, _ = fetch_manifest(store, resolved.location)
+        if args.verbose:
+            from .leftovers import survey
+
+            found = survey(store, resolved.location, m.generation)
     finally:
         store.close()
     if ui.as_json:
-        ui.emit_json({"command": "ls", "url": resolved.location.url(), "name": m.name, "generation": m.generation,
-                      "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
-                      "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
-                      "members": m.members,
-                      "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts]})
+        doc = {"command": "ls", "url": resolved.location.url(), "name": m.name, "generation": m.generation,
+               "previous": m.previous, "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
+               "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
+               "members": m.members,
+               "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts]}
+        if found is not None:
+            doc["history"] = [{"generation": g.name, "objects": len(g.objects), "size": g.size}
+                              for g in found.history]
+            doc["leftovers"] = [{"generation": g.name, "state": g.state, "alive": g.alive,
+                                 "host": g.lease.host if g.lease else None, "pid": g.lease.pid if g.lease else None,
+                                 "objects": len(g.objects), "size": g.size,
+                                 "incomplete_uploads": [u.key for u in g.uploads]} for g in found.leftovers]
+        ui.emit_json(doc)
     else:
         ui.kv([("url", resolved.location.url()), ("name", m.name), ("generation", m.generation),
                ("created", m.created), ("files", f"{m.files:,}"),
@@ -321,7 +340,30 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                ("stream", f"{format_size(m.stream_size)} in {_plural(len(m.parts), 'part')}, "
                           f"{_plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
                ("hash", m.hash)])
+        if found is not None:
+            for line in _survey_lines(found):
+                ui.line(line)
     return EXIT_OK
+
+
+def _survey_lines(found: Any) -> list[str]:
+    """``ls -v``: one tab-separated line per history generation and leftover."""
+    lines = []
+    for g in found.history:
+        lines.append(f"history\t{g.name}\t{_plural(len(g.objects), 'object')}, {format_size(g.size)}")
+    states = {"running": "running", "live": "live (lease not expired)", "dead": "dead", "expired": "expired",
+              "unleased": "no lease"}
+    for g in found.leftovers:
+        who = f" on {g.lease.host} pid {g.lease.pid}" if g.lease else ""
+        state = states.get(g.state, g.state) + who
+        if not g.alive:
+            state += ", removed by the next publish"
+        uploads = f", {_plural(len(g.uploads), 'incomplete multipart upload')}" if g.uploads else ""
+        lines.append(f"leftover\t{g.name}\t{state}\t{_plural(len(g.objects), 'object')}, "
+                     f"{format_size(g.size)}{uploads}")
+    if not found.leftovers:
+        lines.append("leftovers\tnone")
+    return lines
 
 
 def _plural(n: int, singular: str, plural: str | None = None) -> str:

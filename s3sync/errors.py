@@ -10,6 +10,7 @@ the module that calls the library, with ``raise ... from err``.
     ├── UsageError                   exit 2   bad flag, size, URL, unknown name
     │   └── ConfigError              exit 2   unreadable or invalid config/catalog TOML
     ├── SourceError                           publish: unreadable SRC_DIR, unsupported file
+    ├── PublishConflictError                  another publish of the same prefix won the swap
     ├── DestinationError                      pull: destination exists, not writable
     │   └── InsufficientSpaceError            preflight or ENOSPC: names path and bytes
     ├── StoreError                            object store failures
@@ -64,6 +65,22 @@ class SourceError(S3SyncError):
     """The directory to publish cannot be read or holds a file s3sync cannot publish."""
 
     hint = "fix or remove the file named above, then publish again"
+
+
+class PublishConflictError(S3SyncError):
+    """Another publish of the same prefix committed its manifest first; this one committed nothing.
+
+    Attributes:
+        winner: the generation the manifest names now.
+        generation: this publish's generation (its objects were removed).
+    """
+
+    hint = "pull the dataset to see the winner's data, or publish again to replace it"
+
+    def __init__(self, message: str, *, winner: str, generation: str) -> None:
+        super().__init__(message)
+        self.winner = winner
+        self.generation = generation
 
 
 class DestinationError(S3SyncError):

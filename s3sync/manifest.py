@@ -25,6 +25,7 @@ MANIFEST_NAME = "manifest.json"
 # \Z, not $ (which also matches before a trailing newline); [0-9], not \d (Unicode digits).
 _GENERATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PART_KEY_RE = re.compile(r"(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>[0-9]{5,})\.tar\Z")
+GENERATION_RE = _GENERATION_RE
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
 
@@ -63,6 +64,8 @@ class Manifest:
         members: number of tar members (files, directories, links).
         parts: the parts in stream order.
         hash: algorithm of every digest (``xxh3-128``).
+        previous: the generation this one replaced (None for the first publish, or when the
+            manifest it replaced could not be read). Readers that predate the field ignore it.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Manifest:
     members: int
     parts: tuple[PartEntry, ...]
     hash: str = hashing.ALGORITHM
+    previous: str | None = None
 
     def to_json(self) -> bytes:
         """Serialise to UTF-8 JSON bytes (stable key order)."""
@@ -84,6 +88,7 @@ class Manifest:
             "version": VERSION,
             "name": self.name,
             "generation": self.generation,
+            "previous": self.previous,
             "created": self.created,
             "hash": self.hash,
             "chunk_size": self.chunk_size,
@@ -133,6 +138,9 @@ class Manifest:
             raise ManifestError(f"{source}: field 'hash' is {doc.get('hash')!r}, expected {hashing.ALGORITHM!r}")
         name = v.string(doc, "name", _NAME_RE)
         generation = v.string(doc, "generation", _GENERATION_RE)
+        previous = doc.get("previous")
+        if previous is not None:
+            previous = v.string(doc, "previous", _GENERATION_RE)
         created = v.string(doc, "created")
         chunk_size = v.integer(doc, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         stream = v.obj(doc, "stream")
@@ -175,7 +183,7 @@ class Manifest:
         if extracted_size > stream_size:
             raise ManifestError(f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
         return cls(name, generation, created, chunk_size, stream_size, stream_digest,
-                   files, extracted_size, members, tuple(parts))
+                   files, extracted_size, members, tuple(parts), previous=previous)
 
 
 class _Validator:

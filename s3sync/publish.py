@@ -7,10 +7,19 @@ at member boundaries once ``part_size`` would be exceeded (and hard at
 bounded pipe to an uploader thread doing an s3transfer multipart upload.
 The manifest is written last: until then the previous generation stays the
 published one.
+
+Commit protocol (docs/manifest.md, "Publishing"): read the current manifest (the base);
+remove what dead publishes left; write ``<generation>/lease.json``, refreshed while the
+publish runs; upload the parts; write the base's history copy; re-read the manifest and
+give up if it is no longer the base; swap it with a conditional PUT (``If-Match`` the
+base's ETag, ``If-None-Match: *`` if there was none); read back what the server holds.
+Nothing of this publish is deleted once the manifest PUT may have been applied and its
+outcome is unknown: a later publish removes it if it never became current.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 from collections import deque
 import secrets
@@ -23,8 +32,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import archive, hashing
+from . import lease as leases
 from .config import Location, TransferSettings
-from .errors import Interrupted, S3SyncError, StoreError
+from .errors import (
+    Interrupted,
+    ManifestError,
+    NotFoundError,
+    PartChangedError,
+    PublishConflictError,
+    S3SyncError,
+    StoreError,
+    TransientStoreError,
+)
+from .leftovers import Cleanup, safe_clean, survey
+from .lease import LEASE_NAME, Lease, LeaseSettings
 from .manifest import MANIFEST_NAME, Manifest, PartEntry
 from .planning import upload_part_size
 from .progress import NullProgress, Progress
@@ -216,21 +237,59 @@ class PartWriter:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What a publish committed: the manifest, where, and how long it took (seconds)."""
+    """What a publish committed: the manifest, where, how long it took (seconds), what it
+    cleaned up of dead publishes, and one-line notes for the user: what it removed, keys the
+    server refused to delete, noncurrent versions left on a versioned bucket, and what it
+    could not finish after the commit."""
 
     manifest: Manifest
     location: Location
     elapsed_s: float
+    cleanup: Cleanup | None = None
+    notes: tuple[str, ...] = ()
 
 
-def _discard(store: Store, keys: list[str], progress: Progress) -> None:
-    """Best-effort removal of the parts of a generation that will never be committed."""
-    if not keys:
-        return
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the server holds at ``PREFIX/manifest.json``: its bytes and ETag (None: no
+    manifest), the generation it names and the one it replaced (None if unreadable)."""
+
+    data: bytes | None
+    etag: str | None
+    generation: str | None
+    previous: str | None
+
+
+def read_current(store: Store, location: Location) -> Held:
+    """The current manifest at ``location``, as the commit protocol sees it.
+
+    A damaged manifest is not an error here: it can still be replaced (conditionally on
+    its ETag), it just names no generation.
+
+    Raises:
+        StoreError: the request failed (not for a missing manifest).
+    """
     try:
-        store.delete(keys)
-    except S3SyncError as err:
-        progress.message(f"could not remove {len(keys)} uncommitted part(s): {err}")
+        data, info = store.read(location.key(MANIFEST_NAME))
+    except NotFoundError as err:
+        if err.bucket_missing:
+            raise
+        return Held(None, None, None, None)
+    try:
+        m = Manifest.from_json(data, location.url(MANIFEST_NAME))
+    except ManifestError:
+        return Held(data, info.etag, None, None)
+    return Held(data, info.etag, m.generation, m.previous)
+
+
+def outcome(held: Held, ours: str, our_history: bool) -> bool:
+    """Whether generation ``ours`` was committed, given what the server holds now.
+
+    Committed if the manifest names it, or names a generation that replaced it (``previous``),
+    or its history copy exists: only a publish that saw ours as current writes that copy
+    (this one writes it only after its read-back confirmed the commit).
+    """
+    return held.generation == ours or held.previous == ours or our_history
 
 
 def new_generation() -> str:
@@ -238,14 +297,118 @@ def new_generation() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
+class _LeaseKeeper:
+    """Re-PUTs the lease every ``refresh_s`` seconds until stopped, so that a publish
+    elsewhere sees it is alive. A failed refresh is retried at the next tick: the lease
+    stays valid for ``ttl_s`` after the last one that got through."""
+
+    def __init__(self, store: Store, key: str, body: bytes, refresh_s: float) -> None:
+        self._store, self._key, self._body, self._refresh_s = store, key, body, refresh_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="s3sync-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._refresh_s):
+            try:
+                self._store.put(self._key, self._body)
+            except S3SyncError:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.2)
+
+
+def _remove_own(store: Store, location: Location, generation: str) -> list[str]:
+    """Delete every object of ``generation`` (lease last) and abort its multipart uploads.
+
+    Only called when no manifest naming ``generation`` can exist or appear. Returns messages
+    about what could not be removed (a later publish removes it once this one's lease is dead).
+    """
+    prefix = location.key(f"{generation}/")
+    try:
+        for up in store.list_uploads(prefix):
+            store.abort_upload(up.key, up.upload_id)
+        keys = [o.key for o in store.list(prefix)]
+        # The lease in a second request, once everything else is gone: DeleteObjects is not
+        # atomic, and a generation that lost its lease first is no longer cleaned up later.
+        others = [k for k in keys if not k.endswith("/" + LEASE_NAME)]
+        failures = store.delete(others) if others else []
+        if not failures and len(others) < len(keys):
+            failures = store.delete([k for k in keys if k.endswith("/" + LEASE_NAME)])
+    except S3SyncError as err:
+        return [f"could not remove the uncommitted generation {generation} ({err}); "
+                "a later publish of this prefix removes it"]
+    return [f"could not delete s3://{location.bucket}/{f.key}: {f.code} {f.message}".rstrip() for f in failures]
+
+
+def _read_back(store: Store, location: Location, generation: str, attempts: int = 4) -> tuple[Held, bool]:
+    """What the server holds after a manifest PUT, and whether ``generation`` has a history copy.
+
+    Retried (with short pauses, seconds) on transient errors: deciding wrongly costs a
+    dataset, waiting costs a second.
+
+    Raises:
+        StoreError: the server could not be asked.
+    """
+    for attempt in range(attempts):
+        try:
+            held = read_current(store, location)
+            history = False
+            if held.generation != generation and held.previous != generation:
+                try:
+                    store.head(location.key(f"{generation}/{MANIFEST_NAME}"))
+                    history = True
+                except NotFoundError:
+                    history = False
+            return held, history
+        except TransientStoreError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _conflict(location: Location, winner: str | None, generation: str, removed: bool) -> PublishConflictError:
+    left = ("its objects were removed" if removed
+            else "its objects are left for the next publish of this prefix to remove")
+    return PublishConflictError(
+        f"another publish of {location.url()} won: the manifest now names generation {winner or '(unreadable)'}; "
+        f"this publish (generation {generation}) committed nothing and {left}",
+        winner=winner or "", generation=generation)
+
+
+def _committed_after(err: BaseException, location: Location, generation: str) -> BaseException:
+    """The error to raise when the publish committed but was interrupted or failed after the PUT."""
+    if isinstance(err, (KeyboardInterrupt, Interrupted)):
+        return Interrupted(f"interrupted, but the publish had committed: {location.url()} is generation {generation}",
+                           hint="nothing to redo: the dataset is published")
+    return err
+
+
 def publish(src: Path, name: str, location: Location, store: Store, settings: TransferSettings,
-            progress: Progress | None = None) -> PublishResult:
+            progress: Progress | None = None, *, lease_settings: LeaseSettings = LeaseSettings()) -> PublishResult:
     """Publish directory ``src`` as dataset ``name`` at ``location``.
+
+    Args:
+        lease_settings: lease ttl and refresh period (seconds).
+
+    Returns:
+        The committed manifest. If the manifest PUT failed or was interrupted but the server
+        shows it was applied, the publish committed and returns normally (an interruption is
+        raised as ``Interrupted`` saying that it committed).
 
     Raises:
         SourceError: ``src`` is unreadable or holds something that cannot be published.
-        StoreError: the bucket is missing or an upload failed for good.
-        Interrupted: on Ctrl-C; nothing is committed, the previous generation stays.
+        PublishConflictError: another publish of the same prefix swapped the manifest first.
+        StoreError: the bucket is missing or an upload failed for good; if the manifest PUT's
+            outcome could not be learnt, the message says so and nothing was deleted.
+        Interrupted: on Ctrl-C; nothing is committed, the previous generation stays (unless
+            the message says the publish had committed).
     """
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -254,6 +417,23 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     estimate = sum(e.st.st_size for e in entries if e.link is None) + 1024 * len(entries)
     generation = new_generation()
     up_size = upload_part_size(settings.part_size, max(settings.chunk_size, 8 * 1024 * 1024))
+
+    base = read_current(store, location)
+    me = leases.local_identity()
+    cleanup, notes = safe_clean(store, location, survey(store, location, base.generation, me=me,
+                                                        settings=lease_settings))
+    pid = os.getpid()
+    lease = Lease(generation, me.host, me.boot_id, pid, leases.process_start(pid) or 0,
+                  datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s)
+    lease_key = location.key(f"{generation}/{LEASE_NAME}")
+    # Written before the first part: a publish that finds parts finds who writes them.
+    try:
+        store.put(lease_key, lease.to_json())
+    except BaseException:
+        _remove_own(store, location, generation)
+        raise
+    keeper = _LeaseKeeper(store, lease_key, lease.to_json(), lease_settings.refresh_s)
+    keeper.start()
 
     failed = threading.Event()
     parts: dict[int, tuple[int, str, list[str]]] = {}
@@ -305,7 +485,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
                     thread.join(timeout=0.2)
         if errors:
             err = errors[0]
-            if isinstance(err, S3SyncError):
+            if isinstance(err, (S3SyncError, KeyboardInterrupt)):
                 raise err
             raise StoreError(f"upload to {location.url()} failed: {err}") from err
         progress.start("upload", writer.tell())  # the estimate counted ~1 KiB of tar per member
@@ -324,13 +504,116 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             chunk_size=settings.chunk_size, stream_size=writer.tell(),
             stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
             extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),
+            previous=base.generation,
         )
-        store.put(location.key(MANIFEST_NAME), manifest.to_json())
-    except BaseException:
+        if base.generation is not None and base.data is not None:
+            # The base's history copy, before it stops being current (if its own publish
+            # died before writing it): a pull that started on it can still find it.
+            try:
+                store.put(location.key(f"{base.generation}/{MANIFEST_NAME}"), base.data, if_none_match=True)
+            except PartChangedError:
+                pass  # already there
+        _check_own(store, location, generation, [p.key for p in entries_out])
+        latest = read_current(store, location)
+        if latest.etag != base.etag:
+            raise _Lost(latest.generation)
+    except BaseException as err:
         heads.shutdown(wait=True, cancel_futures=True)
-        _discard(store, [location.key(key(i)) for i in uploaded], progress)
+        keeper.stop()
+        for line in _remove_own(store, location, generation):
+            progress.message(line)
+        if isinstance(err, _Lost):
+            raise _conflict(location, err.winner, generation, removed=True) from None
         raise
     heads.shutdown()
+    result = _swap(store, location, manifest, base, keeper, progress, started, cleanup, notes)
     if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
         progress.message(warning)
-    return PublishResult(manifest, location, time.monotonic() - started)
+    return result
+
+
+class _Lost(Exception):
+    """Internal: the manifest changed since the publish started (another publish won)."""
+
+    def __init__(self, winner: str | None) -> None:
+        super().__init__(winner)
+        self.winner = winner
+
+
+def _check_own(store: Store, location: Location, generation: str, part_keys: list[str]) -> None:
+    """Make sure this generation's lease and parts are still there before naming them in
+    the manifest: a publish stalled for longer than its lease's ttl may have been cleaned up
+    by another one, and a manifest must never name a missing part.
+
+    Raises:
+        StoreError: some are missing.
+    """
+    present = {o.key for o in store.list(location.key(f"{generation}/"))}
+    missing = [k for k in [*part_keys, f"{generation}/{LEASE_NAME}"] if location.key(k) not in present]
+    if missing:
+        raise StoreError(f"{location.url(missing[0])} disappeared while this publish ran (its lease expired and "
+                         "another publish removed it?); nothing was committed",
+                         hint="publish again; keep the publish's network path up so that its lease is refreshed")
+
+
+def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keeper: _LeaseKeeper,
+          progress: Progress, started: float, cleanup: Cleanup | None, cleanup_notes: list[str]) -> PublishResult:
+    """The conditional manifest PUT, the read-back, and what follows from it."""
+    generation = manifest.generation
+    key = location.key(MANIFEST_NAME)
+    answered = False  # the server answered the PUT: it cannot still be applied later
+    put_err: BaseException | None = None
+    try:
+        try:
+            store.put(key, manifest.to_json(), if_match=base.etag, if_none_match=base.etag is None)
+        except PartChangedError:
+            pass  # 412: the manifest is no longer the base; the read-back names the winner
+        answered = True
+    except BaseException as err:  # lost answer, timeout, Ctrl-C or SIGTERM while in flight
+        put_err = err
+    try:
+        held, history = _read_back(store, location, generation)
+    except BaseException as err:
+        keeper.stop()
+        cause = put_err or err
+        if isinstance(cause, (KeyboardInterrupt, Interrupted)):
+            raise Interrupted(f"interrupted while committing {location.url()}: could not read back whether "
+                              f"generation {generation} was committed; nothing was deleted",
+                              hint="run 's3sync ls' on the URL to see which generation is current") from err
+        raise StoreError(f"could not read back {location.url(MANIFEST_NAME)} after writing it ({err}): "
+                         f"generation {generation} may or may not be committed; nothing was deleted",
+                         hint="run 's3sync ls' on the URL to see which generation is current; a later "
+                              "publish removes this one if it was not") from err
+    keeper.stop()
+    if outcome(held, generation, history):
+        notes = list(cleanup_notes)
+        try:
+            store.put(location.key(f"{generation}/{MANIFEST_NAME}"), manifest.to_json())
+            failures = store.delete([location.key(f"{generation}/{LEASE_NAME}")])
+            notes += [f"could not delete the lease s3://{location.bucket}/{f.key}: {f.code}" for f in failures]
+        except S3SyncError as err:
+            notes.append(f"committed, but could not write the history copy or remove the lease ({err}); "
+                         "the next publish of this prefix does it")
+        except BaseException as err:  # Ctrl-C after the commit: say that it committed
+            raise _committed_after(err, location, generation) from None
+        if put_err is not None and isinstance(put_err, (KeyboardInterrupt, Interrupted)):
+            raise _committed_after(put_err, location, generation) from None
+        return PublishResult(manifest, location, time.monotonic() - started, cleanup, tuple(notes))
+    if answered:
+        for line in _remove_own(store, location, generation):
+            progress.message(line)
+        raise _conflict(location, held.generation, generation, removed=True)
+    # The PUT may still be applied later (a request the server has not finished): delete
+    # nothing; once this process is gone its lease is dead and a later publish cleans up.
+    assert put_err is not None
+    if held.etag != base.etag:
+        raise _conflict(location, held.generation, generation, removed=False) from put_err
+    if isinstance(put_err, (KeyboardInterrupt, Interrupted)):
+        raise Interrupted(f"interrupted while writing {location.url(MANIFEST_NAME)}: the server still names "
+                          f"generation {base.generation or '(none)'}, nothing was committed; generation "
+                          f"{generation} is left for the next publish to remove") from None
+    if isinstance(put_err, S3SyncError):
+        raise type(put_err)(f"{put_err}; the server still names generation {base.generation or '(none)'}: "
+                            f"nothing was committed, generation {generation} is left for the next publish to "
+                            "remove") from put_err
+    raise put_err

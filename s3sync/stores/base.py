@@ -14,6 +14,26 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    modified: float | None = None
+    """LastModified as seconds since the epoch, where the request returns it (listings, GET)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    """An incomplete multipart upload: its key, upload id and start (seconds since the epoch)."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFailure:
+    """One key that DeleteObjects did not delete, with the server's code and message."""
+
+    key: str
+    code: str
+    message: str
 
 
 class Store(Protocol):
@@ -31,6 +51,9 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes:
         """The whole object (small objects only: the manifest)."""
+
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The whole object (small objects only) with its ETag and LastModified."""
 
     def head(self, key: str) -> ObjectInfo:
         """Size and ETag of ``key``."""
@@ -52,8 +75,15 @@ class Store(Protocol):
         up to ``length`` or an error is raised.
         """
 
-    def put(self, key: str, data: bytes) -> ObjectInfo:
-        """Write a small object in one request."""
+    def put(self, key: str, data: bytes, *, if_match: str | None = None,
+            if_none_match: bool = False) -> ObjectInfo:
+        """Write a small object in one request.
+
+        ``if_match`` (an ETag) or ``if_none_match`` (the key must not exist) make it an S3
+        conditional write (PutObject ``If-Match`` / ``If-None-Match: *``): a server that
+        honours them answers 412, raised as ``PartChangedError``. Some servers (rclone
+        serve s3) ignore both and write anyway: callers read back what the server holds.
+        """
 
     def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> None:
         """Multipart-upload a non-seekable stream of unknown length. The ETag a GET will
@@ -63,8 +93,19 @@ class Store(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
 
-    def delete(self, keys: list[str]) -> None:
-        """Delete ``keys`` (missing keys are not an error)."""
+    def delete(self, keys: list[str]) -> list[DeleteFailure]:
+        """Delete ``keys`` (missing keys are not an error); return the keys the server
+        refused, one ``DeleteFailure`` each (DeleteObjects answers 200 with per-key errors)."""
+
+    def list_uploads(self, prefix: str) -> list[UploadInfo]:
+        """Incomplete multipart uploads whose key starts with ``prefix``."""
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload (its uploaded parts are freed); a gone one is not an error."""
+
+    def versioned(self) -> bool | None:
+        """True if bucket versioning is Enabled or Suspended (deleted objects then remain as
+        noncurrent versions), False if never enabled, None if the server cannot tell."""
 
     def close(self) -> None:
         """Release threads and connections."""

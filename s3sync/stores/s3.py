@@ -35,7 +35,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from .base import ObjectInfo
+from .base import DeleteFailure, ObjectInfo, UploadInfo
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -505,6 +505,16 @@ class S3Store:
         except Exception as err:
             raise translate(err, self._url(key)) from err
 
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = resp["Body"].read()
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+        modified = resp.get("LastModified")
+        return data, ObjectInfo(key, len(data), resp.get("ETag", ""),
+                                modified.timestamp() if modified is not None else None)
+
     def head(self, key: str) -> ObjectInfo:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
@@ -595,10 +605,18 @@ class S3Store:
             _finish(body)
             raise
 
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes, *, if_match: str | None = None,
+            if_none_match: bool = False) -> ObjectInfo:
+        # S3 conditional writes (PutObject If-Match / If-None-Match, S3 API reference,
+        # "Conditional requests"): 412 PreconditionFailed is translated to PartChangedError.
+        extra: dict[str, str] = {}
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
         try:
             resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentType="application/json")
+                                          ContentType="application/json", **extra)
         except Exception as err:
             raise translate(err, self._url(key)) from err
         return ObjectInfo(key, len(data), resp["ETag"])
@@ -627,17 +645,61 @@ class S3Store:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""))
+                    modified = obj.get("LastModified")
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""),
+                                     modified.timestamp() if modified is not None else None)
         except Exception as err:
             raise translate(err, self._url(prefix)) from err
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: list[str]) -> list[DeleteFailure]:
+        # DeleteObjects answers 200 even when some keys were refused: with Quiet the answer
+        # lists only those, under "Errors" (S3 API reference, DeleteObjects).
+        failures: list[DeleteFailure] = []
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i: i + 1000]]
             try:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except Exception as err:
                 raise translate(err, self._url(keys[i])) from err
+            for e in resp.get("Errors", []):
+                failures.append(DeleteFailure(str(e.get("Key", "")), str(e.get("Code", "")),
+                                              str(e.get("Message", ""))))
+        return failures
+
+    def list_uploads(self, prefix: str) -> list[UploadInfo]:
+        out: list[UploadInfo] = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    initiated = up.get("Initiated")
+                    out.append(UploadInfo(up["Key"], up["UploadId"],
+                                          initiated.timestamp() if initiated is not None else 0.0))
+        except bexc.ClientError as err:
+            # rclone serve s3 (gofakes3) answers NoSuchUpload when no upload matches the prefix.
+            if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
+                return out
+            raise translate(err, self._url(prefix)) from err
+        except Exception as err:
+            raise translate(err, self._url(prefix)) from err
+        return out
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except bexc.ClientError as err:
+            if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
+                return
+            raise translate(err, self._url(key)) from err
+        except Exception as err:
+            raise translate(err, self._url(key)) from err
+
+    def versioned(self) -> bool | None:
+        try:
+            resp = self.client.get_bucket_versioning(Bucket=self.bucket)
+        except Exception:
+            return None  # not implemented by every server (or not allowed): cannot tell
+        return resp.get("Status") in ("Enabled", "Suspended")
 
     def close(self) -> None:
         if self._manager is not None:

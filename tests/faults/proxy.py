@@ -36,6 +36,9 @@ Actions (the classic failures of S3 clients, see issue 3):
                   BadStatusLine), then close, without asking upstream.
 ``close``         close the connection (FIN) before sending anything: http.client's
                   RemoteDisconnected, without asking upstream.
+``lose``          forward the request and read the whole answer, then reset the connection
+                  without sending any of it: the server applied the request, the client
+                  never learns (a lost answer, for any method).
 
 Besides rules: a global throttle (``throttle_bps``), a gate (``hold()``/``release()``) that
 freezes every response body, and per-key counters of requests and body bytes actually
@@ -64,7 +67,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authentica
 _UPSTREAM_TIMEOUT_S = 30.0
 
 ACTIONS = {"cut", "reset", "error", "flip", "ignore_range", "stall", "hang", "shift_range", "shift_range_lie",
-           "hook", "bad_status", "close"}
+           "hook", "bad_status", "close", "lose"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,6 +451,12 @@ class FaultProxy:
             upstream.putheader("Connection", "close")
             upstream.endheaders(req_body or None)
             resp = upstream.getresponse()
+            if rule is not None and rule.action == "lose":
+                resp.read()
+                self._count(req.path, status=resp.status)
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.connection.close()
+                return
             self._relay(h, req, rule, resp, claimed_range)
         finally:
             upstream.close()
