@@ -30,7 +30,7 @@ from s3sync.verify import verify
 from .conftest import KiB, Kit, snapshot
 
 CHUNK_SMALL = 64 * KiB
-FILES = {**{f"d{i % 2}/t{i:02d}.txt": 100 + i for i in range(8)}, "big/a.bin": 150 * KiB, "m/b.bin": 70 * KiB}
+FILES = {**{f"t/t{i:02d}.txt": 100 + i for i in range(12)}, "big/a.bin": 150 * KiB, "m/b.bin": 70 * KiB}
 
 
 @pytest.fixture
