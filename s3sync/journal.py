@@ -133,6 +133,10 @@ class Journal:
                                    hint="wait for it to finish (or stop it), then run the command again") from None
         try:
             return self._load()
+        except OSError as err:
+            self._unlock()
+            raise DestinationError(f"{self.staging}: cannot read resume state ({err.strerror})",
+                                   hint=_write_hint(parent)) from err
         except BaseException:
             self._unlock()
             raise
@@ -390,9 +394,13 @@ class Journal:
             self._unlock()
             return
         try:
+            names = os.listdir(self._lock_fd)
+            if not names:  # interrupted between removing the journal and the directory
+                self.remove()
+                return
             state = json.loads(_read_nofollow(JOURNAL_NAME, self._lock_fd))
             if (state.get("manifest_digest") == self.manifest_digest and state.get("mode") == self.mode
-                    and TREE_NAME not in os.listdir(self._lock_fd)):
+                    and TREE_NAME not in names):
                 self.remove()
         except (OSError, ValueError, AttributeError):
             pass

@@ -231,3 +231,18 @@ def test_signal_to_the_command_at_many_moments_then_verify_accepts(kit, sig):
         result = kit.pull(pub, dest_parent)
         checked = verify(result.dest)
         assert checked.problems == () and checked.checked == members, f"run {run}: {checked.problems[:3]}"
+
+
+def test_staging_left_empty_after_the_commit_is_removed_by_the_rerun(kit, monkeypatch):
+    """Interrupted between removing the staging directory's journal (removed last) and the
+    directory itself: the rerun finds the dataset up to date and removes the empty directory."""
+    moto_only(kit)
+    pub = kit.publish(kit.tree(FILES), chunk_size=CHUNK_SMALL)
+    dest_parent = kit.tmp / "dest"
+    monkeypatch.setattr(os, "rmdir", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        kit.pull(pub, dest_parent)
+    monkeypatch.undo()
+    assert os.listdir(staging_dir(dest_parent, pub.name)) == []
+    assert kit.pull(pub, dest_parent).up_to_date
+    assert sorted(os.listdir(dest_parent)) == [pub.name]
