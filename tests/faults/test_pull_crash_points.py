@@ -96,7 +96,7 @@ def interrupted_pull(kit: Kit, pub, dest_parent: Path, monkeypatch, owner, attr:
 
 
 CRASH_POINTS = [
-    (Journal, "add", "before"), (Journal, "add", "after"),
+    (Journal, "add", "before"),
     (Journal, "checkpoint", "after"),
     (Journal, "_write_unchecked", "after"),
     (archive.SafeExtractor, "_extract_member", "after"),
@@ -200,25 +200,25 @@ def test_kill_9_at_every_step_then_rerun_verifies(kit, small_batches, owner, att
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_to_the_command_at_many_moments_then_verify_accepts(kit, sig):
-    """``s3sync pull`` of 1,500 small files in one directory (the shape that lost index records),
-    throttled, signalled at 3 moments; the rerun completes and ``verify`` accepts the tree.
+    """``s3sync pull`` of 600 small files in one directory (the shape that lost index records),
+    throttled, signalled at 2 moments; the rerun completes and ``verify`` accepts the tree.
     A real signal only lands in the window that lost records now and then (on the old code,
     2 of 16 runs here): test_sigint_at_every_step_then_rerun_verifies hits it every time."""
     moto_only(kit)
     from .test_interruptions import finish, pull_cmd, wait_for
 
-    src = kit.tree({f"many/f{i:04d}.txt": 100 for i in range(1500)})
+    src = kit.tree({f"many/f{i:04d}.txt": 100 for i in range(600)})
     pub = kit.publish(src)
     stream = pub.manifest.stream_size
     members = len(list(src.rglob("*")))
-    for run in range(3):
+    for run in range(2):
         dest_parent = kit.tmp / f"dest-{run}"
         kit.proxy.clear()
-        kit.proxy.throttle_bps = 2 * 1024 * 1024
+        kit.proxy.throttle_bps = 1024 * 1024
         start = kit.sent("part-")
         proc = pull_cmd(kit, pub, dest_parent)
         try:
-            at = start + stream * (2 * run + 1) // 6
+            at = start + stream * (2 * run + 1) // 4
             wait_for(lambda: kit.sent("part-") >= at, 30, f"{at - start} bytes", proc)  # noqa: B023
             proc.send_signal(sig)
             code, _, err = finish(proc, timeout_s=20)
