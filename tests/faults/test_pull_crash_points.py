@@ -17,14 +17,11 @@ import contextlib
 import itertools
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from s3sync import archive, cli
-from s3sync.errors import DestinationError
 from s3sync.journal import Journal, staging_dir
 from s3sync.verify import verify
 
