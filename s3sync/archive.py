@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from . import hashing
+from . import hashing, interrupts
 from .errors import (
     DestinationError,
     InsufficientSpaceError,
@@ -587,12 +587,16 @@ class SafeExtractor:
                 submit()
             while pending and (drain or pending[0][0].done() or len(pending) > MAX_PENDING // BATCH_FILES
                                or pending_bytes > MAX_PENDING_BYTES):
-                fut, next_offsets, nbytes = pending.popleft()
-                records, error = fut.result()
-                pending_bytes -= nbytes
-                for record, next_offset in zip(records, next_offsets, strict=False):
-                    inflight.discard(record.path)
-                    on_member(next_offset, record)
+                records, error = pending[0][0].result()  # waits outside the deferred block
+                # Taking the batch off the queue and recording its members is one step for
+                # Ctrl-C: split, the rest of the batch would never be recorded while later
+                # batches move the resume point past it (issue 10, item 6).
+                with interrupts.deferred:
+                    _fut, next_offsets, nbytes = pending.popleft()
+                    pending_bytes -= nbytes
+                    for record, next_offset in zip(records, next_offsets, strict=False):
+                        inflight.discard(record.path)
+                        on_member(next_offset, record)
                 if error is not None:
                     nonlocal broken
                     broken = True  # later batches must not move the resume point past this file
@@ -630,7 +634,9 @@ class SafeExtractor:
                     complete()
                 else:
                     complete(drain=True)  # links and directories see every earlier member written
-                    on_member(tar.offset, self._extract_member(name, member, stream))
+                    record = self._extract_member(name, member, stream)
+                    with interrupts.deferred:  # the journal's add and checkpoint, as one step
+                        on_member(tar.offset, record)
             complete(drain=True)
         except BaseException:
             # Interrupted or failed: finish and record the small files already copied out,

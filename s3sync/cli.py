@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import catalog
+from . import catalog, interrupts
 from .config import Settings, format_size, resolve
 from .errors import (
     ConfigError,
@@ -429,6 +429,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def on_interrupt(signum: int, frame: object) -> None:
+    """Handler of the first SIGINT or SIGTERM: a second one exits at once; this one raises
+    KeyboardInterrupt in the main thread, at once or, inside a step the journal must see
+    whole, at its end (``interrupts.deferred``).
+
+    Raises:
+        KeyboardInterrupt: see above.
+    """
+    signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(Interrupted.exit_code))
+    interrupts.deliver()
+
+
 def run() -> NoReturn:
     """Console-script entry point.
 
@@ -438,13 +451,8 @@ def run() -> NoReturn:
     network read after an interrupt do not delay the exit (their work is simply redone
     by the resumed run).
     """
-    def interrupted(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(Interrupted.exit_code))
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupted)
-    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
     # Started with stdout or stderr closed (``s3sync ls >&-``): Python sets them to None;
     # write that output nowhere rather than fail with a traceback.
     if sys.stdout is None:

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,10 @@ from .archive import METADATA_DIR, MemberRecord, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
+JOURNAL_NAME = "journal.json"
+JOURNAL_TMP = "journal.json.tmp"
+MANIFEST_NAME = "manifest.json"
+TREE_NAME = "tree"
 RESERVE_NAME = "reserve"
 RESERVE_SIZE = 256 * 1024
 INDEX_NAME = "index.jsonl"
@@ -65,7 +70,7 @@ class Journal:
     def __init__(self, staging: Path, manifest_bytes: bytes, generation: str, mode: str,
                  interval_s: float = 1.0, min_advance: int = 0) -> None:
         self.staging = staging
-        self.tree = staging / "tree"
+        self.tree = staging / TREE_NAME
         self.index_path = self.tree / METADATA_DIR / INDEX_NAME
         self.mode = mode
         self.generation = generation
@@ -75,70 +80,163 @@ class Journal:
         self._min_advance = min_advance
         self._last_write = 0.0
         self._written_offset = 0
-        self.offset = 0
+        # (offset, index_size): every member before ``offset`` has its record in the first
+        # ``index_size`` bytes of the index, and no other. Replaced as one tuple (a single
+        # store, which a signal handler cannot split), read once per write: the journal
+        # only ever persists a consistent pair, wherever a KeyboardInterrupt lands.
+        self._mark = (0, 0)
         self._index_file = None
+        self._parent_fd: int | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def offset(self) -> int:
+        """Stream offset (bytes) of the last checkpoint, written to the journal or not yet."""
+        return self._mark[0]
 
     def open(self) -> int:
         """Load or start the journal; return the stream offset to resume from (0 if new).
 
-        A staging directory left by a different generation or mode is emptied. An
-        exclusive lock (flock on the staging directory itself) keeps two pulls from
-        writing into it at once.
+        The staging directory is created here, or reused only if it is provably ours: a real
+        directory (never a symlink, opened with ``O_NOFOLLOW``) that is empty or holds a
+        ``journal.json``. Every later operation in it is relative to that open directory
+        (``dir_fd``), and nothing in it is followed if it is a symlink. A staging directory
+        left by a different generation or mode is emptied. An exclusive lock (flock on
+        the staging directory itself) keeps two pulls from writing into it at once.
 
         Raises:
-            DestinationError: another pull holds the lock, or the staging directory
-                cannot be created or written.
+            DestinationError: another pull holds the lock; the staging directory is not
+                ours (a symlink, a file, a directory without a journal), holds a symlink
+                where pull keeps its state, or cannot be created or written.
         """
+        parent = self.staging.parent
         try:
-            self.staging.mkdir(exist_ok=True)
-            self._lock_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.mkdir(self.staging.name, 0o700, dir_fd=self._parent_fd)
+            except FileExistsError:
+                pass
+            self._lock_fd = os.open(self.staging.name, _DIR_FLAGS, dir_fd=self._parent_fd)
         except OSError as err:
-            raise DestinationError(f"{self.staging}: cannot create ({err.strerror})") from err
+            self._unlock()
+            if err.errno in (errno.ELOOP, errno.ENOTDIR) and self._parent_fd is not None:
+                raise DestinationError(
+                    f"{self.staging}: not a directory s3sync made (a symlink or a file); not touched",
+                    hint="remove it (or pull into another DEST_PARENT), then run the command again") from err
+            raise DestinationError(f"{self.staging}: cannot create ({err.strerror})",
+                                   hint=_write_hint(parent)) from err
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            self._unlock()
             raise DestinationError(f"another s3sync pull is already writing {self.staging}",
                                    hint="wait for it to finish (or stop it), then run the command again") from None
         try:
-            state = json.loads((self.staging / "journal.json").read_text())
-            same = (state.get("version") == JOURNAL_VERSION
-                    and state.get("manifest_digest") == self.manifest_digest
-                    and state.get("mode") == self.mode
-                    and isinstance(state.get("offset"), int) and state["offset"] >= 0)
-        except (OSError, ValueError):
-            same = False
+            return self._load()
+        except OSError as err:
+            self._unlock()
+            raise DestinationError(f"{self.staging}: cannot read resume state ({err.strerror})",
+                                   hint=_write_hint(parent)) from err
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _load(self) -> int:
+        fd = self._lock_fd
+        names = os.listdir(fd)
+        state = None
+        if JOURNAL_NAME in names:
+            try:
+                state = json.loads(_read_nofollow(JOURNAL_NAME, fd))
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise DestinationError(f"{self.staging / JOURNAL_NAME}: cannot read ({err.strerror})") from err
+                # a symlink planted at journal.json: never read through it; ours is replaced
+            except ValueError:
+                pass
+        elif names:
+            # Only a directory this code made is ever emptied: it always holds a journal
+            # (written first, replaced atomically, removed last).
+            raise DestinationError(
+                f"{self.staging}: exists and is not the resume state of an s3sync pull (no {JOURNAL_NAME}); "
+                "not touched", hint="remove or rename it, then run the command again")
+        same = (isinstance(state, dict) and state.get("version") == JOURNAL_VERSION
+                and state.get("manifest_digest") == self.manifest_digest
+                and state.get("mode") == self.mode
+                and isinstance(state.get("offset"), int) and state["offset"] >= 0
+                and isinstance(state.get("index_size", 0), int))
         try:
             if not same:
-                for child in self.staging.iterdir():  # keep the directory: it carries the lock
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
+                # Keep the directory (it carries the lock) and the journal until the new
+                # one replaces it: interrupted here, the directory is still provably ours.
+                for entry in os.scandir(fd):
+                    if entry.name == JOURNAL_NAME:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.name, dir_fd=fd)  # never follows a symlink
                     else:
-                        child.unlink()
-                self.tree.mkdir()
-                (self.staging / "manifest.json").write_bytes(self._manifest_bytes)
-                self.offset = 0
-                self._write()
+                        os.unlink(entry.name, dir_fd=fd)
+                self._write()  # offset 0, no index
+                os.mkdir(TREE_NAME, dir_fd=fd)
+                _write_new(fd, MANIFEST_NAME, self._manifest_bytes)
             else:
-                self.offset = state["offset"]
-                self.tree.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.mkdir(TREE_NAME, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            tree_fd = self._open_subdir(fd, TREE_NAME, self.tree)
+            try:
+                try:
+                    os.mkdir(METADATA_DIR, dir_fd=tree_fd)
+                except FileExistsError:
+                    pass
+                meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
+            finally:
+                os.close(tree_fd)
+            try:
+                index_fd = os.open(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise _planted(self.index_path) from err
+                raise
+            finally:
+                os.close(meta_fd)
+            self._index_file = open(index_fd, "ab")  # noqa: SIM115 - closed by close()/remove()
+            if same:
                 # Drop index records written after the checkpoint (possibly torn by a
                 # kill): the members they describe are extracted again.
-                index = self.index_path
-                if index.exists():
-                    os.truncate(index, min(int(state.get("index_size", 0)), index.stat().st_size))
-            self.index_path.parent.mkdir(exist_ok=True)
+                size = os.fstat(index_fd).st_size
+                os.ftruncate(index_fd, min(state.get("index_size", 0), size))
+                self._index_file.seek(0, os.SEEK_END)
+                self._mark = (state["offset"], self._index_file.tell())
+                self._written_offset = state["offset"]
             # A little space set aside, freed when the disk fills up, so that the last
             # checkpoint can still be written and a rerun resumes from it.
-            reserve = self.staging / RESERVE_NAME
-            if not reserve.exists():
-                with open(reserve, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, RESERVE_SIZE)
-            self._index_file = open(self.index_path, "ab")
+            try:
+                rfd = os.open(RESERVE_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600, dir_fd=fd)
+            except FileExistsError:
+                if not stat.S_ISREG(os.stat(RESERVE_NAME, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(RESERVE_NAME, dir_fd=fd)  # a planted symlink: removed, not followed
+            else:
+                try:
+                    os.posix_fallocate(rfd, 0, RESERVE_SIZE)
+                finally:
+                    os.close(rfd)
         except OSError as err:
-            raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})") from err
+            raise DestinationError(f"{self.staging}: cannot write resume state ({err.strerror})",
+                                   hint=_write_hint(self.staging.parent)) from err
         return self.offset
+
+    def _open_subdir(self, dir_fd: int, name: str, path: Path) -> int:
+        """Open the directory ``name`` under ``dir_fd`` without following a symlink."""
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _planted(path) from err
+            raise
 
     def add(self, record: MemberRecord) -> None:
         """Append an extracted member to the index (flushed with the next checkpoint)."""
@@ -159,8 +257,9 @@ class Journal:
         return iter_index(self.index_path)
 
     def checkpoint(self, offset: int, force: bool = False) -> None:
-        """Record that every byte before ``offset`` is safely written (rate-limited)."""
-        self.offset = offset
+        """Record that every byte before ``offset`` is safely written, and every member
+        before it ``add``-ed (rate-limited)."""
+        self._mark = (offset, self._index_file.tell() if self._index_file is not None else 0)
         now = time.monotonic()
         if (force or now - self._last_write >= self._interval_s
                 or (self._min_advance and offset - self._written_offset >= self._min_advance)):
@@ -182,33 +281,29 @@ class Journal:
     def _release_reserve(self) -> bool:
         """Free the reserve file (see ``open``); True if there was one."""
         try:
-            (self.staging / RESERVE_NAME).unlink()
+            os.unlink(RESERVE_NAME, dir_fd=self._lock_fd)
             return True
         except FileNotFoundError:
             return False
 
     def _write_unchecked(self, sync: bool) -> None:
+        offset, index_size = self._mark  # one read: a consistent pair
         if self._index_file is not None:
             self._index_file.flush()
             if sync:
                 os.fsync(self._index_file.fileno())
-        self._written_offset = self.offset
-        tmp = self.staging / "journal.json.tmp"
-        index_size = self._index_file.tell() if self._index_file is not None else 0
         doc = {"version": JOURNAL_VERSION, "generation": self.generation,
-               "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": self.offset,
+               "manifest_digest": self.manifest_digest, "mode": self.mode, "offset": offset,
                "index_size": index_size}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.staging / "journal.json")
+        _write_new(self._lock_fd, JOURNAL_TMP, json.dumps(doc).encode(), sync=sync)
+        os.replace(JOURNAL_TMP, JOURNAL_NAME, src_dir_fd=self._lock_fd, dst_dir_fd=self._lock_fd)
+        self._written_offset = offset
 
     def close(self) -> None:
         """Flush the last checkpoint, close files and release the lock."""
         try:
-            self._write()
+            if self._lock_fd is not None:
+                self._write()
         finally:
             if self._index_file is not None:
                 self._index_file.close()
@@ -216,9 +311,11 @@ class Journal:
             self._unlock()
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for attr in ("_lock_fd", "_parent_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                setattr(self, attr, None)
+                os.close(fd)
 
     def close_quietly(self) -> None:
         """``close``, ignoring write errors (the disk may be full; the last checkpoint stays valid)."""
@@ -227,13 +324,144 @@ class Journal:
         except Exception:  # noqa: BLE001 - the caller is already handling a failure
             pass
 
+    def write_metadata(self, name: str, data: bytes) -> None:
+        """Write ``tree/.s3sync/name`` (replacing it), never through a symlink.
+
+        Raises:
+            OSError: the write failed; DestinationError: a symlink was planted on the way.
+        """
+        tree_fd = self._open_subdir(self._lock_fd, TREE_NAME, self.tree)
+        try:
+            try:
+                os.mkdir(METADATA_DIR, dir_fd=tree_fd)
+            except FileExistsError:
+                pass
+            meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.tree / METADATA_DIR)
+        finally:
+            os.close(tree_fd)
+        try:
+            _write_new(meta_fd, name, data)
+        finally:
+            os.close(meta_fd)
+
+    def move_tree(self, name: str) -> Path:
+        """Rename ``tree/`` to ``DEST_PARENT/name``: the commit of a pull (atomic on one
+        file system). Both ends are named relative to directories opened at ``open``, so
+        a symlink swapped in above them is not followed. rename(2) never replaces a
+        symlink, a file or a non-empty directory with a directory (ENOTDIR, ENOTEMPTY,
+        EEXIST): whatever appeared at the destination meanwhile is left alone, and so is
+        the staging directory, for a rerun.
+
+        Raises:
+            DestinationError: something is in the way, or the rename failed.
+        """
+        dest = self.staging.parent / name
+        try:
+            os.rename(TREE_NAME, name, src_dir_fd=self._lock_fd, dst_dir_fd=self._parent_fd)
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise DestinationError(
+                    f"{dest} appeared while pulling and is in the way; the pulled dataset stays in {self.tree}",
+                    hint="remove or rename the path named first, then run the command again "
+                         "(it only moves the dataset into place)") from err
+            raise DestinationError(f"{dest}: cannot move the finished dataset into place ({err.strerror})",
+                                   hint=_write_hint(self.staging.parent)) from err
+        return dest
+
     def remove(self) -> None:
-        """Delete the staging directory (after ``tree/`` was moved into place)."""
-        if self._index_file is not None:
-            self._index_file.close()
-            self._index_file = None
-        shutil.rmtree(self.staging, ignore_errors=True)  # still locked: nobody else is inside
-        self._unlock()
+        """Delete the staging directory (after ``tree/`` was moved into place); its journal
+        goes last, so that an interrupted removal leaves a directory that is still ours."""
+        try:
+            if self._index_file is not None:
+                self._index_file.close()
+                self._index_file = None
+            if self._lock_fd is not None:
+                try:
+                    _empty(self._lock_fd)
+                    os.rmdir(self.staging.name, dir_fd=self._parent_fd)  # still locked: nobody else is inside
+                except OSError:
+                    pass
+        finally:
+            self._unlock()
+
+    def remove_leftover(self) -> None:
+        """Remove a staging directory left by an interrupted run of this same pull after its
+        commit (the rename done, the clean-up not): it holds our journal for this manifest
+        and mode and no ``tree/``. Anything else is left alone. Never raises."""
+        try:
+            self.open_existing()
+        except (OSError, DestinationError):
+            self._unlock()
+            return
+        try:
+            names = os.listdir(self._lock_fd)
+            if not names:  # interrupted between removing the journal and the directory
+                self.remove()
+                return
+            state = json.loads(_read_nofollow(JOURNAL_NAME, self._lock_fd))
+            if (state.get("manifest_digest") == self.manifest_digest and state.get("mode") == self.mode
+                    and TREE_NAME not in names):
+                self.remove()
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            self._unlock()
+
+    def open_existing(self) -> None:
+        """Open and lock an existing staging directory without creating or changing anything.
+
+        Raises:
+            OSError: it does not exist, is not a directory, or is locked (BlockingIOError).
+        """
+        self._parent_fd = os.open(self.staging.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._lock_fd = os.open(self.staging.name, _DIR_FLAGS, dir_fd=self._parent_fd)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _planted(path: Path) -> DestinationError:
+    return DestinationError(f"{path}: a symlink (or another file) where pull keeps its own state; not followed",
+                            hint=f"remove {path.parent} (a partial pull; it only costs a fresh start), "
+                                 "then run the command again")
+
+
+def _write_hint(parent: Path) -> str:
+    return f"make {parent} writable, or pull into another DEST_PARENT"
+
+
+def _read_nofollow(name: str, dir_fd: int) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        return f.read()
+
+
+def _write_new(dir_fd: int, name: str, data: bytes, sync: bool = False) -> None:
+    """Create ``name`` afresh under ``dir_fd`` (whatever was there, a symlink included, is
+    unlinked, never written through) and write ``data``."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    with open(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        if sync:
+            os.fsync(fd)
+
+
+def _empty(dir_fd: int) -> None:
+    """Remove everything under ``dir_fd``, its journal last; symlinks are removed, not followed."""
+    entries = sorted(os.scandir(dir_fd), key=lambda e: e.name == JOURNAL_NAME)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=dir_fd)
+        else:
+            os.unlink(entry.name, dir_fd=dir_fd)
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:

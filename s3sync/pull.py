@@ -9,6 +9,7 @@ Pipeline: manifest -> validate -> journal (resume point) -> preflight (disk, ino
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
 from .errors import DestinationError, InsufficientSpaceError, NotFoundError
-from .journal import INDEX_NAME, Journal, staging_dir
+from .journal import Journal, staging_dir
 from .manifest import MANIFEST_NAME, Manifest
 from .partfiles import PartFiles
 from .planning import plan_pull
@@ -115,11 +116,12 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     mode = "extract" if extract else "parts"
     if dest_parent.exists() and not dest_parent.is_dir():
         raise DestinationError(f"{dest_parent}: not a directory", hint="give a directory as DEST_PARENT")
-    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
-        dest.rmdir()  # an empty directory made beforehand: take its place
+    _take_empty_dest(dest)
     if dest.exists() or dest.is_symlink():
         marker = read_marker(dest)
         if marker and marker.get("manifest_digest") == manifest_digest and marker.get("mode", "extract") == mode:
+            # A run interrupted between its rename and the clean-up left its staging behind.
+            Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation, mode).remove_leftover()
             return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
         if marker and marker.get("manifest_digest") == manifest_digest:
             held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
@@ -136,7 +138,8 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         try:
             dest_parent.mkdir(parents=True)
         except OSError as err:
-            raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})") from err
+            raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})",
+                                   hint="create it, or give a DEST_PARENT you can write to") from err
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
                       mode, min_advance=manifest.chunk_size)
@@ -158,6 +161,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
         _commit(journal, dest, manifest, manifest_bytes)
+        journal.remove()
     except InsufficientSpaceError as err:
         journal.close_quietly()
         if err.needed:
@@ -166,7 +170,6 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     except BaseException:
         journal.close_quietly()  # flush the last checkpoint: a rerun resumes from it
         raise
-    journal.remove()
     return PullResult(manifest, dest, offset, fetcher.stats.bytes_received, fetcher.stats.retries,
                       False, time.monotonic() - started)
 
@@ -246,18 +249,40 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
 
 
 def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: bytes) -> None:
-    """Write the completion marker, then rename the tree into place (atomic on one file system)."""
-    meta = journal.tree / archive.METADATA_DIR
+    """Write the completion marker, then rename the tree into place (atomic on one file
+    system). Neither step goes through a symlink (see ``Journal.write_metadata`` and
+    ``Journal.move_tree``); interrupted anywhere, a rerun does both again."""
+    index = journal.index_path
     try:
-        meta.mkdir(exist_ok=True)
-        (meta / MANIFEST_NAME).write_bytes(manifest_bytes)
-        index = meta / INDEX_NAME
-        (meta / MARKER).write_text(json.dumps({
+        journal.write_metadata(MANIFEST_NAME, manifest_bytes)
+        journal.write_metadata(MARKER, (json.dumps({
             "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
             "mode": journal.mode,
             "index_digest": archive.file_digest(index) if index.exists() else "",
             "name": manifest.name, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }) + "\n")
-        os.rename(journal.tree, dest)
+        }) + "\n").encode())
     except OSError as err:
-        raise DestinationError(f"{dest}: cannot move the finished dataset into place ({err.strerror})") from err
+        raise DestinationError(f"{dest}: cannot write the completion marker ({err.strerror})") from err
+    journal.move_tree(dest.name)
+
+
+def _take_empty_dest(dest: Path) -> None:
+    """Remove ``dest`` if it is an empty directory made beforehand: the finished dataset is
+    renamed to its name. A directory that is empty but cannot be removed (a mount point:
+    EBUSY; a read-only or sticky parent: EROFS, EACCES, EPERM) is refused with a hint.
+
+    Raises:
+        DestinationError: ``dest`` is an empty directory that cannot be removed, or unreadable.
+    """
+    try:
+        if dest.is_symlink() or not dest.is_dir() or any(dest.iterdir()):
+            return
+        dest.rmdir()
+    except OSError as err:
+        why = "a mount point" if err.errno == errno.EBUSY else err.strerror
+        raise DestinationError(
+            f"{dest}: an empty directory that pull cannot replace ({why}); a pull renames the finished "
+            "dataset to this name", hint=(
+                f"pull into it instead: give {dest} as DEST_PARENT (the dataset lands in {dest}/NAME)"
+                if err.errno == errno.EBUSY else
+                f"make {dest.parent} writable, remove {dest}, or pull into another DEST_PARENT")) from err
