@@ -86,6 +86,7 @@ class Journal:
         # only ever persists a consistent pair, wherever a KeyboardInterrupt lands.
         self._mark = (0, 0)
         self._index_file = None
+        self._index_size = 0
         self._parent_fd: int | None = None
         self._lock_fd: int | None = None
 
@@ -203,13 +204,15 @@ class Journal:
             finally:
                 os.close(meta_fd)
             self._index_file = open(index_fd, "ab")  # noqa: SIM115 - closed by close()/remove()
+            self._index_size = os.fstat(index_fd).st_size
             if same:
                 # Drop index records written after the checkpoint (possibly torn by a
                 # kill): the members they describe are extracted again.
                 size = os.fstat(index_fd).st_size
                 os.ftruncate(index_fd, min(state.get("index_size", 0), size))
                 self._index_file.seek(0, os.SEEK_END)
-                self._mark = (state["offset"], self._index_file.tell())
+                self._index_size = self._index_file.tell()
+                self._mark = (state["offset"], self._index_size)
                 self._written_offset = state["offset"]
             # A little space set aside, freed when the disk fills up, so that the last
             # checkpoint can still be written and a rerun resumes from it.
@@ -244,7 +247,11 @@ class Journal:
         r = record
         line = json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link),
                           ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._index_file.write(line.encode("utf-8", "surrogateescape"))
+        data = line.encode("utf-8", "surrogateescape")
+        self._index_file.write(data)
+        # Counted here rather than asked of the file at each checkpoint: BufferedWriter.tell()
+        # cost ~3.5 us per member (20,000 members: 90 -> 170 ms of bookkeeping).
+        self._index_size += len(data)
 
     def records(self) -> Iterator[MemberRecord]:
         """Every member recorded so far, earlier runs included, in stream order.
@@ -259,7 +266,7 @@ class Journal:
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Record that every byte before ``offset`` is safely written, and every member
         before it ``add``-ed (rate-limited)."""
-        self._mark = (offset, self._index_file.tell() if self._index_file is not None else 0)
+        self._mark = (offset, self._index_size if self._index_file is not None else 0)
         now = time.monotonic()
         if (force or now - self._last_write >= self._interval_s
                 or (self._min_advance and offset - self._written_offset >= self._min_advance)):
