@@ -20,6 +20,7 @@ the module that calls the library, with ``raise ... from err``.
     │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
+    │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── VerifyFailed                          verify found missing or changed files
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
@@ -140,6 +141,14 @@ class ManifestError(S3SyncError):
     """The manifest is not valid JSON, of an unknown version, or inconsistent."""
 
     hint = "the published dataset is damaged or from a newer s3sync; republish it or upgrade s3sync"
+
+
+class DamagedDatasetError(ManifestError):
+    """The published dataset does not hold what its manifest promises: a part object is
+    missing, or the verified stream disagrees with the manifest's member, file or byte
+    counts, its end-of-archive marker or its digests."""
+
+    hint = "the published dataset is damaged: republish it, or pull another generation or copy of it"
 
 
 class UnsafeArchiveError(S3SyncError):
