@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import archive, hashing
 from .errors import DestinationError, ManifestError
-from .journal import INDEX_NAME, load_index
+from .journal import INDEX_NAME, iter_index, load_index
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import chunk_spans
 from .progress import NullProgress, Progress
@@ -30,7 +30,8 @@ from .pull import read_marker
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One difference: ``path`` (relative), ``kind`` (missing, changed, type, mode, link,
-    extra, unreadable) and a human ``detail``."""
+    extra, unreadable; incomplete, at path ``.``: the pull recorded fewer members, files
+    or bytes than the manifest promises) and a human ``detail``."""
 
     path: str
     kind: str
@@ -89,6 +90,7 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         except (ValueError, TypeError) as err:
             raise ManifestError(f"{index_path}: damaged record ({err})") from err
         problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
+        problems += _unkept_promises(manifest, index_path)
     return VerifyResult(dest, manifest.name, manifest.generation, checked, nbytes,
                         tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started)
 
@@ -147,6 +149,28 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
                 problems.append(Problem(rel, "extra", "not part of the dataset"))
     progress.finish("verify")
     return problems, len(records), sum(r.size for r in files)
+
+
+def _unkept_promises(manifest: Manifest, index_path: Path) -> list[Problem]:
+    """The index against the manifest's counts: a pull by s3sync before 0.2 took the end of
+    the data for the end of the archive, so a manifest that had lost parts gave a 'complete'
+    pull of part of the dataset, whose index agreed with the tree.
+
+    Raises:
+        ManifestError: a damaged index record.
+    """
+    members = files = size = 0
+    try:
+        for rec in iter_index(index_path):
+            members += 1
+            if rec.kind == "file":
+                files, size = files + 1, size + rec.size
+    except (ValueError, TypeError) as err:
+        raise ManifestError(f"{index_path}: damaged record ({err})") from err
+    promised = (("members", manifest.members, members), ("files", manifest.files, files),
+                ("bytes of file data", manifest.extracted_size, size))
+    return [Problem(".", "incomplete", f"the manifest promises {want} {what}, the pull recorded {got}")
+            for what, want, got in promised if want != got]
 
 
 def _verify_parts(dest: Path, manifest: Manifest, progress: Progress) -> tuple[list[Problem], int, int]:
