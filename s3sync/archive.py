@@ -117,6 +117,25 @@ def scan_tree(src: Path) -> list[_Entry]:
     return entries
 
 
+def owner_unreadable_warning(entries: list[_Entry], show: int = 3) -> str | None:
+    """A warning naming the regular files published with no read permission for their
+    owner (mode 0000, 0200...) and the directories without owner read or search
+    permission, or None if there are none.
+
+    Publish (as root, which reads anything: CAP_DAC_OVERRIDE) can read them; a pull keeps
+    the mode, so a non-root user cannot read them back, nor ``verify`` them.
+    """
+    rx = stat.S_IRUSR | stat.S_IXUSR
+    closed = [e.rel for e in entries if e.link is None and (
+        stat.S_ISREG(e.st.st_mode) and not e.st.st_mode & stat.S_IRUSR
+        or stat.S_ISDIR(e.st.st_mode) and e.st.st_mode & rx != rx)]
+    if not closed:
+        return None
+    more = f" and {len(closed) - show} more" if len(closed) > show else ""
+    return (f"warning: {len(closed)} entr{'y' if len(closed) == 1 else 'ies'} published with no owner read "
+            f"permission ({', '.join(map(repr, closed[:show]))}{more}); a non-root pull cannot read them back")
+
+
 def symlink_target_ok(rel: str, target: str) -> bool:
     """True if a symlink at ``rel`` pointing to ``target`` provably stays inside the tree.
 
@@ -207,9 +226,15 @@ def _padding(size: int) -> bytes:
     return bytes(-size % tarfile.BLOCKSIZE)
 
 
+class SourceChanged(OSError):
+    """A file differs from what the scan recorded (size, mtime or ctime), or changed while
+    being read: publishing it would put bytes that match neither state in the stream."""
+
+
 def open_regular(path: str | Path, expect: os.stat_result | None = None) -> BinaryIO:
     """Open ``path`` for reading (unbuffered) only if it is still a regular file and, given
-    ``expect`` (the scan's ``lstat``), still the same file (device and inode).
+    ``expect`` (the scan's ``lstat``), still the same file (device and inode) in the same
+    state (size, and mtime and ctime to the nanosecond: see ``check_unchanged``).
 
     Between the scan and the read a file may be replaced: by a FIFO (a plain ``open``
     would block for ever waiting for a writer), a device, a symlink, or a directory above
@@ -221,6 +246,7 @@ def open_regular(path: str | Path, expect: os.stat_result | None = None) -> Bina
     program's open does (proc(5)).
 
     Raises:
+        SourceChanged: the file's size, mtime or ctime differ from ``expect``.
         OSError: the file cannot be opened, or is no longer the regular file scanned.
     """
     try:
@@ -235,12 +261,40 @@ def open_regular(path: str | Path, expect: os.stat_result | None = None) -> Bina
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file", str(path))
-        if expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
-            raise OSError(errno.ESTALE, "replaced by another file since the scan", str(path))
+        if expect is not None:
+            if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+                raise OSError(errno.ESTALE, "replaced by another file since the scan", str(path))
+            check_unchanged(expect, st)
         return open(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_unchanged(expect: os.stat_result, st: os.stat_result) -> None:
+    """Refuse a file whose ``fstat`` (``st``) differs from the scan's ``lstat`` (``expect``).
+
+    As GNU tar does ("file changed as we read it", tar's ``dump_regular_file`` and
+    ``file_changed``): size, mtime and ctime compared, here to the nanosecond. Any write
+    sets mtime and ctime (POSIX write(2), truncate(2)); a tool that puts the mtime back
+    (``touch -r``, rsync) still moves ctime, which no user can set; a chmod, a new link
+    and an unlink move ctime too. Called when the file is opened (the header, written
+    from the scan, must describe the bytes read) and after its last byte is read (no
+    write happened in between). A write landing in the same timestamp tick as the scan
+    cannot be seen by any stat-based check (the kernel's clock tick: up to a few
+    milliseconds; Linux 6.13+ multigrain timestamps make ctime fine-grained once read).
+
+    Raises:
+        SourceChanged: naming what differs (never a size the file does not have).
+    """
+    if st.st_size != expect.st_size:
+        if st.st_size > expect.st_size:
+            raise SourceChanged(f"size changed: more than {expect.st_size} bytes")
+        raise SourceChanged(f"size changed: ended {expect.st_size - st.st_size} bytes early")
+    if st.st_mtime_ns != expect.st_mtime_ns:
+        raise SourceChanged("modified since the scan (mtime changed)")
+    if st.st_ctime_ns != expect.st_ctime_ns:
+        raise SourceChanged("modified since the scan (ctime changed)")
 
 
 def _open_leased(path: str | Path) -> int:
@@ -256,14 +310,17 @@ def _open_leased(path: str | Path) -> int:
 
 
 def _read_small(path: str, expect: os.stat_result) -> bytes:
-    """The bytes of a small file, exactly its scanned size (``expect.st_size``).
+    """The bytes of a small file, exactly its scanned size (``expect.st_size``), read while
+    the file stayed as scanned (``check_unchanged`` at open and after the read).
 
     One ``read`` of size + 1 bytes reads a file that kept its size (``readall`` costs an
     ``fstat``, an ``lseek`` and a second ``read`` to see the end: 7 system calls per file
     instead of 4, each a GIL round trip, with 100,000 small files). A short read (a file
-    that shrank, or a file system that returns less) reads on to the end.
+    that shrank, or a file system that returns less) reads on to the end. The ``fstat``
+    after the read is the one system call the change check adds (5 per file).
 
     Raises:
+        SourceChanged: the file changed since the scan or while being read.
         OSError: as ``_copy_exact``, whose messages it shares.
     """
     size = expect.st_size
@@ -271,10 +328,12 @@ def _read_small(path: str, expect: os.stat_result) -> bytes:
         data = f.read(size + 1)
         if len(data) < size:
             data += f.readall()
+        after = os.fstat(f.fileno())
     if len(data) > size:
-        raise OSError(f"size changed: more than {size} bytes")
+        raise SourceChanged(f"size changed: more than {size} bytes")
     if len(data) < size:
-        raise OSError(f"size changed: ended {size - len(data)} bytes early")
+        raise SourceChanged(f"size changed: ended {size - len(data)} bytes early")
+    check_unchanged(expect, after)
     return data
 
 
@@ -367,7 +426,8 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
     boundary. ``readers`` threads read small files ahead.
 
     Raises:
-        SourceError: a file vanished, changed size or became unreadable while being read.
+        SourceError: a file vanished, was replaced, became unreadable, or changed (size,
+            mtime or ctime) between the scan and the end of its read.
     """
     files = size = written = 0
     for entry, data in _read_ahead(entries, readers):
@@ -385,6 +445,11 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                     out.write(header)
                     _copy_exact(entry.path, entry.st, out)
                     out.write(_padding(info.size))
+            except SourceChanged as err:
+                # Publish streams as it reads: the parts sent so far are abandoned, and
+                # nothing is committed (GNU tar only warns and exits 1 after writing it).
+                raise SourceError(f"{entry.path}: changed while being read ({err})",
+                                  hint="publish again when nothing is writing to SRC_DIR") from err
             except OSError as err:
                 raise SourceError(f"{entry.path}: cannot read ({err.strerror or err})",
                                   hint="make the file readable (or remove it), then publish again"
@@ -402,11 +467,13 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
 
 
 def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO) -> None:
-    """Copy the file at ``path``, exactly its scanned size (``expect.st_size`` bytes), to ``out``.
+    """Copy the file at ``path``, exactly its scanned size (``expect.st_size`` bytes), to
+    ``out``, while the file stays as scanned (``check_unchanged`` at open and at the end).
 
     Raises:
+        SourceChanged: the file changed since the scan or while being read.
         OSError: the file cannot be read, is no longer the file scanned (see
-            ``open_regular``) or does not hold exactly that many bytes.
+            ``open_regular``).
     """
     size = expect.st_size
     with open_regular(path, expect) as f:
@@ -414,11 +481,12 @@ def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO) -> None:
         while left:
             block = f.read(min(COPY_BUFSIZE, left))
             if not block:
-                raise OSError(f"size changed: ended {left} bytes early")
+                raise SourceChanged(f"size changed: ended {left} bytes early")
             out.write(block)
             left -= len(block)
         if f.read(1):
-            raise OSError(f"size changed: more than {size} bytes")
+            raise SourceChanged(f"size changed: more than {size} bytes")
+        check_unchanged(expect, os.fstat(f.fileno()))
 
 
 class ForwardReader(Protocol):

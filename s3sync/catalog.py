@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .config import Location, Settings, parse_s3_url
 from .errors import UsageError
-from .manifest import valid_name
+from .manifest import NAME_RULE, valid_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def location_for_name(name: str, settings: Settings) -> Location:
     """
     if not valid_name(name):
         raise UsageError(f"{name!r} is not a valid dataset name",
-                         hint="use letters, digits, '.', '_', '-', or give an s3://BUCKET/PREFIX URL")
+                         hint=f"{NAME_RULE}; or give an s3://BUCKET/PREFIX URL")
     for override in settings.catalog:
         if override.name == name:
             return parse_s3_url(override.url)

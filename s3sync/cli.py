@@ -17,8 +17,18 @@ from typing import Any, NoReturn
 
 from . import catalog
 from .config import Settings, format_size, resolve
-from .errors import ConfigError, Interrupted, S3SyncError, SourceError, UsageError, VerifyFailed
-from .manifest import valid_name
+from .errors import (
+    ConfigError,
+    Interrupted,
+    NotFoundError,
+    S3SyncError,
+    SourceError,
+    TransientStoreError,
+    UsageError,
+    VerifyFailed,
+    VerifyIncomplete,
+)
+from .manifest import NAME_RULE, valid_name
 from .ui import UI
 
 EXIT_OK = 0
@@ -142,9 +152,12 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from .publish import publish
 
     src = args.src.expanduser()
-    name = args.name or src.resolve().name
+    # `--name ''` is refused, not taken as "no --name" (issue 10 item 11).
+    name = args.name if args.name is not None else src.resolve().name
     if not valid_name(name):
-        raise UsageError(f"{name!r} is not a valid dataset name", hint="pass --name with letters, digits, '.', '_', '-'")
+        given = "--name" if args.name is not None else "SRC_DIR's basename"
+        raise UsageError(f"{given} {name!r} is not a valid dataset name",
+                         hint=f"{NAME_RULE}; pass --name NAME")
     if not src.is_dir():
         raise SourceError(f"{src}: {'not a directory' if src.exists() else 'no such directory'}",
                           hint="give the dataset's directory as SRC_DIR")
@@ -219,14 +232,55 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for p in result.problems:
-            ui.line(f"{p.kind}\t{p.path}\t{p.detail}")
+            ui.line(f"{p.kind}\t{escape_field(p.path)}\t{escape_field(p.detail)}")
     if result.problems:
-        raise VerifyFailed(f"{result.dest}: {len(result.problems)} of {result.checked} entries differ from "
-                           f"generation {result.generation}")
+        # A file published without owner read permission is "unverifiable" to a non-root
+        # user: not a difference, and pulling again cannot change it.
+        unverifiable = {p.path for p in result.problems if p.kind == "unverifiable"}
+        differ = {p.path for p in result.problems if p.kind != "unverifiable"}
+        if not differ:
+            raise VerifyIncomplete(f"{result.dest}: {len(unverifiable)} of {result.checked} entries cannot be read "
+                                   f"back by this user (published without owner read permission); the rest match "
+                                   f"generation {result.generation}")
+        raise VerifyFailed(f"{result.dest}: {len(differ)} of {result.checked} entries differ from "
+                           f"generation {result.generation}",
+                           hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
+                                f"it cannot read" if unverifiable else None)
     ui.info(f"{result.dest}: {_plural(result.checked, 'entry', 'entries')}, "
             f"{format_size(result.checked_bytes)} verified OK "
             f"({result.elapsed_s:.1f}s)")
     return EXIT_OK
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_field(text: str) -> str:
+    """``text`` as one tab-free line for verify's plain output (``--json`` keeps raw strings).
+
+    A backslash, tab, newline and carriage return become ``\\\\``, ``\\t``, ``\\n``, ``\\r``;
+    other ASCII control characters ``\\xHH``; a byte of a name that is not UTF-8 (carried
+    as a surrogate escape, PEP 383) ``\\xHH`` too (80-FF: never an ASCII control); any other
+    non-printable character (Unicode categories C and Z but space: U+0085, U+2028,
+    U+200B...) ``\\uHHHH`` or ``\\UHHHHHHHH``. Everything else is kept, so the escaping is
+    reversible and one problem is always one line of three tab-separated fields.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80 or 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code & 0xFF:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
@@ -274,20 +328,46 @@ def _plural(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
+_INTERRUPTED_HINTS = {
+    "pull": "run the same command again: the pull resumes where it stopped, keeping the verified chunks",
+    "publish": "run the same command again: the publish starts over; what was published before is unchanged",
+}
+
+
+def for_command(err: S3SyncError, command: str | None) -> S3SyncError:
+    """Give ``err`` the hint that fits ``command``, where the pipelines cannot know it.
+
+    A missing bucket is created before a publish but only checked before a pull or ``ls``;
+    an interrupted (or network-failed) pull resumes, a publish starts over. Hints a
+    pipeline chose for the case itself are kept.
+    """
+    if isinstance(err, NotFoundError) and err.bucket_missing and command == "publish":
+        err.hint = "create the bucket first (e.g. 'aws s3 mb s3://BUCKET'), or check its name and --endpoint-url"
+    elif isinstance(err, Interrupted) and "hint" not in vars(err):
+        err.hint = _INTERRUPTED_HINTS.get(command or "", "run the same command again")
+    elif isinstance(err, TransientStoreError) and "hint" not in vars(err) and command != "pull":
+        # The class's hint speaks of a pull resuming.
+        err.hint = "check --endpoint-url and the network, then run the same command again" + (
+            " (the publish starts over; what was published before is unchanged)" if command == "publish" else "")
+    return err
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return its exit code (0 ok, 1 failure, 2 usage, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     ui = UI()
+    command: str | None = None
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         ui = UI(quiet=args.quiet, as_json=args.json, verbose=args.verbose)
         settings = load_settings(args, dict(os.environ))
         return args.func(args, settings, ui)
     except S3SyncError as err:
         if debug:
             traceback.print_exc()
-        ui.error(err)
+        ui.error(for_command(err, command))
         return err.exit_code
     except BrokenPipeError:
         # stdout was closed early (`s3sync ls --json | head -1`): not an error of ours.
@@ -297,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        ui.error(Interrupted("interrupted"))
+        ui.error(for_command(Interrupted("interrupted"), command))
         return Interrupted.exit_code
     except Exception as err:  # a bug: say so in one line unless --debug
         if debug:

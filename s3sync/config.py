@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, UsageError
-from .manifest import valid_name
+from .manifest import NAME_RULE, valid_name
 from .planning import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PART_SIZE,
@@ -159,6 +159,27 @@ _ENV_KEYS = {
 }
 
 
+def check_endpoint_url(url: str) -> None:
+    """Refuse an endpoint URL that is not ``http(s)://HOST[:PORT][/]``.
+
+    botocore keeps an endpoint's path and puts the bucket after it, so
+    ``http://host:9000/bucket`` with ``s3://bucket/x`` asks for ``/bucket/bucket/x``: the
+    server then answers "no such bucket" or "no such key" for a bucket that exists. The
+    bucket belongs in the s3:// URL.
+
+    Raises:
+        UsageError: naming the URL, and the path if that is what is wrong.
+    """
+    m = re.match(r"(https?)://([^/\s?#]+)(.*)\Z", url)
+    if not m:
+        raise UsageError(f"endpoint URL {url!r} must start with http:// or https://",
+                         hint="e.g. --endpoint-url http://127.0.0.1:9000")
+    if m[3] not in ("", "/"):
+        raise UsageError(f"endpoint URL {url!r} has a path ({m[3]!r}); s3sync needs the server's root URL",
+                         hint=f"write --endpoint-url {m[1]}://{m[2]} and put the bucket and prefix in "
+                              "s3://BUCKET/PREFIX")
+
+
 def default_concurrency(cpus: int | None) -> int:
     """Parallel requests when none is configured: 2 per CPU, from 4 to 32.
 
@@ -211,7 +232,10 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
                          f"{format_size(MAX_CHUNK_SIZE)}", hint="pick a chunk size such as 16MiB")
     part = parse_size(merged.get("part_size", DEFAULT_PART_SIZE), "part size")
     if part < chunk:
-        raise UsageError(f"part size {part} is smaller than the chunk size {chunk}")
+        raise UsageError(f"part size {format_size(part)} ({part} bytes) is smaller than the chunk size "
+                         f"{format_size(chunk)} ({chunk} bytes)",
+                         hint=f"a part holds whole chunks: make --part-size at least {format_size(chunk)}, "
+                              "or --chunk-size smaller")
     concurrency = num("concurrency", default_concurrency(cpus), 1, 256)
     transfer = TransferSettings(
         concurrency=concurrency,
@@ -220,9 +244,8 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
         window=max(4, 2 * concurrency),
     )
     endpoint = merged.get("endpoint_url") or None
-    if endpoint is not None and not re.match(r"https?://[^/\s]+", str(endpoint)):
-        raise UsageError(f"endpoint URL {endpoint!r} must start with http:// or https://",
-                         hint="e.g. --endpoint-url http://127.0.0.1:9000")
+    if endpoint is not None:
+        check_endpoint_url(str(endpoint))
     s3 = S3Settings(
         endpoint_url=endpoint,
         profile=merged.get("profile") or None,
@@ -240,7 +263,7 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
             raise ConfigError(f"{source}: [catalog.{name}] has unknown field {sorted(set(entry) - {'url'})[0]!r}",
                               hint="a catalog entry has one field: url = \"s3://BUCKET/PREFIX\"")
         if not valid_name(name):
-            raise ConfigError(f"{source}: [catalog.{name!r}] is not a valid dataset name")
+            raise ConfigError(f"{source}: [catalog.{name!r}] is not a valid dataset name", hint=NAME_RULE)
         parse_s3_url(entry["url"])
         catalog.append(CatalogOverride(name, entry["url"]))
     bucket = merged.get("bucket") or None

@@ -16,13 +16,15 @@ the module that calls the library, with ``raise ... from err``.
     │   ├── NotFoundError                     bucket, key or manifest missing
     │   ├── AccessDeniedError                 403 / bad signature
     │   ├── CredentialsError                  no or expired credentials
-    │   ├── PartChangedError                  ETag differs from the manifest's
-    │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout
+    │   ├── PartChangedError                  a part changed during the pull, or no longer matches
+    │   ├── TLSError                          certificate not trusted, TLS handshake refused
+    │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout, bad status line
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
     │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── VerifyFailed                          verify found missing or changed files
+    │   └── VerifyIncomplete                  nothing differs, but some files only root can read
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
 
 ``retriable`` tells the transfer engine whether fetching the same chunk again may
@@ -68,7 +70,9 @@ class SourceError(S3SyncError):
 class DestinationError(S3SyncError):
     """The pull destination cannot be used."""
 
-    hint = "choose another DEST_PARENT or remove the directory named above"
+    # Not "remove the directory": most of these are a path that cannot be written (permissions,
+    # a read-only file system); the few about an existing destination give their own hint.
+    hint = "check that the path named above is writable (permissions, read-only file system), or choose another DEST_PARENT"
 
 
 class InsufficientSpaceError(DestinationError):
@@ -118,9 +122,20 @@ class CredentialsError(StoreError):
 
 
 class PartChangedError(StoreError):
-    """A part's ETag differs from the one the manifest pinned: it was replaced after publish."""
+    """A part changed on the server: its ETag changed during the pull (412, or another ETag
+    than the one its first response carried), or it differs from the published one and its
+    bytes no longer match the manifest's digests."""
 
     hint = "the dataset was republished while pulling; run the same command again to pull the new generation"
+
+
+class TLSError(StoreError):
+    """The TLS connection to the store could not be set up: its certificate is not trusted
+    (self-signed, private CA) or the server does not speak TLS at all (``https://`` to a
+    plain ``http`` port). Retrying cannot help."""
+
+    hint = ("if the server uses a private or self-signed certificate, set AWS_CA_BUNDLE to its CA file (PEM); "
+            "if it speaks plain http, write --endpoint-url http://...")
 
 
 class TransientStoreError(StoreError):
@@ -161,6 +176,14 @@ class VerifyFailed(S3SyncError):
     """``s3sync verify`` found files that are missing or differ (they are listed on stdout)."""
 
     hint = "pull the dataset again into a fresh directory to repair it"
+
+
+class VerifyIncomplete(VerifyFailed):
+    """``s3sync verify`` found no difference but could not read some files: they were
+    published with no read permission for their owner (mode 0000, 0200...), so only root
+    can read them back. Pulling again would not change that."""
+
+    hint = "run 's3sync verify' as root to check them too"
 
 
 class Interrupted(S3SyncError):

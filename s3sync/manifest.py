@@ -272,3 +272,8 @@ class _Validator:
 def valid_name(name: str) -> bool:
     """True if ``name`` can be a dataset name (a single safe path component)."""
     return bool(_NAME_RE.match(name)) and name not in (".", "..")
+
+
+NAME_RULE = ("a dataset name is 1 to 128 letters, digits, '.', '_', '+' or '-', starting with a letter or "
+             "a digit")
+"""``valid_name``'s rule in words, for hints."""

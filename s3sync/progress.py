@@ -21,7 +21,8 @@ class Progress(Protocol):
         """``n`` more bytes done in ``stage`` (negative to rewind after a retry)."""
 
     def message(self, text: str) -> None:
-        """A one-line note for the user (retries, resume points); not an error."""
+        """A one-line note for the user (retries, resume points); not an error. Shown with
+        ``-v`` only, unless it starts with ``warning: ``."""
 
     def finish(self, stage: str) -> None:
         """The stage is complete."""

@@ -331,4 +331,6 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         _discard(store, [location.key(key(i)) for i in uploaded], progress)
         raise
     heads.shutdown()
+    if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
+        progress.message(warning)
     return PublishResult(manifest, location, time.monotonic() - started)

@@ -125,10 +125,13 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
             held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
             raise DestinationError(f"{dest} already holds {held} of generation {manifest.generation}",
                                    hint="pull into another DEST_PARENT, or remove the directory named above")
+        what = "directory" if dest.is_dir() and not dest.is_symlink() else \
+            "symbolic link" if dest.is_symlink() else "file"
         raise DestinationError(f"{dest} already exists" + (
-            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker else ""),
+            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker
+            else f" (a {what})" if what != "directory" else ""),
             hint="pull into another DEST_PARENT, or remove (or rename) the directory named above to get the new "
-                 "generation" if marker else "pull into another DEST_PARENT or remove the directory named above")
+                 "generation" if marker else f"pull into another DEST_PARENT or remove the {what} named above")
     if not dest_parent.is_dir():
         try:
             dest_parent.mkdir(parents=True)

@@ -61,7 +61,7 @@ class RichProgress:
                 self._bar.advance(task, n)
 
     def message(self, text: str) -> None:
-        if self._verbose:
+        if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
             self._bar.console.print(text, style="dim", markup=False)
 
     def finish(self, stage: str) -> None:
@@ -111,7 +111,7 @@ class PlainProgress:
               file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
-        if self._verbose:
+        if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
             print(text, file=self._stream, flush=True)
 
     def finish(self, stage: str) -> None:
@@ -179,8 +179,18 @@ class UI:
         print(text)
 
     def emit_json(self, doc: Any) -> None:
-        """One JSON document on stdout."""
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        """One JSON document on stdout.
+
+        A name that is not UTF-8 holds lone surrogates (PEP 383), which no UTF-8 stream
+        can carry: the document is then written with ASCII escapes, where such a byte is
+        ``\\udcXX`` (valid JSON; ``json.loads`` and ``os.fsencode`` give the byte back).
+        """
+        text = json.dumps(doc, indent=2, ensure_ascii=False)
+        try:
+            text.encode(sys.stdout.encoding or "utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(doc, indent=2)
+        print(text)
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         """A table on stdout (plain aligned text when stdout is not a terminal)."""

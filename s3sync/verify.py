@@ -4,9 +4,10 @@ A pull writes ``NAME/.s3sync/`` holding the manifest, a completion marker and an
 index of every extracted member (path, kind, size, mode, mtime, digest or link
 target). The index was computed from verified chunks, so it is as trustworthy as
 the manifest's chunk digests; the marker pins the index's own digest. ``verify``
-compares the tree on disk with it and names every file that is missing,
-changed, or not part of the dataset. A ``--no-extract`` pull is verified by
-re-hashing the part files chunk by chunk against the manifest.
+compares the tree on disk with it and names every entry that is missing, changed
+(content, type, mode, mtime, link), not part of the dataset, or that only root can
+read back. A ``--no-extract`` pull is verified by re-hashing the part files chunk
+by chunk against the manifest, and naming anything else in the directory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import archive, hashing
@@ -29,9 +31,15 @@ from .pull import read_marker
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One difference: ``path`` (relative), ``kind`` (missing, changed, type, mode, link,
-    extra, unreadable; incomplete, at path ``.``: the pull recorded fewer members, files
-    or bytes than the manifest promises) and a human ``detail``."""
+    """One difference: ``path`` (relative), ``kind`` and a human ``detail``.
+
+    Kinds: ``missing``, ``changed`` (size or content), ``type``, ``mode``, ``mtime``,
+    ``link`` (symlink target, or a hard link that is no longer one), ``extra`` (not part
+    of the dataset), ``unreadable`` (cannot be read now), ``unverifiable`` (published
+    without owner read permission: only root can read it back; not a difference),
+    ``incomplete`` (at path ``.``: the pull recorded fewer or more members, files or bytes
+    than the manifest promises).
+    """
 
     path: str
     kind: str
@@ -97,10 +105,19 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
 
 def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: int,
                  progress: Progress) -> tuple[list[Problem], int, int]:
+    """Compare every recorded member with the tree, then list what the tree holds beyond them.
+
+    Files: type, size, mode, mtime (pull sets whole seconds: ``SafeExtractor._write_regular``)
+    and digest. Hard links: a regular file, the same inode as their target (else the
+    content is hashed against the target's digest). Directories: mode and mtime (set by
+    ``finish_dirs`` once every member is in). Symlinks: target and mtime.
+    """
     root = os.fspath(dest)
     problems: list[Problem] = []
-    files: list[archive.MemberRecord] = []
-    progress.start("verify", sum(r.size for r in records if r.kind == "file"))
+    to_hash: list[tuple[archive.MemberRecord, str, int]] = []  # record, digest wanted, bytes
+    by_path = {r.path: r for r in records}
+    closed = {r.path: r.mode for r in records
+              if r.kind == "dir" and r.mode & (stat.S_IRUSR | stat.S_IXUSR) != stat.S_IRUSR | stat.S_IXUSR}
     for rec in records:
         path = os.path.join(root, rec.path)
         try:
@@ -108,47 +125,132 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
         except FileNotFoundError:
             problems.append(Problem(rec.path, "missing", f"{rec.kind} is missing"))
             continue
-        if rec.kind in ("file", "hardlink"):
+        except OSError as err:
+            problems.append(_cannot_check(rec, err, closed))
+            continue
+        if rec.kind == "file":
             if not stat.S_ISREG(st.st_mode):
                 problems.append(Problem(rec.path, "type", "expected a regular file"))
-            elif rec.kind == "file":
-                if st.st_size != rec.size:
-                    problems.append(Problem(rec.path, "changed", f"size {st.st_size}, expected {rec.size}"))
-                else:
-                    files.append(rec)
-                if stat.S_IMODE(st.st_mode) != rec.mode:
-                    problems.append(Problem(rec.path, "mode", f"mode {stat.S_IMODE(st.st_mode):o}, expected {rec.mode:o}"))
+                continue
+            if st.st_size != rec.size:
+                problems.append(Problem(rec.path, "changed", f"size {st.st_size}, expected {rec.size}"))
+            else:
+                to_hash.append((rec, rec.digest, rec.size))
+            problems.extend(_mode_and_mtime(rec, st))
+        elif rec.kind == "hardlink":
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(Problem(rec.path, "type", "expected a regular file (a hard link)"))
+                continue
+            target = _link_target(rec, by_path)
+            if target is None:  # the index is digest-pinned: only a damaged one gets here
+                problems.append(Problem(rec.path, "link", f"hard link target {rec.link!r} is not in the index"))
+                continue
+            try:
+                target_st = os.lstat(os.path.join(root, target.path))
+            except OSError:
+                target_st = None
+            if target_st is not None and (target_st.st_dev, target_st.st_ino) == (st.st_dev, st.st_ino):
+                continue  # one inode: its content, mode and mtime are checked as the target's
+            problems.append(Problem(rec.path, "link", f"no longer a hard link to {target.path!r}"))
+            if st.st_size != target.size:
+                problems.append(Problem(rec.path, "changed", f"size {st.st_size}, expected {target.size}"))
+            else:
+                to_hash.append((rec, target.digest, target.size))
         elif rec.kind == "dir":
             if not stat.S_ISDIR(st.st_mode):
                 problems.append(Problem(rec.path, "type", "expected a directory"))
+                continue
+            problems.extend(_mode_and_mtime(rec, st))
         elif rec.kind == "symlink":
             if not stat.S_ISLNK(st.st_mode):
                 problems.append(Problem(rec.path, "type", "expected a symlink"))
-            elif os.readlink(path) != rec.link:
-                problems.append(Problem(rec.path, "link", f"points to {os.readlink(path)!r}, expected {rec.link!r}"))
+                continue
+            if (link := os.readlink(path)) != rec.link:
+                problems.append(Problem(rec.path, "link", f"points to {link!r}, expected {rec.link!r}"))
+            problems.extend(_mode_and_mtime(rec, st, mode=False))
 
-    def check(rec: archive.MemberRecord) -> Problem | None:
+    progress.start("verify", sum(n for _, _, n in to_hash))
+
+    def check(item: tuple[archive.MemberRecord, str, int]) -> Problem | None:
+        rec, want, nbytes = item
         try:
             got = archive.file_digest(os.path.join(root, rec.path))
         except OSError as err:
-            return Problem(rec.path, "unreadable", f"cannot read ({err.strerror or err})")
+            return _cannot_check(rec, err, closed, by_path)
         finally:
-            progress.advance("verify", rec.size)
-        return None if got == rec.digest else Problem(rec.path, "changed", "content differs")
+            progress.advance("verify", nbytes)
+        return None if got == want else Problem(rec.path, "changed", "content differs")
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        problems.extend(p for p in pool.map(check, files) if p is not None)
-    known = {r.path for r in records}
+        problems.extend(p for p in pool.map(check, to_hash) if p is not None)
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         if rel_dir == ".":
             dirnames[:] = [d for d in dirnames if d != archive.METADATA_DIR]
         for name in dirnames + filenames:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel not in known:
+            if rel not in by_path:
                 problems.append(Problem(rel, "extra", "not part of the dataset"))
     progress.finish("verify")
-    return problems, len(records), sum(r.size for r in files)
+    return problems, len(records), sum(n for _, _, n in to_hash)
+
+
+def _mode_and_mtime(rec: archive.MemberRecord, st: os.stat_result, mode: bool = True) -> list[Problem]:
+    """A ``mode`` and an ``mtime`` problem where the entry's differ from the record (pull
+    applies whole seconds; symlinks have no mode of their own)."""
+    out = []
+    if mode and stat.S_IMODE(st.st_mode) != rec.mode:
+        out.append(Problem(rec.path, "mode", f"mode {stat.S_IMODE(st.st_mode):o}, expected {rec.mode:o}"))
+    if st.st_mtime_ns // 1_000_000_000 != rec.mtime:
+        out.append(Problem(rec.path, "mtime", f"mtime {_when(st.st_mtime_ns // 1_000_000_000)}, "
+                                              f"expected {_when(rec.mtime)}"))
+    return out
+
+
+def _when(seconds: int) -> str:
+    """A whole-second time as UTC ISO 8601, or the raw number where that cannot be shown."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(seconds)
+
+
+def _link_target(rec: archive.MemberRecord, by_path: dict[str, archive.MemberRecord]
+                 ) -> archive.MemberRecord | None:
+    """The regular-file record a hard link ends at (a link may name an earlier link)."""
+    seen = {rec.path}
+    target = by_path.get(rec.link)
+    while target is not None and target.kind == "hardlink" and target.path not in seen:
+        seen.add(target.path)
+        target = by_path.get(target.link)
+    return target if target is not None and target.kind == "file" else None
+
+
+def _cannot_check(rec: archive.MemberRecord, err: OSError, closed: dict[str, int],
+                  by_path: dict[str, archive.MemberRecord] | None = None) -> Problem:
+    """The problem for an entry that cannot be stat-ed or read.
+
+    A file published with no read permission for its owner (mode 0000, 0200...), or under
+    a directory published without owner read or search permission, cannot be read back by
+    anyone but root (CAP_DAC_OVERRIDE): that is how it was published, not a change, and
+    pulling again cannot help. Anything else unreadable is reported as such.
+    """
+    if isinstance(err, PermissionError):
+        mode = rec.mode
+        if rec.kind == "hardlink" and by_path is not None:
+            target = _link_target(rec, by_path)
+            mode = target.mode if target is not None else mode
+        if rec.kind in ("file", "hardlink") and not mode & stat.S_IRUSR:
+            return Problem(rec.path, "unverifiable", f"published with mode {mode:04o} (no read permission for "
+                                                     "its owner): only root can read it")
+        parent = rec.path
+        while "/" in parent:
+            parent = parent.rsplit("/", 1)[0]
+            if parent in closed:
+                return Problem(rec.path, "unverifiable", f"inside {parent!r}, published with mode "
+                                                         f"{closed[parent]:04o} (no read or search permission "
+                                                         "for its owner): only root can read it")
+    return Problem(rec.path, "unreadable", f"cannot read ({err.strerror or err})")
 
 
 def _unkept_promises(manifest: Manifest, index_path: Path) -> list[Problem]:
@@ -174,13 +276,17 @@ def _unkept_promises(manifest: Manifest, index_path: Path) -> list[Problem]:
 
 
 def _verify_parts(dest: Path, manifest: Manifest, progress: Progress) -> tuple[list[Problem], int, int]:
+    """Re-hash each part file chunk by chunk; name anything in ``dest`` that is neither a
+    part file nor ``.s3sync``."""
     problems = []
     progress.start("verify", manifest.stream_size)
+    names = set()
     for part in manifest.parts:
         name = part.key.rsplit("/", 1)[-1]
+        names.add(name)
         path = dest / name
         try:
-            with open(path, "rb", buffering=0) as f:
+            with archive.open_regular(path) as f:  # never blocks on a FIFO put in its place
                 size = os.fstat(f.fileno()).st_size
                 if size != part.size:
                     problems.append(Problem(name, "changed", f"size {size}, expected {part.size}"))
@@ -194,5 +300,10 @@ def _verify_parts(dest: Path, manifest: Manifest, progress: Progress) -> tuple[l
                         break
         except FileNotFoundError:
             problems.append(Problem(name, "missing", "part file is missing"))
+        except OSError as err:
+            problems.append(Problem(name, "unreadable", f"cannot read ({err.strerror or err})"))
+    for entry in sorted(os.listdir(dest)):
+        if entry not in names and entry != archive.METADATA_DIR:
+            problems.append(Problem(entry, "extra", "not a part file of the dataset"))
     progress.finish("verify")
     return problems, len(manifest.parts), manifest.stream_size

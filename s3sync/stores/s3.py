@@ -1,4 +1,4 @@
-"""The S3 store: the only module that imports botocore and s3transfer (boto3's stack).
+"""The S3 store: the only module that imports botocore, s3transfer and urllib3 (boto3's stack).
 
 Requests follow the S3 API reference (GetObject with ``Range`` and ``If-Match``,
 HeadObject, PutObject, ListObjectsV2, DeleteObjects, and multipart upload through
@@ -9,16 +9,19 @@ s3transfer's TransferManager). botocore exceptions are translated here into
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import ssl
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import botocore.exceptions as bexc
 import botocore.session
+import urllib3.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from ..config import S3Settings
+from ..config import S3Settings, check_endpoint_url
 from ..errors import (
     AccessDeniedError,
     ConfigError,
@@ -26,7 +29,9 @@ from ..errors import (
     IntegrityError,
     NotFoundError,
     PartChangedError,
+    S3SyncError,
     StoreError,
+    TLSError,
     TransientStoreError,
     UsageError,
 )
@@ -45,7 +50,9 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProb
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                     "InvalidToken", "TokenRefreshRequired", "ExpiredTokenException"}
 _CHANGED = {"PreconditionFailed", "412"}
-_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+BUCKET_HINT = "check the bucket name and --endpoint-url (or AWS_ENDPOINT_URL_S3)"
+"""Hint of a missing bucket; the CLI says more for publish (create the bucket first)."""
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
               "RequestTimeTooSkewed"}
 
@@ -73,12 +80,14 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
     object's CRC32 on ranged GETs, which botocore's default validation rejects).
 
     Raises:
-        CredentialsError: if the named profile does not exist.
-        ConfigError: if the AWS request checksum setting has an unknown value.
+        CredentialsError: if the named profile does not exist, or credentials cannot be
+            resolved (a key id without its secret, an expired SSO session...).
+        ConfigError: if an AWS config file or setting is invalid (an unparsable
+            ~/.aws/config, an unknown checksum or retry mode...).
         UsageError: if the endpoint URL or region is malformed.
     """
-    session = botocore.session.Session(profile=settings.profile)
     try:
+        session = botocore.session.Session(profile=settings.profile)
         s3: dict[str, Any] = {"addressing_style": "path"} if settings.endpoint_url else {}
         checksums = str(session.get_config_variable("request_checksum_calculation"))
         if checksums.strip().lower() != "when_required":
@@ -94,21 +103,258 @@ def make_client(settings: S3Settings, max_connections: int = 10) -> Any:
             response_checksum_validation="when_required",
             s3=s3 or None,
         )
-        return session.create_client("s3", endpoint_url=settings.endpoint_url,
-                                     region_name=settings.region, config=config)
+        client = session.create_client("s3", endpoint_url=settings.endpoint_url,
+                                       region_name=settings.region, config=config)
+        if settings.endpoint_url is None:
+            # An endpoint from AWS_ENDPOINT_URL_S3 or the profile: the same rule as --endpoint-url.
+            check_endpoint_url(client.meta.endpoint_url)
+        ca_bundle = session.get_config_variable("ca_bundle")
+        if ca_bundle and client.meta.endpoint_url.startswith("https:") and not os.path.isfile(ca_bundle):
+            # urllib3 would fail every connection with a bare OSError (botocore's SSLError or
+            # HTTPClientError around it): a failure no retry can fix, and that names no setting.
+            raise ConfigError(f"AWS_CA_BUNDLE (or ca_bundle in the AWS profile) names {ca_bundle!r}: no such file",
+                              hint="point AWS_CA_BUNDLE at the server's CA certificate (a PEM file), or unset it")
+        return client
     except bexc.ProfileNotFound as err:
         profile = err.kwargs.get("profile") or settings.profile
         raise CredentialsError(f"AWS profile {profile!r} not found") from err
     except bexc.InvalidChecksumConfigError as err:
         raise ConfigError(str(err), hint="set AWS_REQUEST_CHECKSUM_CALCULATION (or request_checksum_calculation "
                                          "in the AWS profile) to when_supported or when_required") from err
+    except bexc.BotoCoreError as err:
+        # Credentials are resolved here (Session.create_client), so a partial key pair, a
+        # broken ~/.aws/config or an expired SSO session surface now, not at the first request.
+        raise translate(err, "") from err
     except ValueError as err:  # e.g. AWS_ENDPOINT_URL_S3 without http://
         raise UsageError(f"invalid S3 endpoint or region: {err}",
                          hint="an endpoint URL starts with http:// or https://") from err
 
 
-def translate(err: Exception, what: str) -> StoreError:
-    """Map a botocore/urllib3 exception to an s3sync error naming ``what`` (an s3:// URL)."""
+# --------------------------------------------------------------------------- error classification
+#
+# Every exception class of botocore.exceptions that a user, their configuration or the network
+# can cause is listed below with what it means for s3sync (tests/unit/test_store_errors.py fails
+# when botocore grows a class that is in neither table). Classes are matched by type along the
+# MRO, never by message text, so a subclass botocore adds later inherits its base's meaning.
+
+_TRANSIENT = "transient"      # the request or its answer was lost: ask again (TransientStoreError)
+_CREDENTIALS = "credentials"  # no usable credentials (CredentialsError, exit 1)
+_CONFIG = "config"            # the AWS config file, profile or AWS_* variables are wrong (ConfigError, exit 2)
+_USAGE = "usage"              # a flag or name s3sync passed on is impossible (UsageError, exit 2)
+_TLS = "tls"                  # TLS could not be set up (TLSError, or transient: see _tls_error)
+
+_KINDS: dict[type[BaseException], str] = {
+    # Transport. botocore's URLLib3Session.send wraps urllib3's failures: ProtocolError (a
+    # malformed status line, a connection closed before any response: http.client's
+    # BadStatusLine and RemoteDisconnected) becomes ConnectionClosedError; anything else it
+    # did not expect, HTTPClientError. Neither says the server acted on the request, and
+    # every request s3sync sends is idempotent (GET, HEAD, PUT of the same bytes, LIST,
+    # DELETE), so each may be sent again.
+    bexc.HTTPClientError: _TRANSIENT,          # base of the three below
+    bexc.ConnectionClosedError: _TRANSIENT,
+    bexc.ReadTimeoutError: _TRANSIENT,
+    bexc.ResponseStreamingError: _TRANSIENT,   # urllib3 ProtocolError while reading a body
+    bexc.ConnectionError: _TRANSIENT,          # base of the four below
+    bexc.EndpointConnectionError: _TRANSIENT,  # refused, unreachable, DNS failure
+    bexc.ConnectTimeoutError: _TRANSIENT,
+    bexc.ProxyConnectionError: _TRANSIENT,
+    bexc.SSLError: _TLS,
+    bexc.IncompleteReadError: _TRANSIENT,      # body shorter than its Content-Length
+    bexc.ChecksumError: _TRANSIENT,            # a response checksum mismatch: corrupted in transit
+    bexc.FlexibleChecksumError: _TRANSIENT,    # the same for S3's flexible checksums
+    bexc.CapacityNotAvailableError: _TRANSIENT,  # botocore's retry quota is spent for now
+    # Credentials: resolved by botocore's chain (environment, profile, SSO, IMDS...).
+    bexc.NoCredentialsError: _CREDENTIALS,
+    bexc.PartialCredentialsError: _CREDENTIALS,  # e.g. AWS_ACCESS_KEY_ID without the secret
+    bexc.CredentialRetrievalError: _CREDENTIALS,  # credential_process, assume-role, container...
+    bexc.TokenRetrievalError: _CREDENTIALS,
+    bexc.NoAuthTokenError: _CREDENTIALS,
+    bexc.SSOError: _CREDENTIALS,
+    bexc.SSOTokenLoadError: _CREDENTIALS,
+    bexc.UnauthorizedSSOTokenError: _CREDENTIALS,
+    bexc.LoginError: _CREDENTIALS,             # 'aws login' sessions
+    bexc.LoginAuthorizationCodeError: _CREDENTIALS,
+    bexc.LoginInsufficientPermissions: _CREDENTIALS,
+    bexc.LoginRefreshRequired: _CREDENTIALS,
+    bexc.LoginTokenLoadError: _CREDENTIALS,
+    bexc.RefreshWithMFAUnsupportedError: _CREDENTIALS,
+    bexc.MetadataRetrievalError: _CREDENTIALS,  # EC2 instance metadata (IMDS)
+    bexc.UnknownCredentialError: _CREDENTIALS,
+    bexc.ProfileNotFound: _CREDENTIALS,        # --profile / AWS_PROFILE names no profile
+    # Configuration: ~/.aws/config (AWS_CONFIG_FILE), AWS_* variables, s3sync's flags.
+    bexc.ConfigParseError: _CONFIG,
+    bexc.ConfigNotFound: _CONFIG,
+    bexc.InvalidConfigError: _CONFIG,          # e.g. a source_profile that cannot work
+    bexc.InfiniteLoopConfigError: _CONFIG,
+    bexc.InvalidChecksumConfigError: _CONFIG,  # request_checksum_calculation = bogus
+    bexc.InvalidRetryConfigurationError: _CONFIG,
+    bexc.InvalidRetryModeError: _CONFIG,       # retry_mode / AWS_RETRY_MODE
+    bexc.InvalidMaxRetryAttemptsError: _CONFIG,  # max_attempts / AWS_MAX_ATTEMPTS
+    bexc.InvalidS3AddressingStyleError: _CONFIG,
+    bexc.InvalidS3UsEast1RegionalEndpointConfigError: _CONFIG,
+    bexc.InvalidSTSRegionalEndpointsConfigError: _CONFIG,
+    bexc.InvalidEndpointConfigurationError: _CONFIG,
+    bexc.InvalidEndpointDiscoveryConfigurationError: _CONFIG,
+    bexc.InvalidIMDSEndpointError: _CONFIG,
+    bexc.InvalidIMDSEndpointModeError: _CONFIG,
+    bexc.InvalidProxiesConfigError: _CONFIG,
+    bexc.InvalidDefaultsMode: _CONFIG,
+    bexc.UnknownSignatureVersionError: _CONFIG,
+    bexc.UnsupportedSignatureVersionError: _CONFIG,
+    bexc.MissingDependencyException: _CONFIG,  # a setting that needs botocore[crt] (SigV4a, CRC64)
+    bexc.MD5UnavailableError: _CONFIG,         # a FIPS system without MD5
+    bexc.UnsupportedS3ConfigurationError: _CONFIG,
+    bexc.UnsupportedS3AccesspointConfigurationError: _CONFIG,
+    bexc.AwsChunkedWrapperError: _CONFIG,      # an aws-chunked upload body botocore cannot rewind
+    # Region and endpoint, from --region / AWS_REGION / the profile.
+    bexc.BaseEndpointResolverError: _USAGE,
+    bexc.NoRegionError: _USAGE,
+    bexc.UnknownEndpointError: _USAGE,
+    bexc.UnknownFIPSEndpointError: _USAGE,
+    bexc.EndpointVariantError: _USAGE,
+    bexc.EndpointProviderError: _USAGE,
+    bexc.EndpointResolutionError: _USAGE,      # e.g. a region that is not a valid host label
+    bexc.InvalidRegionError: _USAGE,
+    bexc.UnknownRegionError: _USAGE,
+    bexc.ServiceNotInRegionError: _USAGE,
+    bexc.InvalidHostLabelError: _USAGE,
+    bexc.InvalidDNSNameError: _USAGE,          # a bucket name virtual-hosted addressing cannot use
+}
+
+UNREACHABLE: dict[type[BaseException], str] = {
+    # Request building: s3sync builds every request from validated values; one of these is a
+    # bug of s3sync, shown as an error naming the request (no retry).
+    bexc.ValidationError: "request parameters are built by s3sync from validated values",
+    bexc.ParamValidationError: "request parameters are built by s3sync from validated values",
+    bexc.RangeError: "request parameters are built by s3sync from validated values",
+    bexc.UnknownKeyError: "request parameters are built by s3sync from validated values",
+    bexc.UnknownParameterError: "request parameters are built by s3sync from validated values",
+    bexc.AliasConflictParameterError: "request parameters are built by s3sync from validated values",
+    bexc.MissingParametersError: "request parameters are built by s3sync from validated values",
+    bexc.UnknownClientMethodError: "s3sync calls only S3 operations botocore defines",
+    bexc.OperationNotPageableError: "s3sync paginates list_objects_v2 only",
+    bexc.PaginationError: "raised for paginator arguments (PageSize, StartingToken) s3sync does not pass",
+    bexc.InvalidExpressionError: "JMESPath expressions of paginators; s3sync passes none",
+    bexc.UnseekableStreamError: "s3transfer and put() send bytes in memory, always seekable",
+    # Bucket ARNs: parse_s3_url admits no ':' in a bucket name.
+    bexc.UnsupportedS3ArnError: "a bucket name from parse_s3_url cannot be an ARN",
+    bexc.UnsupportedS3ControlArnError: "s3sync does not use S3 Control",
+    bexc.UnsupportedS3ControlConfigurationError: "s3sync does not use S3 Control",
+    bexc.UnsupportedOutpostResourceError: "a bucket name from parse_s3_url cannot be an Outposts ARN",
+    # botocore's own data files and other services.
+    bexc.DataNotFoundError: "botocore's service models are installed with it",
+    bexc.UnknownServiceError: "s3sync creates 's3' clients only",
+    bexc.ApiVersionNotFoundError: "s3sync pins no API version",
+    bexc.UnknownServiceStyle: "S3's model is REST-XML",
+    bexc.UnsupportedServiceProtocolsError: "S3's model is REST-XML",
+    bexc.UnknownEndpointResolutionBuiltInName: "the endpoint ruleset ships with botocore",
+    bexc.StubResponseError: "botocore.stub is for tests; s3sync does not use it",
+    bexc.StubAssertionError: "botocore.stub is for tests; s3sync does not use it",
+    bexc.UnStubbedResponseError: "botocore.stub is for tests; s3sync does not use it",
+    bexc.WaiterError: "s3sync uses no waiters",
+    bexc.WaiterConfigError: "s3sync uses no waiters",
+}
+"""BotoCoreError subclasses s3sync cannot meet, each with the reason. If one arrives anyway it
+becomes a plain StoreError naming the request, never a retry or an 'internal error'."""
+
+_HINTS: dict[type[BaseException], str] = {
+    bexc.EndpointConnectionError: "check --endpoint-url (or AWS_ENDPOINT_URL_S3) and the network",
+    bexc.ConnectTimeoutError: "check --endpoint-url (or AWS_ENDPOINT_URL_S3) and the network",
+    bexc.ProxyConnectionError: "check the proxy in HTTPS_PROXY / HTTP_PROXY (or exclude the endpoint with NO_PROXY)",
+    bexc.PartialCredentialsError: "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or neither, to use "
+                                  "the profile), or complete the profile named by AWS_PROFILE/--profile",
+    bexc.NoCredentialsError: CredentialsError.hint,
+    bexc.SSOError: "run 'aws sso login' (with the same --profile), then run the command again",
+    bexc.LoginError: "run 'aws login' (with the same --profile), then run the command again",
+    bexc.MetadataRetrievalError: "outside EC2, configure credentials (AWS_PROFILE, aws configure) "
+                                 "or use --no-sign-request for public buckets",
+    bexc.ConfigParseError: "fix the AWS config or credentials file named above (AWS_CONFIG_FILE, "
+                           "AWS_SHARED_CREDENTIALS_FILE, ~/.aws/)",
+    bexc.ConfigNotFound: "fix AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE or create the file",
+    bexc.MissingDependencyException: "change the AWS setting named above, or install botocore[crt]",
+    bexc.BaseEndpointResolverError: "check --region (or AWS_REGION / the profile's region), e.g. us-east-1",
+    bexc.EndpointProviderError: "check --region (or AWS_REGION / the profile's region) and --endpoint-url",
+    bexc.InvalidRegionError: "check --region (or AWS_REGION / the profile's region), e.g. us-east-1",
+    bexc.InvalidHostLabelError: "check --region (or AWS_REGION / the profile's region), e.g. us-east-1",
+    bexc.InvalidDNSNameError: "use a bucket name without '_' or upper case, or set addressing_style = path "
+                              "in the profile's s3 settings",
+}
+_KIND_HINTS = {
+    _CONFIG: "fix the AWS setting named above (~/.aws/config, AWS_CONFIG_FILE or an AWS_* variable)",
+    _CREDENTIALS: CredentialsError.hint,
+    _USAGE: "check --region, --endpoint-url and the s3:// URL",
+}
+
+# What a body read can raise outside botocore: urllib3 2.x lets its SSLError (and DecodeError,
+# never met: botocore does not ask urllib3 to decode) out of StreamingBody.read, and
+# _body_readinto reads http.client directly (IncompleteRead, BadStatusLine, socket errors).
+_WIRE_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it wraps: botocore's ``error`` kwarg, exception ``args``
+    (urllib3 wraps the ssl error there), ``__cause__`` and ``__context__``."""
+    todo, seen = [err], set()
+    while todo and len(seen) < 32:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner = getattr(e, "kwargs", {}).get("error") if isinstance(getattr(e, "kwargs", None), dict) else None
+        todo += [x for x in (inner, e.__cause__, e.__context__, *e.args) if isinstance(x, BaseException)]
+
+
+def _tls_error(err: BaseException, what: str) -> StoreError:
+    """botocore's SSLError: the TLS handshake failed (TLSError, not retriable), unless the
+    peer just closed or reset the connection during it (a transient failure).
+
+    A certificate that does not verify is ``ssl.SSLCertVerificationError`` under urllib3's
+    SSLError; ``https://`` to a plain-http port fails with another ``ssl.SSLError``
+    (WRONG_VERSION_NUMBER). Python's ssl module, "Exceptions".
+    """
+    chain = list(_chain(err))
+    prefix = f"{what}: " if what else ""
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        reason = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
+        return TLSError(f"{prefix}the server's TLS certificate is not trusted "
+                        f"({getattr(reason, 'verify_message', '') or 'certificate verify failed'})",
+                        hint="if the server uses a private or self-signed certificate, set AWS_CA_BUNDLE to its "
+                             "CA certificate (PEM file); check that --endpoint-url names the server's host")
+    if any(isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError)) for e in chain):
+        return TransientStoreError(f"{prefix}connection closed during the TLS handshake")
+    return TLSError(f"{prefix}TLS handshake failed ({_one_line(err)})",
+                    hint="if the server speaks plain http, write --endpoint-url http://...; if it uses a private "
+                         "certificate, set AWS_CA_BUNDLE to its CA certificate (PEM file)")
+
+
+def kind_of(cls: type[BaseException]) -> str | None:
+    """The kind (``_KINDS``) of a botocore exception class, by its nearest listed ancestor."""
+    return next((_KINDS[c] for c in cls.__mro__ if c in _KINDS), None)
+
+
+def translate(err: Exception, what: str) -> S3SyncError:
+    """Map a botocore, urllib3, http.client or socket exception to an s3sync error.
+
+    Classification is by exception type and, for S3's answers, by error code and HTTP status
+    (S3 API reference, "Error responses"), never by message text.
+
+    Args:
+        err: the exception raised by a client call or while reading a response body.
+        what: the s3:// URL the request was about ("" for client set-up: no request yet).
+
+    Returns:
+        A ``StoreError`` (``TransientStoreError`` when asking again may succeed, ``TLSError``,
+        ``CredentialsError``...), or a ``UsageError``/``ConfigError`` for a bad setting.
+
+    Raises:
+        Exception: ``err`` itself if it is none of these (a bug: the CLI reports it as one).
+    """
+    prefix = f"{what}: " if what else ""
     if isinstance(err, bexc.ClientError):
         error = err.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -117,27 +363,44 @@ def translate(err: Exception, what: str) -> StoreError:
             return PartChangedError(f"{what} changed on the server since the manifest was written (ETag mismatch)")
         if code in _NOT_FOUND or status == "404":
             if code == "NoSuchBucket":
-                return NotFoundError(f"{what}: bucket not found", bucket_missing=True,
-                                     hint="create the bucket first or check its name")
+                return NotFoundError(f"{what}: bucket not found", bucket_missing=True, hint=BUCKET_HINT)
             return NotFoundError(f"{what}: object not found ({code or status})")
         if code in _BAD_CREDENTIALS:
             return CredentialsError(f"{what}: credentials rejected ({code})")
         if code in _DENIED or status == "403":
             return AccessDeniedError(f"{what}: access denied ({code or status})")
-        if code in _TRANSIENT or status.startswith("5"):
+        if code in _TRANSIENT_CODES or status.startswith("5"):
             return TransientStoreError(f"{what}: server error {code or status}")
+        if code == "MissingContentLength" or status == "411":
+            # Over https botocore streams an upload with its CRC32 in a trailer
+            # (Content-Encoding: aws-chunked, no Content-Length); servers that do not
+            # implement S3's flexible checksums answer 411 MissingContentLength.
+            return StoreError(f"{what}: the server refused the upload ({code or status}: it wants a "
+                              "Content-Length, and botocore sent the body aws-chunked with a trailing checksum)",
+                              hint="the server does not support S3 flexible checksums: set "
+                                   "AWS_REQUEST_CHECKSUM_CALCULATION=when_required (or request_checksum_calculation "
+                                   "= when_required in the AWS profile)")
         return StoreError(f"{what}: {code or status} {error.get('Message', '')}".strip())
-    if isinstance(err, (bexc.NoCredentialsError, bexc.PartialCredentialsError,
-                        bexc.CredentialRetrievalError, bexc.TokenRetrievalError)):
-        return CredentialsError(f"{what}: no usable AWS credentials ({type(err).__name__})")
-    if isinstance(err, bexc.EndpointConnectionError):
-        return TransientStoreError(f"{what}: cannot connect to {err.kwargs.get('endpoint_url')}",
-                                   hint="check --endpoint-url and the network")
-    if isinstance(err, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
-                        bexc.IncompleteReadError, http.client.HTTPException, OSError)):
-        return TransientStoreError(f"{what}: connection failed ({type(err).__name__})")
     if isinstance(err, bexc.BotoCoreError):
-        return StoreError(f"{what}: {err}")
+        kind = None if type(err) in UNREACHABLE else kind_of(type(err))
+        hint = next((_HINTS[c] for c in type(err).__mro__ if c in _HINTS), None)
+        if kind == _TLS:
+            return _tls_error(err, what)
+        if kind == _TRANSIENT:
+            return TransientStoreError(f"{prefix}{_one_line(err)}", hint=hint)
+        if kind == _CREDENTIALS:
+            return CredentialsError(f"{prefix}no usable AWS credentials: {_one_line(err)}",
+                                    hint=hint or _KIND_HINTS[kind])
+        if kind == _CONFIG:
+            return ConfigError(f"AWS configuration: {_one_line(err)}", hint=hint or _KIND_HINTS[kind])
+        if kind == _USAGE:
+            return UsageError(f"{prefix}{_one_line(err)}", hint=hint or _KIND_HINTS[kind])
+        return StoreError(f"{prefix}{type(err).__name__}: {_one_line(err)}")
+    if isinstance(err, urllib3.exceptions.SSLError) or isinstance(err, ssl.SSLError):
+        # After a handshake that succeeded: the stream broke (truncated record, reset).
+        return TransientStoreError(f"{prefix}TLS stream broken while reading ({type(err).__name__})")
+    if isinstance(err, _WIRE_ERRORS):
+        return TransientStoreError(f"{prefix}connection failed ({type(err).__name__})")
     raise err
 
 
@@ -162,7 +425,7 @@ def _http_response(body: Any) -> http.client.HTTPResponse | None:
     return fp if isinstance(fp, http.client.HTTPResponse) else None
 
 
-_STREAM_ERRORS = (bexc.BotoCoreError, http.client.HTTPException, OSError)
+_STREAM_ERRORS = (bexc.BotoCoreError, *_WIRE_ERRORS)
 """What reading a response body may raise: translated by ``translate``. Read straight from
 http.client, a socket error arrives as itself (ECONNRESET, EHOSTUNREACH, an SSL error, a
 timeout), not wrapped by urllib3 and botocore: every OSError is a transient store error."""
@@ -223,7 +486,7 @@ class S3Store:
             status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
             if status == "404":
                 raise NotFoundError(f"s3://{self.bucket}: bucket not found", bucket_missing=True,
-                                    hint="create the bucket first or check its name") from err
+                                    hint=BUCKET_HINT) from err
             if status == "400":
                 # A HEAD response has no body, so no error code: ask with a request that
                 # gets one (rclone's UnsupportedAlgorithm for an unsigned request, say).

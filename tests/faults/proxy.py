@@ -32,6 +32,10 @@ Actions (the classic failures of S3 clients, see issue 3):
                   the digest can tell.
 ``hook``          call ``hook(request)`` before forwarding normally (e.g. to fill a disk at
                   a precise moment).
+``bad_status``    answer a malformed status line (``HTTP/1.1 ??? garbage``: http.client's
+                  BadStatusLine), then close, without asking upstream.
+``close``         close the connection (FIN) before sending anything: http.client's
+                  RemoteDisconnected, without asking upstream.
 
 Besides rules: a global throttle (``throttle_bps``), a gate (``hold()``/``release()``) that
 freezes every response body, and per-key counters of requests and body bytes actually
@@ -60,7 +64,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authentica
 _UPSTREAM_TIMEOUT_S = 30.0
 
 ACTIONS = {"cut", "reset", "error", "flip", "ignore_range", "stall", "hang", "shift_range", "shift_range_lie",
-           "hook"}
+           "hook", "bad_status", "close"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,6 +412,13 @@ class FaultProxy:
             rule.hook(req)
         if rule is not None and rule.action == "error":
             self._reply_error(h, req, rule.status, rule.code, "injected by the fault proxy")
+            return
+        if rule is not None and rule.action == "bad_status":
+            self._send(h, req.path, b"HTTP/1.1 ??? garbage\r\nConnection: close\r\n\r\n", body=False)
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if rule is not None and rule.action == "close":
+            h.connection.shutdown(socket.SHUT_RDWR)
             return
         if rule is not None and rule.action == "hang":
             self._wait(rule.stall_s, h.connection)

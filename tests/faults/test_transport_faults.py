@@ -69,6 +69,10 @@ FAULTS = {
     "stall-mid-body": lambda: Rule("stall", key="part-", first=3, times=2, stall_after=64 * KiB, stall_s=3.0),
     # The server accepts the request and never answers (no status line) for longer than the timeout.
     "hang-before-headers": lambda: Rule("hang", key="part-", first=2, times=2, stall_s=3.0),
+    # A malformed status line, and a connection closed before any response (issue 10 item 8:
+    # botocore's ConnectionClosedError, which stopped the pull as a fatal error).
+    "bad-status-line": lambda: Rule("bad_status", key="part-", every=3),
+    "closed-before-response": lambda: Rule("close", key="part-", every=3),
     # The server sends other bytes than asked (range off by one), saying so in Content-Range.
     "wrong-range-honest": lambda: Rule("shift_range", key="part-", every=3, shift=1),
     # ... or claiming the requested Content-Range: only the chunk digest can tell.

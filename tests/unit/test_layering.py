@@ -18,6 +18,7 @@ OWNER = {
     "boto3": "stores/s3.py",
     "botocore": "stores/s3.py",
     "s3transfer": "stores/s3.py",
+    "urllib3": "stores/s3.py",
     "xxhash": "hashing.py",
     "rich": "ui.py",
     "tarfile": "archive.py",

@@ -41,3 +41,19 @@ def test_rich_progress_corrected_total_then_finish():
         assert (task.completed, task.total) == (700, 700)
     finally:
         progress.close()
+
+
+def test_a_warning_is_shown_without_verbose_and_a_note_is_not():
+    out = io.StringIO()
+    progress = PlainProgress(out, interval_s=3600)
+    progress.message("chunk 3 retried")
+    progress.message("warning: 2 entries published with no owner read permission")
+    assert out.getvalue() == "warning: 2 entries published with no owner read permission\n"
+    console_out = io.StringIO()
+    rich = RichProgress(Console(file=console_out, force_terminal=False, width=200))
+    try:
+        rich.message("chunk 3 retried")
+        rich.message("warning: 1 entry published with no owner read permission")
+    finally:
+        rich.close()
+    assert "warning: 1 entry" in console_out.getvalue() and "retried" not in console_out.getvalue()

@@ -155,3 +155,149 @@ def test_a_file_under_a_lease_is_read_once_the_holder_lets_go(tmp_path: Path) ->
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------------------- changed while being read
+# GNU tar's check ("file changed as we read it"): size, mtime and ctime from the scan,
+# compared at open and after the last byte is read. Every case below is deterministic:
+# the change is made after the scan (or from inside the read, through a wrapped
+# open_regular), and only once the file system's clock has moved past the scanned times,
+# since a write in the same timestamp tick as the scan is invisible to any stat check.
+
+
+def _after_a_tick(src: Path, scanned: os.stat_result) -> None:
+    """Return once a new timestamp on this file system differs from the scanned ones."""
+    probe = src.parent / "clock-probe"
+    while True:
+        probe.unlink(missing_ok=True)
+        probe.write_bytes(b"")  # a new inode: its times are the file system's clock now
+        now = os.stat(probe).st_mtime_ns
+        if now not in (scanned.st_mtime_ns, scanned.st_ctime_ns):
+            probe.unlink()
+            return
+
+
+def _rewrite_same_size(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"X" * 10)  # same size, same inode: only the times tell
+
+
+def _rewrite_keep_mtime(path: Path) -> None:
+    st = os.stat(path)
+    _rewrite_same_size(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as touch -r or rsync would: only ctime tells
+
+
+def _replace_by_rename(path: Path) -> None:
+    new = path.with_name(path.name + ".new")
+    new.write_bytes(b"N" * os.stat(path).st_size)
+    os.replace(new, path)
+
+
+def _grow(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"+")
+
+
+def _chmod(path: Path) -> None:
+    path.chmod(0o600)
+
+
+CHANGES = {
+    "rewrite-same-size": _rewrite_same_size,
+    "rewrite-mtime-restored": _rewrite_keep_mtime,
+    "grow": _grow,
+    "truncate": lambda p: os.truncate(p, 10),
+    "replace-by-rename": _replace_by_rename,
+    "delete": os.unlink,
+    "chmod": _chmod,
+}
+
+
+def _tar_members(data: bytes) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+
+
+def _write_tar_bytes(entries) -> tuple[BaseException | None, bytes]:
+    out = io.BytesIO()
+    try:
+        archive.write_tar(entries, out, lambda span: None)
+    except SourceError as err:
+        return err, out.getvalue()
+    return None, out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["small.bin", "big.bin"])
+@pytest.mark.parametrize("change", ["rewrite-same-size", "rewrite-mtime-restored", "replace-by-rename",
+                                    "delete", "chmod"])
+def test_file_changed_between_scan_and_read_is_refused(tmp_path: Path, name: str, change: str) -> None:
+    src = _tree(tmp_path)
+    entries = archive.scan_tree(src)
+    victim = src / "d" / name
+    _after_a_tick(src, next(e.st for e in entries if e.path == str(victim)))
+    CHANGES[change](victim)
+    err, _ = _write_tar_bytes(entries)
+    assert isinstance(err, SourceError), err
+    assert str(victim) in str(err), err
+    if change in ("rewrite-same-size", "rewrite-mtime-restored", "chmod"):
+        assert "changed while being read" in str(err), err
+        assert err.hint == "publish again when nothing is writing to SRC_DIR"
+
+
+@pytest.mark.parametrize("name", ["small.bin", "big.bin"])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_file_changed_while_being_read_is_refused_or_published_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, change: str) -> None:
+    """The change happens inside the read: after its first read(2), before the end.
+    Each outcome must be a refusal naming the file, or the bytes as they were scanned."""
+    src = _tree(tmp_path)
+    victim = src / "d" / name
+    original = victim.read_bytes()
+    entries = archive.scan_tree(src)
+    _after_a_tick(src, next(e.st for e in entries if e.path == str(victim)))
+    real_open = archive.open_regular
+    fired = []
+
+    class ChangingReader:
+        def __init__(self, f) -> None:
+            self._f = f
+
+        def read(self, n: int = -1) -> bytes:
+            data = self._f.read(n)
+            if not fired:
+                fired.append(True)
+                CHANGES[change](victim)
+            return data
+
+        def __getattr__(self, attr: str):
+            return getattr(self._f, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self._f.close()
+
+    def open_regular(path, expect=None):
+        f = real_open(path, expect)
+        return ChangingReader(f) if os.fspath(path) == str(victim) else f
+
+    monkeypatch.setattr(archive, "open_regular", open_regular)
+    err, data = _write_tar_bytes(entries)
+    assert fired
+    if err is None:  # a consistent snapshot is the only other acceptable outcome
+        assert _tar_members(data)[f"d/{name}"] == original, change
+    else:
+        assert str(victim) in str(err) and "changed while being read" in str(err), err
+    # Every one of these moves ctime (write, truncate, unlink, rename, chmod): all refused.
+    assert err is not None, change
+
+
+def test_unchanged_tree_publishes_every_byte(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    err, data = _write_tar_bytes(archive.scan_tree(src))
+    assert err is None
+    assert _tar_members(data) == {"d/big.bin": b"b" * BIG, "d/small.bin": b"s" * SMALL, "z.txt": b"last\n"}
