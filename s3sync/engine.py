@@ -26,7 +26,7 @@ from typing import Any
 
 from . import hashing
 from .config import TransferSettings
-from .errors import IntegrityError, Interrupted, S3SyncError
+from .errors import DamagedDatasetError, IntegrityError, Interrupted, NotFoundError, PartChangedError, S3SyncError
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store
@@ -75,6 +75,8 @@ class ChunkFetcher:
         self._cancel = threading.Event()
         self._rng = random.Random()
         self._pending: queue.Queue | None = None
+        self._etags: dict[str, str] = {}  # part key -> ETag of the first response in this run
+        self._etags_lock = threading.Lock()
 
     def cancel(self) -> None:
         """Ask workers to stop at their next step (between reads or retries)."""
@@ -202,6 +204,7 @@ class ChunkFetcher:
         """
         key = self.key_of(job.key)
         s = self.settings
+        bad = ""  # the wrong digest of the previous attempt
         for attempt in range(s.retries + 1):
             if self._cancel.is_set():
                 raise Interrupted("cancelled")
@@ -214,14 +217,18 @@ class ChunkFetcher:
                 if self._cancel.is_set():
                     raise Interrupted("cancelled")
 
+            def on_etag(etag: str) -> None:
+                self._observe(job, key, etag)
+
+            pinned = self._etags.get(job.key)
             try:
                 if write is None:
-                    self.store.read_range_into(key, job.offset, buf, job.etag, on_bytes)
+                    self.store.read_range_into(key, job.offset, buf, pinned, on_bytes, on_etag=on_etag)
                     got = hashing.digest(buf)
                 else:
                     hasher = hashing.Hasher()
                     pos = job.offset
-                    pieces = self.store.read_range_pieces(key, job.offset, job.length, job.etag, buf)
+                    pieces = self.store.read_range_pieces(key, job.offset, job.length, pinned, buf, on_etag=on_etag)
                     try:
                         for piece in pieces:
                             hasher.update(piece)
@@ -232,14 +239,27 @@ class ChunkFetcher:
                         pieces.close()  # the connection goes back to the pool or is closed now
                     got = hasher.hexdigest()
                 if got != job.digest:
-                    raise IntegrityError(
-                        f"s3://{self.store.bucket}/{key}: chunk {job.index} (bytes {job.offset}-"
-                        f"{job.offset + job.length - 1}) has digest {got}, expected {job.digest}")
+                    what = (f"chunk {job.index} (bytes {job.offset}-{job.offset + job.length - 1}) has digest {got}, "
+                            f"expected {job.digest}")
+                    observed = self._etags.get(job.key, "")
+                    if observed and _bare(observed) != _bare(job.etag) and (got == bad or attempt == s.retries):
+                        # Not the object published, and the same wrong bytes twice: not a transit error.
+                        raise _part_changed(
+                            job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server "
+                                 f"since publish and no longer matches the manifest: {what} (ETag {observed}, "
+                                 f"published as {job.etag})",
+                            hint="the part was overwritten after publish: republish the dataset, or pull another "
+                                 "generation or copy of it")
+                    bad = got
+                    raise IntegrityError(f"s3://{self.store.bucket}/{key}: {what}")
                 self.stats.add(received=counted, chunks=1)
                 return
             except S3SyncError as err:
                 self.stats.add(received=counted)
                 self.progress.advance("download", -counted)
+                explained = self._explain(job, key, err)
+                if explained is not err:
+                    raise explained from err
                 if not err.retriable or attempt == s.retries:
                     raise
                 self.stats.add(retries=1)
@@ -247,6 +267,62 @@ class ChunkFetcher:
                 self.progress.message(f"retrying chunk {job.index} of {job.key} in {delay:.1f}s: {err}")
                 if self._cancel.wait(delay):
                     raise Interrupted("cancelled") from err
+
+
+    def _explain(self, job: ChunkJob, key: str, err: S3SyncError) -> S3SyncError:
+        """What a store error means for a part of a published dataset: a part that is not
+        there (404) makes the dataset damaged, not a wrong name; a pinned request that
+        found another ETag (or 412) means the part changed during this pull."""
+        if isinstance(err, PartChangedError) and getattr(err, "part_index", None) is None:
+            return _part_changed(job, f"part {job.part_index} changed on the server during this pull: {err}",
+                                 hint=_RERUN_HINT)
+        if isinstance(err, NotFoundError) and not err.bucket_missing:
+            return DamagedDatasetError(
+                f"this dataset is damaged: part {job.part_index} (s3://{self.store.bucket}/{key}) is missing")
+        return err
+
+    def _observe(self, job: ChunkJob, key: str, etag: str) -> None:
+        """Pin ``job``'s part to the ETag of its first response in this run; refuse a later
+        response with another one (the part changed during the pull).
+
+        The manifest's ETag is not required: a byte-identical copy of the dataset (S3
+        CopyObject, ``aws s3 cp --recursive``) has other ETags than the multipart uploads
+        of the publish, and the chunk digests decide integrity anyway. A server that sends
+        no ETag leaves the part unpinned; the digests still check every byte.
+
+        Raises:
+            PartChangedError: naming the part and both ETags.
+        """
+        if not etag:
+            return
+        with self._etags_lock:
+            first = self._etags.get(job.key)
+            new = first is None
+            if new:
+                first = self._etags[job.key] = etag
+        if _bare(first) != _bare(etag):
+            raise _part_changed(
+                job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server during this "
+                     f"pull: ETag {first} at its first request, {etag} now", hint=_RERUN_HINT)
+        if new and _bare(etag) != _bare(job.etag):
+            self.progress.message(f"part {job.part_index} ({job.key}) has ETag {etag}, not the published {job.etag} "
+                                  "(a copy?): its chunks are checked against the manifest's digests")
+
+
+_RERUN_HINT = ("run the same command again: it keeps the chunks already verified and checks the part's current "
+               "bytes against the manifest")
+
+
+def _part_changed(job: ChunkJob, message: str, hint: str) -> PartChangedError:
+    """A PartChangedError that names ``job``'s part (``part_index`` set: not wrapped again)."""
+    err = PartChangedError(message, hint=hint)
+    err.part_index = job.part_index  # type: ignore[attr-defined]
+    return err
+
+
+def _bare(etag: str) -> str:
+    """An ETag without its quotes (servers differ in quoting)."""
+    return etag.strip().strip('"')
 
 
 class OrderedReader:

@@ -17,11 +17,12 @@ the module that calls the library, with ``raise ... from err``.
     │   ├── NotFoundError                     bucket, key or manifest missing
     │   ├── AccessDeniedError                 403 / bad signature
     │   ├── CredentialsError                  no or expired credentials
-    │   ├── PartChangedError                  ETag differs from the manifest's
+    │   ├── PartChangedError                  a part changed during the pull, or no longer matches
     │   ├── TLSError                          certificate not trusted, TLS handshake refused
     │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout, bad status line
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
+    │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── VerifyFailed                          verify found missing or changed files
     │   └── VerifyIncomplete                  nothing differs, but some files only root can read
@@ -138,7 +139,9 @@ class CredentialsError(StoreError):
 
 
 class PartChangedError(StoreError):
-    """A part's ETag differs from the one the manifest pinned: it was replaced after publish."""
+    """A part changed on the server: its ETag changed during the pull (412, or another ETag
+    than the one its first response carried), or it differs from the published one and its
+    bytes no longer match the manifest's digests."""
 
     hint = "the dataset was republished while pulling; run the same command again to pull the new generation"
 
@@ -170,6 +173,14 @@ class ManifestError(S3SyncError):
     """The manifest is not valid JSON, of an unknown version, or inconsistent."""
 
     hint = "the published dataset is damaged or from a newer s3sync; republish it or upgrade s3sync"
+
+
+class DamagedDatasetError(ManifestError):
+    """The published dataset does not hold what its manifest promises: a part object is
+    missing, or the verified stream disagrees with the manifest's member, file or byte
+    counts, its end-of-archive marker or its digests."""
+
+    hint = "the published dataset is damaged: republish it, or pull another generation or copy of it"
 
 
 class UnsafeArchiveError(S3SyncError):

@@ -263,6 +263,13 @@ class Journal:
             self._index_file.flush()
         return iter_index(self.index_path)
 
+    def forget(self) -> None:
+        """Make the next run start over from byte 0: the journal is written with an offset
+        that ``open`` refuses (negative), so the staging directory is emptied then. For a
+        run whose checks fail in a way a resumed run could no longer see (the stream digest
+        covers bytes a resumed run skips)."""
+        self.checkpoint(-1, force=True)
+
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Record that every byte before ``offset`` is safely written, and every member
         before it ``add``-ed (rate-limited)."""

@@ -182,8 +182,61 @@ class Manifest:
             raise ManifestError(f"{source}: part sizes add up to {total}, but stream.size is {stream_size}")
         if extracted_size > stream_size:
             raise ManifestError(f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
+        _check_consistency(source, stream_size, stream_digest, files, extracted_size, members, parts)
         return cls(name, generation, created, chunk_size, stream_size, stream_digest,
                    files, extracted_size, members, tuple(parts), previous=previous)
+
+
+TAR_BLOCK = 512
+"""Bytes in a tar block: every header and every member's padded data is a whole number of them."""
+END_OF_ARCHIVE = 2 * TAR_BLOCK
+"""The end-of-archive marker: two zero blocks (POSIX.1-2017, pax, "ustar Interchange Format")."""
+_EMPTY_DIGEST = hashing.digest(b"")
+
+
+def _check_consistency(source: str, stream_size: int, stream_digest: str, files: int, extracted_size: int,
+                       members: int, parts: list[PartEntry]) -> None:
+    """Cross-field rules that hold for every manifest a publish writes (docs/manifest.md section 6).
+
+    A manifest that breaks one was edited or damaged: refusing it before any GET is
+    cheaper and clearer than finding out at the end of the pull. Each rule follows from
+    the definitions alone, so no valid manifest is refused:
+
+    - the stream is a tar archive: whole 512-byte blocks, ending with the 1024-byte
+      end-of-archive marker;
+    - every member takes at least one header block and every file its data, so
+      ``members * 512 + extracted_size + 1024 <= stream.size``;
+    - files are members (``files <= members``), and file data needs files;
+    - digests of the same bytes are equal: a part of one chunk has that chunk's digest,
+      an empty part the digest of no bytes, and a stream of one non-empty part that
+      part's digest.
+
+    Raises:
+        ManifestError: naming ``source`` and the rule broken.
+    """
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"{source}: inconsistent manifest: {what}")
+
+    if stream_size % TAR_BLOCK:
+        raise fail(f"stream.size {stream_size} is not a whole number of {TAR_BLOCK}-byte tar blocks")
+    if stream_size < END_OF_ARCHIVE:
+        raise fail(f"stream.size {stream_size} cannot hold the {END_OF_ARCHIVE}-byte tar end-of-archive marker")
+    if files > members:
+        raise fail(f"dataset.files {files} exceeds dataset.members {members}")
+    if extracted_size and not files:
+        raise fail(f"dataset.extracted_size is {extracted_size} but dataset.files is 0")
+    least = members * TAR_BLOCK + extracted_size + END_OF_ARCHIVE
+    if least > stream_size:
+        raise fail(f"{members} members ({TAR_BLOCK}-byte headers), {extracted_size} bytes of file data and the "
+                   f"end-of-archive marker need at least {least} bytes, but stream.size is {stream_size}")
+    for i, part in enumerate(parts):
+        if part.size == 0 and part.digest != _EMPTY_DIGEST:
+            raise fail(f"parts[{i}] is empty but its digest is not the digest of no bytes")
+        if len(part.chunks) == 1 and part.chunks[0] != part.digest:
+            raise fail(f"parts[{i}] is one chunk, but its digest differs from that chunk's")
+    full = [part for part in parts if part.size]
+    if len(full) == 1 and full[0].digest != stream_digest:
+        raise fail("the stream is a single part, but stream.digest differs from that part's digest")
 
 
 class _Validator:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import archive, hashing
 from .errors import DestinationError, ManifestError
-from .journal import INDEX_NAME, load_index
+from .journal import INDEX_NAME, iter_index, load_index
 from .manifest import MANIFEST_NAME, Manifest
 from .planning import chunk_spans
 from .progress import NullProgress, Progress
@@ -36,7 +36,9 @@ class Problem:
     Kinds: ``missing``, ``changed`` (size or content), ``type``, ``mode``, ``mtime``,
     ``link`` (symlink target, or a hard link that is no longer one), ``extra`` (not part
     of the dataset), ``unreadable`` (cannot be read now), ``unverifiable`` (published
-    without owner read permission: only root can read it back; not a difference).
+    without owner read permission: only root can read it back; not a difference),
+    ``incomplete`` (at path ``.``: the pull recorded fewer or more members, files or bytes
+    than the manifest promises).
     """
 
     path: str
@@ -96,6 +98,7 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         except (ValueError, TypeError) as err:
             raise ManifestError(f"{index_path}: damaged record ({err})") from err
         problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
+        problems += _unkept_promises(manifest, index_path)
     return VerifyResult(dest, manifest.name, manifest.generation, checked, nbytes,
                         tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started)
 
@@ -248,6 +251,28 @@ def _cannot_check(rec: archive.MemberRecord, err: OSError, closed: dict[str, int
                                                          f"{closed[parent]:04o} (no read or search permission "
                                                          "for its owner): only root can read it")
     return Problem(rec.path, "unreadable", f"cannot read ({err.strerror or err})")
+
+
+def _unkept_promises(manifest: Manifest, index_path: Path) -> list[Problem]:
+    """The index against the manifest's counts: a pull by s3sync before 0.2 took the end of
+    the data for the end of the archive, so a manifest that had lost parts gave a 'complete'
+    pull of part of the dataset, whose index agreed with the tree.
+
+    Raises:
+        ManifestError: a damaged index record.
+    """
+    members = files = size = 0
+    try:
+        for rec in iter_index(index_path):
+            members += 1
+            if rec.kind == "file":
+                files, size = files + 1, size + rec.size
+    except (ValueError, TypeError) as err:
+        raise ManifestError(f"{index_path}: damaged record ({err})") from err
+    promised = (("members", manifest.members, members), ("files", manifest.files, files),
+                ("bytes of file data", manifest.extracted_size, size))
+    return [Problem(".", "incomplete", f"the manifest promises {want} {what}, the pull recorded {got}")
+            for what, want, got in promised if want != got]
 
 
 def _verify_parts(dest: Path, manifest: Manifest, progress: Progress) -> tuple[list[Problem], int, int]:

@@ -58,17 +58,21 @@ class Store(Protocol):
     def head(self, key: str) -> ObjectInfo:
         """Size and ETag of ``key``."""
 
-    def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str,
-                        on_bytes: Callable[[int], None] | None = None) -> None:
+    def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str | None,
+                        on_bytes: Callable[[int], None] | None = None, *,
+                        on_etag: Callable[[str], None] | None = None) -> None:
         """Fill ``buf`` with ``len(buf)`` bytes of ``key`` from ``offset`` (a ranged GET).
 
-        The request is pinned with ``If-Match: etag`` and the response's ETag is
-        compared too (some servers ignore If-Match). ``on_bytes(n)`` is called as
-        bytes arrive, for progress.
+        Unless ``etag`` is None, the request is pinned with ``If-Match: etag`` and the
+        response's ETag is compared too (some servers ignore If-Match); a mismatch raises
+        ``PartChangedError``. ``on_etag(etag)`` gets the response's ETag as sent (``""``
+        if none) before any byte of the body is used, and may raise to refuse it.
+        ``on_bytes(n)`` is called as bytes arrive, for progress.
         """
 
-    def read_range_pieces(self, key: str, offset: int, length: int, etag: str,
-                          scratch: memoryview) -> Generator[memoryview, None, None]:
+    def read_range_pieces(self, key: str, offset: int, length: int, etag: str | None,
+                          scratch: memoryview, *, on_etag: Callable[[str], None] | None = None
+                          ) -> Generator[memoryview, None, None]:
         """Yield the ``length`` bytes of ``key`` from ``offset`` in order, as views into
         ``scratch``, each valid until the next is requested (a ranged GET, checked as in
         ``read_range_into``). Pieces are at most ``len(scratch)`` bytes; their lengths add

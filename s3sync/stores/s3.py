@@ -522,12 +522,13 @@ class S3Store:
             raise translate(err, self._url(key)) from err
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
 
-    def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str,
-                        on_bytes: Callable[[int], None] | None = None) -> None:
+    def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str | None,
+                        on_bytes: Callable[[int], None] | None = None, *,
+                        on_etag: Callable[[str], None] | None = None) -> None:
         url = self._url(key)
         if len(buf) == 0:
             return
-        body, skip = self._get_range(key, offset, len(buf), etag)
+        body, skip = self._get_range(key, offset, len(buf), etag, on_etag)
         try:
             readinto = _body_readinto(body)
             _skip(readinto, skip, url)
@@ -544,12 +545,13 @@ class S3Store:
         finally:
             _finish(body)
 
-    def read_range_pieces(self, key: str, offset: int, length: int, etag: str,
-                          scratch: memoryview) -> Generator[memoryview, None, None]:
+    def read_range_pieces(self, key: str, offset: int, length: int, etag: str | None,
+                          scratch: memoryview, *, on_etag: Callable[[str], None] | None = None
+                          ) -> Generator[memoryview, None, None]:
         url = self._url(key)
         if length == 0:
             return
-        body, skip = self._get_range(key, offset, length, etag)
+        body, skip = self._get_range(key, offset, length, etag, on_etag)
         # The consumer's own errors are never thrown in here (a generator only sees
         # GeneratorExit on close), so everything caught below comes from reading the body.
         try:
@@ -568,22 +570,33 @@ class S3Store:
         finally:
             _finish(body)
 
-    def _get_range(self, key: str, offset: int, length: int, etag: str) -> tuple[Any, int]:
-        """Send a ranged GET for ``length`` (> 0) bytes at ``offset``, pinned to ``etag``;
-        check the answer. Returns the body and how many bytes to skip in it first (the
-        server ignored Range). The caller closes the body with ``_finish``."""
+    def _get_range(self, key: str, offset: int, length: int, etag: str | None,
+                   on_etag: Callable[[str], None] | None = None) -> tuple[Any, int]:
+        """Send a ranged GET for ``length`` (> 0) bytes at ``offset``, pinned to ``etag``
+        (``If-Match``; None: not pinned); check the answer, and hand its ETag to
+        ``on_etag`` before any byte of the body is read (it may raise to refuse the
+        response). Returns the body and how many bytes to skip in it first (the server
+        ignored Range). The caller closes the body with ``_finish``."""
         url = self._url(key)
+        pin = {"IfMatch": etag} if etag else {}
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag,
-                                          Range=f"bytes={offset}-{offset + length - 1}")
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}",
+                                          **pin)
         except Exception as err:
-            raise translate(err, url) from err
+            translated = translate(err, url)
+            if etag and isinstance(translated, PartChangedError):
+                # 412 Precondition Failed (S3 API reference, GetObject, If-Match).
+                translated = PartChangedError(f"{url} no longer has ETag {etag}, to which the request was "
+                                              "pinned (412 Precondition Failed)")
+            raise translated from err
         body = resp["Body"]
         try:
-            if resp.get("ETag") and _bare(resp["ETag"]) != _bare(etag):
+            got = resp.get("ETag") or ""
+            if etag and got and _bare(got) != _bare(etag):
                 # Some servers (rclone serve s3) ignore If-Match: compare ourselves.
-                raise PartChangedError(f"{url} changed on the server since the manifest was written "
-                                       f"(ETag {resp['ETag']} != {etag})")
+                raise PartChangedError(f"{url} has ETag {got}, but the request was pinned to {etag}")
+            if on_etag is not None:
+                on_etag(got)
             status = resp["ResponseMetadata"]["HTTPStatusCode"]
             content_range = resp.get("ContentRange")
             if status not in (200, 206):

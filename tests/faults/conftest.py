@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import random
 import stat
 import subprocess
 import sysconfig
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,10 +205,23 @@ class Kit:
                          settings)
         return Published(src, name, location, result.manifest)
 
-    def put_tar(self, tar_bytes: bytes, *, name: str = "ds", generation: str = "g1", files: int = 1,
-                extracted_size: int = 0, members: int = 1, chunk_size: int = 64 * KiB) -> Published:
+    def put_tar(self, tar_bytes: bytes, *, name: str = "ds", generation: str = "g1", files: int | None = None,
+                extracted_size: int | None = None, members: int | None = None,
+                chunk_size: int = 64 * KiB) -> Published:
         """Upload ``tar_bytes`` as the single part of a dataset, with a hand-written valid manifest
-        (digests from ``s3sync.hashing``), straight to the server."""
+        (digests from ``s3sync.hashing``), straight to the server. The counts a pull checks at
+        the end (members, regular files, their bytes) are read from the tar unless given."""
+        if None in (files, extracted_size, members):
+            counted = [0, 0, 0]
+            with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+                for info in tar:
+                    counted[0] += 1
+                    if info.isreg():
+                        counted[1] += 1
+                        counted[2] += info.size
+            members = counted[0] if members is None else members
+            files = counted[1] if files is None else files
+            extracted_size = counted[2] if extracted_size is None else extracted_size
         key = f"{generation}/part-00000.tar"
         location = Location(self.bucket, name)
         etag = self.client.put_object(Bucket=self.bucket, Key=location.key(key), Body=tar_bytes)["ETag"]

@@ -106,6 +106,12 @@ MANIFESTS = {
     "part-key-other-generation": _set("parts.0.key", "g2/part-00000.tar"),
     "generation-dotdot": _set("generation", ".."),
     "name-with-slash": _set("name", "../evil"),
+    # Internally inconsistent (docs/manifest.md section 6, rule 10): refused before any GET.
+    "files-exceed-members": _set("dataset.files", 3),
+    "members-exceed-stream": _set("dataset.members", 10 ** 6),
+    "stream-not-whole-blocks": lambda doc: _set("stream.size", lambda v: v - 100)(
+        _set("parts.0.size", lambda v: v - 100)(doc)),
+    "single-part-stream-digest-differs": _set("stream.digest", "0" * 32),
 }
 
 
@@ -129,6 +135,7 @@ def test_hostile_manifest_is_refused(kit, case):
     assert caught.value.exit_code == 1
     assert not (dest_parent / pub.name).exists()
     assert not staging_dir(dest_parent, pub.name).exists(), "resume state was written for a bad manifest"
+    assert kit.stats("/part-").requests == 0, "a part was fetched for a bad manifest"
 
 
 def test_valid_handmade_manifest_pulls(kit):

@@ -26,21 +26,31 @@ etags = st.text(min_size=1, max_size=40)
 
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
+    """Manifests that obey every rule of ``from_json``, cross-field ones included: whole tar
+    blocks, room for the members' headers, their data and the end-of-archive marker, files
+    among the members, and equal digests wherever two cover the same bytes."""
     chunk_size = draw(st.integers(min_value=planning.MIN_CHUNK_SIZE, max_value=planning.MAX_CHUNK_SIZE))
     gen = draw(generations)
-    sizes = draw(st.lists(st.integers(min_value=0, max_value=chunk_size * 5), min_size=1, max_size=5))
-    parts = tuple(
-        PartEntry(f"{gen}/part-{i:05d}.tar", size, draw(etags), draw(digests),
-                  tuple(draw(digests) for _ in range(planning.chunk_count(size, chunk_size))))
-        for i, size in enumerate(sizes)
-    )
+    blocks = draw(st.lists(st.integers(min_value=0, max_value=chunk_size * 5 // 512), min_size=1, max_size=5))
+    sizes = [b * 512 for b in blocks]
+    if sum(sizes) < 1024:
+        sizes[-1] += 1024  # a tar stream holds at least its end-of-archive marker
+    parts = []
+    for i, size in enumerate(sizes):
+        count = planning.chunk_count(size, chunk_size)
+        chunks = tuple(draw(digests) for _ in range(count))
+        digest = chunks[0] if count == 1 else hashing.digest(b"") if size == 0 else draw(digests)
+        parts.append(PartEntry(f"{gen}/part-{i:05d}.tar", size, draw(etags), digest, chunks))
     stream_size = sum(sizes)
+    full = [p for p in parts if p.size]
+    stream_digest = full[0].digest if len(full) == 1 else draw(digests)
+    members = draw(st.integers(min_value=0, max_value=(stream_size - 1024) // 512))
+    extracted_size = draw(st.integers(min_value=0, max_value=stream_size - 1024 - members * 512)) if members else 0
+    files = draw(st.integers(min_value=1 if extracted_size else 0, max_value=members))
     return Manifest(
         name=draw(names), generation=gen, created=draw(st.text(min_size=1, max_size=30)),
-        chunk_size=chunk_size, stream_size=stream_size, stream_digest=draw(digests),
-        files=draw(st.integers(min_value=0, max_value=10**9)),
-        extracted_size=draw(st.integers(min_value=0, max_value=stream_size)),
-        members=draw(st.integers(min_value=0, max_value=10**9)), parts=parts,
+        chunk_size=chunk_size, stream_size=stream_size, stream_digest=stream_digest,
+        files=files, extracted_size=extracted_size, members=members, parts=tuple(parts),
     )
 
 
@@ -121,6 +131,22 @@ MUTATIONS = [
     ("name absolute", _set(("name",), "/etc")),
     ("generation with slash", _set(("generation",), "../g")),
     ("created missing", _delete(("created",))),
+    # Cross-field consistency (docs/manifest.md section 6, rule 10).
+    ("stream not whole tar blocks", lambda d: (d["parts"][1].__setitem__("size", 10000),
+                                               d["stream"].__setitem__("size", d["stream"]["size"] - 240))),
+    ("no room for the end-of-archive marker", lambda d: d.update(
+        parts=[{"key": "g1/part-00000.tar", "size": 512, "etag": "e", "digest": "1" * 32, "chunks": ["1" * 32]}],
+        stream={"size": 512, "digest": "1" * 32}, dataset={"files": 0, "extracted_size": 0, "members": 0})),
+    ("more files than members", lambda d: d["dataset"].__setitem__("files", 6)),
+    ("file data without files", lambda d: d["dataset"].__setitem__("files", 0)),
+    ("more members than headers fit", lambda d: d["dataset"].__setitem__("members", 10**6)),
+    ("more file data than fits beside the headers",
+     lambda d: d["dataset"].__setitem__("extracted_size", d["stream"]["size"] - 1024)),
+    ("one-chunk part digest differs from its chunk's", lambda d: d["parts"][1].__setitem__("digest", "4" * 32)),
+    ("empty part with a digest of some bytes", lambda d: d["parts"].append(
+        {"key": "g1/part-00002.tar", "size": 0, "etag": "e", "digest": "6" * 32, "chunks": []})),
+    ("last part lost, stream.size fixed up", lambda d: (d["parts"].pop(),
+                                                        d["stream"].__setitem__("size", d["parts"][0]["size"]))),
 ] + [(f"bad key {key!r}", _set(("parts", 0, "key"), key)) for key in BAD_KEYS]
 
 
@@ -128,10 +154,10 @@ MUTATIONS = [
 def test_from_json_rejects_targeted_damage(mutate) -> None:
     m = Manifest(
         name="ds", generation="g1", created="2024-01-01T00:00:00Z",
-        chunk_size=planning.MIN_CHUNK_SIZE, stream_size=planning.MIN_CHUNK_SIZE * 2 + 5,
+        chunk_size=planning.MIN_CHUNK_SIZE, stream_size=planning.MIN_CHUNK_SIZE * 2 + 10240,
         stream_digest="1" * 32, files=3, extracted_size=10, members=5,
         parts=(PartEntry("g1/part-00000.tar", planning.MIN_CHUNK_SIZE * 2, '"e0"', "2" * 32, ("3" * 32,) * 2),
-               PartEntry("g1/part-00001.tar", 5, '"e1"', "4" * 32, ("5" * 32,))),
+               PartEntry("g1/part-00001.tar", 10240, '"e1"', "5" * 32, ("5" * 32,))),
     )
     doc = _doc(m)
     assert _parse(doc) == m  # the undamaged document is valid
@@ -237,9 +263,9 @@ def test_from_json_rejects_deep_nesting_with_manifest_error(data: bytes) -> None
 def test_from_json_rejects_trailing_newline_in_names(field: tuple, value: str) -> None:
     doc = {"format": "s3sync-manifest", "version": 1, "name": "ds", "generation": "g1",
            "created": "x", "hash": "xxh3-128", "chunk_size": planning.MIN_CHUNK_SIZE,
-           "stream": {"size": 5, "digest": "1" * 32},
+           "stream": {"size": 10240, "digest": "3" * 32},
            "dataset": {"files": 1, "extracted_size": 0, "members": 1},
-           "parts": [{"key": "g1/part-00000.tar", "size": 5, "etag": "e", "digest": "2" * 32,
+           "parts": [{"key": "g1/part-00000.tar", "size": 10240, "etag": "e", "digest": "3" * 32,
                       "chunks": ["3" * 32]}]}
     _parse(doc)
     _set(field, value)(doc)
@@ -250,10 +276,10 @@ def test_from_json_rejects_trailing_newline_in_names(field: tuple, value: str) -
 def test_from_json_rejects_non_ascii_digits_in_part_keys() -> None:
     doc = {"format": "s3sync-manifest", "version": 1, "name": "ds", "generation": "g1",
            "created": "x", "hash": "xxh3-128", "chunk_size": planning.MIN_CHUNK_SIZE,
-           "stream": {"size": 5, "digest": "1" * 32},
+           "stream": {"size": 10240, "digest": "3" * 32},
            "dataset": {"files": 1, "extracted_size": 0, "members": 1},
-           "parts": [{"key": "g1/part-\u0660\u0660\u0660\u0660\u0660.tar", "size": 5, "etag": "e",
-                      "digest": "2" * 32, "chunks": ["3" * 32]}]}
+           "parts": [{"key": "g1/part-\u0660\u0660\u0660\u0660\u0660.tar", "size": 10240, "etag": "e",
+                      "digest": "3" * 32, "chunks": ["3" * 32]}]}
     with pytest.raises(ManifestError):
         _parse(doc)
 
@@ -262,9 +288,62 @@ def test_from_json_rejects_non_ascii_digits_in_part_keys() -> None:
 def test_from_json_rejects_non_integer_version(version: object) -> None:
     doc = {"format": "s3sync-manifest", "version": version, "name": "ds", "generation": "g1",
            "created": "x", "hash": "xxh3-128", "chunk_size": planning.MIN_CHUNK_SIZE,
-           "stream": {"size": 5, "digest": "1" * 32},
+           "stream": {"size": 10240, "digest": "3" * 32},
            "dataset": {"files": 1, "extracted_size": 0, "members": 1},
-           "parts": [{"key": "g1/part-00000.tar", "size": 5, "etag": "e", "digest": "2" * 32,
+           "parts": [{"key": "g1/part-00000.tar", "size": 10240, "etag": "e", "digest": "3" * 32,
                       "chunks": ["3" * 32]}]}
     with pytest.raises(ManifestError):
         _parse(doc)
+
+
+# --------------------------------------------------------------------------- what publish writes
+
+tree_files = st.dictionaries(
+    st.tuples(st.sampled_from(["", "a/", "a/b/", "c/"]), st.from_regex(r"\A[a-z0-9]{1,6}\Z")).map("".join),
+    st.integers(min_value=0, max_value=150_000), max_size=8)
+
+
+@given(tree_files, st.sets(st.sampled_from(["e", "a/e", "c/d/e"]), max_size=2), st.booleans(),
+       st.sampled_from([64 * 1024, 96 * 1024 + 512, 128 * 1024, 1 << 20]), st.integers(min_value=1, max_value=4))
+def test_every_manifest_publish_writes_passes_validation(files, empty_dirs, link, chunk_size, part_chunks) -> None:
+    """The cross-field rules of ``from_json`` never refuse what a publish writes: the tar
+    stream and its parts are made by ``archive.write_tar`` and ``publish.PartWriter`` exactly
+    as ``publish.publish`` makes them (without the upload), and the manifest built the same
+    way. Cuts at member boundaries and hard cuts inside large members both happen."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from s3sync import archive
+    from s3sync.progress import NullProgress
+    from s3sync.publish import PartWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "src"
+        root.mkdir()
+        for rel, size in files.items():
+            try:  # a name drawn both as a file and as a directory: the first one wins
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(bytes([len(rel)]) * size)
+            except OSError:
+                pass
+        for rel in empty_dirs:
+            try:
+                (root / rel).mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
+        if link:
+            (root / "link").symlink_to("a" if (root / "a").exists() else "nowhere")
+        parts: dict[int, tuple[int, str, list[str]]] = {}
+        writer = PartWriter(chunk_size * part_chunks, chunk_size,
+                            start_part=lambda i, pipe: threading.Thread(target=pipe.read, daemon=True).start(),
+                            end_part=lambda i, size, dig, chunks: parts.__setitem__(i, (size, dig, chunks)),
+                            failed=threading.Event(), progress=NullProgress())
+        stats = archive.write_tar(archive.scan_tree(root), writer, writer.before_member)
+        writer.close()
+    m = Manifest(name="ds", generation="g1", created="2026-01-01T00:00:00Z", chunk_size=chunk_size,
+                 stream_size=writer.tell(), stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
+                 extracted_size=stats.extracted_size, members=stats.members,
+                 parts=tuple(PartEntry(f"g1/part-{i:05d}.tar", size, '"etag"', dig, tuple(chunks))
+                             for i, (size, dig, chunks) in sorted(parts.items())))
+    assert Manifest.from_json(m.to_json()) == m
