@@ -28,6 +28,7 @@ from botocore.credentials import Credentials
 from s3sync import hashing
 from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync.manifest import Manifest, PartEntry
+from s3sync.progress import NullProgress
 from s3sync.publish import publish
 from s3sync.pull import PullResult, pull
 from s3sync.stores.s3 import S3Store, make_client
@@ -341,3 +342,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("fault suite measurements")
         for key in sorted(REPORT):
             terminalreporter.write_line(f"{key}: {REPORT[key]}")
+
+
+class MessageLog(NullProgress):
+    """A progress sink that keeps the messages a pipeline gives (what -v and warnings show)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)

@@ -19,29 +19,11 @@ from s3sync.config import Location
 from s3sync.errors import DamagedDatasetError, PartChangedError
 from s3sync.stores.s3 import S3Store
 
-from .conftest import FAST_TRANSFER, Kit, Published
+from .conftest import FAST_TRANSFER, Kit, MessageLog, Published
 
 SERIAL = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=1)
 """One chunk at a time: the chunk after the first of a part is always requested pinned."""
 
-
-class Messages:
-    """A progress sink that keeps the -v messages."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def start(self, stage: str, total: int) -> None:
-        pass
-
-    def advance(self, stage: str, n: int) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-    def finish(self, stage: str) -> None:
-        pass
 
 
 def _etag(kit: Kit, key: str) -> str:
@@ -78,7 +60,7 @@ def test_server_side_copy_of_a_dataset_pulls_and_verifies(kit):
     copied = Published(src, pub.name, copy, pub.manifest)
     assert all(_etag(kit, copy.key(p["key"])) != p["etag"] for p in manifest_doc["parts"])
 
-    messages = Messages()
+    messages = MessageLog()
     result = kit.pull(copied, progress=messages)
     kit.assert_same_tree(src, result.dest)
     assert any("is checked" in line or "are checked" in line for line in messages.lines), messages.lines

@@ -22,6 +22,7 @@ from s3sync import cli
 from s3sync.verify import verify
 
 from .test_hostile_input import reg, special, tar_of
+from .conftest import MessageLog
 
 moto = pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
 
@@ -145,23 +146,6 @@ def test_files_published_without_owner_read_permission(kit, also_changed: bool) 
         assert "hint: run 's3sync verify' as root" in proc.stderr, proc.stderr
 
 
-class _Messages:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def start(self, stage: str, total: int) -> None:
-        pass
-
-    def advance(self, stage: str, n: int) -> None:
-        pass
-
-    def finish(self, stage: str) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-
 @moto
 def test_publish_warns_about_entries_without_owner_read_permission(kit) -> None:
     if os.geteuid() != 0:
@@ -177,7 +161,7 @@ def test_publish_warns_about_entries_without_owner_read_permission(kit) -> None:
         (src / name).write_bytes(b"x")
         (src / name).chmod(mode)
     (src / "sub").chmod(0o600)
-    progress = _Messages()
+    progress = MessageLog()
     publish(src, "ds", Location(kit.bucket, "ds"), kit.store(kit.server.endpoint_url), FAST_TRANSFER, progress)
     (src / "sub").chmod(0o755)
     assert progress.lines == ["warning: 5 entries published with no owner read permission ('a.bin', 'b.bin', "
@@ -185,7 +169,7 @@ def test_publish_warns_about_entries_without_owner_read_permission(kit) -> None:
     clean = kit.tmp / "src" / "clean"
     clean.mkdir()
     (clean / "f").write_bytes(b"y")
-    progress = _Messages()
+    progress = MessageLog()
     publish(clean, "clean", Location(kit.bucket, "clean"), kit.store(kit.server.endpoint_url), FAST_TRANSFER,
             progress)
     assert progress.lines == []
