@@ -312,7 +312,18 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     store = _store(settings, resolved.location.bucket)
     found = None
     try:
-        m, _ = fetch_manifest(store, resolved.location)
+        try:
+            m, _ = fetch_manifest(store, resolved.location)
+        except NotFoundError as err:
+            if not args.verbose or err.bucket_missing:
+                raise
+            # Nothing committed: what a first publish, running or dead, left is still worth showing.
+            from .leftovers import survey
+
+            found = survey(store, resolved.location, None)
+            if not found.leftovers and not found.history:
+                raise
+            return _ls_uncommitted(resolved.location, found, ui)
         if args.verbose:
             from .leftovers import survey
 
@@ -326,12 +337,7 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                "members": m.members,
                "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts]}
         if found is not None:
-            doc["history"] = [{"generation": g.name, "objects": len(g.objects), "size": g.size}
-                              for g in found.history]
-            doc["leftovers"] = [{"generation": g.name, "state": g.state, "alive": g.alive,
-                                 "host": g.lease.host if g.lease else None, "pid": g.lease.pid if g.lease else None,
-                                 "objects": len(g.objects), "size": g.size,
-                                 "incomplete_uploads": [u.key for u in g.uploads]} for g in found.leftovers]
+            doc.update(_survey_json(found))
         ui.emit_json(doc)
     else:
         ui.kv([("url", resolved.location.url()), ("name", m.name), ("generation", m.generation),
@@ -343,6 +349,29 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if found is not None:
             for line in _survey_lines(found):
                 ui.line(line)
+    return EXIT_OK
+
+
+def _survey_json(found: Any) -> dict[str, Any]:
+    """``ls -v --json``: the history generations and leftovers of a survey."""
+    return {
+        "history": [{"generation": g.name, "objects": len(g.objects), "size": g.size} for g in found.history],
+        "leftovers": [{"generation": g.name, "state": g.state, "alive": g.alive,
+                       "host": g.lease.host if g.lease else None, "pid": g.lease.pid if g.lease else None,
+                       "objects": len(g.objects), "size": g.size,
+                       "incomplete_uploads": [u.key for u in g.uploads]} for g in found.leftovers],
+    }
+
+
+def _ls_uncommitted(location: Any, found: Any, ui: UI) -> int:
+    """``ls URL -v`` where no manifest was ever committed, but publishes left objects."""
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": location.url(), "name": None, "generation": None,
+                      **_survey_json(found)})
+    else:
+        ui.kv([("url", location.url()), ("generation", "none committed (no manifest.json)")])
+        for line in _survey_lines(found):
+            ui.line(line)
     return EXIT_OK
 
 
@@ -359,7 +388,8 @@ def _survey_lines(found: Any) -> list[str]:
         if not g.alive:
             state += ", removed by the next publish"
         uploads = f", {_plural(len(g.uploads), 'incomplete multipart upload')}" if g.uploads else ""
-        lines.append(f"leftover\t{g.name}\t{state}\t{_plural(len(g.objects), 'object')}, "
+        kind = "publishing" if g.alive and g.lease is not None else "leftover"
+        lines.append(f"{kind}\t{g.name}\t{state}\t{_plural(len(g.objects), 'object')}, "
                      f"{format_size(g.size)}{uploads}")
     if not found.leftovers:
         lines.append("leftovers\tnone")
@@ -437,9 +467,23 @@ def on_interrupt(signum: int, frame: object) -> None:
     Raises:
         KeyboardInterrupt: see above.
     """
-    signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(Interrupted.exit_code))
+    signal.signal(signal.SIGINT, _exit_now)
+    signal.signal(signal.SIGTERM, _exit_now)
     interrupts.deliver()
+
+
+_AGAIN = (b"error: interrupted again: stopped at once, without the cleanup the first interrupt started\n"
+          b"hint: a pull resumes from its last checkpoint when run again; what a publish left is removed "
+          b"by the next publish of the same prefix ('s3sync ls URL -v' lists it)\n")
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """Handler of a second SIGINT or SIGTERM: say what was skipped, exit 130 at once."""
+    try:
+        os.write(2, _AGAIN)  # no print(): the interrupted code may hold the stderr buffer's lock
+    except OSError:
+        pass
+    os._exit(Interrupted.exit_code)
 
 
 def run() -> NoReturn:

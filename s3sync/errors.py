@@ -180,7 +180,7 @@ class DamagedDatasetError(ManifestError):
     missing, or the verified stream disagrees with the manifest's member, file or byte
     counts, its end-of-archive marker or its digests."""
 
-    hint = "the published dataset is damaged: republish it, or pull another generation or copy of it"
+    hint = "the published dataset is damaged: republish it (or pull an intact copy of it)"
 
 
 class UnsafeArchiveError(S3SyncError):

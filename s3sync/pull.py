@@ -21,7 +21,14 @@ from pathlib import Path
 from . import archive, hashing
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, OrderedReader
-from .errors import DamagedDatasetError, DestinationError, InsufficientSpaceError, IntegrityError, NotFoundError
+from .errors import (
+    DamagedDatasetError,
+    DestinationError,
+    InsufficientSpaceError,
+    IntegrityError,
+    NotFoundError,
+    UsageError,
+)
 from .journal import Journal, staging_dir
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, TAR_BLOCK, Manifest
 from .partfiles import PartFiles
@@ -84,7 +91,16 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
             raise
         raise NotFoundError(f"no dataset at {location.url()}: {url} not found",
                             hint="check the name with 's3sync ls', the bucket and --endpoint-url") from err
-    return Manifest.from_json(data, url), data
+    manifest = Manifest.from_json(data, url)
+    parent, _, last = location.prefix.rpartition("/")
+    if last == manifest.generation:
+        # PREFIX/<generation>/manifest.json is a history copy (docs/manifest.md): its parts
+        # live beside it, not under PREFIX/<generation>/<generation>/.
+        raise UsageError(f"{location.url()} holds the history copy of generation {manifest.generation} of "
+                         f"{Location(location.bucket, parent).url()}, not a dataset",
+                         hint=f"use {Location(location.bucket, parent).url()} (its current generation); "
+                              "pulling an older generation is not supported yet")
+    return manifest, data
 
 
 def read_marker(dest: Path) -> dict[str, str] | None:
@@ -116,6 +132,11 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     mode = "extract" if extract else "parts"
     if dest_parent.exists() and not dest_parent.is_dir():
         raise DestinationError(f"{dest_parent}: not a directory", hint="give a directory as DEST_PARENT")
+    if read_marker(dest_parent) is not None:
+        # `pull sbu /data/sbu` would nest a copy at /data/sbu/sbu, which the outer dataset's
+        # verify then reports as extra files.
+        raise DestinationError(f"{dest_parent} is itself a pulled dataset: the pull would put {name} inside it",
+                               hint=f"give the directory that holds datasets as DEST_PARENT, e.g. {dest_parent.parent}")
     _take_empty_dest(dest)
     if dest.exists() or dest.is_symlink():
         marker = read_marker(dest)
@@ -163,6 +184,9 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         _commit(journal, dest, manifest, manifest_bytes)
         journal.remove()
     except InsufficientSpaceError as err:
+        if err.needed and not offset:
+            journal.remove()  # refused before anything was written: leave no hidden staging behind
+            raise
         journal.close_quietly()
         if err.needed:
             raise

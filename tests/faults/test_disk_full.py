@@ -54,6 +54,7 @@ def test_preflight_refuses_when_space_is_clearly_too_small(kit, make_tmpfs):
     assert err.needed >= pub.manifest.extracted_size and err.available < err.needed
     assert not (dest_parent / pub.name).exists()
     assert kit.sent("part-") == 0, "parts were fetched before the preflight check"
+    assert list(dest_parent.iterdir()) == [], "a refused pull left something behind (its staging directory?)"
 
 
 def test_preflight_refuses_when_inodes_are_too_few(kit, make_tmpfs):

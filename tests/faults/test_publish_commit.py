@@ -10,6 +10,7 @@ nothing orphaned. Trees are tiny (3 parts of 128 KiB) so that every case costs l
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -518,3 +519,36 @@ def test_lost_answer_to_complete_multipart_upload(kit: Kit) -> None:
     assert got in (snapshot(src1), snapshot(src2))
     publish(tree(kit, "three", 3), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
     assert_nothing_orphaned(kit, loc)
+
+
+def test_ls_v_shows_what_a_dead_first_publish_left(kit: Kit) -> None:
+    """No manifest was ever committed (the first publish died): ``ls URL -v`` still lists the
+    leftover instead of "no dataset", and without -v the answer stays "no dataset" (exit 1)."""
+    loc = Location(kit.bucket, "first")
+    gen = "20260101T000000Z-0000dead"
+    dead_leftover(kit, loc, gen)
+    url = f"s3://{kit.bucket}/first"
+    base = [*cli_cmd(), "ls", url, "--endpoint-url", kit.server.endpoint_url]
+    out = subprocess.run([*base, "-v"], capture_output=True, timeout=60, env=dict(os.environ), text=True)
+    assert out.returncode == 0, out.stderr
+    assert "none committed" in out.stdout, out.stdout
+    assert re.search(rf"leftover\t{gen}\tdead on \S+ pid \d+, removed by the next publish", out.stdout), out.stdout
+    js = subprocess.run([*base, "-v", "--json"], capture_output=True, timeout=60, env=dict(os.environ), text=True)
+    doc = json.loads(js.stdout)
+    assert doc["generation"] is None and [g["generation"] for g in doc["leftovers"]] == [gen], doc
+    plain = subprocess.run(base, capture_output=True, timeout=60, env=dict(os.environ), text=True)
+    assert plain.returncode == 1 and "no dataset" in plain.stderr, plain.stderr
+
+
+def test_a_history_copy_is_not_taken_for_a_dataset(kit: Kit) -> None:
+    """``PREFIX/<generation>/manifest.json`` is a history copy: ``ls`` and ``pull`` of
+    ``PREFIX/<generation>`` say so (exit 2) instead of a summary and a 'damaged' pull."""
+    loc = Location(kit.bucket, "hist")
+    first = publish(tree(kit, "one", 1), "hist", loc, kit.store(kit.server.endpoint_url), SMALL).manifest
+    publish(tree(kit, "two", 2), "hist", loc, kit.store(kit.server.endpoint_url), SMALL)
+    url = f"s3://{kit.bucket}/hist/{first.generation}"
+    for cmd in (["ls", url], ["pull", url, str(kit.tmp / "histpull")]):
+        out = subprocess.run([*cli_cmd(), *cmd, "--endpoint-url", kit.server.endpoint_url], capture_output=True,
+                             timeout=60, env=dict(os.environ), text=True)
+        assert out.returncode == 2, out.stderr
+        assert "history copy of generation" in out.stderr and "Traceback" not in out.stderr, out.stderr

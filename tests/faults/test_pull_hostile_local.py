@@ -198,3 +198,14 @@ def test_read_only_dest_parent_is_refused_clearly(kit, tmpfs):
     code = kit.cli("pull", pub.url, dest_parent, "--endpoint-url", kit.server.endpoint_url)
     _out, err = code.communicate(timeout=60)
     assert code.returncode != 0 and "internal error" not in err.decode() and "Traceback" not in err.decode()
+
+
+def test_dest_parent_that_is_itself_a_pulled_dataset_is_refused(kit) -> None:
+    """``pull sbu /data/sbu`` would nest a copy at /data/sbu/sbu (which the outer dataset's
+    verify then calls extra): refused, and nothing is written."""
+    pub = kit.publish(kit.tree({"a.txt": 10}))
+    first = kit.pull(pub, kit.tmp / "data")
+    before = sorted(p.name for p in first.dest.iterdir())
+    with pytest.raises(DestinationError, match="is itself a pulled dataset"):
+        kit.pull(pub, first.dest)
+    assert sorted(p.name for p in first.dest.iterdir()) == before
