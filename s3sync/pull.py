@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, hashing
-from .config import Location, TransferSettings
+from .config import Location, TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
 from .errors import (
     DamagedDatasetError,
@@ -166,7 +166,8 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
                       mode, min_advance=manifest.chunk_size)
     offset = journal.open()
     if offset:
-        progress.message(f"resuming {name} at byte {offset} of {manifest.stream_size}")
+        progress.message(f"resuming {name} at {format_size(offset)} of {format_size(manifest.stream_size)} "
+                         f"(byte {offset:,})")
     fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
     try:
         _preflight(journal.tree, manifest, offset, extract)
@@ -204,7 +205,7 @@ def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> No
     usage = shutil.disk_usage(tree)
     if usage.free < need:
         raise InsufficientSpaceError(
-            f"{tree.parent.parent}: {usage.free} bytes free, the pull needs about {need}",
+            f"{tree.parent.parent}: {format_size(usage.free)} free, the pull needs about {format_size(need)}",
             path=str(tree.parent.parent), needed=need, available=usage.free)
     st = os.statvfs(tree)
     if extract and st.f_files and st.f_favail < manifest.members:
@@ -366,7 +367,8 @@ def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
     dest = journal.staging.parent
     free = shutil.disk_usage(journal.staging).free
     return InsufficientSpaceError(
-        f"{dest}: disk full while extracting; about {left + SPACE_MARGIN} more bytes are needed, {free} are free",
+        f"{dest}: disk full while extracting; about {format_size(left + SPACE_MARGIN)} more are needed, "
+        f"{format_size(free)} free",
         path=str(dest), needed=left + SPACE_MARGIN, available=free)
 
 
