@@ -74,7 +74,7 @@ class Lease:
         try:
             lease = cls(str(doc["generation"]), str(doc["host"]), str(doc["boot_id"]), int(doc["pid"]),
                         int(doc["start_ticks"]), str(doc["started"]), float(doc["ttl_s"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # 1e999 parses as inf: int(inf) overflows
             return None
         return lease if lease.ttl_s > 0 else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -50,6 +51,14 @@ def test_lease_round_trips_and_rejects_garbage() -> None:
     assert Lease.from_json(lease().to_json()) == lease()
     for bad in (b"", b"[]", b"{}", b'{"format": "s3sync-lease"}', b"\xff", lease(ttl=0).to_json()):
         assert Lease.from_json(bad) is None
+
+
+@pytest.mark.parametrize("field,value", [("pid", "1e999"), ("start_ticks", "-1e999"), ("ttl_s", "1" + "0" * 400)])
+def test_lease_with_numbers_out_of_range_is_no_lease(field: str, value: str) -> None:
+    doc = json.loads(lease().to_json())
+    doc[field] = "@@"
+    data = json.dumps(doc).replace('"@@"', value).encode()
+    assert Lease.from_json(data) is None
 
 
 def test_process_start_reads_this_process() -> None:
