@@ -480,9 +480,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         finally:
             for thread in threads:
                 work.put(None)
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)
+            _join_uploaders(threads, failed)
         if errors:
             err = errors[0]
             if isinstance(err, (S3SyncError, KeyboardInterrupt)):
@@ -530,6 +528,31 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
         progress.message(warning)
     return result
+
+
+def _join_uploaders(threads: list[threading.Thread], failed: threading.Event) -> None:
+    """Wait until every uploader has stopped, even through Ctrl-C or SIGTERM.
+
+    The main thread spends most of a publish here, waiting for the last parts to upload,
+    so this is where a signal usually lands. It stops the uploads (``failed``) but still
+    waits for them: removing this generation's objects while an upload is in flight would
+    let it complete its part afterwards, after the lease is gone, and a part without a
+    lease is never removed by a later publish. An upload whose part was fully handed over
+    completes; the others stop at their next read and abort their multipart upload.
+
+    Raises:
+        KeyboardInterrupt: once they have stopped, if one arrived while waiting.
+    """
+    interrupt: BaseException | None = None
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join(timeout=0.2)
+            except KeyboardInterrupt as err:
+                failed.set()
+                interrupt = err
+    if interrupt is not None:
+        raise interrupt
 
 
 class _Lost(Exception):

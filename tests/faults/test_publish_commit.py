@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import _thread
 import re
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -518,3 +520,45 @@ def test_lost_answer_to_complete_multipart_upload(kit: Kit) -> None:
     assert got in (snapshot(src1), snapshot(src2))
     publish(tree(kit, "three", 3), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
     assert_nothing_orphaned(kit, loc)
+
+
+def _main_thread_joining() -> bool:
+    """Whether the main thread is blocked in ``Thread.join`` (waiting for the uploaders)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "join" and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_interrupt_while_waiting_for_uploads_leaves_no_part_behind(kit: Kit) -> None:
+    """Ctrl-C lands where a publish spends most of its time: the main thread waiting for the
+    last part to upload. It must wait for that upload to stop before removing its generation;
+    it used to delete the parts and the lease at once, and the part completed afterwards
+    stayed forever (no lease: no later publish removes it)."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    before = bucket_keys(kit)
+    removing = threading.Event()
+
+    def hook(name: str, args: tuple) -> None:
+        if name == "delete":
+            removing.set()
+        if name == "upload" and args[0].endswith("part-00002.tar"):  # the last part
+            stream = args[1]
+            data = stream.read()  # the whole part: the writer has closed it
+            while not _main_thread_joining():
+                time.sleep(0.001)
+            _thread.interrupt_main()
+            while not (removing.is_set() or stream._failed.is_set()):
+                time.sleep(0.001)
+            args[1].read = lambda n=-1, _d=[data]: _d.pop() if _d else b""  # noqa: B023
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(tree(kit, "two", 2), "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hook),
+                dataclasses.replace(SMALL, part_size=128 * KiB))
+    assert bucket_keys(kit) == before
+    assert uploads(kit) == []
