@@ -420,8 +420,22 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
 
     base = read_current(store, location)
     me = leases.local_identity()
-    cleanup, notes = safe_clean(store, location, survey(store, location, base.generation, me=me,
-                                                        settings=lease_settings))
+    found = None
+    for _ in range(3):
+        found = survey(store, location, base.generation, me=me, settings=lease_settings)
+        # Read the manifest again once every lease has been judged: a publish that committed
+        # after the first read and died before writing its history copy (kill -9) left a
+        # current generation that the survey takes for a dead leftover. Its generation is
+        # safe only if the survey knew it was current.
+        latest = read_current(store, location)
+        if latest.etag == base.etag:
+            break
+        base, found = latest, None
+    if found is not None:
+        cleanup, notes = safe_clean(store, location, found)
+    else:
+        cleanup, notes = None, [f"did not remove what dead publishes left under {location.url()}: "
+                                "its manifest kept changing (other publishes are committing)"]
     pid = os.getpid()
     lease = Lease(generation, me.host, me.boot_id, pid, leases.process_start(pid) or 0,
                   datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s)

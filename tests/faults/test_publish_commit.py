@@ -562,3 +562,37 @@ def test_interrupt_while_waiting_for_uploads_leaves_no_part_behind(kit: Kit) -> 
                 dataclasses.replace(SMALL, part_size=128 * KiB))
     assert bucket_keys(kit) == before
     assert uploads(kit) == []
+
+
+def test_generation_committed_during_the_survey_is_not_taken_for_a_leftover(kit: Kit) -> None:
+    """Publish A commits while publish B surveys the prefix, and is killed before it writes
+    its history copy and removes its lease: its generation is current, yet B's survey (made
+    against the manifest B read first) sees a dead lease and no history copy. B must not
+    delete it (it did: the manifest then named deleted parts)."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    src_a, src_b = tree(kit, "a", 2), tree(kit, "b", 3)
+    done: list[Manifest] = []
+
+    def hook(name: str, args: tuple) -> None:
+        if name == "list" and not done:  # B's survey is about to list the prefix
+            done.append(publish(src_a, "ds", loc, kit.store(kit.server.endpoint_url), SMALL).manifest)
+            a = done[0].generation
+            # A as kill -9 right after its manifest PUT left it: lease there, no history copy.
+            kit.client.delete_object(Bucket=kit.bucket, Key=loc.key(f"{a}/manifest.json"))
+            me = leases.local_identity()
+            dead = leases.Lease(a, me.host, me.boot_id, _reaped_pid(), 1, "2026-01-01T00:00:00Z", 600.0)
+            kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{a}/lease.json"), Body=dead.to_json())
+
+    try:
+        b: Any = publish(src_b, "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hook), SMALL)
+    except PublishConflictError as err:
+        b = err
+    (a,) = done
+    assert {loc.key(p.key) for p in a.parts} <= set(bucket_keys(kit)), "the current generation was deleted"
+    assert not isinstance(b, BaseException), b
+    assert b.manifest.previous == a.generation and not b.cleanup.generations
+    assert current(kit, loc).generation == b.manifest.generation
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_b)
