@@ -21,6 +21,7 @@ from .planning import (
     DEFAULT_PART_SIZE,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    S3_MAX_OBJECT,
 )
 
 _UNITS = {
@@ -236,6 +237,9 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
                          f"{format_size(chunk)} ({chunk} bytes)",
                          hint=f"a part holds whole chunks: make --part-size at least {format_size(chunk)}, "
                               "or --chunk-size smaller")
+    if part > S3_MAX_OBJECT:
+        raise UsageError(f"part size {format_size(part)} ({part} bytes) is larger than S3's largest object, "
+                         f"{format_size(S3_MAX_OBJECT)}", hint="a part is one S3 object: pick a part size such as 10GiB")
     concurrency = num("concurrency", default_concurrency(cpus), 1, 256)
     transfer = TransferSettings(
         concurrency=concurrency,

@@ -15,6 +15,13 @@ def test_part_size_below_chunk_size_names_both_sizes() -> None:
     assert "--part-size at least 4.0 MiB" in caught.value.hint and "--help" not in caught.value.hint
 
 
+@pytest.mark.parametrize("size", ["6TiB", "99999999999999999999TiB"])
+def test_part_size_above_the_largest_s3_object_is_a_usage_error(size: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        resolve({}, {}, {"part_size": size})
+    assert "larger than S3's largest object" in str(caught.value) and "5.0 TiB" in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9000", "http://127.0.0.1:9000/", "https://s3.example.com"])
 def test_endpoint_root_urls_are_accepted(url: str) -> None:
     check_endpoint_url(url)
