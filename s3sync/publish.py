@@ -438,7 +438,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
                                 "its manifest kept changing (other publishes are committing)"]
     pid = os.getpid()
     lease = Lease(generation, me.host, me.boot_id, pid, leases.process_start(pid) or 0,
-                  datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s)
+                  datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s,
+                  me.pid_ns)
     lease_key = location.key(f"{generation}/{LEASE_NAME}")
     # Written before the first part: a publish that finds parts finds who writes them.
     try:

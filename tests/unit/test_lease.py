@@ -40,6 +40,20 @@ def test_judge(the_lease: Lease, modified: float, table: dict[int, int], want: t
     assert (v.alive, v.state) == want
 
 
+def test_judge_in_another_pid_namespace_waits_for_expiry() -> None:
+    """A container sharing this host's name and kernel (``docker run --network host``) has its
+    own process table: pid 100 there is not pid 100 here, so the lease of a publish running in
+    it must not be judged dead from here (it was, and its generation deleted under it)."""
+    me = Identity("vm", "boot-1", "pid:[4026531836]")
+    theirs = Lease("20260101T000000Z-00000000", "vm", "boot-1", 100, 555, "2026-01-01T00:00:00Z", TTL,
+                   "pid:[4026532999]")
+    assert (judge(theirs, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "live"
+    assert (judge(theirs, NOW - TTL - 1, None, NOW, me, alive_pids({}), TTL).state) == "expired"
+    same = Lease(*[getattr(theirs, f) for f in Lease.__slots__[:-1]], me.pid_ns)
+    assert (judge(same, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "dead"
+    assert Lease.from_json(theirs.to_json()) == theirs
+
+
 def test_judge_without_a_lease_is_never_dead() -> None:
     assert judge(None, None, NOW - 5, NOW, ME, alive_pids({}), TTL).alive
     # A generation without a lease is not a dead publish of ours: kept whatever its age.
