@@ -312,7 +312,18 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     store = _store(settings, resolved.location.bucket)
     found = None
     try:
-        m, _ = fetch_manifest(store, resolved.location)
+        try:
+            m, _ = fetch_manifest(store, resolved.location)
+        except NotFoundError as err:
+            # A first publish killed before its commit leaves a prefix with no manifest: -v
+            # still shows what is there (what the next publish removes), then the error.
+            if not args.verbose or err.bucket_missing or ui.as_json:
+                raise
+            from .leftovers import survey
+
+            for line in _survey_lines(survey(store, resolved.location, None)):
+                ui.line(line)
+            raise
         if args.verbose:
             from .leftovers import survey
 

@@ -596,3 +596,19 @@ def test_generation_committed_during_the_survey_is_not_taken_for_a_leftover(kit:
     assert b.manifest.previous == a.generation and not b.cleanup.generations
     assert current(kit, loc).generation == b.manifest.generation
     assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_b)
+
+
+def test_ls_v_shows_leftovers_of_a_prefix_with_no_manifest(kit: Kit) -> None:
+    """The first publish of a prefix, killed: no manifest yet, but ``ls -v`` still shows what
+    it left (and that the next publish removes it), then says there is no dataset (exit 1)."""
+    if kit.server.name != "moto":
+        pytest.skip("the listing does not depend on the server")
+    loc = Location(kit.bucket, "fresh")
+    gen = "20260101T000000Z-0dead000"
+    dead_leftover(kit, loc, gen)
+    out = subprocess.run([*cli_cmd(), "ls", f"s3://{kit.bucket}/fresh", "-v", "--endpoint-url",
+                          kit.server.endpoint_url], capture_output=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 1
+    assert re.search(rf"^leftover\t{gen}\tdead on \S+ pid \d+, removed by the next publish", out.stdout.decode(),
+                     re.M), out.stdout.decode()
+    assert out.stderr.decode().startswith("error: no dataset at"), out.stderr.decode()
