@@ -622,7 +622,11 @@ def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keep
                          f"generation {generation} may or may not be committed; nothing was deleted",
                          hint="run 's3sync ls' on the URL to see which generation is current; a later "
                               "publish removes this one if it was not") from err
-    keeper.stop()
+    try:
+        keeper.stop()
+    except KeyboardInterrupt as err:  # the read-back is done: say what it found, not "interrupted"
+        put_err = put_err or err
+        keeper.stop()  # a lease refresh in flight must not re-create the lease once it is deleted
     if outcome(held, generation, history):
         notes = list(cleanup_notes)
         try:

@@ -612,3 +612,32 @@ def test_ls_v_shows_leftovers_of_a_prefix_with_no_manifest(kit: Kit) -> None:
     assert re.search(rf"^leftover\t{gen}\tdead on \S+ pid \d+, removed by the next publish", out.stdout.decode(),
                      re.M), out.stdout.decode()
     assert out.stderr.decode().startswith("error: no dataset at"), out.stderr.decode()
+
+
+def test_interrupt_while_stopping_the_lease_keeper_after_the_commit_says_committed(
+        kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C just after the read-back confirmed the commit, while the lease refresher stops:
+    the publish finishes its bookkeeping and says that it committed (it said "interrupted: the
+    publish starts over; what was published before is unchanged")."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    from s3sync import publish as publish_mod
+
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    real_stop = publish_mod._LeaseKeeper.stop
+    calls: list[int] = []
+
+    def stop(self) -> None:
+        real_stop(self)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(publish_mod._LeaseKeeper, "stop", stop)
+    src = tree(kit, "two", 2)
+    with pytest.raises(Interrupted) as caught:
+        publish(src, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert "had committed" in str(caught.value), caught.value
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src)
+    assert_nothing_orphaned(kit, loc)
