@@ -132,7 +132,9 @@ def judge(lease: Lease | None, lease_modified: float | None, newest_modified: fl
     if (lease.host == me.host and lease.boot_id and lease.boot_id == me.boot_id
             and (not lease.pid_ns or not me.pid_ns or lease.pid_ns == me.pid_ns)):
         ticks = process_start(lease.pid)
-        if ticks is None or (lease.start_ticks and ticks != lease.start_ticks):
+        # ticks 0: the process exists but its start time is unknown (/proc/PID/stat hidden or
+        # unreadable): it may be the writer, so it is not judged dead.
+        if ticks is None or (lease.start_ticks and ticks and ticks != lease.start_ticks):
             return Verdict(False, "dead")
         return Verdict(True, "running")
     seen = lease_modified if lease_modified is not None else newest_modified
@@ -158,11 +160,15 @@ def local_identity() -> Identity:
 def process_start(pid: int) -> int | None:
     """Start time of local process ``pid`` in clock ticks since boot (``/proc/PID/stat``
     field 22, proc(5)); None if there is no such process. 0 if it exists but /proc is absent."""
+    if not 0 < pid < 2**31:  # from an untrusted lease: kill(0 or -1) would ask about a whole group
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except FileNotFoundError:
-        return None
+        # Gone, or hidden: with /proc mounted hidepid=1/2 (or a /proc of another PID
+        # namespace) another user's process has no /proc/PID, yet kill(pid, 0) still sees it.
+        return _exists(pid)
     except OSError:
         return _exists(pid)
     # Field 2 (comm) is in parentheses and may hold spaces: split after the last ')'.

@@ -28,6 +28,7 @@ def alive_pids(table: dict[int, int]):
     (lease(), NOW - 10 * TTL, {100: 555}, (True, "running")),
     (lease(), NOW, {}, (False, "dead")),
     (lease(), NOW, {100: 999}, (False, "dead")),           # pid reused by a later process
+    (lease(), NOW, {100: 0}, (True, "running")),           # exists, start time unreadable (hidepid)
     # Same host name, another boot: the process is gone, but a host name can be shared, so
     # only expiry decides (as for another host).
     (lease(boot="boot-0"), NOW - 1, {100: 555}, (True, "live")),
@@ -73,6 +74,23 @@ def test_lease_with_numbers_out_of_range_is_no_lease(field: str, value: str) -> 
     doc[field] = "@@"
     data = json.dumps(doc).replace('"@@"', value).encode()
     assert Lease.from_json(data) is None
+
+
+def test_process_start_of_a_process_hidden_from_proc_is_not_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc mounted hidepid=2 hides other users' /proc/PID: the process still exists."""
+    import builtins
+
+    real_open = builtins.open
+
+    def hidden(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        if str(path).startswith("/proc/") and str(path).endswith("/stat"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", hidden)
+    assert process_start(os.getpid()) == 0
+    for garbage in (0, -1, 2**31, 10**30):  # a lease's pid is untrusted
+        assert process_start(garbage) is None
 
 
 def test_process_start_reads_this_process() -> None:
