@@ -422,7 +422,9 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     me = leases.local_identity()
     found = None
     for _ in range(3):
-        found = survey(store, location, base.generation, me=me, settings=lease_settings)
+        # Leases expire by the server's clock (LastModified): a local clock running ahead
+        # would take another host's live publish for an expired one.
+        found = survey(store, location, base.generation, me=me, settings=lease_settings, now=store.server_time())
         # Read the manifest again once every lease has been judged: a publish that committed
         # after the first read and died before writing its history copy (kill -9) left a
         # current generation that the survey takes for a dead leftover. Its generation is

@@ -641,3 +641,29 @@ def test_interrupt_while_stopping_the_lease_keeper_after_the_commit_says_committ
     assert "had committed" in str(caught.value), caught.value
     assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src)
     assert_nothing_orphaned(kit, loc)
+
+
+def test_lease_of_another_host_is_judged_by_the_servers_clock(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's clock runs 700 s ahead (no NTP): another host's lease, refreshed just
+    now by the server's clock, is still live (ttl 600 s). The publish used to judge it by the
+    local clock, take it for expired, and delete a running publish's generation."""
+    if kit.server.name != "moto":
+        pytest.skip("both servers send a Date header; the judgement does not depend on the server")
+    from s3sync import leftovers
+
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    gen = "20260101T000000Z-0badf00d"
+    other = leases.Lease(gen, "elsewhere.example", "another-boot", 4242, 1, "2026-01-01T00:00:00Z", 600.0)
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/lease.json"), Body=other.to_json())
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/part-00000.tar"), Body=b"x" * 1000)
+
+    class Ahead:
+        @staticmethod
+        def time() -> float:
+            return time.time() + 700
+
+    monkeypatch.setattr(leftovers, "time", Ahead)
+    result = publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert not result.cleanup.generations
+    assert gens_under(kit, loc)[gen] == {"lease.json", "part-00000.tar"}
