@@ -134,6 +134,9 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML (not UTF-8: byte {err.object[err.start]:#04x} "
+                              f"at offset {err.start})") from err
     flags = {
         "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
         "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,

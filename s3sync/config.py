@@ -209,6 +209,9 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
     unknown = set(file_doc) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown field {sorted(unknown)[0]!r}")
+    for key in ("bucket", "endpoint_url", "profile", "region"):
+        if key in file_doc and not isinstance(file_doc[key], str):
+            raise ConfigError(f"{source}: {key} must be a string, not {file_doc[key]!r}")
     merged: dict[str, Any] = {k: v for k, v in file_doc.items() if k != "catalog"}
     for var, key in _ENV_KEYS.items():
         if env.get(var):

@@ -45,3 +45,21 @@ def test_bad_catalog_name_states_the_rule() -> None:
     with pytest.raises(ConfigError) as caught:
         resolve({"catalog": {"-x": {"url": "s3://b/x"}}}, {}, {}, "cfg.toml")
     assert "letters, digits" in caught.value.hint
+
+
+@pytest.mark.parametrize("key", ["bucket", "endpoint_url", "profile", "region"])
+def test_string_fields_of_the_config_file_must_be_strings(key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve({key: 5}, {}, {}, "c.toml")
+    assert str(caught.value) == f"c.toml: {key} must be a string, not 5"
+
+
+def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path, capsys) -> None:
+    from s3sync import cli
+
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"bucket = \"\xff\"\n")
+    args = cli.build_parser().parse_args(["ls"])
+    with pytest.raises(ConfigError) as caught:
+        cli.load_settings(args, {"S3SYNC_CONFIG": str(path)})
+    assert "not UTF-8: byte 0xff at offset 10" in str(caught.value)
