@@ -85,6 +85,11 @@ class Location:
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}\Z")
 
 
+def valid_bucket(name: str) -> bool:
+    """Whether ``name`` is a bucket name s3sync accepts (lower case, digits, ``.``, ``-``, ``_``)."""
+    return bool(_BUCKET_RE.match(name))
+
+
 def parse_s3_url(url: str) -> Location:
     """Parse ``s3://BUCKET[/PREFIX]`` into a Location.
 

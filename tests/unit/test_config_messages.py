@@ -63,3 +63,13 @@ def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path, capsys) -> Non
     with pytest.raises(ConfigError) as caught:
         cli.load_settings(args, {"S3SYNC_CONFIG": str(path)})
     assert "not UTF-8: byte 0xff at offset 10" in str(caught.value)
+
+
+@pytest.mark.parametrize("bucket", ["a/b", "Bad_Bucket", "x"])
+def test_invalid_bucket_from_the_environment_is_a_usage_error(bucket: str) -> None:
+    from s3sync import catalog
+
+    settings = resolve({}, {"S3SYNC_BUCKET": bucket}, {})
+    with pytest.raises(UsageError) as caught:
+        catalog.location_for_name("sbu", settings)
+    assert f"bucket {bucket!r} (S3SYNC_BUCKET" in str(caught.value)
