@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Location, Settings, parse_s3_url
+from .config import Location, Settings, parse_s3_url, valid_bucket
 from .errors import UsageError
 from .manifest import NAME_RULE, valid_name
 
@@ -82,6 +82,11 @@ def location_for_name(name: str, settings: Settings) -> Location:
         raise UsageError(f"no location for dataset {name!r}: S3SYNC_BUCKET is not set",
                          hint=f"set S3SYNC_BUCKET, add [catalog.{name}] url = \"s3://...\" to the config, "
                               "or give an s3:// URL")
+    if not valid_bucket(settings.bucket):
+        # The rule of an s3:// URL's bucket (S3SYNC_BUCKET=a/b reached botocore's parameter
+        # validation and came back as a failure of the request, exit 1).
+        raise UsageError(f"bucket {settings.bucket!r} (S3SYNC_BUCKET or the config file's bucket) is not a "
+                         "valid bucket name", hint="set S3SYNC_BUCKET to a bucket name such as my-datasets")
     return Location(settings.bucket, name)
 
 

@@ -134,6 +134,9 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML (not UTF-8: byte {err.object[err.start]:#04x} "
+                              f"at offset {err.start})") from err
     flags = {
         "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
         "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,
@@ -243,13 +246,16 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         # A file published without owner read permission is "unverifiable" to a non-root
         # user: not a difference, and pulling again cannot change it.
         unverifiable = {p.path for p in result.problems if p.kind == "unverifiable"}
-        differ = {p.path for p in result.problems if p.kind != "unverifiable"}
-        if not differ:
+        extra = {p.path for p in result.problems if p.kind == "extra"}  # not among the checked entries
+        differ = {p.path for p in result.problems if p.kind not in ("unverifiable", "extra")}
+        if not differ and not extra:
             raise VerifyIncomplete(f"{result.dest}: {len(unverifiable)} of {result.checked} entries cannot be read "
                                    f"back by this user (published without owner read permission); the rest match "
                                    f"generation {result.generation}")
+        also = (f", and {len(extra)} extra {'entry is' if len(extra) == 1 else 'entries are'} not part of it"
+                if extra else "")
         raise VerifyFailed(f"{result.dest}: {len(differ)} of {result.checked} entries differ from "
-                           f"generation {result.generation}",
+                           f"generation {result.generation}{also}",
                            hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
                                 f"it cannot read" if unverifiable else None)
     ui.info(f"{result.dest}: {_plural(result.checked, 'entry', 'entries')}, "

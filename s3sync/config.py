@@ -21,6 +21,7 @@ from .planning import (
     DEFAULT_PART_SIZE,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    S3_MAX_OBJECT,
 )
 
 _UNITS = {
@@ -82,6 +83,11 @@ class Location:
 
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,254}\Z")
+
+
+def valid_bucket(name: str) -> bool:
+    """Whether ``name`` is a bucket name s3sync accepts (lower case, digits, ``.``, ``-``, ``_``)."""
+    return bool(_BUCKET_RE.match(name))
 
 
 def parse_s3_url(url: str) -> Location:
@@ -208,6 +214,9 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
     unknown = set(file_doc) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown field {sorted(unknown)[0]!r}")
+    for key in ("bucket", "endpoint_url", "profile", "region"):
+        if key in file_doc and not isinstance(file_doc[key], str):
+            raise ConfigError(f"{source}: {key} must be a string, not {file_doc[key]!r}")
     merged: dict[str, Any] = {k: v for k, v in file_doc.items() if k != "catalog"}
     for var, key in _ENV_KEYS.items():
         if env.get(var):
@@ -236,6 +245,9 @@ def resolve(file_doc: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[
                          f"{format_size(chunk)} ({chunk} bytes)",
                          hint=f"a part holds whole chunks: make --part-size at least {format_size(chunk)}, "
                               "or --chunk-size smaller")
+    if part > S3_MAX_OBJECT:
+        raise UsageError(f"part size {format_size(part)} ({part} bytes) is larger than S3's largest object, "
+                         f"{format_size(S3_MAX_OBJECT)}", hint="a part is one S3 object: pick a part size such as 10GiB")
     concurrency = num("concurrency", default_concurrency(cpus), 1, 256)
     transfer = TransferSettings(
         concurrency=concurrency,

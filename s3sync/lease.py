@@ -46,6 +46,9 @@ class Lease:
             boot; 0 if unknown): tells the writer from a later process that reused its pid.
         started: ISO 8601 UTC time the publish started.
         ttl_s: seconds after the lease object's LastModified at which it expires.
+        pid_ns: the writer's PID namespace (``/proc/self/ns/pid``, e.g. ``pid:[4026531836]``;
+            "" if unknown): containers sharing the host's name and kernel (``--network host``)
+            see different process tables, so a pid means the same process only within one.
     """
 
     generation: str
@@ -55,11 +58,12 @@ class Lease:
     start_ticks: int
     started: str
     ttl_s: float
+    pid_ns: str = ""
 
     def to_json(self) -> bytes:
         doc = {"format": LEASE_FORMAT, "generation": self.generation, "host": self.host,
                "boot_id": self.boot_id, "pid": self.pid, "start_ticks": self.start_ticks,
-               "started": self.started, "ttl_s": self.ttl_s}
+               "started": self.started, "ttl_s": self.ttl_s, "pid_ns": self.pid_ns}
         return (json.dumps(doc, indent=1) + "\n").encode()
 
     @classmethod
@@ -73,8 +77,9 @@ class Lease:
             return None
         try:
             lease = cls(str(doc["generation"]), str(doc["host"]), str(doc["boot_id"]), int(doc["pid"]),
-                        int(doc["start_ticks"]), str(doc["started"]), float(doc["ttl_s"]))
-        except (KeyError, TypeError, ValueError):
+                        int(doc["start_ticks"]), str(doc["started"]), float(doc["ttl_s"]),
+                        str(doc.get("pid_ns", "")))
+        except (KeyError, TypeError, ValueError, OverflowError):  # 1e999 parses as inf: int(inf) overflows
             return None
         return lease if lease.ttl_s > 0 else None
 
@@ -85,6 +90,7 @@ class Identity:
 
     host: str
     boot_id: str
+    pid_ns: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,8 @@ def judge(lease: Lease | None, lease_modified: float | None, newest_modified: fl
         default_ttl_s: unused for a generation without a lease (kept whatever its age).
 
     Returns:
-        The verdict. On the same host and boot the process table decides at once; elsewhere
+        The verdict. On the same host, boot and PID namespace the process table decides at
+        once; elsewhere (another host, or a container sharing this one's name and kernel)
         only expiry can, as a host cannot see another's processes.
     """
     if lease is None:
@@ -122,9 +129,12 @@ def judge(lease: Lease | None, lease_modified: float | None, newest_modified: fl
         # ours (e.g. a generation superseded under an s3sync without history copies, which
         # a long pull may still be reading). Removing it is gc's decision, not publish's.
         return Verdict(True, "unleased")
-    if lease.host == me.host and lease.boot_id and lease.boot_id == me.boot_id:
+    if (lease.host == me.host and lease.boot_id and lease.boot_id == me.boot_id
+            and (not lease.pid_ns or not me.pid_ns or lease.pid_ns == me.pid_ns)):
         ticks = process_start(lease.pid)
-        if ticks is None or (lease.start_ticks and ticks != lease.start_ticks):
+        # ticks 0: the process exists but its start time is unknown (/proc/PID/stat hidden or
+        # unreadable): it may be the writer, so it is not judged dead.
+        if ticks is None or (lease.start_ticks and ticks and ticks != lease.start_ticks):
             return Verdict(False, "dead")
         return Verdict(True, "running")
     seen = lease_modified if lease_modified is not None else newest_modified
@@ -134,23 +144,31 @@ def judge(lease: Lease | None, lease_modified: float | None, newest_modified: fl
 
 
 def local_identity() -> Identity:
-    """This host's name and boot id ("" where /proc has none)."""
+    """This host's name, boot id and PID namespace ("" where /proc has none)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             boot_id = f.read().strip()
     except OSError:
         boot_id = ""
-    return Identity(socket.gethostname(), boot_id)
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = ""
+    return Identity(socket.gethostname(), boot_id, pid_ns)
 
 
 def process_start(pid: int) -> int | None:
     """Start time of local process ``pid`` in clock ticks since boot (``/proc/PID/stat``
     field 22, proc(5)); None if there is no such process. 0 if it exists but /proc is absent."""
+    if not 0 < pid < 2**31:  # from an untrusted lease: kill(0 or -1) would ask about a whole group
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except FileNotFoundError:
-        return None
+        # Gone, or hidden: with /proc mounted hidepid=1/2 (or a /proc of another PID
+        # namespace) another user's process has no /proc/PID, yet kill(pid, 0) still sees it.
+        return _exists(pid)
     except OSError:
         return _exists(pid)
     # Field 2 (comm) is in parentheses and may hold spaces: split after the last ')'.

@@ -22,6 +22,8 @@ GiB = 1024 * MiB
 S3_MAX_UPLOAD_PARTS = 10_000
 S3_MIN_UPLOAD_PART = 5 * MiB
 S3_MAX_UPLOAD_PART = 5 * GiB
+S3_MAX_OBJECT = 5 * 1024 * GiB
+"""S3's largest object (5 TiB): a part is one object."""
 
 DEFAULT_CHUNK_SIZE = 16 * MiB
 DEFAULT_PART_SIZE = 10 * GiB

@@ -420,11 +420,28 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
 
     base = read_current(store, location)
     me = leases.local_identity()
-    cleanup, notes = safe_clean(store, location, survey(store, location, base.generation, me=me,
-                                                        settings=lease_settings))
+    found = None
+    for _ in range(3):
+        # Leases expire by the server's clock (LastModified): a local clock running ahead
+        # would take another host's live publish for an expired one.
+        found = survey(store, location, base.generation, me=me, settings=lease_settings, now=store.server_time())
+        # Read the manifest again once every lease has been judged: a publish that committed
+        # after the first read and died before writing its history copy (kill -9) left a
+        # current generation that the survey takes for a dead leftover. Its generation is
+        # safe only if the survey knew it was current.
+        latest = read_current(store, location)
+        if latest.etag == base.etag:
+            break
+        base, found = latest, None
+    if found is not None:
+        cleanup, notes = safe_clean(store, location, found)
+    else:
+        cleanup, notes = None, [f"did not remove what dead publishes left under {location.url()}: "
+                                "its manifest kept changing (other publishes are committing)"]
     pid = os.getpid()
     lease = Lease(generation, me.host, me.boot_id, pid, leases.process_start(pid) or 0,
-                  datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s)
+                  datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), lease_settings.ttl_s,
+                  me.pid_ns)
     lease_key = location.key(f"{generation}/{LEASE_NAME}")
     # Written before the first part: a publish that finds parts finds who writes them.
     try:
@@ -480,9 +497,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         finally:
             for thread in threads:
                 work.put(None)
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)
+            _join_uploaders(threads, failed)
         if errors:
             err = errors[0]
             if isinstance(err, (S3SyncError, KeyboardInterrupt)):
@@ -530,6 +545,31 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
         progress.message(warning)
     return result
+
+
+def _join_uploaders(threads: list[threading.Thread], failed: threading.Event) -> None:
+    """Wait until every uploader has stopped, even through Ctrl-C or SIGTERM.
+
+    The main thread spends most of a publish here, waiting for the last parts to upload,
+    so this is where a signal usually lands. It stops the uploads (``failed``) but still
+    waits for them: removing this generation's objects while an upload is in flight would
+    let it complete its part afterwards, after the lease is gone, and a part without a
+    lease is never removed by a later publish. An upload whose part was fully handed over
+    completes; the others stop at their next read and abort their multipart upload.
+
+    Raises:
+        KeyboardInterrupt: once they have stopped, if one arrived while waiting.
+    """
+    interrupt: BaseException | None = None
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join(timeout=0.2)
+            except KeyboardInterrupt as err:
+                failed.set()
+                interrupt = err
+    if interrupt is not None:
+        raise interrupt
 
 
 class _Lost(Exception):
@@ -584,7 +624,11 @@ def _swap(store: Store, location: Location, manifest: Manifest, base: Held, keep
                          f"generation {generation} may or may not be committed; nothing was deleted",
                          hint="run 's3sync ls' on the URL to see which generation is current; a later "
                               "publish removes this one if it was not") from err
-    keeper.stop()
+    try:
+        keeper.stop()
+    except KeyboardInterrupt as err:  # the read-back is done: say what it found, not "interrupted"
+        put_err = put_err or err
+        keeper.stop()  # a lease refresh in flight must not re-create the lease once it is deleted
     if outcome(held, generation, history):
         notes = list(cleanup_notes)
         try:

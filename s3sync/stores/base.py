@@ -49,6 +49,10 @@ class Store(Protocol):
     def check_bucket(self) -> None:
         """Raise NotFoundError/AccessDeniedError if the bucket cannot be used."""
 
+    def server_time(self) -> float | None:
+        """The server's clock now, in seconds since the epoch, as its answer to
+        ``check_bucket`` dated it (to the second); None before that or if unknown."""
+
     def get(self, key: str) -> bytes:
         """The whole object (small objects only: the manifest)."""
 

@@ -12,6 +12,8 @@ import http.client
 import os
 import re
 import ssl
+import time
+from email.utils import parsedate_to_datetime
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -475,13 +477,23 @@ class S3Store:
         self.bucket = bucket
         self._concurrency = concurrency
         self._manager: TransferManager | None = None
+        self._clock_offset_s: float | None = None
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def server_time(self) -> float | None:
+        # The Date header of check_bucket's answer (whole seconds), against this clock.
+        return None if self._clock_offset_s is None else time.time() + self._clock_offset_s
+
     def check_bucket(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            resp = self.client.head_bucket(Bucket=self.bucket)
+            try:
+                date = parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+                self._clock_offset_s = date.timestamp() - time.time()
+            except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+                self._clock_offset_s = None  # no usable Date header: this clock is all there is
         except bexc.ClientError as err:
             status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
             if status == "404":

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import _thread
 import re
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -552,3 +554,134 @@ def test_a_history_copy_is_not_taken_for_a_dataset(kit: Kit) -> None:
                              timeout=60, env=dict(os.environ), text=True)
         assert out.returncode == 2, out.stderr
         assert "history copy of generation" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def _main_thread_joining() -> bool:
+    """Whether the main thread is blocked in ``Thread.join`` (waiting for the uploaders)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "join" and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_interrupt_while_waiting_for_uploads_leaves_no_part_behind(kit: Kit) -> None:
+    """Ctrl-C lands where a publish spends most of its time: the main thread waiting for the
+    last part to upload. It must wait for that upload to stop before removing its generation;
+    it used to delete the parts and the lease at once, and the part completed afterwards
+    stayed forever (no lease: no later publish removes it)."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    before = bucket_keys(kit)
+    removing = threading.Event()
+
+    def hook(name: str, args: tuple) -> None:
+        if name == "delete":
+            removing.set()
+        if name == "upload" and args[0].endswith("part-00002.tar"):  # the last part
+            stream = args[1]
+            data = stream.read()  # the whole part: the writer has closed it
+            while not _main_thread_joining():
+                time.sleep(0.001)
+            _thread.interrupt_main()
+            while not (removing.is_set() or stream._failed.is_set()):
+                time.sleep(0.001)
+            args[1].read = lambda n=-1, _d=[data]: _d.pop() if _d else b""  # noqa: B023
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(tree(kit, "two", 2), "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hook),
+                dataclasses.replace(SMALL, part_size=128 * KiB))
+    assert bucket_keys(kit) == before
+    assert uploads(kit) == []
+
+
+def test_generation_committed_during_the_survey_is_not_taken_for_a_leftover(kit: Kit) -> None:
+    """Publish A commits while publish B surveys the prefix, and is killed before it writes
+    its history copy and removes its lease: its generation is current, yet B's survey (made
+    against the manifest B read first) sees a dead lease and no history copy. B must not
+    delete it (it did: the manifest then named deleted parts)."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    src_a, src_b = tree(kit, "a", 2), tree(kit, "b", 3)
+    done: list[Manifest] = []
+
+    def hook(name: str, args: tuple) -> None:
+        if name == "list" and not done:  # B's survey is about to list the prefix
+            done.append(publish(src_a, "ds", loc, kit.store(kit.server.endpoint_url), SMALL).manifest)
+            a = done[0].generation
+            # A as kill -9 right after its manifest PUT left it: lease there, no history copy.
+            kit.client.delete_object(Bucket=kit.bucket, Key=loc.key(f"{a}/manifest.json"))
+            me = leases.local_identity()
+            dead = leases.Lease(a, me.host, me.boot_id, _reaped_pid(), 1, "2026-01-01T00:00:00Z", 600.0)
+            kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{a}/lease.json"), Body=dead.to_json())
+
+    try:
+        b: Any = publish(src_b, "ds", loc, HookStore(kit.store(kit.server.endpoint_url), hook), SMALL)
+    except PublishConflictError as err:
+        b = err
+    (a,) = done
+    assert {loc.key(p.key) for p in a.parts} <= set(bucket_keys(kit)), "the current generation was deleted"
+    assert not isinstance(b, BaseException), b
+    assert b.manifest.previous == a.generation and not b.cleanup.generations
+    assert current(kit, loc).generation == b.manifest.generation
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src_b)
+
+
+def test_interrupt_while_stopping_the_lease_keeper_after_the_commit_says_committed(
+        kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C just after the read-back confirmed the commit, while the lease refresher stops:
+    the publish finishes its bookkeeping and says that it committed (it said "interrupted: the
+    publish starts over; what was published before is unchanged")."""
+    if kit.server.name != "moto":
+        pytest.skip("the order of the publish's own calls does not depend on the server")
+    from s3sync import publish as publish_mod
+
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    real_stop = publish_mod._LeaseKeeper.stop
+    calls: list[int] = []
+
+    def stop(self) -> None:
+        real_stop(self)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(publish_mod._LeaseKeeper, "stop", stop)
+    src = tree(kit, "two", 2)
+    with pytest.raises(Interrupted) as caught:
+        publish(src, "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert "had committed" in str(caught.value), caught.value
+    assert pulled_tree(kit, loc, kit.tmp / "pulled") == snapshot(src)
+    assert_nothing_orphaned(kit, loc)
+
+
+def test_lease_of_another_host_is_judged_by_the_servers_clock(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's clock runs 700 s ahead (no NTP): another host's lease, refreshed just
+    now by the server's clock, is still live (ttl 600 s). The publish used to judge it by the
+    local clock, take it for expired, and delete a running publish's generation."""
+    if kit.server.name != "moto":
+        pytest.skip("both servers send a Date header; the judgement does not depend on the server")
+    from s3sync import leftovers
+
+    loc = Location(kit.bucket, "ds")
+    publish(tree(kit, "one", 1), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    gen = "20260101T000000Z-0badf00d"
+    other = leases.Lease(gen, "elsewhere.example", "another-boot", 4242, 1, "2026-01-01T00:00:00Z", 600.0)
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/lease.json"), Body=other.to_json())
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key(f"{gen}/part-00000.tar"), Body=b"x" * 1000)
+
+    class Ahead:
+        @staticmethod
+        def time() -> float:
+            return time.time() + 700
+
+    monkeypatch.setattr(leftovers, "time", Ahead)
+    result = publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert not result.cleanup.generations
+    assert gens_under(kit, loc)[gen] == {"lease.json", "part-00000.tar"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -27,6 +28,7 @@ def alive_pids(table: dict[int, int]):
     (lease(), NOW - 10 * TTL, {100: 555}, (True, "running")),
     (lease(), NOW, {}, (False, "dead")),
     (lease(), NOW, {100: 999}, (False, "dead")),           # pid reused by a later process
+    (lease(), NOW, {100: 0}, (True, "running")),           # exists, start time unreadable (hidepid)
     # Same host name, another boot: the process is gone, but a host name can be shared, so
     # only expiry decides (as for another host).
     (lease(boot="boot-0"), NOW - 1, {100: 555}, (True, "live")),
@@ -37,6 +39,20 @@ def alive_pids(table: dict[int, int]):
 def test_judge(the_lease: Lease, modified: float, table: dict[int, int], want: tuple[bool, str]) -> None:
     v = judge(the_lease, modified, modified, NOW, ME, alive_pids(table), TTL)
     assert (v.alive, v.state) == want
+
+
+def test_judge_in_another_pid_namespace_waits_for_expiry() -> None:
+    """A container sharing this host's name and kernel (``docker run --network host``) has its
+    own process table: pid 100 there is not pid 100 here, so the lease of a publish running in
+    it must not be judged dead from here (it was, and its generation deleted under it)."""
+    me = Identity("vm", "boot-1", "pid:[4026531836]")
+    theirs = Lease("20260101T000000Z-00000000", "vm", "boot-1", 100, 555, "2026-01-01T00:00:00Z", TTL,
+                   "pid:[4026532999]")
+    assert (judge(theirs, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "live"
+    assert (judge(theirs, NOW - TTL - 1, None, NOW, me, alive_pids({}), TTL).state) == "expired"
+    same = Lease(*[getattr(theirs, f) for f in Lease.__slots__[:-1]], me.pid_ns)
+    assert (judge(same, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "dead"
+    assert Lease.from_json(theirs.to_json()) == theirs
 
 
 def test_judge_without_a_lease_is_never_dead() -> None:
@@ -50,6 +66,31 @@ def test_lease_round_trips_and_rejects_garbage() -> None:
     assert Lease.from_json(lease().to_json()) == lease()
     for bad in (b"", b"[]", b"{}", b'{"format": "s3sync-lease"}', b"\xff", lease(ttl=0).to_json()):
         assert Lease.from_json(bad) is None
+
+
+@pytest.mark.parametrize("field,value", [("pid", "1e999"), ("start_ticks", "-1e999"), ("ttl_s", "1" + "0" * 400)])
+def test_lease_with_numbers_out_of_range_is_no_lease(field: str, value: str) -> None:
+    doc = json.loads(lease().to_json())
+    doc[field] = "@@"
+    data = json.dumps(doc).replace('"@@"', value).encode()
+    assert Lease.from_json(data) is None
+
+
+def test_process_start_of_a_process_hidden_from_proc_is_not_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc mounted hidepid=2 hides other users' /proc/PID: the process still exists."""
+    import builtins
+
+    real_open = builtins.open
+
+    def hidden(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        if str(path).startswith("/proc/") and str(path).endswith("/stat"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", hidden)
+    assert process_start(os.getpid()) == 0
+    for garbage in (0, -1, 2**31, 10**30):  # a lease's pid is untrusted
+        assert process_start(garbage) is None
 
 
 def test_process_start_reads_this_process() -> None:

@@ -18,3 +18,16 @@ from s3sync import cli
 ])
 def test_escape_field(text: str, shown: str) -> None:
     assert cli.escape_field(text) == shown
+
+
+def test_extra_entries_are_counted_apart_from_the_checked_ones(monkeypatch, capsys, tmp_path) -> None:
+    """'9 of 7 entries differ' counted extra files among the dataset's entries."""
+    from s3sync import verify as verify_mod
+
+    problems = tuple(verify_mod.Problem(path, kind, "x") for path, kind in [
+        ("g", "changed"), ("g", "mtime"), ("sub/f", "missing"), ("new1", "extra"), ("new2", "extra")])
+    result = verify_mod.VerifyResult(tmp_path, "ds", "gen-1", 7, 10, problems, 0.0)
+    monkeypatch.setattr(verify_mod, "verify", lambda *a, **k: result)
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 7 entries differ from generation gen-1, and 2 extra entries are not part of it" in err, err
