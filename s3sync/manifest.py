@@ -285,3 +285,14 @@ def valid_name(name: str) -> bool:
 NAME_RULE = ("a dataset name is 1 to 128 letters, digits, '.', '_', '+' or '-', starting with a letter or "
              "a digit")
 """``valid_name``'s rule in words, for hints."""
+
+
+def claims_format(data: bytes) -> bool:
+    """True if ``data`` is a JSON object whose ``format`` field names s3sync's manifest
+    format, valid or not: a damaged manifest of ours may be replaced by a publish, an
+    object that is not ours (a user's own ``manifest.json``) never is."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .leftovers import Cleanup, safe_clean, survey
 from .lease import LEASE_NAME, Lease, LeaseSettings
-from .manifest import MANIFEST_NAME, Manifest, PartEntry
+from .manifest import MANIFEST_NAME, Manifest, PartEntry, claims_format
 from .planning import upload_part_size
 from .progress import NullProgress, Progress
 from .stores.base import ObjectInfo, Store
@@ -419,6 +419,10 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     up_size = upload_part_size(settings.part_size, max(settings.chunk_size, 8 * 1024 * 1024))
 
     base = read_current(store, location)
+    if base.data is not None and base.generation is None and not claims_format(base.data):
+        raise StoreError(f"{location.url(MANIFEST_NAME)} exists and is not an s3sync manifest: not overwritten",
+                         hint="publish to another prefix (--to s3://BUCKET/PREFIX), or remove that object "
+                              "if it is yours to remove")
     me = leases.local_identity()
     found = None
     for _ in range(3):

@@ -27,7 +27,7 @@ import pytest
 
 from s3sync import lease as leases
 from s3sync.config import Location
-from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, TransientStoreError
+from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, StoreError, TransientStoreError
 from s3sync.lease import LeaseSettings
 from s3sync.leftovers import clean, survey
 from s3sync.manifest import Manifest
@@ -685,3 +685,23 @@ def test_lease_of_another_host_is_judged_by_the_servers_clock(kit: Kit, monkeypa
     result = publish(tree(kit, "two", 2), "ds", loc, kit.store(kit.server.endpoint_url), SMALL)
     assert not result.cleanup.generations
     assert gens_under(kit, loc)[gen] == {"lease.json", "part-00000.tar"}
+
+
+def test_a_foreign_manifest_json_is_never_overwritten(kit: Kit) -> None:
+    """A ``manifest.json`` at the prefix that is not s3sync's (a user's own file) is not taken
+    for a damaged manifest and replaced: publish refuses and leaves it as it was. A damaged
+    manifest of ours (right ``format``, broken fields) is replaced, which is how a dataset whose
+    manifest was corrupted gets repaired."""
+    if kit.server.name != "moto":
+        pytest.skip("the decision does not depend on the server")
+    loc = Location(kit.bucket, "theirs")
+    foreign = b'{"files": ["a.jpg"], "note": "my own manifest"}\n'
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key("manifest.json"), Body=foreign)
+    with pytest.raises(StoreError, match="is not an s3sync manifest: not overwritten"):
+        publish(tree(kit, "one", 1), "theirs", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert kit.client.get_object(Bucket=kit.bucket, Key=loc.key("manifest.json"))["Body"].read() == foreign
+    assert set(gens_under(kit, loc)) == set(), "the refused publish left objects"
+    damaged = b'{"format": "s3sync-manifest", "version": 1, "parts": "garbage"}'
+    kit.client.put_object(Bucket=kit.bucket, Key=loc.key("manifest.json"), Body=damaged)
+    result = publish(tree(kit, "one", 1), "theirs", loc, kit.store(kit.server.endpoint_url), SMALL)
+    assert current(kit, loc).generation == result.manifest.generation
