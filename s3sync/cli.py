@@ -326,14 +326,16 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             # Nothing committed: what a first publish, running or dead, left is still worth showing.
             from .leftovers import survey
 
-            found = survey(store, resolved.location, None)
+            store.check_bucket()  # learns the server's clock: leases expire by it
+            found = survey(store, resolved.location, None, now=store.server_time())
             if not found.leftovers and not found.history:
                 raise
             return _ls_uncommitted(resolved.location, found, ui)
         if args.verbose:
             from .leftovers import survey
 
-            found = survey(store, resolved.location, m.generation)
+            store.check_bucket()  # learns the server's clock: leases expire by it
+            found = survey(store, resolved.location, m.generation, now=store.server_time())
     finally:
         store.close()
     if ui.as_json:
