@@ -527,12 +527,16 @@ class SafeExtractor:
     """Extract a tar stream into ``root``, refusing anything that would escape it.
 
     Args:
-        root: the staging directory (created by the caller).
+        root: the staging directory (created by the caller): every write goes through it.
         writers: threads writing small files.
+        shown: the path named in messages, if ``root`` is another name for it (a pull passes
+            ``/proc/self/fd/N`` of the tree it opened, so that a symlink swapped in above the
+            tree while pulling is never followed; ``shown`` is the tree's ordinary path).
     """
 
-    def __init__(self, root: Path, writers: int = 2) -> None:
+    def __init__(self, root: Path | str, writers: int = 2, shown: Path | None = None) -> None:
         self.root = os.fspath(root)
+        self._shown = os.fspath(shown) if shown is not None else self.root
         self.writers = writers
         self._safe_dirs: set[str] = {""}
         # Mode bits open() may take away: the umask's, or all of them under a default
@@ -668,7 +672,7 @@ class SafeExtractor:
         try:
             digest = self._write_regular(path, name, mode, mtime, (memoryview(data),))
         except OSError as err:
-            raise translate_os_error(err, path) from err
+            raise translate_os_error(err, self._show(path)) from err
         return MemberRecord(name, "file", len(data), mode, mtime, digest)
 
     def _write_regular(self, path: str, member_name: str, mode: int, mtime: int,
@@ -742,7 +746,13 @@ class SafeExtractor:
                 return MemberRecord(name, "hardlink", 0, mode, mtime, link=target)
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
         except OSError as err:
-            raise translate_os_error(err, path) from err
+            raise translate_os_error(err, self._show(path)) from err
+
+    def _show(self, path: str) -> str:
+        """``path`` (under ``root``) as named in messages (under ``shown``)."""
+        if self._shown != self.root and (path == self.root or path.startswith(self.root + "/")):
+            return self._shown + path[len(self.root):]
+        return path
 
     def _check_name(self, member: tarfile.TarInfo, name: str | None = None) -> str:
         raw = member.name if name is None else name
@@ -774,7 +784,7 @@ class SafeExtractor:
             try:
                 os.mkdir(path, 0o700)
             except OSError as err:
-                raise translate_os_error(err, path) from err
+                raise translate_os_error(err, self._show(path)) from err
         else:
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafeArchiveError(f"tar member {member_name!r} would be written through the symlink {rel!r}")

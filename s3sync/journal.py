@@ -89,6 +89,7 @@ class Journal:
         self._index_size = 0
         self._parent_fd: int | None = None
         self._lock_fd: int | None = None
+        self._tree_fd: int | None = None
 
     @property
     def offset(self) -> int:
@@ -185,15 +186,13 @@ class Journal:
                     os.mkdir(TREE_NAME, dir_fd=fd)
                 except FileExistsError:
                     pass
-            tree_fd = self._open_subdir(fd, TREE_NAME, self.tree)
+            # Kept open until the end: pull writes the tree only through it (``tree_path``).
+            self._tree_fd = tree_fd = self._open_subdir(fd, TREE_NAME, self.tree)
             try:
-                try:
-                    os.mkdir(METADATA_DIR, dir_fd=tree_fd)
-                except FileExistsError:
-                    pass
-                meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
-            finally:
-                os.close(tree_fd)
+                os.mkdir(METADATA_DIR, dir_fd=tree_fd)
+            except FileExistsError:
+                pass
+            meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
             try:
                 index_fd = os.open(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
                                    | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
@@ -232,6 +231,19 @@ class Journal:
                                    hint=_write_hint(self.staging.parent)) from err
         return self.offset
 
+    @property
+    def tree_path(self) -> str:
+        """A name of ``tree/`` that always reaches the directory ``open`` made (or reused),
+        wherever it is now: ``/proc/self/fd/N`` of its open descriptor. Someone who can write
+        DEST_PARENT may rename the staging directory away while pulling and put a symlink in
+        its place; every path built on ``self.tree`` would then be followed. (``str(self.tree)``
+        where /proc is not mounted.)"""
+        if self._tree_fd is not None:
+            proc = f"/proc/self/fd/{self._tree_fd}"
+            if os.path.isdir(proc):
+                return proc
+        return str(self.tree)
+
     def _open_subdir(self, dir_fd: int, name: str, path: Path) -> int:
         """Open the directory ``name`` under ``dir_fd`` without following a symlink."""
         try:
@@ -261,7 +273,7 @@ class Journal:
         """
         if self._index_file is not None:
             self._index_file.flush()
-        return iter_index(self.index_path)
+        return iter_index(Path(self.tree_path, METADATA_DIR, INDEX_NAME))
 
     def forget(self) -> None:
         """Make the next run start over from byte 0: the journal is written with an offset
@@ -325,7 +337,7 @@ class Journal:
             self._unlock()
 
     def _unlock(self) -> None:
-        for attr in ("_lock_fd", "_parent_fd"):
+        for attr in ("_tree_fd", "_lock_fd", "_parent_fd"):
             fd = getattr(self, attr)
             if fd is not None:
                 setattr(self, attr, None)

@@ -23,10 +23,12 @@ class PartFiles:
     Args:
         directory: where the part files go (it exists).
         parts: ``(file name, size in bytes)`` per part index.
+        shown: ``directory`` as named in messages (default: ``directory``).
     """
 
-    def __init__(self, directory: Path, parts: list[tuple[str, int]]) -> None:
+    def __init__(self, directory: Path, parts: list[tuple[str, int]], shown: Path | None = None) -> None:
         self.directory = directory
+        self.shown = shown or directory
         self.parts = parts
         self._fds: dict[int, int] = {}
         # One writer per part file at a time: concurrent pwrite()s to one inode contend on
@@ -54,7 +56,7 @@ class PartFiles:
                 os.ftruncate(fd, size)
         except OSError as err:
             self.close()
-            raise translate_os_error(err, str(self.directory)) from err
+            raise translate_os_error(err, str(self.shown)) from err
         return self
 
     def write(self, job: ChunkJob, offset: int, data: memoryview) -> None:
@@ -76,7 +78,7 @@ class PartFiles:
                     n = os.pwrite(fd, data, offset)
                     data, offset = data[n:], offset + n
         except OSError as err:
-            raise translate_os_error(err, str(self.directory)) from err
+            raise translate_os_error(err, str(self.shown)) from err
         finally:
             with self._gate:
                 self._writing -= 1
