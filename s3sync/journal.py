@@ -167,6 +167,10 @@ class Journal:
                 and state.get("mode") == self.mode
                 and isinstance(state.get("offset"), int) and state["offset"] >= 0
                 and isinstance(state.get("index_size", 0), int))
+        if same and TREE_NAME not in names:
+            # The journal describes a tree that is gone (removed, or moved away): resuming
+            # would extract only the rest and find the counts short ("damaged"). Start over.
+            same = False
         try:
             if not same:
                 # Keep the directory (it carries the lock) and the journal until the new
@@ -382,8 +386,16 @@ class Journal:
             DestinationError: something is in the way, or the rename failed.
         """
         dest = self.staging.parent / name
+        # Only the directory opened at ``open`` (and written through ``tree_path``) is the
+        # dataset: a symlink or another directory swapped in at tree/ meanwhile is not
+        # renamed into place (checked before, and after in case it was swapped in between).
+        if not self._is_our_tree(TREE_NAME, self._lock_fd):
+            raise _planted(self.tree)
         try:
             os.rename(TREE_NAME, name, src_dir_fd=self._lock_fd, dst_dir_fd=self._parent_fd)
+            if not self._is_our_tree(name, self._parent_fd):
+                os.rename(name, TREE_NAME, src_dir_fd=self._parent_fd, dst_dir_fd=self._lock_fd)
+                raise _planted(self.tree)
         except OSError as err:
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                 raise DestinationError(
@@ -393,6 +405,17 @@ class Journal:
             raise DestinationError(f"{dest}: cannot move the finished dataset into place ({err.strerror})",
                                    hint=_write_hint(self.staging.parent)) from err
         return dest
+
+    def _is_our_tree(self, name: str, dir_fd: int | None) -> bool:
+        """True if ``name`` under ``dir_fd`` is the tree directory opened at ``open`` itself."""
+        if self._tree_fd is None:
+            return True  # not opened (cannot happen in a pull): nothing to compare with
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        ours = os.fstat(self._tree_fd)
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
 
     def remove(self) -> None:
         """Delete the staging directory (after ``tree/`` was moved into place); its journal

@@ -13,7 +13,7 @@ import pytest
 from s3sync.errors import DestinationError
 from s3sync.journal import Journal, staging_dir
 
-from .test_pull_crash_points import CHUNK_SMALL, moto_only, small_batches  # noqa: F401
+from .test_pull_crash_points import CHUNK_SMALL, cli_signal_handlers, count_calls, moto_only, small_batches  # noqa: F401
 
 FILES = {**{f"t/t{i:02d}.txt": 100 + i for i in range(12)}, "big/a.bin": 150 * 1024, "z/late.txt": 10}
 
@@ -73,3 +73,60 @@ def test_staging_swapped_for_a_symlink_mid_pull(kit, monkeypatch, small_batches,
     assert listing(victim) == before, "the pull wrote into the victim through the symlink"
     for rel, data in canaries:
         assert (victim / rel).read_bytes() == data, rel
+
+
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "no-extract"])
+def test_tree_swapped_for_a_symlink_just_before_the_rename(kit, monkeypatch, extract):
+    """tree/ replaced by a symlink after the completion marker was written, just before the
+    rename: the symlink must not be renamed into DEST_PARENT/NAME as if it were the dataset.
+    The pull refuses; once the symlink is gone, a rerun completes."""
+    moto_only(kit)
+    src = kit.tree(FILES)
+    pub = kit.publish(src, chunk_size=CHUNK_SMALL)
+    dest_parent = kit.tmp / "dest"
+    staging = staging_dir(dest_parent, pub.name)
+    victim = kit.tmp / "victim"
+    canaries = shaped_victim(victim)
+    before = listing(victim)
+    real = Journal.move_tree
+
+    def swap_then_move(self, name):
+        os.rename(staging / "tree", kit.tmp / "moved-tree")
+        (staging / "tree").symlink_to(victim / "tree")
+        return real(self, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "move_tree", swap_then_move)
+        with pytest.raises(DestinationError) as caught:
+            kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url), extract=extract)
+    assert str(staging / "tree") in str(caught.value) and caught.value.hint
+    dest = dest_parent / pub.name
+    assert not dest.exists() and not dest.is_symlink(), "a symlink was committed as the dataset"
+    assert listing(victim) == before
+    for rel, data in canaries:
+        assert (victim / rel).read_bytes() == data, rel
+    (staging / "tree").unlink()
+    result = kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url), extract=extract)
+    kit.assert_pulled(pub, result.dest, extract)
+    assert listing(victim) == before
+
+
+@pytest.mark.parametrize("extract", [True, False], ids=["extract", "no-extract"])
+def test_rerun_after_the_committed_dataset_was_moved_away_pulls_again(kit, monkeypatch, extract):
+    """Interrupted after the rename, before the staging directory was removed (its journal
+    says: everything done); the user then moves the dataset away. The rerun must pull it
+    again, not resume at the end into an empty tree and call the dataset damaged."""
+    moto_only(kit)
+    src = kit.tree(FILES)
+    pub = kit.publish(src, chunk_size=CHUNK_SMALL)
+    dest_parent = kit.tmp / "dest"
+    fired: list = []
+    with monkeypatch.context() as m:
+        count_calls(m, Journal, "remove", 1, "before", fired)
+        with cli_signal_handlers(), pytest.raises(KeyboardInterrupt):
+            kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url), extract=extract)
+    assert fired and (dest_parent / pub.name).is_dir()
+    os.rename(dest_parent / pub.name, kit.tmp / "elsewhere")
+    result = kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url), extract=extract)
+    kit.assert_pulled(pub, result.dest, extract)
+    assert sorted(os.listdir(dest_parent)) == [pub.name]
