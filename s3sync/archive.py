@@ -297,6 +297,37 @@ def check_unchanged(expect: os.stat_result, st: os.stat_result) -> None:
         raise SourceChanged("modified since the scan (ctime changed)")
 
 
+class NotRegularFile(OSError):
+    """A file pull keeps its state in is something else (a FIFO, a device, a directory)."""
+
+
+def open_regular_for_write(name: str | Path, flags: int, mode: int, dir_fd: int | None = None) -> int:
+    """``os.open`` for writing a file pull owns, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` for the open only: opening a FIFO planted at ``name`` for writing would
+    otherwise wait for ever for a reader (fifo(7)). Pass ``O_NOFOLLOW`` in ``flags`` to
+    refuse a symlink (ELOOP).
+
+    Raises:
+        NotRegularFile: ``name`` exists and is not a regular file.
+        OSError: the open failed.
+    """
+    try:
+        fd = os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # a FIFO without a reader (open(2))
+            raise NotRegularFile(errno.ENXIO, "a FIFO, not a regular file", os.fspath(name)) from err
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(name))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_leased(path: str | Path) -> int:
     """Open a file that has a lease for reading, waiting for the lease break (see
     ``open_regular``); return the descriptor."""

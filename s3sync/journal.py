@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
-from .archive import METADATA_DIR, MemberRecord, translate_os_error
+from .archive import METADATA_DIR, MemberRecord, NotRegularFile, open_regular_for_write, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
@@ -167,9 +167,10 @@ class Journal:
                 and state.get("mode") == self.mode
                 and isinstance(state.get("offset"), int) and state["offset"] >= 0
                 and isinstance(state.get("index_size", 0), int))
-        if same and TREE_NAME not in names:
-            # The journal describes a tree that is gone (removed, or moved away): resuming
-            # would extract only the rest and find the counts short ("damaged"). Start over.
+        if same and (TREE_NAME not in names or _index_lost_records(fd, state.get("index_size", 0))):
+            # The journal describes a tree (or an index) that is gone or cut short (removed,
+            # or moved away): resuming would extract only the rest and find the counts short
+            # ("damaged"). Start over.
             same = False
         try:
             if not same:
@@ -198,11 +199,11 @@ class Journal:
                 pass
             meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
             try:
-                index_fd = os.open(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
+                index_fd = open_regular_for_write(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                                                  | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
             except OSError as err:
-                if err.errno == errno.ELOOP:
-                    raise _planted(self.index_path) from err
+                if err.errno == errno.ELOOP or isinstance(err, NotRegularFile):  # a FIFO: never waited on
+                    raise _planted(self.index_path, self.staging) from err
                 raise
             finally:
                 os.close(meta_fd)
@@ -254,7 +255,7 @@ class Journal:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _planted(path) from err
+                raise _planted(path, self.staging) from err
             raise
 
     def add(self, record: MemberRecord) -> None:
@@ -390,12 +391,12 @@ class Journal:
         # dataset: a symlink or another directory swapped in at tree/ meanwhile is not
         # renamed into place (checked before, and after in case it was swapped in between).
         if not self._is_our_tree(TREE_NAME, self._lock_fd):
-            raise _planted(self.tree)
+            raise _planted(self.tree, self.staging)
         try:
             os.rename(TREE_NAME, name, src_dir_fd=self._lock_fd, dst_dir_fd=self._parent_fd)
             if not self._is_our_tree(name, self._parent_fd):
                 os.rename(name, TREE_NAME, src_dir_fd=self._parent_fd, dst_dir_fd=self._lock_fd)
-                raise _planted(self.tree)
+                raise _planted(self.tree, self.staging)
         except OSError as err:
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                 raise DestinationError(
@@ -470,9 +471,30 @@ class Journal:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _planted(path: Path) -> DestinationError:
+def _index_lost_records(staging_fd: int, index_size: int) -> bool:
+    """True if ``tree/.s3sync/index.jsonl`` is missing or shorter than ``index_size`` bytes
+    (the records the journal counts on). A symlink or a special file anywhere on the way is
+    not looked through: ``open`` refuses it afterwards."""
+    fd = staging_fd
+    opened: list[int] = []
+    try:
+        for name in (TREE_NAME, METADATA_DIR):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            opened.append(fd)
+        st = os.stat(INDEX_NAME, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return index_size > 0
+    except OSError:
+        return False
+    finally:
+        for o in opened:
+            os.close(o)
+    return stat.S_ISREG(st.st_mode) and st.st_size < index_size
+
+
+def _planted(path: Path, staging: Path) -> DestinationError:
     return DestinationError(f"{path}: a symlink (or another file) where pull keeps its own state; not followed",
-                            hint=f"remove {path.parent} (a partial pull; it only costs a fresh start), "
+                            hint=f"remove {staging} (a partial pull; it only costs a fresh start), "
                                  "then run the command again")
 
 
