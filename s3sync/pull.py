@@ -253,10 +253,18 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     dirs: list[archive.MemberRecord] = []  # this run's and, on resume, an earlier run's
     if offset:
         # Reading the whole index back costs ~5 % of a pull of 100,000 tiny files: only on resume.
-        for record in journal.records():
-            seen.add(record)
-            if record.kind == "dir":
-                dirs.append(record)
+        try:
+            for record in journal.records():
+                seen.add(record)
+                if record.kind == "dir":
+                    dirs.append(record)
+        except (ValueError, TypeError) as err:
+            # An index damaged on disk (an OS crash can leave zeros where unsynced records
+            # were): this run cannot resume from it; the next one starts over.
+            journal.forget()
+            raise DestinationError(
+                f"{journal.index_path}: the resume state of this pull is damaged ({err}); it was discarded",
+                hint="run the same command again: it starts the pull over") from err
         progress.advance("extract", seen.extracted_size)
         progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
                          "the member counts and the end of the archive")

@@ -93,3 +93,22 @@ def test_index_that_lost_records_makes_the_rerun_start_over(kit, monkeypatch, sm
     result = kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url))
     assert result.resumed_from == 0
     kit.assert_same_tree(src, result.dest)
+
+
+def test_index_garbled_on_disk_is_a_clear_error_and_the_rerun_starts_over(kit, monkeypatch, small_batches):  # noqa: F811
+    """Records overwritten with zeros (as an OS crash can leave unsynced data), size unchanged:
+    no JSONDecodeError ("internal error"); a DestinationError saying the resume state was
+    discarded, and the rerun starts over and completes."""
+    moto_only(kit)
+    src = kit.tree(FILES)
+    pub = kit.publish(src, chunk_size=CHUNK_SMALL)
+    dest_parent = kit.tmp / "dest"
+    interrupt(kit, pub, dest_parent, monkeypatch, True)
+    index = staging_dir(dest_parent, pub.name) / "tree" / ".s3sync" / "index.jsonl"
+    index.write_bytes(bytes(index.stat().st_size))
+    with pytest.raises(DestinationError) as caught:
+        kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url))
+    assert str(index) in str(caught.value) and "starts the pull over" in caught.value.hint
+    result = kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url))
+    assert result.resumed_from == 0
+    kit.assert_same_tree(src, result.dest)
