@@ -793,6 +793,11 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
+        if member.issparse():
+            # GNU or PAX sparse: tarfile counts ``size`` as the expanded file, not the bytes
+            # stored in the stream, which extraction copies straight from the chunks. s3sync
+            # never writes one.
+            raise UnsafeArchiveError(f"tar member {member.name!r}: sparse file refused (s3sync never publishes one)")
         if norm.split("/", 1)[0] == METADATA_DIR:
             raise UnsafeArchiveError(f"tar member {member.name!r}: {METADATA_DIR}/ is reserved")
         if name is None and member.issym() and not symlink_target_ok(norm, member.linkname):
