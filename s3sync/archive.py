@@ -767,6 +767,8 @@ class SafeExtractor:
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             if member.islnk():
                 target = self._check_name(member, member.linkname)
+                if target == name:
+                    raise UnsafeArchiveError(f"tar member {member.name!r}: hard link to itself")
                 target_path = os.path.join(self.root, target)
                 self._ensure_dir(os.path.dirname(target), member.name)
                 if not os.path.isfile(target_path) or os.path.islink(target_path):
@@ -807,10 +809,12 @@ class SafeExtractor:
 
     def _ensure_dir(self, rel: str, member_name: str) -> None:
         """Make ``rel`` a real directory under root; refuse if any component is a symlink."""
-        if rel in self._safe_dirs:
-            return
-        self._ensure_dir(os.path.dirname(rel), member_name)
-        self._make_dir(rel, member_name)
+        missing = []  # iterative: a member path may have thousands of components
+        while rel not in self._safe_dirs:
+            missing.append(rel)
+            rel = os.path.dirname(rel)
+        for d in reversed(missing):
+            self._make_dir(d, member_name)
 
     def _make_dir(self, rel: str, member_name: str) -> None:
         path = os.path.join(self.root, rel)
