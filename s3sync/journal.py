@@ -25,7 +25,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -180,7 +179,7 @@ class Journal:
                     if entry.name == JOURNAL_NAME:
                         continue
                     if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.name, dir_fd=fd)  # never follows a symlink
+                        rmtree_at(fd, entry.name)  # never follows a symlink
                     else:
                         os.unlink(entry.name, dir_fd=fd)
                 self._write()  # offset 0, no index
@@ -530,9 +529,71 @@ def _empty(dir_fd: int) -> None:
     entries = sorted(os.scandir(dir_fd), key=lambda e: e.name == JOURNAL_NAME)
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.name, dir_fd=dir_fd)
+            rmtree_at(dir_fd, entry.name)
         else:
             os.unlink(entry.name, dir_fd=dir_fd)
+
+
+def rmtree_at(parent_fd: int, name: str) -> None:
+    """Remove the directory ``name`` under ``parent_fd`` and everything in it, never through
+    a symlink, with two descriptors and no recursion whatever the depth.
+
+    ``shutil.rmtree(dir_fd=...)`` recurses and holds a descriptor per level: a dataset nested
+    ~1,000 levels deep (a path of up to 4095 bytes holds ~2,000) raised RecursionError, or
+    would run out of descriptors. Here each subdirectory of a child of ``name`` is renamed up
+    into ``name`` (rename(2) moves the entry itself, a symlink included, and never follows
+    it), the emptied child is removed, and so on until ``name`` is empty.
+    """
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            os.unlink(name, dir_fd=parent_fd)  # a symlink or a file: removed, not followed
+            return
+        raise
+    hoisted = 0
+    try:
+        while True:
+            with os.scandir(top) as it:
+                entries = list(it)
+            if not entries:
+                break
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.name, dir_fd=top)
+                    continue
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=top)
+                except OSError as err:
+                    if err.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced meanwhile
+                        os.unlink(entry.name, dir_fd=top)
+                        continue
+                    raise
+                try:
+                    with os.scandir(sub) as it:
+                        inner = list(it)
+                    for child in inner:
+                        if not child.is_dir(follow_symlinks=False):
+                            os.unlink(child.name, dir_fd=sub)
+                            continue
+                        while True:
+                            hoisted += 1
+                            try:
+                                os.rename(child.name, f".rm-{hoisted}", src_dir_fd=sub, dst_dir_fd=top)
+                                break
+                            except OSError as err:
+                                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                                    raise
+                finally:
+                    os.close(sub)
+                try:
+                    os.rmdir(entry.name, dir_fd=top)
+                except OSError as err:
+                    if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise  # something appeared in it meanwhile: the next round takes it
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:

@@ -4,17 +4,21 @@
 - a member path ~1,100 directories deep (fits in PATH_MAX): extraction recursed once per level
   (RecursionError: "internal error"), and so did verify (Python 3.11's os.walk);
 - a hard link to itself: extraction removed the file, then failed to link it ("No such file
-  or directory", with a hint about permissions); now refused as an unsafe archive.
+  or directory", with a hint about permissions); now refused as an unsafe archive;
+- the staging directory of such a deep pull, left by another generation: clearing it recursed
+  too (shutil.rmtree).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import pytest
 
 from s3sync.errors import UnsafeArchiveError
+from s3sync.journal import Journal, rmtree_at
 
 
 def tar_of(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -39,6 +43,15 @@ def hardlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
     return info, None
 
 
+def remove(path) -> None:
+    """Remove a (possibly very deep) directory: pytest's own clean-up recurses per level."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rmtree_at(fd, path.name)
+    finally:
+        os.close(fd)
+
+
 def moto_only(kit) -> None:
     if kit.server.name != "moto":
         pytest.skip("the extraction is the client's; one server is enough")
@@ -53,6 +66,7 @@ def test_members_without_parent_members_pull_and_verify(kit, path):
     proc = kit.cli("verify", result.dest)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-500:]
+    remove(result.dest)
 
 
 def test_hard_link_to_itself_is_refused(kit):
@@ -61,3 +75,44 @@ def test_hard_link_to_itself_is_refused(kit):
     with pytest.raises(UnsafeArchiveError, match="hard link to itself"):
         kit.pull(pub, kit.tmp / "dest")
     assert not (kit.tmp / "dest" / pub.name).exists()
+
+
+def test_deep_staging_left_by_another_generation_is_cleared(kit, monkeypatch):
+    """The staging directory of an interrupted pull ~1,100 levels deep, then a new generation:
+    clearing it (shutil.rmtree recursed once per level: RecursionError, at every rerun) works."""
+    moto_only(kit)
+    path = "/".join(["d"] * 1100) + "/f.txt"
+    pub = kit.put_tar(tar_of(reg(path, b"old")))
+    dest_parent = kit.tmp / "dest"
+
+    def interrupted(self, name):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Journal, "move_tree", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            kit.pull(pub, dest_parent)
+    pub = kit.put_tar(tar_of(reg(path, b"new")), generation="g2")
+    result = kit.pull(pub, dest_parent)
+    assert (result.dest / path).read_bytes() == b"new"
+    remove(result.dest)
+
+
+def test_rmtree_at_never_follows_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "canary").write_bytes(b"canary")
+    doomed = tmp_path / "doomed"
+    deep = doomed / "/".join(["d"] * 50)
+    deep.mkdir(parents=True)
+    for level in (doomed, doomed / "d", deep):
+        (level / "link").symlink_to(victim)
+        (level / "file").write_bytes(b"x")
+    (doomed / "d" / "d" / "sub").symlink_to(victim / "sub")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rmtree_at(fd, "doomed")
+    finally:
+        os.close(fd)
+    assert not doomed.exists()
+    assert (victim / "sub" / "canary").read_bytes() == b"canary"
