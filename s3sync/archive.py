@@ -16,6 +16,7 @@ links out of the tree, and device files.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import tarfile
@@ -795,6 +796,9 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
+        mtime = member.mtime  # a PAX header may say anything float() reads: 1e20, inf, nan
+        if not (isinstance(mtime, int) or math.isfinite(mtime)) or not -2**63 <= int(mtime) < 2**63:
+            raise UnsafeArchiveError(f"tar member {member.name!r}: modification time {mtime!r} out of range")
         if member.issparse():
             # GNU or PAX sparse: tarfile counts ``size`` as the expanded file, not the bytes
             # stored in the stream, which extraction copies straight from the chunks. s3sync

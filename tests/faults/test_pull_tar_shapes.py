@@ -6,7 +6,9 @@
 - a hard link to itself: extraction removed the file, then failed to link it ("No such file
   or directory", with a hint about permissions); now refused as an unsafe archive;
 - the staging directory of such a deep pull, left by another generation: clearing it recursed
-  too (shutil.rmtree).
+  too (shutil.rmtree);
+- a PAX mtime os.utime cannot take (1e20, inf, nan): OverflowError or ValueError, "internal
+  error"; now refused as an unsafe archive.
 """
 
 from __future__ import annotations
@@ -116,3 +118,15 @@ def test_rmtree_at_never_follows_a_symlink(tmp_path):
         os.close(fd)
     assert not doomed.exists()
     assert (victim / "sub" / "canary").read_bytes() == b"canary"
+
+
+@pytest.mark.parametrize("mtime", ["1e20", "inf", "nan", "-1e30"])
+@pytest.mark.parametrize("size", [10, 2 * 1024 * 1024], ids=["small", "large"])
+def test_mtime_out_of_range_is_refused_clearly(kit, mtime, size):
+    """A PAX mtime os.utime cannot take (OverflowError, ValueError): "internal error" before."""
+    moto_only(kit)
+    info, data = reg("f.bin", bytes(size))
+    info.pax_headers = {"mtime": mtime}
+    pub = kit.put_tar(tar_of((info, data)))
+    with pytest.raises(UnsafeArchiveError, match="modification time .* out of range"):
+        kit.pull(pub, kit.tmp / "dest")
