@@ -647,7 +647,7 @@ class SafeExtractor:
             while True:
                 try:
                     member = tar.next()
-                except tarfile.TarError as err:
+                except (tarfile.TarError, ValueError) as err:  # ValueError: a header sent it backwards
                     raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
                 if member is None:
                     break
@@ -796,6 +796,8 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
+        if member.size < 0:  # a GNU base-256 size field can be negative
+            raise UnsafeArchiveError(f"tar member {member.name!r}: negative size {member.size}")
         mtime = member.mtime  # a PAX header may say anything float() reads: 1e20, inf, nan
         if not (isinstance(mtime, int) or math.isfinite(mtime)) or not -2**63 <= int(mtime) < 2**63:
             raise UnsafeArchiveError(f"tar member {member.name!r}: modification time {mtime!r} out of range")

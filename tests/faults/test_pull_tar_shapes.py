@@ -8,7 +8,8 @@
 - the staging directory of such a deep pull, left by another generation: clearing it recursed
   too (shutil.rmtree);
 - a PAX mtime os.utime cannot take (1e20, inf, nan): OverflowError or ValueError, "internal
-  error"; now refused as an unsafe archive.
+  error"; now refused as an unsafe archive; so is a negative (GNU base-256) size, with which
+  tarfile seeks backwards ("internal error: ValueError: cannot seek back").
 """
 
 from __future__ import annotations
@@ -129,4 +130,20 @@ def test_mtime_out_of_range_is_refused_clearly(kit, mtime, size):
     info.pax_headers = {"mtime": mtime}
     pub = kit.put_tar(tar_of((info, data)))
     with pytest.raises(UnsafeArchiveError, match="modification time .* out of range"):
+        kit.pull(pub, kit.tmp / "dest")
+
+
+def test_negative_member_size_is_refused_clearly(kit):
+    """A GNU base-256 size field holding -1024: tarfile then seeks backwards ("internal error:
+    ValueError: cannot seek back")."""
+    moto_only(kit)
+    info = tarfile.TarInfo("a.txt")
+    info.size = 4
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    header[124:136] = b"\xff" + ((-1024) & ((1 << 88) - 1)).to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    tar = bytes(header) + b"data".ljust(512, b"\0") + bytes(10240)
+    pub = kit.put_tar(tar, files=1, extracted_size=0, members=1)
+    with pytest.raises(UnsafeArchiveError, match="negative size"):
         kit.pull(pub, kit.tmp / "dest")
