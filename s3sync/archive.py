@@ -16,6 +16,7 @@ links out of the tree, and device files.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import tarfile
@@ -297,6 +298,37 @@ def check_unchanged(expect: os.stat_result, st: os.stat_result) -> None:
         raise SourceChanged("modified since the scan (ctime changed)")
 
 
+class NotRegularFile(OSError):
+    """A file pull keeps its state in is something else (a FIFO, a device, a directory)."""
+
+
+def open_regular_for_write(name: str | Path, flags: int, mode: int, dir_fd: int | None = None) -> int:
+    """``os.open`` for writing a file pull owns, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` for the open only: opening a FIFO planted at ``name`` for writing would
+    otherwise wait for ever for a reader (fifo(7)). Pass ``O_NOFOLLOW`` in ``flags`` to
+    refuse a symlink (ELOOP).
+
+    Raises:
+        NotRegularFile: ``name`` exists and is not a regular file.
+        OSError: the open failed.
+    """
+    try:
+        fd = os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # a FIFO without a reader (open(2))
+            raise NotRegularFile(errno.ENXIO, "a FIFO, not a regular file", os.fspath(name)) from err
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(name))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_leased(path: str | Path) -> int:
     """Open a file that has a lease for reading, waiting for the lease break (see
     ``open_regular``); return the descriptor."""
@@ -527,12 +559,16 @@ class SafeExtractor:
     """Extract a tar stream into ``root``, refusing anything that would escape it.
 
     Args:
-        root: the staging directory (created by the caller).
+        root: the staging directory (created by the caller): every write goes through it.
         writers: threads writing small files.
+        shown: the path named in messages, if ``root`` is another name for it (a pull passes
+            ``/proc/self/fd/N`` of the tree it opened, so that a symlink swapped in above the
+            tree while pulling is never followed; ``shown`` is the tree's ordinary path).
     """
 
-    def __init__(self, root: Path, writers: int = 2) -> None:
+    def __init__(self, root: Path | str, writers: int = 2, shown: Path | None = None) -> None:
         self.root = os.fspath(root)
+        self._shown = os.fspath(shown) if shown is not None else self.root
         self.writers = writers
         self._safe_dirs: set[str] = {""}
         # Mode bits open() may take away: the umask's, or all of them under a default
@@ -611,7 +647,7 @@ class SafeExtractor:
             while True:
                 try:
                     member = tar.next()
-                except tarfile.TarError as err:
+                except (tarfile.TarError, ValueError) as err:  # ValueError: a header sent it backwards
                     raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
                 if member is None:
                     break
@@ -668,7 +704,7 @@ class SafeExtractor:
         try:
             digest = self._write_regular(path, name, mode, mtime, (memoryview(data),))
         except OSError as err:
-            raise translate_os_error(err, path) from err
+            raise translate_os_error(err, self._show(path)) from err
         return MemberRecord(name, "file", len(data), mode, mtime, digest)
 
     def _write_regular(self, path: str, member_name: str, mode: int, mtime: int,
@@ -732,6 +768,8 @@ class SafeExtractor:
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             if member.islnk():
                 target = self._check_name(member, member.linkname)
+                if target == name:
+                    raise UnsafeArchiveError(f"tar member {member.name!r}: hard link to itself")
                 target_path = os.path.join(self.root, target)
                 self._ensure_dir(os.path.dirname(target), member.name)
                 if not os.path.isfile(target_path) or os.path.islink(target_path):
@@ -742,7 +780,13 @@ class SafeExtractor:
                 return MemberRecord(name, "hardlink", 0, mode, mtime, link=target)
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
         except OSError as err:
-            raise translate_os_error(err, path) from err
+            raise translate_os_error(err, self._show(path)) from err
+
+    def _show(self, path: str) -> str:
+        """``path`` (under ``root``) as named in messages (under ``shown``)."""
+        if self._shown != self.root and (path == self.root or path.startswith(self.root + "/")):
+            return self._shown + path[len(self.root):]
+        return path
 
     def _check_name(self, member: tarfile.TarInfo, name: str | None = None) -> str:
         raw = member.name if name is None else name
@@ -752,6 +796,16 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
+        if member.size < 0:  # a GNU base-256 size field can be negative
+            raise UnsafeArchiveError(f"tar member {member.name!r}: negative size {member.size}")
+        mtime = member.mtime  # a PAX header may say anything float() reads: 1e20, inf, nan
+        if not (isinstance(mtime, int) or math.isfinite(mtime)) or not -2**63 <= int(mtime) < 2**63:
+            raise UnsafeArchiveError(f"tar member {member.name!r}: modification time {mtime!r} out of range")
+        if member.issparse():
+            # GNU or PAX sparse: tarfile counts ``size`` as the expanded file, not the bytes
+            # stored in the stream, which extraction copies straight from the chunks. s3sync
+            # never writes one.
+            raise UnsafeArchiveError(f"tar member {member.name!r}: sparse file refused (s3sync never publishes one)")
         if norm.split("/", 1)[0] == METADATA_DIR:
             raise UnsafeArchiveError(f"tar member {member.name!r}: {METADATA_DIR}/ is reserved")
         if name is None and member.issym() and not symlink_target_ok(norm, member.linkname):
@@ -761,10 +815,12 @@ class SafeExtractor:
 
     def _ensure_dir(self, rel: str, member_name: str) -> None:
         """Make ``rel`` a real directory under root; refuse if any component is a symlink."""
-        if rel in self._safe_dirs:
-            return
-        self._ensure_dir(os.path.dirname(rel), member_name)
-        self._make_dir(rel, member_name)
+        missing = []  # iterative: a member path may have thousands of components
+        while rel not in self._safe_dirs:
+            missing.append(rel)
+            rel = os.path.dirname(rel)
+        for d in reversed(missing):
+            self._make_dir(d, member_name)
 
     def _make_dir(self, rel: str, member_name: str) -> None:
         path = os.path.join(self.root, rel)
@@ -774,7 +830,7 @@ class SafeExtractor:
             try:
                 os.mkdir(path, 0o700)
             except OSError as err:
-                raise translate_os_error(err, path) from err
+                raise translate_os_error(err, self._show(path)) from err
         else:
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafeArchiveError(f"tar member {member_name!r} would be written through the symlink {rel!r}")

@@ -25,14 +25,13 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
-from .archive import METADATA_DIR, MemberRecord, translate_os_error
+from .archive import METADATA_DIR, MemberRecord, NotRegularFile, open_regular_for_write, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1
@@ -89,6 +88,7 @@ class Journal:
         self._index_size = 0
         self._parent_fd: int | None = None
         self._lock_fd: int | None = None
+        self._tree_fd: int | None = None
 
     @property
     def offset(self) -> int:
@@ -166,6 +166,11 @@ class Journal:
                 and state.get("mode") == self.mode
                 and isinstance(state.get("offset"), int) and state["offset"] >= 0
                 and isinstance(state.get("index_size", 0), int))
+        if same and (TREE_NAME not in names or _index_lost_records(fd, state.get("index_size", 0))):
+            # The journal describes a tree (or an index) that is gone or cut short (removed,
+            # or moved away): resuming would extract only the rest and find the counts short
+            # ("damaged"). Start over.
+            same = False
         try:
             if not same:
                 # Keep the directory (it carries the lock) and the journal until the new
@@ -174,7 +179,7 @@ class Journal:
                     if entry.name == JOURNAL_NAME:
                         continue
                     if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.name, dir_fd=fd)  # never follows a symlink
+                        rmtree_at(fd, entry.name)  # never follows a symlink
                     else:
                         os.unlink(entry.name, dir_fd=fd)
                 self._write()  # offset 0, no index
@@ -185,21 +190,19 @@ class Journal:
                     os.mkdir(TREE_NAME, dir_fd=fd)
                 except FileExistsError:
                     pass
-            tree_fd = self._open_subdir(fd, TREE_NAME, self.tree)
+            # Kept open until the end: pull writes the tree only through it (``tree_path``).
+            self._tree_fd = tree_fd = self._open_subdir(fd, TREE_NAME, self.tree)
             try:
-                try:
-                    os.mkdir(METADATA_DIR, dir_fd=tree_fd)
-                except FileExistsError:
-                    pass
-                meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
-            finally:
-                os.close(tree_fd)
+                os.mkdir(METADATA_DIR, dir_fd=tree_fd)
+            except FileExistsError:
+                pass
+            meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.index_path.parent)
             try:
-                index_fd = os.open(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
+                index_fd = open_regular_for_write(INDEX_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                                                  | os.O_CLOEXEC, 0o666, dir_fd=meta_fd)
             except OSError as err:
-                if err.errno == errno.ELOOP:
-                    raise _planted(self.index_path) from err
+                if err.errno == errno.ELOOP or isinstance(err, NotRegularFile):  # a FIFO: never waited on
+                    raise _planted(self.index_path, self.staging) from err
                 raise
             finally:
                 os.close(meta_fd)
@@ -232,13 +235,26 @@ class Journal:
                                    hint=_write_hint(self.staging.parent)) from err
         return self.offset
 
+    @property
+    def tree_path(self) -> str:
+        """A name of ``tree/`` that always reaches the directory ``open`` made (or reused),
+        wherever it is now: ``/proc/self/fd/N`` of its open descriptor. Someone who can write
+        DEST_PARENT may rename the staging directory away while pulling and put a symlink in
+        its place; every path built on ``self.tree`` would then be followed. (``str(self.tree)``
+        where /proc is not mounted.)"""
+        if self._tree_fd is not None:
+            proc = f"/proc/self/fd/{self._tree_fd}"
+            if os.path.isdir(proc):
+                return proc
+        return str(self.tree)
+
     def _open_subdir(self, dir_fd: int, name: str, path: Path) -> int:
         """Open the directory ``name`` under ``dir_fd`` without following a symlink."""
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _planted(path) from err
+                raise _planted(path, self.staging) from err
             raise
 
     def add(self, record: MemberRecord) -> None:
@@ -261,7 +277,7 @@ class Journal:
         """
         if self._index_file is not None:
             self._index_file.flush()
-        return iter_index(self.index_path)
+        return iter_index(Path(self.tree_path, METADATA_DIR, INDEX_NAME))
 
     def forget(self) -> None:
         """Make the next run start over from byte 0: the journal is written with an offset
@@ -325,7 +341,7 @@ class Journal:
             self._unlock()
 
     def _unlock(self) -> None:
-        for attr in ("_lock_fd", "_parent_fd"):
+        for attr in ("_tree_fd", "_lock_fd", "_parent_fd"):
             fd = getattr(self, attr)
             if fd is not None:
                 setattr(self, attr, None)
@@ -370,8 +386,16 @@ class Journal:
             DestinationError: something is in the way, or the rename failed.
         """
         dest = self.staging.parent / name
+        # Only the directory opened at ``open`` (and written through ``tree_path``) is the
+        # dataset: a symlink or another directory swapped in at tree/ meanwhile is not
+        # renamed into place (checked before, and after in case it was swapped in between).
+        if not self._is_our_tree(TREE_NAME, self._lock_fd):
+            raise _planted(self.tree, self.staging)
         try:
             os.rename(TREE_NAME, name, src_dir_fd=self._lock_fd, dst_dir_fd=self._parent_fd)
+            if not self._is_our_tree(name, self._parent_fd):
+                os.rename(name, TREE_NAME, src_dir_fd=self._parent_fd, dst_dir_fd=self._lock_fd)
+                raise _planted(self.tree, self.staging)
         except OSError as err:
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                 raise DestinationError(
@@ -381,6 +405,17 @@ class Journal:
             raise DestinationError(f"{dest}: cannot move the finished dataset into place ({err.strerror})",
                                    hint=_write_hint(self.staging.parent)) from err
         return dest
+
+    def _is_our_tree(self, name: str, dir_fd: int | None) -> bool:
+        """True if ``name`` under ``dir_fd`` is the tree directory opened at ``open`` itself."""
+        if self._tree_fd is None:
+            return True  # not opened (cannot happen in a pull): nothing to compare with
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        ours = os.fstat(self._tree_fd)
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
 
     def remove(self) -> None:
         """Delete the staging directory (after ``tree/`` was moved into place); its journal
@@ -435,9 +470,30 @@ class Journal:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _planted(path: Path) -> DestinationError:
+def _index_lost_records(staging_fd: int, index_size: int) -> bool:
+    """True if ``tree/.s3sync/index.jsonl`` is missing or shorter than ``index_size`` bytes
+    (the records the journal counts on). A symlink or a special file anywhere on the way is
+    not looked through: ``open`` refuses it afterwards."""
+    fd = staging_fd
+    opened: list[int] = []
+    try:
+        for name in (TREE_NAME, METADATA_DIR):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            opened.append(fd)
+        st = os.stat(INDEX_NAME, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return index_size > 0
+    except OSError:
+        return False
+    finally:
+        for o in opened:
+            os.close(o)
+    return stat.S_ISREG(st.st_mode) and st.st_size < index_size
+
+
+def _planted(path: Path, staging: Path) -> DestinationError:
     return DestinationError(f"{path}: a symlink (or another file) where pull keeps its own state; not followed",
-                            hint=f"remove {path.parent} (a partial pull; it only costs a fresh start), "
+                            hint=f"remove {staging} (a partial pull; it only costs a fresh start), "
                                  "then run the command again")
 
 
@@ -473,9 +529,71 @@ def _empty(dir_fd: int) -> None:
     entries = sorted(os.scandir(dir_fd), key=lambda e: e.name == JOURNAL_NAME)
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.name, dir_fd=dir_fd)
+            rmtree_at(dir_fd, entry.name)
         else:
             os.unlink(entry.name, dir_fd=dir_fd)
+
+
+def rmtree_at(parent_fd: int, name: str) -> None:
+    """Remove the directory ``name`` under ``parent_fd`` and everything in it, never through
+    a symlink, with two descriptors and no recursion whatever the depth.
+
+    ``shutil.rmtree(dir_fd=...)`` recurses and holds a descriptor per level: a dataset nested
+    ~1,000 levels deep (a path of up to 4095 bytes holds ~2,000) raised RecursionError, or
+    would run out of descriptors. Here each subdirectory of a child of ``name`` is renamed up
+    into ``name`` (rename(2) moves the entry itself, a symlink included, and never follows
+    it), the emptied child is removed, and so on until ``name`` is empty.
+    """
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            os.unlink(name, dir_fd=parent_fd)  # a symlink or a file: removed, not followed
+            return
+        raise
+    hoisted = 0
+    try:
+        while True:
+            with os.scandir(top) as it:
+                entries = list(it)
+            if not entries:
+                break
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.name, dir_fd=top)
+                    continue
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=top)
+                except OSError as err:
+                    if err.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced meanwhile
+                        os.unlink(entry.name, dir_fd=top)
+                        continue
+                    raise
+                try:
+                    with os.scandir(sub) as it:
+                        inner = list(it)
+                    for child in inner:
+                        if not child.is_dir(follow_symlinks=False):
+                            os.unlink(child.name, dir_fd=sub)
+                            continue
+                        while True:
+                            hoisted += 1
+                            try:
+                                os.rename(child.name, f".rm-{hoisted}", src_dir_fd=sub, dst_dir_fd=top)
+                                break
+                            except OSError as err:
+                                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                                    raise
+                finally:
+                    os.close(sub)
+                try:
+                    os.rmdir(entry.name, dir_fd=top)
+                except OSError as err:
+                    if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise  # something appeared in it meanwhile: the next round takes it
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:

@@ -8,12 +8,13 @@ verified chunks, and a chunk that fails is written again by its retry or by the 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
 
-from .archive import translate_os_error
-from .errors import Interrupted
+from .archive import NotRegularFile, open_regular_for_write, translate_os_error
+from .errors import DestinationError, Interrupted
 from .planning import ChunkJob
 
 
@@ -23,10 +24,12 @@ class PartFiles:
     Args:
         directory: where the part files go (it exists).
         parts: ``(file name, size in bytes)`` per part index.
+        shown: ``directory`` as named in messages (default: ``directory``).
     """
 
-    def __init__(self, directory: Path, parts: list[tuple[str, int]]) -> None:
+    def __init__(self, directory: Path, parts: list[tuple[str, int]], shown: Path | None = None) -> None:
         self.directory = directory
+        self.shown = shown or directory
         self.parts = parts
         self._fds: dict[int, int] = {}
         # One writer per part file at a time: concurrent pwrite()s to one inode contend on
@@ -48,13 +51,25 @@ class PartFiles:
         """
         try:
             for i, (name, size) in enumerate(self.parts):
-                fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                try:
+                    fd = open_regular_for_write(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                                | os.O_CLOEXEC, 0o644)
+                except OSError as err:
+                    if err.errno == errno.ELOOP or isinstance(err, NotRegularFile):  # a symlink, a FIFO...
+                        raise DestinationError(
+                            f"{self.shown / name}: a symlink or a special file where pull keeps a part; not followed",
+                            hint=f"remove {self.shown.parent} (a partial pull; it only costs a fresh start), "
+                                 "then run the command again") from err
+                    raise
                 self._fds[i] = fd
                 self._locks[i] = threading.Lock()
                 os.ftruncate(fd, size)
+        except DestinationError:
+            self.close()
+            raise
         except OSError as err:
             self.close()
-            raise translate_os_error(err, str(self.directory)) from err
+            raise translate_os_error(err, str(self.shown)) from err
         return self
 
     def write(self, job: ChunkJob, offset: int, data: memoryview) -> None:
@@ -76,7 +91,7 @@ class PartFiles:
                     n = os.pwrite(fd, data, offset)
                     data, offset = data[n:], offset + n
         except OSError as err:
-            raise translate_os_error(err, str(self.directory)) from err
+            raise translate_os_error(err, str(self.shown)) from err
         finally:
             with self._gate:
                 self._writing -= 1

@@ -272,16 +272,24 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     """
     hasher = hashing.Hasher() if offset == 0 else None
     reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size, ready=ready)
-    extractor = archive.SafeExtractor(journal.tree)
+    extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree)
     progress.start("extract", manifest.extracted_size)
     seen = _Tally()
     dirs: list[archive.MemberRecord] = []  # this run's and, on resume, an earlier run's
     if offset:
         # Reading the whole index back costs ~5 % of a pull of 100,000 tiny files: only on resume.
-        for record in journal.records():
-            seen.add(record)
-            if record.kind == "dir":
-                dirs.append(record)
+        try:
+            for record in journal.records():
+                seen.add(record)
+                if record.kind == "dir":
+                    dirs.append(record)
+        except (ValueError, TypeError) as err:
+            # An index damaged on disk (an OS crash can leave zeros where unsynced records
+            # were): this run cannot resume from it; the next one starts over.
+            journal.forget()
+            raise DestinationError(
+                f"{journal.index_path}: the resume state of this pull is damaged ({err}); it was discarded",
+                hint="run the same command again: it starts the pull over") from err
         progress.advance("extract", seen.extracted_size)
         progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
                          "the member counts and the end of the archive")
@@ -375,7 +383,8 @@ def _space_error(journal: Journal, left: int) -> InsufficientSpaceError:
 def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal: Journal) -> None:
     """Fetch chunks into the part files piece by piece (in the fetch workers); checkpoint
     the in-order prefix of verified chunks."""
-    files = PartFiles(journal.tree, [(part.key.rsplit("/", 1)[-1], part.size) for part in manifest.parts]).open()
+    files = PartFiles(Path(journal.tree_path), [(part.key.rsplit("/", 1)[-1], part.size) for part in manifest.parts],
+                      shown=journal.tree).open()
     done = fetcher.fetch_to(jobs, files.write)
     try:
         for job in done:
@@ -383,13 +392,13 @@ def _write_parts(manifest: Manifest, fetcher: ChunkFetcher, jobs: list, journal:
     finally:
         done.close()  # cancels the fetch
         files.close()  # no write after this: none lands once pull() has returned
-    _check_part_files(manifest, journal.tree)
+    _check_part_files(manifest, Path(journal.tree_path), journal.tree)
     journal.checkpoint(manifest.stream_size, force=True)
 
 
-def _check_part_files(manifest: Manifest, directory: Path) -> None:
+def _check_part_files(manifest: Manifest, directory: Path, shown: Path) -> None:
     """Hash the finished part files in order: each part's digest and the stream's must be
-    the manifest's. Chunks arrive out of order (and earlier runs wrote some), so this is a
+    the manifest's (``directory`` is named ``shown`` in messages). Chunks arrive out of order (and earlier runs wrote some), so this is a
     final pass over the files, mostly from the page cache: ~0.3 s per GiB.
 
     Raises:
@@ -408,7 +417,7 @@ def _check_part_files(manifest: Manifest, directory: Path) -> None:
                     hasher.update(buf[:n])
                     stream.update(buf[:n])
         except OSError as err:
-            raise DestinationError(f"{path}: cannot read back ({err.strerror})") from err
+            raise DestinationError(f"{shown / path.name}: cannot read back ({err.strerror})") from err
         if hasher.hexdigest() != part.digest:
             raise _damaged(manifest, f"part {i} ({part.key}) has digest {hasher.hexdigest()}, the manifest promises "
                                      f"{part.digest}, although each of its chunks matched")
@@ -421,7 +430,7 @@ def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: by
     """Write the completion marker, then rename the tree into place (atomic on one file
     system). Neither step goes through a symlink (see ``Journal.write_metadata`` and
     ``Journal.move_tree``); interrupted anywhere, a rerun does both again."""
-    index = journal.index_path
+    index = Path(journal.tree_path, archive.METADATA_DIR, journal.index_path.name)
     try:
         journal.write_metadata(MANIFEST_NAME, manifest_bytes)
         journal.write_metadata(MARKER, (json.dumps({

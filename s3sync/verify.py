@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,6 +117,14 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
     problems: list[Problem] = []
     to_hash: list[tuple[archive.MemberRecord, str, int]] = []  # record, digest wanted, bytes
     by_path = {r.path: r for r in records}
+    # Directories a member needs but the archive has no member for (a tar written by other
+    # tools, e.g. `tar cf x.tar a/b.txt`): pull creates them (SafeExtractor._ensure_dir).
+    implicit: set[str] = set()
+    for r in records:
+        parent = os.path.dirname(r.path)
+        while parent and parent not in implicit:
+            implicit.add(parent)
+            parent = os.path.dirname(parent)
     closed = {r.path: r.mode for r in records
               if r.kind == "dir" and r.mode & (stat.S_IRUSR | stat.S_IXUSR) != stat.S_IRUSR | stat.S_IXUSR}
     for rec in records:
@@ -183,16 +192,40 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         problems.extend(p for p in pool.map(check, to_hash) if p is not None)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in _walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         if rel_dir == ".":
             dirnames[:] = [d for d in dirnames if d != archive.METADATA_DIR]
         for name in dirnames + filenames:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel not in by_path:
+            if rel not in by_path and not (rel in implicit and name in dirnames):
                 problems.append(Problem(rel, "extra", "not part of the dataset"))
     progress.finish("verify")
     return problems, len(records), sum(n for _, _, n in to_hash)
+
+
+def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` (top-down, symlinks not followed, ``dirnames`` prunable) without
+    recursion: Python 3.11's os.walk recurses once per level, and a dataset may nest
+    directories deeper than the interpreter's recursion limit (a path of up to 4095 bytes
+    holds ~2,000 levels)."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        dirnames: list[str] = []
+        filenames: list[str] = []
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    (dirnames if is_dir else filenames).append(entry.name)
+        except OSError:
+            continue  # as os.walk: an unreadable directory is skipped
+        yield top, dirnames, filenames
+        stack.extend(os.path.join(top, d) for d in reversed(dirnames))
 
 
 def _mode_and_mtime(rec: archive.MemberRecord, st: os.stat_result, mode: bool = True) -> list[Problem]:
