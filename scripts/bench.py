@@ -46,7 +46,7 @@ What it does:
 Cases (letters as in issue 4)::
 
     a  s3sync pull --no-extract          download + verify, parts kept as files
-    b  s5cmd cp 's3://.../GEN/*' DIR/     the same part objects, unverified
+    b  s5cmd cp 's3://.../GEN/part-*' DIR/  the same part objects, unverified
     c  aws s3 cp --recursive              the same part objects, unverified
     d  s3sync pull                        download + verify + extract (the product)
     e  seed way: s5cmd cp parts, then cat parts | tar x (parts kept until the end)
@@ -800,19 +800,21 @@ class Bench:
 
     def case_b(self, d: Path, stem: Path):
         dest = d / "parts"
-        res = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/*", f"{dest}/"), self.env, stem)
+        res = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/part-*", f"{dest}/"), self.env, stem)
         return res, dest, {}
 
     def case_c(self, d: Path, stem: Path):
         dest = d / "parts"
+        # Only the parts: a generation also holds its history copy of the manifest.
         res = run([self.tools.aws, "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", self.endpoint,
+                   "--exclude", "*", "--include", "part-*",
                    f"s3://{BUCKET}/{self.prefix}/{self.generation}/", f"{dest}/"], self.env, stem)
         return res, dest, {}
 
     def case_e(self, d: Path, stem: Path):
         parts, tree = d / "parts", d / NAME
         tree.mkdir()
-        dl = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/*", f"{parts}/"), self.env, stem)
+        dl = run(self.s5("cp", f"s3://{BUCKET}/{self.prefix}/{self.generation}/part-*", f"{parts}/"), self.env, stem)
         files = " ".join(q(parts / p["key"].rsplit("/", 1)[-1]) for p in self.parts)
         ex = run(bash(f"cat {files} | {q(self.tools.tar)} -x -f - -C {q(tree)}"), self.env,
                  stem.with_name(stem.name + "-untar"))
