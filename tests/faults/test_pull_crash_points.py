@@ -26,7 +26,7 @@ from s3sync.journal import Journal, staging_dir
 from s3sync.verify import verify
 
 from .conftest import FAST_TRANSFER as FAST
-from .conftest import KiB, Kit
+from .conftest import KiB, Kit, MessageLog
 
 CHUNK_SMALL = 64 * KiB
 FILES = {**{f"t/t{i:02d}.txt": 100 + i for i in range(9)}, "big/a.bin": 150 * KiB}
@@ -243,3 +243,30 @@ def test_staging_left_empty_after_the_commit_is_removed_by_the_rerun(kit, monkey
     assert os.listdir(staging_dir(dest_parent, pub.name)) == []
     assert kit.pull(pub, dest_parent).up_to_date
     assert sorted(os.listdir(dest_parent)) == [pub.name]
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "replace-by-dir"])
+def test_resume_notices_an_extracted_file_that_went_missing(kit, monkeypatch, small_batches, damage):
+    """An interrupted pull recorded files as extracted; one of them is then removed (or cut,
+    or replaced) in the staging tree before the rerun. The rerun must not commit a dataset
+    without it: it notices on resume, starts over, and the result verifies."""
+    moto_only(kit)
+    src = kit.tree(FILES)
+    pub = kit.publish(src, chunk_size=CHUNK_SMALL)
+    dest_parent = kit.tmp / "dest"
+    assert interrupted_pull(kit, pub, dest_parent, monkeypatch, Journal, "checkpoint", 6, "after")
+    tree = staging_dir(dest_parent, pub.name) / "tree"
+    victim = sorted(p for p in tree.rglob("*.txt"))[0]
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        os.truncate(victim, 1)
+    else:
+        victim.unlink()
+        victim.mkdir()
+    log = MessageLog()
+    result = kit.pull(pub, dest_parent, store=kit.store(kit.server.endpoint_url), progress=log)
+    assert result.resumed_from == 0, "resumed over a file that is no longer there"
+    assert any("starting" in m and "over" in m for m in log.lines), log.lines
+    assert verify(result.dest).problems == ()
+    kit.assert_same_tree(src, result.dest)
