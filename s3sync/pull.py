@@ -215,18 +215,20 @@ def _first_unlike_record(journal: Journal) -> str | None:
     recorded (missing, another type, a file of another size), or None. One ``lstat`` per
     member, on resume only (about 2 s per million members); contents are not re-read.
 
-    Raises:
-        DestinationError: the index cannot be read.
     """
     kinds = {"file": stat.S_ISREG, "hardlink": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}
     root = os.fspath(journal.tree_path)  # the tree this journal opened, wherever it is now
-    for rec in journal.records():
-        try:
-            st = os.lstat(os.path.join(root, rec.path))
-        except OSError:
-            return rec.path
-        if not kinds.get(rec.kind, lambda _m: False)(st.st_mode) or (rec.kind == "file" and st.st_size != rec.size):
-            return rec.path
+    try:
+        for rec in journal.records():
+            try:
+                st = os.lstat(os.path.join(root, rec.path))
+            except OSError:
+                return rec.path
+            if not kinds.get(rec.kind, lambda _m: False)(st.st_mode) or (
+                    rec.kind == "file" and st.st_size != rec.size):
+                return rec.path
+    except (ValueError, TypeError):
+        return None  # a damaged index: ``_extract`` reports it and makes the next run start over
     return None
 
 
