@@ -57,7 +57,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--no-sign-request", action="store_true", help="anonymous requests (public buckets)", **flag)
     g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default: 2 per CPU, 4 to 32)", **d)
     g.add_argument("-q", "--quiet", action="store_true", help="print errors only", **flag)
-    g.add_argument("-v", "--verbose", action="store_true", help="print retries and resume points", **flag)
+    g.add_argument("-v", "--verbose", action="store_true", help="more detail: retries and resume points (pull), history and leftovers (ls)", **flag)
     g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout", **flag)
     g.add_argument("--debug", action="store_true", help="show tracebacks", **flag)
     return p
