@@ -29,7 +29,7 @@ from .config import TransferSettings
 from .errors import DamagedDatasetError, IntegrityError, Interrupted, NotFoundError, PartChangedError, S3SyncError
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
-from .stores.base import Store
+from .stores.base import Store, same_etag
 
 PIECE = 512 * 1024
 """Bytes per piece of ``fetch_to``: small enough to stay in a core's L2 cache (1 MiB on
@@ -242,14 +242,14 @@ class ChunkFetcher:
                     what = (f"chunk {job.index} (bytes {job.offset}-{job.offset + job.length - 1}) has digest {got}, "
                             f"expected {job.digest}")
                     observed = self._etags.get(job.key, "")
-                    if observed and _bare(observed) != _bare(job.etag) and (got == bad or attempt == s.retries):
+                    if observed and not same_etag(observed, job.etag) and (got == bad or attempt == s.retries):
                         # Not the object published, and the same wrong bytes twice: not a transit error.
                         raise _part_changed(
                             job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server "
                                  f"since publish and no longer matches the manifest: {what} (ETag {observed}, "
                                  f"published as {job.etag})",
-                            hint="the part was overwritten after publish: republish the dataset, or pull another "
-                                 "generation or copy of it")
+                            hint="the part was overwritten after publish: republish the dataset (or pull an "
+                                 "intact copy of it)")
                     bad = got
                     raise IntegrityError(f"s3://{self.store.bucket}/{key}: {what}")
                 self.stats.add(received=counted, chunks=1)
@@ -300,11 +300,11 @@ class ChunkFetcher:
             new = first is None
             if new:
                 first = self._etags[job.key] = etag
-        if _bare(first) != _bare(etag):
+        if not same_etag(first, etag):
             raise _part_changed(
                 job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server during this "
                      f"pull: ETag {first} at its first request, {etag} now", hint=_RERUN_HINT)
-        if new and _bare(etag) != _bare(job.etag):
+        if new and not same_etag(etag, job.etag):
             self.progress.message(f"part {job.part_index} ({job.key}) has ETag {etag}, not the published {job.etag} "
                                   "(a copy?): its chunks are checked against the manifest's digests")
 
@@ -319,10 +319,6 @@ def _part_changed(job: ChunkJob, message: str, hint: str) -> PartChangedError:
     err.part_index = job.part_index  # type: ignore[attr-defined]
     return err
 
-
-def _bare(etag: str) -> str:
-    """An ETag without its quotes (servers differ in quoting)."""
-    return etag.strip().strip('"')
 
 
 class OrderedReader:

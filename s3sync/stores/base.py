@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 
+def same_etag(a: str, b: str) -> bool:
+    """Whether two ETags name the same object version, quotes aside (servers differ in
+    quoting, e.g. rclone's listings; RFC 9110 section 8.8.3 puts them in quotes)."""
+    return a.strip().strip('"') == b.strip().strip('"')
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """An object's key, size (bytes) and ETag (as the server sent it, quotes included)."""

@@ -37,7 +37,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from .base import DeleteFailure, ObjectInfo, UploadInfo
+from .base import DeleteFailure, ObjectInfo, UploadInfo, same_etag
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -458,10 +458,6 @@ def _finish(body: Any) -> None:
     body.close()
 
 
-def _bare(etag: str) -> str:
-    """An ETag without its quotes (servers differ in quoting, e.g. rclone's listings)."""
-    return etag.strip().strip('"')
-
 
 class S3Store:
     """One bucket of an S3-compatible server.
@@ -604,7 +600,7 @@ class S3Store:
         body = resp["Body"]
         try:
             got = resp.get("ETag") or ""
-            if etag and got and _bare(got) != _bare(etag):
+            if etag and got and not same_etag(got, etag):
                 # Some servers (rclone serve s3) ignore If-Match: compare ourselves.
                 raise PartChangedError(f"{url} has ETag {got}, but the request was pinned to {etag}")
             if on_etag is not None:
