@@ -166,16 +166,23 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
                       mode, min_advance=manifest.chunk_size)
     offset = journal.open()
-    if offset and extract and (gone := _first_unlike_record(journal)) is not None:
-        # What an earlier run recorded as extracted must still be there: the rest of this run
-        # never looks at it again, and the marker would call the dataset complete.
-        progress.message(f"{gone}: recorded as extracted by the interrupted run, but missing or changed in "
-                         f"{journal.tree}; starting {name} over")
-        journal.forget()
-        journal.close_quietly()
-        journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
-                          mode, min_advance=manifest.chunk_size)
-        offset = journal.open()
+    recorded = None
+    if offset and extract:
+        try:
+            recorded = _read_back(journal)
+        except BaseException:
+            journal.close_quietly()
+            raise
+        if recorded.gone is not None:
+            # What an earlier run recorded as extracted must still be there: the rest of this
+            # run never looks at it again, and the marker would call the dataset complete.
+            progress.message(f"{recorded.gone}: recorded as extracted by the interrupted run, but missing or "
+                             f"changed in {journal.tree}; starting {name} over")
+            journal.forget()
+            journal.close_quietly()
+            journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
+                              mode, min_advance=manifest.chunk_size)
+            offset, recorded = journal.open(), None
     if offset:
         progress.message(f"resuming {name} at {format_size(offset)} of {format_size(manifest.stream_size)} "
                          f"(byte {offset:,})")
@@ -187,7 +194,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         if extract:
             chunks = fetcher.fetch(jobs)
             try:
-                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready)
+                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready, recorded)
             finally:
                 chunks.close()
         else:
@@ -210,26 +217,64 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
                       False, time.monotonic() - started)
 
 
-def _first_unlike_record(journal: Journal) -> str | None:
-    """The first member an earlier run recorded that is no longer in the staging tree as
-    recorded (missing, another type, a file of another size), or None. One ``lstat`` per
-    member, on resume only (about 2 s per million members); contents are not re-read.
+@dataclass(slots=True)
+class _Tally:
+    """What the extracted stream held: members, regular files and their bytes."""
 
+    members: int = 0
+    files: int = 0
+    extracted_size: int = 0
+
+    def add(self, record: archive.MemberRecord) -> None:
+        self.members += 1
+        if record.kind == "file":
+            self.files += 1
+            self.extracted_size += record.size
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """What earlier runs of a resumed pull recorded: a tally of their members, their
+    directories (modes and mtimes are applied at the end), and the first member no longer
+    in the staging tree as recorded (None if all are)."""
+
+    seen: _Tally
+    dirs: list[archive.MemberRecord]
+    gone: str | None = None
+
+
+def _read_back(journal: Journal) -> _Recorded:
+    """Read the index of a resumed pull once: tally it, and check that every member is
+    still in the staging tree as recorded (type, and size for files; one ``lstat`` each,
+    about 2 s per million members; contents are not re-read).
+
+    Raises:
+        DestinationError: the index is damaged (an OS crash can leave zeros where unsynced
+            records were); it is discarded, so the next run starts over.
     """
     kinds = {"file": stat.S_ISREG, "hardlink": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}
     root = os.fspath(journal.tree_path)  # the tree this journal opened, wherever it is now
+    recorded = _Recorded(_Tally(), [])
     try:
         for rec in journal.records():
-            try:
-                st = os.lstat(os.path.join(root, rec.path))
-            except OSError:
-                return rec.path
-            if not kinds.get(rec.kind, lambda _m: False)(st.st_mode) or (
-                    rec.kind == "file" and st.st_size != rec.size):
-                return rec.path
-    except (ValueError, TypeError):
-        return None  # a damaged index: ``_extract`` reports it and makes the next run start over
-    return None
+            recorded.seen.add(rec)
+            if rec.kind == "dir":
+                recorded.dirs.append(rec)
+            if recorded.gone is None:
+                try:
+                    st = os.lstat(os.path.join(root, rec.path))
+                except OSError:
+                    recorded.gone = rec.path
+                    continue
+                if not kinds.get(rec.kind, lambda _m: False)(st.st_mode) or (
+                        rec.kind == "file" and st.st_size != rec.size):
+                    recorded.gone = rec.path
+    except (ValueError, TypeError) as err:
+        journal.forget()
+        raise DestinationError(
+            f"{journal.index_path}: the resume state of this pull is damaged ({err}); it was discarded",
+            hint="run the same command again: it starts the pull over") from err
+    return recorded
 
 
 def _preflight(tree: Path, manifest: Manifest, offset: int, extract: bool) -> None:
@@ -270,27 +315,12 @@ def _hashed(chunks: Iterator[tuple[ChunkJob, memoryview]], hasher: hashing.Hashe
         yield job, data
 
 
-@dataclass(slots=True)
-class _Tally:
-    """What the extracted stream held: members, regular files and their bytes."""
-
-    members: int = 0
-    files: int = 0
-    extracted_size: int = 0
-
-    def add(self, record: archive.MemberRecord) -> None:
-        self.members += 1
-        if record.kind == "file":
-            self.files += 1
-            self.extracted_size += record.size
-
-
 def _damaged(manifest: Manifest, what: str) -> DamagedDatasetError:
     return DamagedDatasetError(f"dataset {manifest.name} (generation {manifest.generation}) is damaged: {what}")
 
 
 def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress,
-             ready: Callable[[], bool]) -> None:
+             ready: Callable[[], bool], recorded: _Recorded | None = None) -> None:
     """Extract the stream from ``offset``, then check everything the manifest promises.
 
     At the end: the tar end-of-archive marker right after the last member and only zeros
@@ -307,22 +337,13 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size, ready=ready)
     extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree)
     progress.start("extract", manifest.extracted_size)
-    seen = _Tally()
-    dirs: list[archive.MemberRecord] = []  # this run's and, on resume, an earlier run's
+    # On resume, earlier runs' members, read back once by pull() (``_read_back``: reading the
+    # whole index costs ~5 % of a pull of 100,000 tiny files, so only then).
+    if offset and recorded is None:
+        recorded = _read_back(journal)
+    seen = recorded.seen if recorded else _Tally()
+    dirs: list[archive.MemberRecord] = recorded.dirs if recorded else []  # this run's and earlier runs'
     if offset:
-        # Reading the whole index back costs ~5 % of a pull of 100,000 tiny files: only on resume.
-        try:
-            for record in journal.records():
-                seen.add(record)
-                if record.kind == "dir":
-                    dirs.append(record)
-        except (ValueError, TypeError) as err:
-            # An index damaged on disk (an OS crash can leave zeros where unsynced records
-            # were): this run cannot resume from it; the next one starts over.
-            journal.forget()
-            raise DestinationError(
-                f"{journal.index_path}: the resume state of this pull is damaged ({err}); it was discarded",
-                hint="run the same command again: it starts the pull over") from err
         progress.advance("extract", seen.extracted_size)
         progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
                          "the member counts and the end of the archive")
