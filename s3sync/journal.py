@@ -360,7 +360,10 @@ class Journal:
         Raises:
             OSError: the write failed; DestinationError: a symlink was planted on the way.
         """
-        tree_fd = self._open_subdir(self._lock_fd, TREE_NAME, self.tree)
+        # Into the tree opened at ``open`` (the one extraction wrote), not whatever is named
+        # tree/ now.
+        tree_fd = self._tree_fd if self._tree_fd is not None else self._open_subdir(self._lock_fd, TREE_NAME,
+                                                                                     self.tree)
         try:
             try:
                 os.mkdir(METADATA_DIR, dir_fd=tree_fd)
@@ -368,7 +371,8 @@ class Journal:
                 pass
             meta_fd = self._open_subdir(tree_fd, METADATA_DIR, self.tree / METADATA_DIR)
         finally:
-            os.close(tree_fd)
+            if tree_fd != self._tree_fd:
+                os.close(tree_fd)
         try:
             _write_new(meta_fd, name, data)
         finally:
