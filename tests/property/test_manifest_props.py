@@ -307,7 +307,7 @@ tree_files = st.dictionaries(
        st.sampled_from([64 * 1024, 96 * 1024 + 512, 128 * 1024, 1 << 20]), st.integers(min_value=1, max_value=4))
 def test_every_manifest_publish_writes_passes_validation(files, empty_dirs, link, chunk_size, part_chunks) -> None:
     """The cross-field rules of ``from_json`` never refuse what a publish writes: the tar
-    stream and its parts are made by ``archive.write_tar`` and ``publish.PartWriter`` exactly
+    stream and its parts are made by ``archive.write_tar`` and ``partwriter.PartWriter`` exactly
     as ``publish.publish`` makes them (without the upload), and the manifest built the same
     way. Cuts at member boundaries and hard cuts inside large members both happen."""
     import tempfile
@@ -316,7 +316,7 @@ def test_every_manifest_publish_writes_passes_validation(files, empty_dirs, link
 
     from s3sync import archive
     from s3sync.progress import NullProgress
-    from s3sync.publish import PartWriter
+    from s3sync.partwriter import PartWriter
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "src"

@@ -27,7 +27,7 @@ OWNER = {
 LAYER = {
     "errors": 0, "hashing": 0, "interrupts": 0, "planning": 0, "manifest": 0, "config": 0, "progress": 0,
     "stores": 1, "stores.base": 1, "stores.s3": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
-    "lease": 1, "leftovers": 2,
+    "lease": 1, "partwriter": 1, "leftovers": 2,
     "publish": 2, "pull": 2, "catalog": 2, "verify": 2,
     "ui": 3, "cli": 3, "__main__": 3,
 }
