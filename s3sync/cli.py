@@ -324,18 +324,12 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             if not args.verbose or err.bucket_missing:
                 raise
             # Nothing committed: what a first publish, running or dead, left is still worth showing.
-            from .leftovers import survey
-
-            store.check_bucket()  # learns the server's clock: leases expire by it
-            found = survey(store, resolved.location, None, now=store.server_time())
+            found = _survey(store, resolved.location, None)
             if not found.leftovers and not found.history:
                 raise
             return _ls_uncommitted(resolved.location, found, ui)
         if args.verbose:
-            from .leftovers import survey
-
-            store.check_bucket()  # learns the server's clock: leases expire by it
-            found = survey(store, resolved.location, m.generation, now=store.server_time())
+            found = _survey(store, resolved.location, m.generation)
     finally:
         store.close()
     if ui.as_json:
@@ -358,6 +352,15 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             for line in _survey_lines(found):
                 ui.line(line)
     return EXIT_OK
+
+
+def _survey(store: Any, location: Any, current: str | None) -> Any:
+    """``ls -v``'s survey of history generations and leftovers, leases judged by the server's
+    clock (the Date of a HEAD of the bucket), as publish judges them."""
+    from .leftovers import survey
+
+    store.check_bucket()
+    return survey(store, location, current, now=store.server_time())
 
 
 def _survey_json(found: Any) -> dict[str, Any]:
