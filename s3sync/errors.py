@@ -10,6 +10,7 @@ the module that calls the library, with ``raise ... from err``.
     ├── UsageError                   exit 2   bad flag, size, URL, unknown name
     │   └── ConfigError              exit 2   unreadable or invalid config/catalog TOML
     ├── SourceError                           publish: unreadable SRC_DIR, unsupported file
+    ├── SplitArchiveError                     the objects at a source are not one split archive
     ├── PublishConflictError                  another publish of the same prefix won the swap
     ├── DestinationError                      pull: destination exists, not writable
     │   └── InsufficientSpaceError            preflight or ENOSPC: names path and bytes
@@ -21,9 +22,11 @@ the module that calls the library, with ``raise ... from err``.
     │   ├── TLSError                          certificate not trusted, TLS handshake refused
     │   └── TransientStoreError  retriable    5xx, throttling, reset, timeout, bad status line
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
+    │   └── PieceDigestError                  a whole piece's digest differs from its evidence
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
     │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
     ├── UnsafeArchiveError                    tar member escapes or is a device
+    ├── DamagedArchiveError                   a split archive's bytes are not a whole tar (or compressed tar)
     ├── VerifyFailed                          verify found missing or changed files
     │   └── VerifyIncomplete                  nothing differs, but some files only root can read
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
@@ -66,6 +69,14 @@ class SourceError(S3SyncError):
     """The directory to publish cannot be read or holds a file s3sync cannot publish."""
 
     hint = "fix or remove the file named above, then publish again"
+
+
+class SplitArchiveError(S3SyncError):
+    """The objects at a source are not the pieces of one archive: several unrelated name
+    families, a gap in a numbered run, no piece at all, or a format s3sync cannot read
+    (zip, 7z). The message lists what was found."""
+
+    hint = "point SOURCE at a prefix that holds only the pieces of one archive (and their checksum files)"
 
 
 class PublishConflictError(S3SyncError):
@@ -169,6 +180,16 @@ class IntegrityError(S3SyncError):
     hint = "the data was corrupted in transit or on the server; run again, or report the object named above"
 
 
+class PieceDigestError(IntegrityError):
+    """A whole piece of a split archive hashed to another digest than its evidence (a
+    sidecar checksum file or its ETag) promises. Nothing was committed; a rerun fetches
+    that piece again, not the whole archive."""
+
+    retriable = False
+    hint = ("run the same command again to fetch that piece again; if it fails the same way, the piece or its "
+            "checksum file is damaged at the source")
+
+
 class ManifestError(S3SyncError):
     """The manifest is not valid JSON, of an unknown version, or inconsistent."""
 
@@ -187,6 +208,14 @@ class UnsafeArchiveError(S3SyncError):
     """A tar member would land outside the destination, or is a device or other special file."""
 
     hint = "the archive is hostile or damaged; nothing was written outside the staging directory"
+
+
+class DamagedArchiveError(S3SyncError):
+    """A split archive s3sync did not publish is not a whole tar stream: its compressed data
+    is corrupt or cut short, a header is unreadable, or it ends without the tar
+    end-of-archive marker (a missing last piece)."""
+
+    hint = "the archive at the source is damaged or incomplete; nothing was committed"
 
 
 class VerifyFailed(S3SyncError):

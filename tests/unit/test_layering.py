@@ -18,17 +18,17 @@ OWNER = {
     "boto3": "stores/s3.py",
     "botocore": "stores/s3.py",
     "s3transfer": "stores/s3.py",
-    "urllib3": "stores/s3.py",
+    "urllib3": ("stores/s3.py", "stores/http.py"),  # boto3's stack, and our HTTP client
     "xxhash": "hashing.py",
     "rich": "ui.py",
     "tarfile": "archive.py",
 }
 
 LAYER = {
-    "errors": 0, "hashing": 0, "interrupts": 0, "planning": 0, "manifest": 0, "config": 0, "progress": 0,
-    "stores": 1, "stores.base": 1, "stores.s3": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
+    "errors": 0, "pieces": 0, "hashing": 0, "interrupts": 0, "planning": 0, "manifest": 0, "config": 0, "progress": 0,
+    "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
     "lease": 1, "partwriter": 1, "leftovers": 2,
-    "publish": 2, "pull": 2, "catalog": 2, "verify": 2,
+    "publish": 2, "pull": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2,
     "ui": 3, "cli": 3, "__main__": 3,
 }
 
@@ -70,7 +70,8 @@ def test_third_party_libraries_have_one_owner(path: Path) -> None:
             continue
         top = name.split(".")[0]
         if top in OWNER:
-            assert OWNER[top] == rel, f"{rel} imports {top}, which belongs to {OWNER[top]}"
+            owners = OWNER[top] if isinstance(OWNER[top], tuple) else (OWNER[top],)
+            assert rel in owners, f"{rel} imports {top}, which belongs to {' and '.join(owners)}"
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
