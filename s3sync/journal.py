@@ -279,6 +279,40 @@ class Journal:
             self._index_file.flush()
         return iter_index(Path(self.tree_path, METADATA_DIR, INDEX_NAME))
 
+    @property
+    def mark(self) -> tuple[int, int]:
+        """The last checkpoint as an ``(offset, index size)`` pair, for ``rewind``."""
+        return self._mark
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Move the resume point back to an earlier ``mark`` and write it now (synced): a
+        rerun resumes there, and the index records after it are dropped when it opens.
+        For a split archive whose piece failed its digest: what came from that piece is
+        extracted again by the rerun."""
+        self._mark = mark
+        self._write(sync=True)
+
+    def save_state(self, name: str, data: bytes) -> None:
+        """Replace the staging file ``name`` (extra resume state of a pipeline) atomically,
+        never through a symlink; synced, so it is never older than a later checkpoint.
+
+        Raises:
+            DestinationError: the file cannot be written (InsufficientSpaceError on ENOSPC).
+        """
+        try:
+            _write_new(self._lock_fd, name + ".tmp", data, sync=True)
+            os.replace(name + ".tmp", name, src_dir_fd=self._lock_fd, dst_dir_fd=self._lock_fd)
+        except OSError as err:
+            raise translate_os_error(err, str(self.staging / name)) from err
+
+    def load_state(self, name: str) -> bytes | None:
+        """The staging file ``name`` as saved by ``save_state`` in an earlier run of this
+        same pull (a new or restarted pull has none), or None."""
+        try:
+            return _read_nofollow(name, self._lock_fd)
+        except (OSError, ValueError):  # ValueError: not a regular file (planted): ignored
+            return None
+
     def forget(self) -> None:
         """Make the next run start over from byte 0: the journal is written with an offset
         that ``open`` refuses (negative), so the staging directory is emptied then. For a

@@ -129,39 +129,9 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     manifest, manifest_bytes = fetch_manifest(store, location)
     name = name or manifest.name
     dest = dest_parent / name
-    manifest_digest = hashing.digest(manifest_bytes)
     mode = "extract" if extract else "parts"
-    if dest_parent.exists() and not dest_parent.is_dir():
-        raise DestinationError(f"{dest_parent}: not a directory", hint="give a directory as DEST_PARENT")
-    if read_marker(dest_parent) is not None:
-        # `pull sbu /data/sbu` would nest a copy at /data/sbu/sbu, which the outer dataset's
-        # verify then reports as extra files.
-        raise DestinationError(f"{dest_parent} is itself a pulled dataset: the pull would put {name} inside it",
-                               hint=f"give the directory that holds datasets as DEST_PARENT, e.g. {dest_parent.parent}")
-    _take_empty_dest(dest)
-    if dest.exists() or dest.is_symlink():
-        marker = read_marker(dest)
-        if marker and marker.get("manifest_digest") == manifest_digest and marker.get("mode", "extract") == mode:
-            # A run interrupted between its rename and the clean-up left its staging behind.
-            Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation, mode).remove_leftover()
-            return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
-        if marker and marker.get("manifest_digest") == manifest_digest:
-            held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
-            raise DestinationError(f"{dest} already holds {held} of generation {manifest.generation}",
-                                   hint="pull into another DEST_PARENT, or remove the directory named above")
-        what = "directory" if dest.is_dir() and not dest.is_symlink() else \
-            "symbolic link" if dest.is_symlink() else "file"
-        raise DestinationError(f"{dest} already exists" + (
-            f" and holds generation {marker.get('generation')}, not {manifest.generation}" if marker
-            else f" (a {what})" if what != "directory" else ""),
-            hint="pull into another DEST_PARENT, or remove (or rename) the directory named above to get the new "
-                 "generation" if marker else f"pull into another DEST_PARENT or remove the {what} named above")
-    if not dest_parent.is_dir():
-        try:
-            dest_parent.mkdir(parents=True)
-        except OSError as err:
-            raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})",
-                                   hint="create it, or give a DEST_PARENT you can write to") from err
+    if prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+        return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
                       mode, min_advance=manifest.chunk_size)
@@ -169,7 +139,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     recorded = None
     if offset and extract:
         try:
-            recorded = _read_back(journal)
+            recorded = read_back(journal)
         except BaseException:
             journal.close_quietly()
             raise
@@ -217,6 +187,55 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
                       False, time.monotonic() - started)
 
 
+def prepare_destination(dest_parent: Path, name: str, identity: bytes, generation: str, mode: str) -> bool:
+    """Check that ``dest_parent / name`` can receive this pull, and create ``dest_parent``.
+
+    ``identity`` is what identifies the pull (the manifest's bytes; for a split archive its
+    ``SplitArchive.identity()``), ``generation`` what to call it in messages. Returns True
+    if the destination already holds it (complete: nothing to do), after removing a
+    staging directory an interrupted run left behind after its rename.
+
+    Raises:
+        DestinationError: DEST_PARENT is a file or itself a pulled dataset; the destination
+            exists and holds something else; DEST_PARENT cannot be created.
+    """
+    dest = dest_parent / name
+    digest = hashing.digest(identity)
+    if dest_parent.exists() and not dest_parent.is_dir():
+        raise DestinationError(f"{dest_parent}: not a directory", hint="give a directory as DEST_PARENT")
+    if read_marker(dest_parent) is not None:
+        # `pull sbu /data/sbu` would nest a copy at /data/sbu/sbu, which the outer dataset's
+        # verify then reports as extra files.
+        raise DestinationError(f"{dest_parent} is itself a pulled dataset: the pull would put {name} inside it",
+                               hint=f"give the directory that holds datasets as DEST_PARENT, e.g. {dest_parent.parent}")
+    _take_empty_dest(dest)
+    if dest.exists() or dest.is_symlink():
+        marker = read_marker(dest)
+        if marker and marker.get("manifest_digest") == digest and marker.get("mode", "extract") == mode:
+            # A run interrupted between its rename and the clean-up left its staging behind.
+            Journal(staging_dir(dest_parent, name), identity, generation, mode).remove_leftover()
+            return True
+        if marker and marker.get("manifest_digest") == digest:
+            held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
+            raise DestinationError(f"{dest} already holds {held} of generation {generation}",
+                                   hint="pull into another DEST_PARENT, or remove the directory named above")
+        what = "directory" if dest.is_dir() and not dest.is_symlink() else \
+            "symbolic link" if dest.is_symlink() else "file"
+        raise DestinationError(f"{dest} already exists" + (
+            f" and holds generation {marker.get('generation')}, not {generation}" if marker
+            else f" (a {what})" if what != "directory" else ""),
+            hint="pull into another DEST_PARENT, or remove (or rename) the directory named above to get the new "
+                 "generation" if marker else f"pull into another DEST_PARENT or remove the {what} named above")
+    if not dest_parent.is_dir():
+        try:
+            dest_parent.mkdir(parents=True)
+        except OSError as err:
+            raise DestinationError(f"{dest_parent}: cannot create ({err.strerror})",
+                                   hint="create it, or give a DEST_PARENT you can write to") from err
+
+    return False
+
+
 @dataclass(slots=True)
 class _Tally:
     """What the extracted stream held: members, regular files and their bytes."""
@@ -243,7 +262,7 @@ class _Recorded:
     gone: str | None = None
 
 
-def _read_back(journal: Journal) -> _Recorded:
+def read_back(journal: Journal) -> _Recorded:
     """Read the index of a resumed pull once: tally it, and check that every member is
     still in the staging tree as recorded (type, and size for files; one ``lstat`` each,
     about 2 s per million members; contents are not re-read).
@@ -340,7 +359,7 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     # On resume, earlier runs' members, read back once by pull() (``_read_back``: reading the
     # whole index costs ~5 % of a pull of 100,000 tiny files, so only then).
     if offset and recorded is None:
-        recorded = _read_back(journal)
+        recorded = read_back(journal)
     seen = recorded.seen if recorded else _Tally()
     dirs: list[archive.MemberRecord] = recorded.dirs if recorded else []  # this run's and earlier runs'
     if offset:
@@ -481,17 +500,28 @@ def _check_part_files(manifest: Manifest, directory: Path, shown: Path) -> None:
 
 
 def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: bytes) -> None:
-    """Write the completion marker, then rename the tree into place (atomic on one file
-    system). Neither step goes through a symlink (see ``Journal.write_metadata`` and
-    ``Journal.move_tree``); interrupted anywhere, a rerun does both again."""
+    """Write the manifest and the completion marker, then rename the tree into place."""
+    commit(journal, dest, {MANIFEST_NAME: manifest_bytes}, {
+        "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
+        "mode": journal.mode, "name": manifest.name})
+
+
+def commit(journal: Journal, dest: Path, metadata: dict[str, bytes], marker: dict[str, object]) -> None:
+    """Write ``metadata`` files into ``.s3sync/``, then the completion marker (``marker``
+    plus the index's digest and the time), then rename the tree into place (atomic on one
+    file system). None of these steps goes through a symlink (see ``Journal.write_metadata``
+    and ``Journal.move_tree``); interrupted anywhere, a rerun does them all again.
+
+    Raises:
+        DestinationError: a file cannot be written, or the rename is refused.
+    """
     index = Path(journal.tree_path, archive.METADATA_DIR, journal.index_path.name)
     try:
-        journal.write_metadata(MANIFEST_NAME, manifest_bytes)
+        for name, data in metadata.items():
+            journal.write_metadata(name, data)
         journal.write_metadata(MARKER, (json.dumps({
-            "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
-            "mode": journal.mode,
-            "index_digest": archive.file_digest(index) if index.exists() else "",
-            "name": manifest.name, "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **marker, "index_digest": archive.file_digest(index) if index.exists() else "",
+            "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }) + "\n").encode())
     except OSError as err:
         raise DestinationError(f"{dest}: cannot write the completion marker ({err.strerror})") from err
