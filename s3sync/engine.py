@@ -63,10 +63,15 @@ class ChunkFetcher:
         key_of: maps a manifest part key to the full object key.
         settings: concurrency, window, retry budget and backoff (seconds).
         progress: receives ``download`` bytes as they arrive, rewound on retry.
+        pins: part key -> ETag every request for that part is pinned to from the start
+            (default: the ETag of each part's first response).
+
+    A job whose ``digest`` is ``""`` is checked for length only: a split archive's pieces
+    have no chunk digests until a whole piece has been checked (``splitpull``).
     """
 
     def __init__(self, store: Store, key_of: Callable[[str], str], settings: TransferSettings,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, pins: dict[str, str] | None = None) -> None:
         self.store = store
         self.key_of = key_of
         self.settings = settings
@@ -75,7 +80,9 @@ class ChunkFetcher:
         self._cancel = threading.Event()
         self._rng = random.Random()
         self._pending: queue.Queue | None = None
-        self._etags: dict[str, str] = {}  # part key -> ETag of the first response in this run
+        # part key -> ETag of the first response in this run, or as given in ``pins`` (a split
+        # archive's pieces are pinned to the ETags listed when the pull began)
+        self._etags: dict[str, str] = dict(pins or {})
         self._etags_lock = threading.Lock()
 
     def cancel(self) -> None:
@@ -224,7 +231,7 @@ class ChunkFetcher:
             try:
                 if write is None:
                     self.store.read_range_into(key, job.offset, buf, pinned, on_bytes, on_etag=on_etag)
-                    got = hashing.digest(buf)
+                    got = hashing.digest(buf) if job.digest else ""
                 else:
                     hasher = hashing.Hasher()
                     pos = job.offset
@@ -238,7 +245,7 @@ class ChunkFetcher:
                     finally:
                         pieces.close()  # the connection goes back to the pool or is closed now
                     got = hasher.hexdigest()
-                if got != job.digest:
+                if job.digest and got != job.digest:
                     what = (f"chunk {job.index} (bytes {job.offset}-{job.offset + job.length - 1}) has digest {got}, "
                             f"expected {job.digest}")
                     observed = self._etags.get(job.key, "")
@@ -420,6 +427,14 @@ class OrderedReader:
             self._pos += len(take)
             left -= len(take)
             yield take
+
+    def next_view(self) -> memoryview:
+        """The bytes from the position to the end of the current chunk (or of the next one,
+        if the current is used up), consumed; empty at the end of the stream. Valid until
+        the next call (the chunk buffer is then reused)."""
+        w = self._window()
+        self._pos += len(w)
+        return w
 
     def drain(self) -> int:
         """Read to the end of the stream (every chunk still gets verified); return bytes skipped."""

@@ -29,6 +29,10 @@ from .planning import chunk_spans
 from .progress import NullProgress, Progress
 from .pull import read_marker
 
+SPLIT_ARCHIVE = "split-archive"
+"""The completion marker's ``source`` for a split archive s3sync did not publish: it has no
+manifest, only the index of what was extracted (checked against the pieces' evidence)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -79,11 +83,13 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
             raise DestinationError(f"{dest}: not a completed s3sync pull", hint=f"did you mean {inside[0]}?")
         raise DestinationError(f"{dest}: not a completed s3sync pull (no {archive.METADATA_DIR}/complete.json)",
                                hint="give the directory a pull created, e.g. /data/sbu")
-    try:
-        manifest = Manifest.from_json((meta / MANIFEST_NAME).read_bytes(), str(meta / MANIFEST_NAME))
-    except OSError as err:
-        raise ManifestError(f"{meta / MANIFEST_NAME}: cannot read ({err.strerror})") from err
-    if marker.get("mode") == "parts":
+    manifest = None
+    if marker.get("source") != SPLIT_ARCHIVE:
+        try:
+            manifest = Manifest.from_json((meta / MANIFEST_NAME).read_bytes(), str(meta / MANIFEST_NAME))
+        except OSError as err:
+            raise ManifestError(f"{meta / MANIFEST_NAME}: cannot read ({err.strerror})") from err
+    if manifest is not None and marker.get("mode") == "parts":
         problems, checked, nbytes = _verify_parts(dest, manifest, progress)
     else:
         index_path = meta / INDEX_NAME
@@ -99,8 +105,11 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         except (ValueError, TypeError) as err:
             raise ManifestError(f"{index_path}: damaged record ({err})") from err
         problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
-        problems += _unkept_promises(manifest, index_path)
-    return VerifyResult(dest, manifest.name, manifest.generation, checked, nbytes,
+        if manifest is not None:
+            problems += _unkept_promises(manifest, index_path)
+    name, generation = (manifest.name, manifest.generation) if manifest is not None else \
+        (str(marker.get("name", dest.name)), str(marker.get("generation", "")))
+    return VerifyResult(dest, name, generation, checked, nbytes,
                         tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started)
 
 
