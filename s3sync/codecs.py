@@ -43,11 +43,11 @@ import bz2
 import lzma
 import queue
 import threading
-import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import zstandard
+from zlib_ng import zlib_ng
 
 from .errors import DamagedArchiveError, SplitArchiveError
 
@@ -144,8 +144,10 @@ def detect(head: bytes, name: str) -> str:
                             f"(it starts with {head[:8].hex(' ')})")
 
 
-def _gzip_module() -> Any:
-    return zlib
+def _gzip_member() -> tuple[Callable[[], Any], tuple[type[BaseException], ...]]:
+    """A factory of gzip member decoders (the library picked by measurement, see the module
+    docstring) and the exception classes its corrupt data raises."""
+    return (lambda: _ZlibMember(zlib_ng)), (zlib_ng.error,)
 
 
 class _Input:
@@ -231,10 +233,9 @@ class _MemberDecoder:
         self._dec: Any = None
         self._pending: bytes | memoryview = b""
         self._members = 0
+        self._errors: tuple[type[BaseException], ...]
         if codec == "gzip":
-            lib = _gzip_module()
-            self._new = lambda: _ZlibMember(lib)
-            self._errors: tuple[type[BaseException], ...] = (lib.error,)
+            self._new, self._errors = _gzip_member()
         elif codec == "bzip2":
             self._new = bz2.BZ2Decompressor
             self._errors = (OSError,)  # _bz2 raises OSError("Invalid data stream")
@@ -545,8 +546,7 @@ class DecodedReader:
             if not w:
                 break
             self._pos += min(len(w), pos - self._pos)
-        if pos < self._pos:
-            self._pos = pos
+        self._pos = min(self._pos, pos)
         return self._pos
 
     def read(self, n: int = -1) -> bytes:
@@ -601,7 +601,7 @@ class DecodedReader:
         self._cur = memoryview(b"")
         self._src.close()
 
-    def __enter__(self) -> DecodedReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
