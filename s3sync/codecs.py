@@ -48,7 +48,7 @@ loses to everything. Extraction (about 100 MB/s for these trees) stays the bottl
 The decoding thread (``--thread --decoder zlib-ng --runs 7``, wall seconds, median): decoding
 alone img 0.86 inline / 0.85 threaded, txt 0.52 / 0.50; decoding into ``SafeExtractor`` img
 5.64 / 5.67, txt 2.66 / 2.55. On 2 cores the extractor's writer threads already keep both busy,
-so the thread moves work more than it adds parallelism: even on images, 4% faster on small
+so the thread moves work more than it adds parallelism: a tie on images, 4% faster on small
 text files. It is on by default, because with a spare core it overlaps decoding (15% of the
 time on images) with extraction, and costs only ``QUEUE_DEPTH`` MiB.
 

@@ -305,3 +305,16 @@ def test_safe_extractor_reads_the_decoded_stream_as_tar_extracts_it(codec: str, 
     sub = src / ("d" * 120) / "sub"
     assert (dest / "ds" / sub.relative_to(src) / ("f" * 110 + ".txt")).read_bytes() == b"long name\n" * 50
     assert (dest / "ds" / "hard.bin").stat().st_ino == (dest / "ds" / "big.bin").stat().st_ino
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["thread", "inline"])
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "bzip2", "xz"])
+def test_damage_surfaces_at_the_read_that_needs_it(codec: str, threaded: bool, payload: bytes) -> None:
+    """The bytes before a corrupt second member are read first, however far ahead the thread ran."""
+    first = compress(codec, payload)
+    second = bytearray(compress(codec, payload))
+    second[len(second) // 2] ^= 0x04
+    with DecodedReader(blocks(first + bytes(second), 4096), codec, "p", threaded=threaded) as reader:
+        assert reader.read(len(payload)) == payload
+        with pytest.raises(DamagedArchiveError, match=r"p: corrupt .* \(near compressed byte \d+\)"):
+            reader.read()
