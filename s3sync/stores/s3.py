@@ -475,7 +475,8 @@ class S3Store:
         self._manager: TransferManager | None = None
         self._clock_offset_s: float | None = None
 
-    def _url(self, key: str) -> str:
+    def url(self, key: str) -> str:
+        """``s3://BUCKET/KEY``: how messages name ``key``."""
         return f"s3://{self.bucket}/{key}"
 
     def server_time(self) -> float | None:
@@ -511,14 +512,14 @@ class S3Store:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             return resp["Body"].read()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
 
     def read(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             data = resp["Body"].read()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         modified = resp.get("LastModified")
         return data, ObjectInfo(key, len(data), resp.get("ETag", ""),
                                 modified.timestamp() if modified is not None else None)
@@ -527,13 +528,13 @@ class S3Store:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
 
     def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str | None,
                         on_bytes: Callable[[int], None] | None = None, *,
                         on_etag: Callable[[str], None] | None = None) -> None:
-        url = self._url(key)
+        url = self.url(key)
         if len(buf) == 0:
             return
         body, skip = self._get_range(key, offset, len(buf), etag, on_etag)
@@ -556,7 +557,7 @@ class S3Store:
     def read_range_pieces(self, key: str, offset: int, length: int, etag: str | None,
                           scratch: memoryview, *, on_etag: Callable[[str], None] | None = None
                           ) -> Generator[memoryview, None, None]:
-        url = self._url(key)
+        url = self.url(key)
         if length == 0:
             return
         body, skip = self._get_range(key, offset, length, etag, on_etag)
@@ -585,7 +586,7 @@ class S3Store:
         ``on_etag`` before any byte of the body is read (it may raise to refuse the
         response). Returns the body and how many bytes to skip in it first (the server
         ignored Range). The caller closes the body with ``_finish``."""
-        url = self._url(key)
+        url = self.url(key)
         pin = {"IfMatch": etag} if etag else {}
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}",
@@ -639,7 +640,7 @@ class S3Store:
             resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                           ContentType="application/json", **extra)
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         return ObjectInfo(key, len(data), resp["ETag"])
 
     def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> None:
@@ -659,7 +660,7 @@ class S3Store:
             self._manager.upload(stream, self.bucket, key,
                                  extra_args={"ContentType": "application/x-tar"}).result()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
@@ -670,7 +671,7 @@ class S3Store:
                     yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""),
                                      modified.timestamp() if modified is not None else None)
         except Exception as err:
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
 
     def delete(self, keys: list[str]) -> list[DeleteFailure]:
         # DeleteObjects answers 200 even when some keys were refused: with Quiet the answer
@@ -681,7 +682,7 @@ class S3Store:
             try:
                 resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except Exception as err:
-                raise translate(err, self._url(keys[i])) from err
+                raise translate(err, self.url(keys[i])) from err
             for e in resp.get("Errors", []):
                 failures.append(DeleteFailure(str(e.get("Key", "")), str(e.get("Code", "")),
                                               str(e.get("Message", ""))))
@@ -700,9 +701,9 @@ class S3Store:
             # rclone serve s3 (gofakes3) answers NoSuchUpload when no upload matches the prefix.
             if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
                 return out
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
         except Exception as err:
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
         return out
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -711,9 +712,9 @@ class S3Store:
         except bexc.ClientError as err:
             if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
                 return
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
 
     def versioned(self) -> bool | None:
         try:
