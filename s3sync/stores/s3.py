@@ -531,6 +531,40 @@ class S3Store:
             raise translate(err, self.url(key)) from err
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
 
+    def head_part(self, key: str, part_number: int) -> tuple[int, int]:
+        """The size of one multipart upload part of ``key`` and how many parts it has.
+
+        Sends HeadObject with ``partNumber`` (S3 API reference, HeadObject: "a 'ranged'
+        HEAD request for the part specified"); S3 answers with that part's Content-Length
+        and ``x-amz-mp-parts-count``. A server that ignores ``partNumber`` answers for the
+        whole object without a parts count (rclone serve s3 v1.75 does); so does S3 for an
+        object that was not a multipart upload. GetObjectAttributes ``ObjectParts`` is no
+        fallback here: it lists part sizes only for objects uploaded with checksums, moto
+        5.2 leaves ``ObjectParts`` out and rclone answers 500 (which botocore retries).
+
+        Args:
+            key: the object's key.
+            part_number: 1-based multipart upload part number (never a chunk index).
+
+        Returns:
+            ``(size, parts)``: the part's size in bytes and the upload's part count; ``(0, 0)``
+            if the server does not tell (or the object was not a multipart upload).
+
+        Raises:
+            StoreError: as ``head`` (NotFoundError, AccessDeniedError, TransientStoreError...);
+                a part number beyond the last part is S3's 416 InvalidPartNumber.
+        """
+        url = self.url(key)
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=part_number)
+        except Exception as err:
+            raise translate(err, f"{url} (part {part_number})") from err
+        parts = int(resp.get("PartsCount") or 0)
+        size = int(resp.get("ContentLength") or 0)
+        if parts >= part_number and size > 0:
+            return size, parts
+        return 0, 0
+
     def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str | None,
                         on_bytes: Callable[[int], None] | None = None, *,
                         on_etag: Callable[[str], None] | None = None) -> None:
@@ -661,6 +695,40 @@ class S3Store:
                                  extra_args={"ContentType": "application/x-tar"}).result()
         except Exception as err:
             raise translate(err, self.url(key)) from err
+
+    def list_children(self, prefix: str, *, page_size: int | None = None) -> list[ObjectInfo]:
+        """The objects directly under ``prefix/``, in key order, over all pages.
+
+        ListObjectsV2 with ``Delimiter`` ``/`` (S3 API reference): keys with a further ``/``
+        after the prefix come back as CommonPrefixes and are left out, and so is a
+        "folder" marker object named ``prefix/`` itself (what consoles create).
+
+        Args:
+            prefix: a key prefix without trailing ``/`` (``""``: the bucket's top level).
+            page_size: keys per ListObjectsV2 request (``MaxKeys``); None: the server's
+                default (S3: 1000).
+
+        Raises:
+            StoreError: as ``list``.
+        """
+        base = prefix.strip("/")
+        base = f"{base}/" if base else ""
+        out: list[ObjectInfo] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/",
+                PaginationConfig={"PageSize": page_size} if page_size else {})
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key == base or "/" in key[len(base):]:
+                        continue  # the folder marker; a server that ignores Delimiter
+                    modified = obj.get("LastModified")
+                    out.append(ObjectInfo(key, int(obj["Size"]), obj.get("ETag", ""),
+                                          modified.timestamp() if modified is not None else None))
+        except Exception as err:
+            raise translate(err, self.url(base)) from err
+        return sorted(out, key=lambda o: o.key)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
