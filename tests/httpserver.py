@@ -70,6 +70,8 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    client_port: int
+    """The client's port: one per TCP connection, so equal ports mean a reused connection."""
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -163,7 +165,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers: connections are reused
     server: FileServer
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass  # quiet: failures are asserted on, not read from stderr
 
     def do_HEAD(self) -> None:
@@ -174,7 +176,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        self.server.log(Request(self.command, path, dict(self.headers.items())))
+        self.server.log(Request(self.command, path, dict(self.headers.items()), self.client_address[1]))
         fault = self.server.next_fault(path) or Fault()
         if fault.stall_s:
             time.sleep(fault.stall_s)

@@ -46,6 +46,9 @@ MAX_SMALL_BODY = 1024 * 1024
 MAX_REDIRECTS = 5
 """Redirects followed for one GET or HEAD (mirrors commonly redirect once or twice)."""
 
+_WIRE_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+"""What reading an answer may raise: read straight from http.client, a socket error arrives
+as itself (ECONNRESET, a timeout, an SSL error), not wrapped by urllib3."""
 _READ_STEP = 1024 * 1024
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _TLS_HINT = ("if the server uses a private or self-signed certificate, add its CA certificate to the system's "
@@ -178,8 +181,7 @@ class HttpStore:
                                 raise_on_redirect=True, raise_on_status=False)
         self._pool = urllib3.PoolManager(
             num_pools=16, maxsize=max(1, settings.concurrency), block=False, retries=retries,
-            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-)
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s))
         # urllib3 uses a pool's default headers only for requests that pass none: ours always add them.
         self._headers = {"User-Agent": f"s3sync/{_version()}", "Accept-Encoding": "identity"}
 
@@ -204,8 +206,8 @@ class HttpStore:
         if not self.bucket:
             self.bucket = parts.netloc
         try:
-            resp = self._pool.request(method, key, headers={**self._headers, **(headers or {})}, preload_content=False,
-                                      decode_content=False, redirect=True)
+            resp = self._pool.request(method, key, headers={**self._headers, **(headers or {})},
+                                      preload_content=False, decode_content=False, redirect=True)
         except Exception as err:
             raise translate(err, key) from err
         try:
@@ -275,6 +277,7 @@ class HttpStore:
         """
         resp = self._request("HEAD", key)
         try:
+            resp.read()  # nothing: lets http.client mark the answer complete, so the connection is reused
             length = resp.headers.get("Content-Length")
             if length is None or not length.strip().isdigit():
                 raise StoreError(f"{key}: the server does not say the size (no Content-Length in its HEAD answer)",
@@ -285,6 +288,8 @@ class HttpStore:
                 with self._lock:
                     self._first_modified.setdefault(key, modified)
             return ObjectInfo(key, int(length), etag, _modified(modified))
+        except _WIRE_ERRORS as err:
+            raise translate(err, key) from err
         finally:
             _finish(resp)
 
@@ -298,11 +303,18 @@ class HttpStore:
             StoreError: as ``_request`` (404 ``NotFoundError``...).
         """
         resp = self._request("GET", key, {"Range": "bytes=0-0"}, accept=(200, 206, 416))
+        complete = False
         try:
             m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range") or "")
-            return resp.status == 206 and bool(m) and m[1] == "0" and m[2] == "0"
+            ranged = resp.status == 206 and bool(m) and m[1] == "0" and m[2] == "0"
+            if ranged and resp.headers.get("Content-Length") == "1":
+                resp.read()  # the one byte: the connection can then be reused
+                complete = True
+            return ranged
+        except _WIRE_ERRORS as err:
+            raise translate(err, key) from err
         finally:
-            _finish(resp, complete=False)  # a 200 carries the whole object: never read it
+            _finish(resp, complete=complete)  # a 200 carries the whole object: never read it
 
     # ------------------------------------------------------------------ small objects
 
@@ -337,7 +349,7 @@ class HttpStore:
                 raise too_big
             if declared is not None and declared.strip().isdigit() and pos != int(declared):
                 raise IntegrityError(f"{key}: body ended after {pos} of {declared} bytes")
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        except _WIRE_ERRORS as err:
             _finish(resp, complete=False)
             raise translate(err, key) from err
         except BaseException:
@@ -413,7 +425,7 @@ class HttpStore:
             if expected is not None and pos != expected:
                 raise IntegrityError(f"{key}: body ended after {pos} of {expected} bytes")
             complete = True
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        except _WIRE_ERRORS as err:
             raise translate(err, key) from err
         finally:
             _finish(resp, complete=complete)
@@ -439,7 +451,7 @@ class HttpStore:
                 yield view[:n]
             # A 200 answer goes on past our bytes: it is closed, never read to its end.
             complete = resp.status == 206
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        except _WIRE_ERRORS as err:
             raise translate(err, key) from err
         finally:
             _finish(resp, complete=complete)

@@ -131,6 +131,18 @@ def test_ranges_are_exact(files, http_server, store, etags):
         assert "If-Match" not in sent and sent["If-Unmodified-Since"]
 
 
+def test_connections_are_reused_after_complete_answers(files, http_server, store):
+    server = http_server(files)
+    url = server.url_of("piece.001")
+    store.head(url)
+    assert store.accepts_ranges(url)
+    store.get(server.url_of("piece.001.md5"))
+    for offset in range(0, 200 * KiB, 50 * KiB):
+        _read(store, url, offset, 50 * KiB)
+        list(store.read_range_pieces(url, offset, 50 * KiB, None, memoryview(bytearray(8 * KiB))))
+    assert len({r.client_port for r in server.requests}) == 1, [(r.method, r.path, r.client_port) for r in server.requests]
+
+
 def test_on_etag_sees_the_etag_before_the_body(files, http_server, store):
     url = http_server(files).url_of("piece.001")
     seen: list[str] = []
@@ -285,6 +297,16 @@ def test_an_untrusted_certificate_is_a_tls_error(files, http_server, store, tmp_
     with pytest.raises(TLSError) as info:
         store.head(url)
     assert "not trusted" in str(info.value) and not info.value.retriable
+
+
+def test_a_certificate_trusted_through_the_system_default_paths_is_accepted(files, http_server, store, tmp_path,
+                                                                          monkeypatch):
+    # No certifi: the system's default context, which OpenSSL points at SSL_CERT_FILE if set.
+    cert, key = self_signed_cert(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server = http_server(files, tls=(cert, key))
+    data = (files / "piece.001").read_bytes()
+    assert _read(store, server.url_of("piece.001"), 100, 1000) == data[100:1100]
 
 
 def test_https_to_a_plain_http_server_is_a_tls_error(files, http_server, store):
