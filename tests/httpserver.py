@@ -10,7 +10,7 @@ file's URL. Options reproduce what real servers differ in:
 - ``etags``: a strong ETag (the file's MD5, quoted) and ``If-Match`` (412 when it differs), or no
   ETag at all; ``last_modified``: a Last-Modified header and ``If-Unmodified-Since``;
   ``preconditions=False`` sends both headers but ignores If-Match and If-Unmodified-Since, as
-  many servers do;
+  many servers do; ``weak_etags`` sends ``W/"..."`` ETags (which If-Match never matches);
 - ``tls``: a ``(certfile, keyfile)`` pair to speak HTTPS (see ``self_signed_cert``).
 
 Faults are queued per path with ``FileServer.fault(path, Fault(...))``; each request to that path
@@ -81,7 +81,7 @@ class FileServer(http.server.ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, root: Path, *, ranges: bool = True, etags: bool = True, last_modified: bool = True,
-                 lying_accept_ranges: bool = False, preconditions: bool = True,
+                 lying_accept_ranges: bool = False, preconditions: bool = True, weak_etags: bool = False,
                  tls: tuple[Path, Path] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = Path(root).resolve()
@@ -90,6 +90,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.last_modified = last_modified
         self.lying_accept_ranges = lying_accept_ranges
         self.preconditions = preconditions
+        self.weak_etags = weak_etags
         self.requests: list[Request] = []
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()
@@ -190,12 +191,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = file.read_bytes()
         mtime = file.stat().st_mtime
         headers: dict[str, str] = {}
-        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        etag = ("W/" if self.server.weak_etags else "") + '"' + hashlib.md5(data).hexdigest() + '"'
         if self.server.etags:
             headers["ETag"] = etag
             pin = self.headers.get("If-Match")
+            # If-Match compares strongly: a weak ETag never matches (RFC 9110 section 13.1.1).
             if (self.server.preconditions and pin is not None and pin.strip() != "*"
-                    and etag not in [t.strip() for t in pin.split(",")]):
+                    and (etag.startswith("W/") or etag not in [t.strip() for t in pin.split(",")])):
                 return self._short(412, "precondition failed")
         if self.server.last_modified:
             headers["Last-Modified"] = email.utils.formatdate(mtime, usegmt=True)

@@ -143,6 +143,18 @@ def test_connections_are_reused_after_complete_answers(files, http_server, store
     assert len({r.client_port for r in server.requests}) == 1, [(r.method, r.path, r.client_port) for r in server.requests]
 
 
+def test_a_weak_etag_is_compared_but_never_sent_in_if_match(files, http_server, store):
+    server = http_server(files, weak_etags=True)
+    url = server.url_of("piece.001")
+    etag = store.head(url).etag
+    assert etag.startswith("W/")
+    assert _read(store, url, 0, 10, etag) == (files / "piece.001").read_bytes()[:10]
+    assert "If-Match" not in server.requests_for("piece.001")[-1].headers
+    (files / "piece.001").write_bytes(b"changed")
+    with pytest.raises(PartChangedError):
+        _read(store, url, 0, 5, etag)
+
+
 def test_on_etag_sees_the_etag_before_the_body(files, http_server, store):
     url = http_server(files).url_of("piece.001")
     seen: list[str] = []
@@ -195,6 +207,8 @@ def test_a_server_without_ranges_serves_offset_zero_and_refuses_the_rest(files, 
     with pytest.raises(StoreError) as info:
         _read(store, url, 1000, 1000)
     assert "ignores Range" in str(info.value) and not info.value.retriable
+    with pytest.raises(IntegrityError):  # the whole object is shorter than the bytes asked for
+        _read(store, url, 0, len(data) + 1)
     # The first answer's connection was closed, not read to its end and reused mid-body.
     assert _read(store, url, 0, 10) == data[:10]
 
