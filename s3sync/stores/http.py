@@ -503,7 +503,9 @@ def _readinto(resp: Any) -> Callable[[memoryview], int]:
 
     urllib3 2.x's ``HTTPResponse.readinto`` is ``read(n)`` plus a copy; the
     ``http.client.HTTPResponse`` under it (``resp._fp``, a private attribute of urllib3,
-    as ``stores/s3.py`` uses it too) reads into the buffer with one copy. The body is not
+    as ``stores/s3.py`` uses it too) reads into the buffer with one copy (measured against
+    ``rclone serve http`` on loopback, 512 MiB in 16 MiB ranged reads, median of 6
+    interleaved runs: 0.21 s of CPU against 0.245 s through urllib3). The body is not
     decoded (``decode_content=False``), so both give the same bytes. Falls back to urllib3's
     own if the layers ever look different.
     """

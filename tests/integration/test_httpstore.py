@@ -356,3 +356,70 @@ def test_the_engine_reports_a_missing_piece_by_its_url(files, http_server, store
     with pytest.raises(Exception) as info:
         list(fetcher.fetch(_jobs(url, b"x" * 10, 10)))
     assert url in str(info.value)
+
+
+def test_the_fast_path_is_taken_with_the_installed_libraries(files, http_server, store):
+    import http.client
+
+    from s3sync.stores import http as http_module
+
+    resp = store._request("GET", http_server(files).url_of("piece.001"))
+    try:
+        readinto = http_module._readinto(resp)
+        assert isinstance(getattr(readinto, "__self__", None), http.client.HTTPResponse), (
+            "urllib3 changed its layers: reads fell back to urllib3's HTTPResponse.readinto")
+    finally:
+        http_module._finish(resp, complete=False)
+
+
+# ------------------------------------------------------------------ a real web server
+
+
+@pytest.fixture
+def rclone_http(files: Path, tmp_path: Path):
+    """``rclone serve http`` over ``files`` (Go's net/http file serving: ranges, Last-Modified,
+    If-Unmodified-Since, no ETag), on a port the kernel picks. No directory cache, so a
+    changed file is seen at once."""
+    import re
+    import shutil
+    import subprocess
+    import sysconfig
+    import time
+
+    exe = Path(sysconfig.get_path("scripts")) / "rclone"
+    exe = str(exe) if exe.is_file() else shutil.which("rclone")
+    if exe is None:
+        pytest.fail("rclone not found: install the test extra")
+    log = tmp_path / "rclone-http.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([exe, "serve", "http", "--addr", "127.0.0.1:0", "--config", "",
+                                 "--dir-cache-time", "0s", "--log-level", "NOTICE", str(files)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")})
+    try:
+        for _ in range(400):
+            m = re.search(r"started on \[(http://127\.0\.0\.1:\d+)/?\]", log.read_text(errors="replace"))
+            if m or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not m:
+            pytest.fail(f"rclone serve http did not start:\n{log.read_text(errors='replace')}")
+        yield m[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_real_web_server_without_etags(files, rclone_http, store):
+    url = f"{rclone_http}/piece.001"
+    data = (files / "piece.001").read_bytes()
+    info = store.head(url)
+    assert (info.size, info.etag) == (len(data), "") and info.modified
+    assert store.accepts_ranges(url)
+    assert _read(store, url, 1000, 64 * KiB) == data[1000: 1000 + 64 * KiB]
+    assert b"".join(bytes(p) for p in store.stream(url, None, memoryview(bytearray(64 * KiB)))) == data
+    with pytest.raises(NotFoundError):
+        store.head(f"{rclone_http}/absent")
+    touch_later(files / "piece.001")
+    with pytest.raises(PartChangedError):  # pinned by Last-Modified (If-Unmodified-Since: 412)
+        _read(store, url, 0, 10)
