@@ -36,7 +36,8 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -246,14 +247,16 @@ def _same_bytes(a: str, b: str) -> bool:
                 return True
 
 
-def compare_trees(a: Path, b: Path, *, root: bool = False, ignore: tuple[str, ...] = ()) -> list[str]:
+def compare_trees(a: Path, b: Path, *, root: bool = False, ignore: tuple[str, ...] = (),
+                  mtime_ignored: Collection[str] = ()) -> list[str]:
     """What differs between the trees under ``a`` and ``b``, one line each; [] if they agree.
 
     Compared: the set of paths, each path's type, file bytes, symlink targets, which paths
     are hard links to one another, permission bits (all 12), and mtimes to the nanosecond
     (files, directories, and symlinks themselves: lstat). With ``root``, the mode and mtime
-    of ``a`` and ``b`` themselves too. ``ignore`` lists top-level names left out (e.g.
-    ``.s3sync``).
+    of ``a`` and ``b`` themselves too (path ``.``). ``ignore`` lists top-level names left
+    out (e.g. ``.s3sync``); ``mtime_ignored`` paths whose mtimes are not compared (a
+    directory that has no member of its own: see ``implicit_dirs``).
     """
     wa, wb = _walk(a), _walk(b)
     for name in ignore:
@@ -272,7 +275,7 @@ def compare_trees(a: Path, b: Path, *, root: bool = False, ignore: tuple[str, ..
             continue
         if stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode) and ka != "symlink":
             diffs.append(f"{rel}: mode {stat.S_IMODE(sa.st_mode):04o} != {stat.S_IMODE(sb.st_mode):04o}")
-        if sa.st_mtime_ns != sb.st_mtime_ns:
+        if sa.st_mtime_ns != sb.st_mtime_ns and rel not in mtime_ignored:
             diffs.append(f"{rel}: mtime {sa.st_mtime_ns} ns != {sb.st_mtime_ns} ns")
         pa, pb = os.path.join(a, rel), os.path.join(b, rel)
         if ka == "file":
@@ -284,6 +287,24 @@ def compare_trees(a: Path, b: Path, *, root: bool = False, ignore: tuple[str, ..
             diffs.append(f"{rel}: symlink to {os.readlink(pa)!r} != {os.readlink(pb)!r}")
     diffs += _hard_link_diffs(wa, wb, a, b)
     return diffs
+
+
+def implicit_dirs(archive: Path, strip: int = 0) -> set[str]:
+    """Directories that members of ``archive`` (after stripping ``strip`` components) lie in
+    but that have no member of their own: tar makes them when it needs them, so their
+    mtime is the time of the extraction (and their mode 0777 less the umask)."""
+    named: set[str] = set()
+    needed: set[str] = set()
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = [p for p in member.name.split("/") if p][strip:]
+            parts = [p for p in parts if p != "."]
+            if not parts:
+                continue
+            if member.isdir():
+                named.add("/".join(parts))
+            needed.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return needed - named
 
 
 def _hard_link_diffs(wa: dict[str, os.stat_result], wb: dict[str, os.stat_result], a: Path, b: Path) -> list[str]:
