@@ -34,6 +34,8 @@ def sparse_source(root):
 
 @pytest.mark.parametrize("fmt", ["gnu", "posix"])
 def test_sparse_member_pulls_with_holes_and_verifies(kit, fmt):
+    if kit.server.name != "moto":
+        pytest.skip("the extraction is the client's; one server is enough")
     src = sparse_source(kit.tmp)
     tar = subprocess.run([require_tool("tar"), "--sparse", f"--format={fmt}", "-cf", "-", "-C", str(src),
                           "sparse.bin", "after.txt"], check=True, capture_output=True).stdout
