@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import stat
 import tarfile
 from collections import deque
@@ -562,6 +563,27 @@ class MemberRecord:
 _ZEROS = bytes(WRITE_STEP)
 """Hashed in place of a sparse file's holes."""
 
+_PAX_TIME = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+NS = 1_000_000_000
+
+
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's modification time in nanoseconds since the epoch, exact.
+
+    A PAX ``mtime`` record is a decimal with up to nanoseconds (GNU tar and bsdtar write
+    one for every file whose mtime has a fraction); tarfile reads it as a float, which
+    keeps only ~0.2 us at today's dates, so the record is read here instead. Other
+    formats hold whole seconds. GNU tar sets the time exactly (utimensat), so do we.
+    ``MemberRecord.mtime`` keeps whole seconds (this value floored), which ``verify``
+    compares.
+    """
+    match = _PAX_TIME.fullmatch(member.pax_headers.get("mtime", "").strip())
+    if match is None:
+        return int(member.mtime) * NS
+    sign, whole, frac = match.groups()
+    ns = int(whole) * NS + int((frac or "0")[:9].ljust(9, "0"))
+    return -ns if sign else ns
+
 
 def strip_components(name: str, count: int) -> str | None:
     """``name`` less its first ``count`` components, as GNU tar's ``--strip-components``;
@@ -627,6 +649,8 @@ class SafeExtractor:
         self.root_record: MemberRecord | None = None
         """Mode and mtime of a ``./`` member seen by ``extract`` (path ``.``), else None."""
         self._safe_dirs: set[str] = {""}
+        self._dir_ns: dict[str, int] = {}  # directory -> its member's mtime (ns), for finish_dirs
+        self._root_ns = 0
         # Mode bits open() may take away: the umask's, or all of them under a default
         # ACL (which replaces the umask for new files, here and in every directory made
         # below it). A file whose mode loses nothing needs no fchmod. Directories left by
@@ -714,7 +738,8 @@ class SafeExtractor:
                 if name == ".":
                     # The root itself (`tar -C DIR .` writes it first): nothing to make;
                     # GNU tar gives DIR the member's mode and mtime at the end.
-                    self.root_record = MemberRecord(".", "dir", 0, member.mode & 0o777, int(member.mtime))
+                    self._root_ns = mtime_ns(member)
+                    self.root_record = MemberRecord(".", "dir", 0, member.mode & 0o777, self._root_ns // NS)
                     continue
                 self._ensure_dir(os.path.dirname(name), member.name)
                 if name in inflight:
@@ -726,7 +751,7 @@ class SafeExtractor:
                     data = bytearray()
                     for view in stream.views(member.size):
                         data += view  # copy now: the chunk buffer is reused once we move on
-                    batch.append((name, data, member.mode & 0o777, int(member.mtime)))
+                    batch.append((name, data, member.mode & 0o777, mtime_ns(member)))
                     offsets.append(tar.offset)
                     inflight.add(name)
                     batch_bytes += member.size
@@ -764,18 +789,18 @@ class SafeExtractor:
                 return records, err
         return records, None
 
-    def _write_small(self, name: str, data: bytearray, mode: int, mtime: int) -> MemberRecord:
+    def _write_small(self, name: str, data: bytearray, mode: int, ns: int) -> MemberRecord:
         path = os.path.join(self.root, name)
         try:
-            digest = self._write_regular(path, name, mode, mtime, (memoryview(data),))
+            digest = self._write_regular(path, name, mode, ns, (memoryview(data),))
         except OSError as err:
             raise translate_os_error(err, self._show(path)) from err
-        return MemberRecord(name, "file", len(data), mode, mtime, digest)
+        return MemberRecord(name, "file", len(data), mode, ns // NS, digest)
 
-    def _write_regular(self, path: str, member_name: str, mode: int, mtime: int,
+    def _write_regular(self, path: str, member_name: str, mode: int, ns: int,
                        pieces: Iterable[memoryview]) -> str:
         """Create the regular file ``path`` (replacing a non-directory, as tar does), write
-        ``pieces``, set ``mode`` and ``mtime``; return the digest of the data.
+        ``pieces``, set ``mode`` and the mtime (``ns``, nanoseconds); return the digest of the data.
 
         O_EXCL and O_NOFOLLOW: an existing name, a planted symlink included, is never
         written through; it is removed by ``_clear`` and the file created again. The mode
@@ -790,7 +815,7 @@ class SafeExtractor:
                 while view:
                     n = os.write(fd, view[:WRITE_STEP])
                     view = view[n:]
-            self._close_file(fd, mode, mtime)
+            self._close_file(fd, mode, ns)
         finally:
             os.close(fd)
         return hasher.hexdigest()
@@ -804,11 +829,12 @@ class SafeExtractor:
             self._clear(path, member_name)
             return os.open(path, flags, mode)
 
-    def _close_file(self, fd: int, mode: int, mtime: int) -> None:
-        """Set the mode (if open may have masked bits of it) and the mtime of a written file."""
+    def _close_file(self, fd: int, mode: int, ns: int) -> None:
+        """Set the mode (if open may have masked bits of it) and the mtime (``ns``,
+        nanoseconds) of a written file."""
         if mode & self._masked_bits:
             os.fchmod(fd, mode)
-        os.utime(fd, (mtime, mtime))
+        os.utime(fd, ns=(ns, ns))
 
     @staticmethod
     def _check_sparse(member: tarfile.TarInfo, next_header: int) -> None:
@@ -840,7 +866,7 @@ class SafeExtractor:
             raise UnsafeArchiveError(f"tar member {member.name!r}: sparse map holds {stored} bytes of data, "
                                      f"more than the member stores ({max(0, next_header - member.offset_data)})")
 
-    def _write_sparse(self, path: str, member: tarfile.TarInfo, mode: int, mtime: int,
+    def _write_sparse(self, path: str, member: tarfile.TarInfo, mode: int, ns: int,
                       stream: ForwardReader) -> str:
         """Write a GNU sparse member (map checked by ``_check_sparse``) as a file with holes;
         return the digest of its whole logical content (holes read as zeros, as ``verify``
@@ -879,7 +905,7 @@ class SafeExtractor:
                         view = view[n:]
                         at += n
             zeros(member.size)
-            self._close_file(fd, mode, mtime)
+            self._close_file(fd, mode, ns)
         finally:
             os.close(fd)
         return hasher.hexdigest()
@@ -911,21 +937,23 @@ class SafeExtractor:
                 raise UnsafeArchiveError(f"tar member {label!r} refused: {err}") from err
         path = os.path.join(self.root, name)
         try:
-            mtime = int(member.mtime)
+            ns = mtime_ns(member)
+            mtime = ns // NS
             if member.isdir():
                 self._make_dir(name, label)
+                self._dir_ns[name] = ns
                 return MemberRecord(name, "dir", 0, mode, mtime)  # applied by finish_dirs
             if member.issparse():
-                digest = self._write_sparse(path, member, mode, mtime, stream)
+                digest = self._write_sparse(path, member, mode, ns, stream)
                 return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.isreg():
                 stream.seek(member.offset_data)  # written straight from the chunk buffers
-                digest = self._write_regular(path, label, mode, mtime, stream.views(member.size))
+                digest = self._write_regular(path, label, mode, ns, stream.views(member.size))
                 return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.issym():
                 self._clear(path, label)
                 os.symlink(member.linkname, path)
-                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                os.utime(path, ns=(ns, ns), follow_symlinks=False)
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             if member.islnk():
                 if target == name:
@@ -1025,11 +1053,18 @@ class SafeExtractor:
         os.unlink(path)
 
     def finish_dirs(self, dirs: list[MemberRecord]) -> None:
-        """Apply directory modes and mtimes, deepest first (as tar does at the end)."""
+        """Apply directory modes and mtimes, deepest first (as tar does at the end).
+
+        A directory this extractor extracted gets its mtime to the nanosecond; one only
+        recorded by an earlier, interrupted run, the record's whole seconds.
+        """
         for d in sorted(dirs, key=lambda d: d.path, reverse=True):
             path = os.path.join(self.root, d.path)
             if os.path.isdir(path) and not os.path.islink(path):
-                os.utime(path, (d.mtime, d.mtime))
+                ns = self._dir_ns.get(d.path)
+                if ns is None or ns // NS != d.mtime:
+                    ns = d.mtime * NS
+                os.utime(path, ns=(ns, ns))
                 os.chmod(path, d.mode & 0o7777)
 
     def finish_root(self, record: MemberRecord | None = None) -> None:
@@ -1043,11 +1078,14 @@ class SafeExtractor:
         the tree after ``finish_dirs``. A resumed extraction that started past the ``./``
         member never sees it: pass the ``record`` an earlier run kept.
         """
-        record = record if record is not None else self.root_record
+        if record is None:
+            record, ns = self.root_record, self._root_ns
+        else:
+            ns = record.mtime * NS
         if record is None:
             return
         try:
-            os.utime(self.root, (record.mtime, record.mtime))
+            os.utime(self.root, ns=(ns, ns))
             os.chmod(self.root, record.mode & 0o777)
         except OSError as err:
             raise translate_os_error(err, self._show(self.root)) from err

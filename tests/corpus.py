@@ -57,7 +57,8 @@ TOOL_PACKAGES = {"tar": "tar", "bsdtar": "libarchive-tools", "git": "git", "spli
 """Debian package of each tool the corpus (and the split-archive tests) run."""
 
 BASE_MTIME = 1_600_000_000
-"""Whole seconds: every format holds them (v7 and ustar have no fractions)."""
+"""Seconds since the epoch; every format holds whole seconds (only PAX holds fractions)."""
+FRACTION_NS = 123_456_789
 
 LONG_NAME = "long-" + "n" * 110 + ".txt"  # > 100 bytes: GNU 'L', pax path, no slash to split at
 LONG_LINK_TARGET = "../" + "t" * 102  # a symlink target > 100 bytes: GNU 'K', pax linkpath
@@ -98,7 +99,8 @@ def make_tree(root: Path) -> Path:
     directory, a name over 100 bytes, a relative symlink inside the tree, one whose
     target is over 100 bytes (it still resolves inside the tree), two hard links to one
     file, a non-ASCII name, modes 600, 444, 755, 640 and 750/700 directories, and
-    distinct whole-second mtimes on everything (symlinks included; directories last).
+    distinct mtimes on everything (symlinks included), half of them with a fraction of a
+    second (``FRACTION_NS``).
     No setuid, setgid or sticky bit: s3sync never extracts them.
     """
     root.mkdir(parents=True)
@@ -139,10 +141,11 @@ def make_tree(root: Path) -> Path:
     (root / "sub" / "longsym").symlink_to(LONG_LINK_TARGET + "/target.txt")
     entries.append(root / "sub" / "longsym")
     # mtimes: files and symlinks first, then directories deepest first (creating an entry
-    # moves its directory's mtime).
+    # moves its directory's mtime). Every other one has a fraction of a second (FRACTION_NS):
+    # PAX keeps it (GNU tar and bsdtar write an mtime record), the other formats drop it.
     for i, p in enumerate(sorted(entries, key=lambda p: (p.is_dir() and not p.is_symlink(), -len(p.parts)))):
-        t = BASE_MTIME + 1000 * (i + 1)
-        os.utime(p, (t, t), follow_symlinks=False)
+        t = (BASE_MTIME + 1000 * (i + 1)) * 1_000_000_000 + (FRACTION_NS if i % 2 else 0)
+        os.utime(p, ns=(t, t), follow_symlinks=False)
     (root / "sub").chmod(0o755)
     os.utime(root / "sub", (BASE_MTIME + 77, BASE_MTIME + 77))
     os.utime(root, (BASE_MTIME + 99, BASE_MTIME + 99))

@@ -64,6 +64,9 @@ def test_corpus_holds_the_shapes_it_claims(corpus_archive):
         assert any(len(m.name) > 100 for m in _members(corpus_archive(kind))), kind
         assert any(len(m.linkname) > 100 for m in _members(corpus_archive(kind)) if m.issym()), kind
     assert implicit_dirs(corpus_archive("bsdtar-ustar")), "bsdtar's ustar has a directory with no member"
+    for kind in ("pax", "bsdtar-pax"):  # mtimes to the nanosecond, beyond what a float holds
+        fractions = {m.pax_headers.get("mtime", "").partition(".")[2] for m in _members(corpus_archive(kind))}
+        assert "123456789" in fractions, kind
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -212,3 +215,36 @@ def test_ustar_names_split_at_a_slash_and_v7_directories(tmp_path):
         safe_extract(tar, tmp_path / f"mine-{fmt}", block=CHUNK)
         assert compare_trees(tmp_path / f"mine-{fmt}", ref) == [], fmt
     assert (tmp_path / "mine-ustar" / deep.relative_to(src) / "f.txt").read_bytes() == b"split name"
+
+
+@pytest.mark.parametrize(("pax", "ns"), [("1600000000.123456789", 1_600_000_000_123_456_789), ("7", 7_000_000_000),
+                                         ("1.5", 1_500_000_000), ("-1.25", -1_250_000_000),
+                                         ("2.1234567891", 2_123_456_789)])
+def test_pax_mtimes_are_read_to_the_nanosecond(pax, ns):
+    """tarfile's float keeps ~0.2 us at today's dates; GNU tar sets the exact nanoseconds.
+    The record keeps whole seconds, floored, as ``verify`` compares them."""
+    info = tarfile.TarInfo("f")
+    info.pax_headers = {"mtime": pax}
+    assert archive.mtime_ns(info) == ns
+
+
+def test_negative_fractional_mtime_extracts_and_records_its_floor(tmp_path):
+    info, data = _info("old.txt", data=b"old")
+    info.pax_headers = {"mtime": "-1.25"}
+    path = tmp_path / "a.tar"
+    path.write_bytes(_tar_of((info, data), fmt=tarfile.PAX_FORMAT))
+    [record] = safe_extract(path, tmp_path / "mine")
+    assert (tmp_path / "mine" / "old.txt").stat().st_mtime_ns == -1_250_000_000
+    assert record.mtime == -2 == (tmp_path / "mine" / "old.txt").stat().st_mtime_ns // 1_000_000_000
+
+
+def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    """``.ci/run`` installs every tool (scripts/ci-deps.sh) and sets CI=true: there a missing
+    tool is a failure, naming the Debian package; elsewhere the test is skipped."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="bsdtar is not installed .*libarchive-tools"):
+        require_tool("bsdtar")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="libarchive-tools"):
+        require_tool("bsdtar")
