@@ -10,7 +10,11 @@ checks and then tarfile's ``data`` filter (PEP 706), and member data is written
 straight from the verified chunk buffers with ``os.write``. Guards against the
 classic tar bugs: absolute names and ``..`` (CVE-2007-4559), writing through a
 symlink planted by an earlier member (CVE-2023-24329-style link following),
-links out of the tree, and device files.
+links out of the tree, and device files. Besides s3sync's own streams it reads what
+other tools write (issue 11; tests/integration/test_extract_corpus.py compares with
+GNU tar's own extraction): GNU tar's gnu, oldgnu, pax, ustar and v7 formats, GNU sparse
+members (old GNU type 'S', PAX 0.0, 0.1 and 1.0), ``./`` names and the root member
+``./``, pax global headers (``git archive``), bsdtar's output, and ``--strip-components``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import stat
 import tarfile
 from collections import deque
@@ -555,8 +560,68 @@ class MemberRecord:
     link: str = ""
 
 
+_ZEROS = bytes(WRITE_STEP)
+"""Hashed in place of a sparse file's holes."""
+
+_PAX_TIME = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+NS = 1_000_000_000
+
+
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's modification time in nanoseconds since the epoch, exact.
+
+    A PAX ``mtime`` record is a decimal with up to nanoseconds (GNU tar and bsdtar write
+    one for every file whose mtime has a fraction); tarfile reads it as a float, which
+    keeps only ~0.2 us at today's dates, so the record is read here instead. Other
+    formats hold whole seconds. GNU tar sets the time exactly (utimensat), so do we.
+    ``MemberRecord.mtime`` keeps whole seconds (this value floored), which ``verify``
+    compares.
+    """
+    match = _PAX_TIME.fullmatch(member.pax_headers.get("mtime", "").strip())
+    if match is None:
+        return int(member.mtime) * NS
+    sign, whole, frac = match.groups()
+    ns = int(whole) * NS + int((frac or "0")[:9].ljust(9, "0"))
+    return -ns if sign else ns
+
+
+def strip_components(name: str, count: int) -> str | None:
+    """``name`` less its first ``count`` components, as GNU tar's ``--strip-components``;
+    None if it has ``count`` components or fewer (GNU tar then skips the member).
+
+    Components are what slashes separate; runs of slashes count as one, and ``.`` is a
+    component like any other (``./a/b`` less 1 is ``a/b``), as in GNU tar's
+    ``stripped_prefix_len`` (src/names.c, tar 1.34).
+    """
+    if not count:
+        return name
+    parts = [p for p in name.split("/") if p]
+    if len(parts) <= count:
+        return None
+    return "/".join(parts[count:])
+
+
 class SafeExtractor:
     """Extract a tar stream into ``root``, refusing anything that would escape it.
+
+    The tree is the one GNU tar's ``tar -xf ARCHIVE -C ROOT`` makes as root with
+    ``--no-same-owner``, except where s3sync is stricter (each refusal raises
+    ``UnsafeArchiveError`` naming the member, and stops the extraction):
+
+    - names that are absolute or hold ``..`` are refused (GNU tar strips the leading ``/``
+      or skips the member with a warning);
+    - symlinks with an absolute target, or a target that may leave the tree (see
+      ``symlink_target_ok``), are refused (GNU tar creates them);
+    - special files (FIFOs, character and block devices, sockets, unknown types) are
+      refused (GNU tar as root creates them);
+    - hard links must point to a regular file extracted earlier;
+    - setuid, setgid and sticky bits are dropped; files are owned by the user pulling.
+
+    Members named ``./`` or ``.`` (the root itself, from ``tar -C DIR .``) are not
+    extracted: their mode and mtime are kept in ``root_record`` for ``finish_root``, which
+    applies them to the root as GNU tar applies them to ``-C DIR``. Parent directories
+    that have no member of their own are made with mode 0777 less the umask, as GNU tar
+    makes them. GNU sparse members are written with holes (see ``_write_sparse``).
 
     Args:
         root: the staging directory (created by the caller): every write goes through it.
@@ -564,13 +629,28 @@ class SafeExtractor:
         shown: the path named in messages, if ``root`` is another name for it (a pull passes
             ``/proc/self/fd/N`` of the tree it opened, so that a symlink swapped in above the
             tree while pulling is never followed; ``shown`` is the tree's ordinary path).
+        strip_components: as GNU tar's ``--strip-components=N``: members with N components
+            or fewer are skipped, the first N are removed from the others' names and from
+            hard link targets (not from symlink targets, which are relative to the link).
+            Names are checked for safety before they are stripped.
+
+    Raises:
+        ValueError: ``strip_components`` is negative.
     """
 
-    def __init__(self, root: Path | str, writers: int = 2, shown: Path | None = None) -> None:
+    def __init__(self, root: Path | str, writers: int = 2, shown: Path | None = None,
+                 strip_components: int = 0) -> None:
+        if strip_components < 0:
+            raise ValueError(f"strip_components must be 0 or more, not {strip_components}")
         self.root = os.fspath(root)
         self._shown = os.fspath(shown) if shown is not None else self.root
         self.writers = writers
+        self.strip_components = strip_components
+        self.root_record: MemberRecord | None = None
+        """Mode and mtime of a ``./`` member seen by ``extract`` (path ``.``), else None."""
         self._safe_dirs: set[str] = {""}
+        self._dir_ns: dict[str, int] = {}  # directory -> its member's mtime (ns), for finish_dirs
+        self._root_ns = 0
         # Mode bits open() may take away: the umask's, or all of them under a default
         # ACL (which replaces the umask for new files, here and in every directory made
         # below it). A file whose mode loses nothing needs no fchmod. Directories left by
@@ -597,7 +677,7 @@ class SafeExtractor:
         try:
             tar = tarfile.TarFile(fileobj=stream, mode="r", encoding="utf-8",
                                   errors="surrogateescape")
-        except tarfile.ReadError as err:
+        except (tarfile.TarError, ValueError) as err:  # the first header is read here: as in the loop below
             raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
         # A task writes a batch of small files: one future per 4 KiB file would cost more
         # than writing the file. Batches complete, and are reported, in stream order.
@@ -653,15 +733,25 @@ class SafeExtractor:
                     break
                 tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
                 name = self._check_name(member)
+                if name is None:
+                    continue  # stripped away (``strip_components``)
+                if name == ".":
+                    # The root itself (`tar -C DIR .` writes it first): nothing to make;
+                    # GNU tar gives DIR the member's mode and mtime at the end.
+                    self._root_ns = mtime_ns(member)
+                    self.root_record = MemberRecord(".", "dir", 0, member.mode & 0o777, self._root_ns // NS)
+                    continue
                 self._ensure_dir(os.path.dirname(name), member.name)
                 if name in inflight:
                     complete(drain=True)  # the same path again: let the earlier write finish
-                if member.isreg() and member.size <= SMALL_FILE:
+                if member.issparse():
+                    self._check_sparse(member, tar.offset)
+                if member.isreg() and member.size <= SMALL_FILE and not member.issparse():
                     stream.seek(member.offset_data)
                     data = bytearray()
                     for view in stream.views(member.size):
                         data += view  # copy now: the chunk buffer is reused once we move on
-                    batch.append((name, data, member.mode & 0o777, int(member.mtime)))
+                    batch.append((name, data, member.mode & 0o777, mtime_ns(member)))
                     offsets.append(tar.offset)
                     inflight.add(name)
                     batch_bytes += member.size
@@ -699,30 +789,25 @@ class SafeExtractor:
                 return records, err
         return records, None
 
-    def _write_small(self, name: str, data: bytearray, mode: int, mtime: int) -> MemberRecord:
+    def _write_small(self, name: str, data: bytearray, mode: int, ns: int) -> MemberRecord:
         path = os.path.join(self.root, name)
         try:
-            digest = self._write_regular(path, name, mode, mtime, (memoryview(data),))
+            digest = self._write_regular(path, name, mode, ns, (memoryview(data),))
         except OSError as err:
             raise translate_os_error(err, self._show(path)) from err
-        return MemberRecord(name, "file", len(data), mode, mtime, digest)
+        return MemberRecord(name, "file", len(data), mode, ns // NS, digest)
 
-    def _write_regular(self, path: str, member_name: str, mode: int, mtime: int,
+    def _write_regular(self, path: str, member_name: str, mode: int, ns: int,
                        pieces: Iterable[memoryview]) -> str:
         """Create the regular file ``path`` (replacing a non-directory, as tar does), write
-        ``pieces``, set ``mode`` and ``mtime``; return the digest of the data.
+        ``pieces``, set ``mode`` and the mtime (``ns``, nanoseconds); return the digest of the data.
 
         O_EXCL and O_NOFOLLOW: an existing name, a planted symlink included, is never
         written through; it is removed by ``_clear`` and the file created again. The mode
         is set again with fchmod when the umask, or a default ACL on the tree (which
         replaces the umask), may have taken bits from the mode given to open.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, mode)
-        except FileExistsError:
-            self._clear(path, member_name)
-            fd = os.open(path, flags, mode)
+        fd = self._create(path, member_name, mode)
         hasher = hashing.Hasher()
         try:
             for view in pieces:
@@ -730,55 +815,158 @@ class SafeExtractor:
                 while view:
                     n = os.write(fd, view[:WRITE_STEP])
                     view = view[n:]
-            if mode & self._masked_bits:
-                os.fchmod(fd, mode)
-            os.utime(fd, (mtime, mtime))
+            self._close_file(fd, mode, ns)
+        finally:
+            os.close(fd)
+        return hasher.hexdigest()
+
+    def _create(self, path: str, member_name: str, mode: int) -> int:
+        """Create the regular file ``path`` for writing (see ``_write_regular``); return its fd."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, mode)
+        except FileExistsError:
+            self._clear(path, member_name)
+            return os.open(path, flags, mode)
+
+    def _close_file(self, fd: int, mode: int, ns: int) -> None:
+        """Set the mode (if open may have masked bits of it) and the mtime (``ns``,
+        nanoseconds) of a written file."""
+        if mode & self._masked_bits:
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=(ns, ns))
+
+    @staticmethod
+    def _check_sparse(member: tarfile.TarInfo, next_header: int) -> None:
+        """Refuse a sparse map that ``_write_sparse`` cannot follow inside the member.
+
+        The map (tarfile's ``member.sparse``: (offset, bytes) data regions in the
+        logical file, from the old GNU header and its extension blocks, or the PAX
+        ``GNU.sparse.*`` records, or for format 1.0 the start of the member's data) comes
+        from the archive: regions must be in order, not overlap, end within the file's
+        real size (``member.size``), and their bytes, stored one after the other from
+        ``member.offset_data``, must end before the next header (``next_header``).
+        Otherwise the regions would be written from the next member's headers, or far
+        beyond the size the archive declares (GNU tar format: "Sparse Formats" in the GNU
+        tar manual, appendix D).
+
+        Raises:
+            UnsafeArchiveError: naming the member and what is wrong with its map.
+        """
+        end = stored = 0
+        for offset, size in member.sparse:
+            if size == 0:
+                continue  # unused slots of an old GNU header read as (0, 0); GNU ends a map with (size, 0)
+            if offset < end or size < 0 or offset + size > member.size:
+                raise UnsafeArchiveError(f"tar member {member.name!r}: sparse map region ({offset}, {size}) "
+                                         f"is out of order or beyond the file's size {member.size}")
+            end = offset + size
+            stored += size
+        if member.offset_data + stored > next_header:
+            raise UnsafeArchiveError(f"tar member {member.name!r}: sparse map holds {stored} bytes of data, "
+                                     f"more than the member stores ({max(0, next_header - member.offset_data)})")
+
+    def _write_sparse(self, path: str, member: tarfile.TarInfo, mode: int, ns: int,
+                      stream: ForwardReader) -> str:
+        """Write a GNU sparse member (map checked by ``_check_sparse``) as a file with holes;
+        return the digest of its whole logical content (holes read as zeros, as ``verify``
+        and any reader see them).
+
+        Each data region is written at its offset (``pwrite``) straight from the chunk
+        buffers; ``ftruncate`` to the real size first makes the holes, between the regions
+        and after the last one, as GNU tar leaves them (a file system without holes stores
+        zeros). The holes are hashed from a buffer of zeros, costing CPU time (XXH3 over a
+        1 MiB buffer: ~24 GB/s here, ~45 s per TiB of holes), never disk space.
+        """
+        fd = self._create(path, member.name, mode)
+        hasher = hashing.Hasher()
+        stream.seek(member.offset_data)
+        at = 0  # logical offset hashed so far
+
+        def zeros(upto: int) -> None:
+            nonlocal at
+            while at < upto:
+                step = min(WRITE_STEP, upto - at)
+                hasher.update(_ZEROS[:step])
+                at += step
+
+        try:
+            # The size first: a file system that cannot hold it (EFBIG) fails before any
+            # hashing of holes.
+            os.ftruncate(fd, member.size)
+            for offset, size in member.sparse:
+                if not size:
+                    continue
+                zeros(offset)
+                for view in stream.views(size):
+                    hasher.update(view)
+                    while view:
+                        n = os.pwrite(fd, view[:WRITE_STEP], at)
+                        view = view[n:]
+                        at += n
+            zeros(member.size)
+            self._close_file(fd, mode, ns)
         finally:
             os.close(fd)
         return hasher.hexdigest()
 
     def _extract_member(self, name: str, member: tarfile.TarInfo, stream: ForwardReader) -> MemberRecord:
+        """Extract ``member`` at ``name`` (checked and stripped by ``_check_name``)."""
         # Permission bits are kept as published (the data filter would drop group/other
         # write and directory modes); setuid, setgid and sticky bits never are.
         mode = member.mode & 0o777
+        label = member.name  # messages name the member as the archive does
+        target = self._check_name(member, member.linkname) if member.islnk() else None
+        if member.islnk() and target is None:
+            # GNU tar fails on this member too ("Cannot hard link to ''") and goes on.
+            raise UnsafeArchiveError(f"tar member {label!r}: hard link target {member.linkname!r} has "
+                                     f"{self.strip_components} components or fewer: strip_components removes it",
+                                     hint="pull with a smaller --strip-components")
         if not (member.isreg() or member.isdir()):
-            # Links get tarfile's data filter (PEP 706) on top of our own checks. For
-            # regular files and directories our checks are stricter than the filter's
-            # (absolute and '..' names refused, every parent lstat-ed and refused if it is
-            # a symlink, O_NOFOLLOW on the file), and skipping its two realpath() calls
-            # per member took a quarter off extraction time (scripts/bench_breakdown.py).
+            # Links get tarfile's data filter (PEP 706) on top of our own checks, at the
+            # place they land (after ``strip_components``) and, for a hard link, with its
+            # stripped target. For regular files and directories our checks are stricter
+            # than the filter's (absolute and '..' names refused, every parent lstat-ed and
+            # refused if it is a symlink, O_NOFOLLOW on the file), and skipping its two
+            # realpath() calls per member took a quarter off extraction time
+            # (scripts/bench_breakdown.py).
+            lands = member.replace(name=name, linkname=target if member.islnk() else member.linkname, deep=False)
             try:
-                member = tarfile.data_filter(member, self.root)
+                member = tarfile.data_filter(lands, self.root)
             except tarfile.FilterError as err:
-                raise UnsafeArchiveError(f"tar member {member.name!r} refused: {err}") from err
+                raise UnsafeArchiveError(f"tar member {label!r} refused: {err}") from err
         path = os.path.join(self.root, name)
         try:
-            mtime = int(member.mtime)
+            ns = mtime_ns(member)
+            mtime = ns // NS
             if member.isdir():
-                self._make_dir(name, member.name)
+                self._make_dir(name, label)
+                self._dir_ns[name] = ns
                 return MemberRecord(name, "dir", 0, mode, mtime)  # applied by finish_dirs
+            if member.issparse():
+                digest = self._write_sparse(path, member, mode, ns, stream)
+                return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.isreg():
                 stream.seek(member.offset_data)  # written straight from the chunk buffers
-                digest = self._write_regular(path, member.name, mode, mtime, stream.views(member.size))
+                digest = self._write_regular(path, label, mode, ns, stream.views(member.size))
                 return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.issym():
-                self._clear(path, member.name)
+                self._clear(path, label)
                 os.symlink(member.linkname, path)
-                os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                os.utime(path, ns=(ns, ns), follow_symlinks=False)
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             if member.islnk():
-                target = self._check_name(member, member.linkname)
                 if target == name:
-                    raise UnsafeArchiveError(f"tar member {member.name!r}: hard link to itself")
+                    raise UnsafeArchiveError(f"tar member {label!r}: hard link to itself")
                 target_path = os.path.join(self.root, target)
-                self._ensure_dir(os.path.dirname(target), member.name)
+                self._ensure_dir(os.path.dirname(target), label)
                 if not os.path.isfile(target_path) or os.path.islink(target_path):
-                    raise UnsafeArchiveError(f"tar member {member.name!r}: hard link target "
+                    raise UnsafeArchiveError(f"tar member {label!r}: hard link target "
                                              f"{member.linkname!r} is not an extracted regular file")
-                self._clear(path, member.name)
+                self._clear(path, label)
                 os.link(target_path, path, follow_symlinks=False)
                 return MemberRecord(name, "hardlink", 0, mode, mtime, link=target)
-            raise UnsafeArchiveError(f"tar member {member.name!r}: unsupported type {member.type!r}")
+            raise UnsafeArchiveError(f"tar member {label!r}: unsupported type {member.type!r}")
         except OSError as err:
             raise translate_os_error(err, self._show(path)) from err
 
@@ -788,12 +976,26 @@ class SafeExtractor:
             return self._shown + path[len(self.root):]
         return path
 
-    def _check_name(self, member: tarfile.TarInfo, name: str | None = None) -> str:
+    def _check_name(self, member: tarfile.TarInfo, name: str | None = None) -> str | None:
+        """Check ``member`` (or, given ``name``, its hard link target) and return the path
+        it lands at, relative to the root and normalized (``./a//b`` is ``a/b``; the root
+        itself is ``.``), after ``strip_components``; None if stripping leaves nothing
+        (skip the member; for a hard link, its target).
+
+        Raises:
+            UnsafeArchiveError: naming the member and what is wrong with it.
+        """
         raw = member.name if name is None else name
         norm = os.path.normpath(raw.rstrip("/")) if raw else ""
-        if (not raw or "\x00" in raw or os.path.isabs(raw) or norm in (".", "..")
+        if (not raw or "\x00" in raw or os.path.isabs(raw) or norm == ".."
                 or norm.startswith("../") or "/../" in f"/{raw}/"):
             raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r}")
+        stripped = strip_components(raw, self.strip_components)
+        if stripped is None:
+            return None
+        norm = os.path.normpath(stripped.rstrip("/"))
+        if norm == "." and (name is not None or not member.isdir()):
+            raise UnsafeArchiveError(f"tar member {member.name!r}: unsafe path {raw!r} (the root itself)")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"tar member {member.name!r}: special file (type {member.type!r}) refused")
         if member.size < 0:  # a GNU base-256 size field can be negative
@@ -801,11 +1003,8 @@ class SafeExtractor:
         mtime = member.mtime  # a PAX header may say anything float() reads: 1e20, inf, nan
         if not (isinstance(mtime, int) or math.isfinite(mtime)) or not -2**63 <= int(mtime) < 2**63:
             raise UnsafeArchiveError(f"tar member {member.name!r}: modification time {mtime!r} out of range")
-        if member.issparse():
-            # GNU or PAX sparse: tarfile counts ``size`` as the expanded file, not the bytes
-            # stored in the stream, which extraction copies straight from the chunks. s3sync
-            # never writes one.
-            raise UnsafeArchiveError(f"tar member {member.name!r}: sparse file refused (s3sync never publishes one)")
+        if member.issparse() and not member.isreg():
+            raise UnsafeArchiveError(f"tar member {member.name!r}: sparse map on a {member.type!r} member")
         if norm.split("/", 1)[0] == METADATA_DIR:
             raise UnsafeArchiveError(f"tar member {member.name!r}: {METADATA_DIR}/ is reserved")
         if name is None and member.issym() and not symlink_target_ok(norm, member.linkname):
@@ -820,15 +1019,19 @@ class SafeExtractor:
             missing.append(rel)
             rel = os.path.dirname(rel)
         for d in reversed(missing):
-            self._make_dir(d, member_name)
+            # A parent with no member of its own keeps the mode mkdir gives it: 0777 less
+            # the umask (or as a default ACL says), as GNU tar leaves it.
+            self._make_dir(d, member_name, 0o777)
 
-    def _make_dir(self, rel: str, member_name: str) -> None:
+    def _make_dir(self, rel: str, member_name: str, mode: int = 0o700) -> None:
+        """Make ``rel`` a real directory (``mode`` if made now: a directory member's own
+        mode is applied by ``finish_dirs`` once everything under it is written)."""
         path = os.path.join(self.root, rel)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             try:
-                os.mkdir(path, 0o700)
+                os.mkdir(path, mode)
             except OSError as err:
                 raise translate_os_error(err, self._show(path)) from err
         else:
@@ -836,7 +1039,7 @@ class SafeExtractor:
                 raise UnsafeArchiveError(f"tar member {member_name!r} would be written through the symlink {rel!r}")
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(path)
-                os.mkdir(path, 0o700)
+                os.mkdir(path, mode)
         self._safe_dirs.add(rel)
 
     def _clear(self, path: str, member_name: str) -> None:
@@ -850,12 +1053,42 @@ class SafeExtractor:
         os.unlink(path)
 
     def finish_dirs(self, dirs: list[MemberRecord]) -> None:
-        """Apply directory modes and mtimes, deepest first (as tar does at the end)."""
+        """Apply directory modes and mtimes, deepest first (as tar does at the end).
+
+        A directory this extractor extracted gets its mtime to the nanosecond; one only
+        recorded by an earlier, interrupted run, the record's whole seconds.
+        """
         for d in sorted(dirs, key=lambda d: d.path, reverse=True):
             path = os.path.join(self.root, d.path)
             if os.path.isdir(path) and not os.path.islink(path):
-                os.utime(path, (d.mtime, d.mtime))
+                ns = self._dir_ns.get(d.path)
+                if ns is None or ns // NS != d.mtime:
+                    ns = d.mtime * NS
+                os.utime(path, ns=(ns, ns))
                 os.chmod(path, d.mode & 0o7777)
+
+    def finish_root(self, record: MemberRecord | None = None) -> None:
+        """Give the root the mode and mtime of the archive's ``./`` member (``record``, by
+        default ``root_record``), as GNU tar gives them to the directory of ``-C DIR``; do
+        nothing if there is none.
+
+        Call it last: anything written into the root afterwards moves its mtime, and a
+        mode without owner write (0555) would stop a non-root caller from writing there.
+        So ``finish_dirs`` does not do it: a pull writes its metadata (``.s3sync/``) into
+        the tree after ``finish_dirs``. A resumed extraction that started past the ``./``
+        member never sees it: pass the ``record`` an earlier run kept.
+        """
+        if record is None:
+            record, ns = self.root_record, self._root_ns
+        else:
+            ns = record.mtime * NS
+        if record is None:
+            return
+        try:
+            os.utime(self.root, ns=(ns, ns))
+            os.chmod(self.root, record.mode & 0o777)
+        except OSError as err:
+            raise translate_os_error(err, self._show(self.root)) from err
 
 
 def _umask() -> int:

@@ -252,13 +252,13 @@ class ChunkFetcher:
                     if observed and not same_etag(observed, job.etag) and (got == bad or attempt == s.retries):
                         # Not the object published, and the same wrong bytes twice: not a transit error.
                         raise _part_changed(
-                            job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server "
+                            job, f"part {job.part_index} ({self.store.url(key)}) changed on the server "
                                  f"since publish and no longer matches the manifest: {what} (ETag {observed}, "
                                  f"published as {job.etag})",
                             hint="the part was overwritten after publish: republish the dataset (or pull an "
                                  "intact copy of it)")
                     bad = got
-                    raise IntegrityError(f"s3://{self.store.bucket}/{key}: {what}")
+                    raise IntegrityError(f"{self.store.url(key)}: {what}")
                 self.stats.add(received=counted, chunks=1)
                 return
             except S3SyncError as err:
@@ -285,7 +285,7 @@ class ChunkFetcher:
                                  hint=_RERUN_HINT)
         if isinstance(err, NotFoundError) and not err.bucket_missing:
             return DamagedDatasetError(
-                f"this dataset is damaged: part {job.part_index} (s3://{self.store.bucket}/{key}) is missing")
+                f"this dataset is damaged: part {job.part_index} ({self.store.url(key)}) is missing")
         return err
 
     def _observe(self, job: ChunkJob, key: str, etag: str) -> None:
@@ -309,7 +309,7 @@ class ChunkFetcher:
                 first = self._etags[job.key] = etag
         if not same_etag(first, etag):
             raise _part_changed(
-                job, f"part {job.part_index} (s3://{self.store.bucket}/{key}) changed on the server during this "
+                job, f"part {job.part_index} ({self.store.url(key)}) changed on the server during this "
                      f"pull: ETag {first} at its first request, {etag} now", hint=_RERUN_HINT)
         if new and not same_etag(etag, job.etag):
             self.progress.message(f"part {job.part_index} ({job.key}) has ETag {etag}, not the published {job.etag} "

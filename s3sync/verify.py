@@ -117,7 +117,7 @@ def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: i
                  progress: Progress) -> tuple[list[Problem], int, int]:
     """Compare every recorded member with the tree, then list what the tree holds beyond them.
 
-    Files: type, size, mode, mtime (pull sets whole seconds: ``SafeExtractor._write_regular``)
+    Files: type, size, mode, mtime (in whole seconds, floored: ``archive.mtime_ns``)
     and digest. Hard links: a regular file, the same inode as their target (else the
     content is hashed against the target's digest). Directories: mode and mtime (set by
     ``finish_dirs`` once every member is in). Symlinks: target and mtime.

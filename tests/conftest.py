@@ -445,3 +445,23 @@ def set_default_acl():
             pytest.skip(f"no POSIX ACLs on {directory}: {err}")
 
     return apply
+
+
+@pytest.fixture
+def http_server():
+    """``http_server(directory, **options)``: a real HTTP(S) server on loopback serving
+    ``directory`` (tests/httpserver.py: ranges on/off, ETags on/off, Last-Modified, TLS,
+    queued faults), started now and stopped after the test. Returns its ``FileServer``;
+    ``.url`` is the base URL, ``.url_of(name)`` a file's."""
+    import httpserver  # tests/ is on sys.path (rootdir conftest); no s3sync import there either
+
+    started = []
+
+    def start(directory: Path, **options):
+        server = httpserver.serve_directory(directory, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

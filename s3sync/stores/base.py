@@ -52,6 +52,9 @@ class Store(Protocol):
 
     bucket: str
 
+    def url(self, key: str) -> str:
+        """How messages name ``key``: ``s3://BUCKET/KEY`` for S3, the URL itself for HTTP."""
+
     def check_bucket(self) -> None:
         """Raise NotFoundError/AccessDeniedError if the bucket cannot be used."""
 

@@ -475,7 +475,8 @@ class S3Store:
         self._manager: TransferManager | None = None
         self._clock_offset_s: float | None = None
 
-    def _url(self, key: str) -> str:
+    def url(self, key: str) -> str:
+        """``s3://BUCKET/KEY``: how messages name ``key``."""
         return f"s3://{self.bucket}/{key}"
 
     def server_time(self) -> float | None:
@@ -511,14 +512,14 @@ class S3Store:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             return resp["Body"].read()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
 
     def read(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             data = resp["Body"].read()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         modified = resp.get("LastModified")
         return data, ObjectInfo(key, len(data), resp.get("ETag", ""),
                                 modified.timestamp() if modified is not None else None)
@@ -527,13 +528,47 @@ class S3Store:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+
+    def head_part(self, key: str, part_number: int) -> tuple[int, int]:
+        """The size of one multipart upload part of ``key`` and how many parts it has.
+
+        Sends HeadObject with ``partNumber`` (S3 API reference, HeadObject: "a 'ranged'
+        HEAD request for the part specified"); S3 answers with that part's Content-Length
+        and ``x-amz-mp-parts-count``. A server that ignores ``partNumber`` answers for the
+        whole object without a parts count (rclone serve s3 v1.75 does); so does S3 for an
+        object that was not a multipart upload. GetObjectAttributes ``ObjectParts`` is no
+        fallback here: it lists part sizes only for objects uploaded with checksums, moto
+        5.2 leaves ``ObjectParts`` out and rclone answers 500 (which botocore retries).
+
+        Args:
+            key: the object's key.
+            part_number: 1-based multipart upload part number (never a chunk index).
+
+        Returns:
+            ``(size, parts)``: the part's size in bytes and the upload's part count; ``(0, 0)``
+            if the server does not tell (or the object was not a multipart upload).
+
+        Raises:
+            StoreError: as ``head`` (NotFoundError, AccessDeniedError, TransientStoreError...);
+                a part number beyond the last part is S3's 416 InvalidPartNumber.
+        """
+        url = self.url(key)
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=part_number)
+        except Exception as err:
+            raise translate(err, f"{url} (part {part_number})") from err
+        parts = int(resp.get("PartsCount") or 0)
+        size = int(resp.get("ContentLength") or 0)
+        if parts >= part_number and size > 0:
+            return size, parts
+        return 0, 0
 
     def read_range_into(self, key: str, offset: int, buf: memoryview, etag: str | None,
                         on_bytes: Callable[[int], None] | None = None, *,
                         on_etag: Callable[[str], None] | None = None) -> None:
-        url = self._url(key)
+        url = self.url(key)
         if len(buf) == 0:
             return
         body, skip = self._get_range(key, offset, len(buf), etag, on_etag)
@@ -556,7 +591,7 @@ class S3Store:
     def read_range_pieces(self, key: str, offset: int, length: int, etag: str | None,
                           scratch: memoryview, *, on_etag: Callable[[str], None] | None = None
                           ) -> Generator[memoryview, None, None]:
-        url = self._url(key)
+        url = self.url(key)
         if length == 0:
             return
         body, skip = self._get_range(key, offset, length, etag, on_etag)
@@ -585,7 +620,7 @@ class S3Store:
         ``on_etag`` before any byte of the body is read (it may raise to refuse the
         response). Returns the body and how many bytes to skip in it first (the server
         ignored Range). The caller closes the body with ``_finish``."""
-        url = self._url(key)
+        url = self.url(key)
         pin = {"IfMatch": etag} if etag else {}
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}",
@@ -639,7 +674,7 @@ class S3Store:
             resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                           ContentType="application/json", **extra)
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         return ObjectInfo(key, len(data), resp["ETag"])
 
     def upload(self, key: str, stream: BinaryIO, upload_part_size: int) -> None:
@@ -659,7 +694,41 @@ class S3Store:
             self._manager.upload(stream, self.bucket, key,
                                  extra_args={"ContentType": "application/x-tar"}).result()
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
+
+    def list_children(self, prefix: str, *, page_size: int | None = None) -> list[ObjectInfo]:
+        """The objects directly under ``prefix/``, in key order, over all pages.
+
+        ListObjectsV2 with ``Delimiter`` ``/`` (S3 API reference): keys with a further ``/``
+        after the prefix come back as CommonPrefixes and are left out, and so is a
+        "folder" marker object named ``prefix/`` itself (what consoles create).
+
+        Args:
+            prefix: a key prefix without trailing ``/`` (``""``: the bucket's top level).
+            page_size: keys per ListObjectsV2 request (``MaxKeys``); None: the server's
+                default (S3: 1000).
+
+        Raises:
+            StoreError: as ``list``.
+        """
+        base = prefix.strip("/")
+        base = f"{base}/" if base else ""
+        out: list[ObjectInfo] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/",
+                PaginationConfig={"PageSize": page_size} if page_size else {})
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key == base or "/" in key[len(base):]:
+                        continue  # the folder marker; a server that ignores Delimiter
+                    modified = obj.get("LastModified")
+                    out.append(ObjectInfo(key, int(obj["Size"]), obj.get("ETag", ""),
+                                          modified.timestamp() if modified is not None else None))
+        except Exception as err:
+            raise translate(err, self.url(base)) from err
+        return sorted(out, key=lambda o: o.key)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
@@ -670,7 +739,7 @@ class S3Store:
                     yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""),
                                      modified.timestamp() if modified is not None else None)
         except Exception as err:
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
 
     def delete(self, keys: list[str]) -> list[DeleteFailure]:
         # DeleteObjects answers 200 even when some keys were refused: with Quiet the answer
@@ -681,7 +750,7 @@ class S3Store:
             try:
                 resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except Exception as err:
-                raise translate(err, self._url(keys[i])) from err
+                raise translate(err, self.url(keys[i])) from err
             for e in resp.get("Errors", []):
                 failures.append(DeleteFailure(str(e.get("Key", "")), str(e.get("Code", "")),
                                               str(e.get("Message", ""))))
@@ -700,9 +769,9 @@ class S3Store:
             # rclone serve s3 (gofakes3) answers NoSuchUpload when no upload matches the prefix.
             if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
                 return out
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
         except Exception as err:
-            raise translate(err, self._url(prefix)) from err
+            raise translate(err, self.url(prefix)) from err
         return out
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -711,9 +780,9 @@ class S3Store:
         except bexc.ClientError as err:
             if str(err.response.get("Error", {}).get("Code", "")) == "NoSuchUpload":
                 return
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
         except Exception as err:
-            raise translate(err, self._url(key)) from err
+            raise translate(err, self.url(key)) from err
 
     def versioned(self) -> bool | None:
         try:
