@@ -74,6 +74,9 @@ class Piece:
     size: int
     etag: str
     evidence: Evidence
+    modified: float | None = None
+    """Last-Modified (seconds since the epoch) where the server gives no ETag (many web
+    servers): it identifies the piece's version instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +103,10 @@ class SplitArchive:
 
     def identity(self) -> bytes:
         """Canonical JSON of what makes two pulls the same pull: the pieces' keys, sizes,
-        ETags and evidence. A resumed pull continues only if this is unchanged."""
+        ETags (Last-Modified where there is none) and evidence. A resumed pull continues
+        only if this is unchanged."""
         doc = {"format": "s3sync-split-archive", "version": 1, "name": self.name, "pieces": [
-            {"key": p.key, "size": p.size, "etag": p.etag, "evidence": [
+            {"key": p.key, "size": p.size, "etag": p.etag or f"modified:{p.modified}", "evidence": [
                 p.evidence.kind, p.evidence.algorithm, p.evidence.expected, p.evidence.upload_part_size]}
             for p in self.pieces]}
         return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()

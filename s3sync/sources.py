@@ -144,7 +144,8 @@ def from_urls(store, urls: Sequence[str], name: str | None) -> SplitArchive:
     claims = claims_for(ordered, texts)
     pieces = tuple(Piece(n, by_name[n], by_name[n], info.size, info.etag,
                          choose_evidence(claims.get(n), "", None) if claims.get(n) else
-                         Evidence("none", source="no sidecar (an http(s) ETag is not an MD5)"))
+                         Evidence("none", source="no sidecar (an http(s) ETag is not an MD5)"),
+                         None if info.etag else info.modified)
                    for n, info in zip(ordered, infos))
     return SplitArchive(_name(name, dataset_name(ordered[0]), urls[0]), " ".join(urls), pieces, ranges)
 

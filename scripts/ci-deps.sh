@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the command-line tools the tests run, when any is missing (Debian and Ubuntu):
-# GNU tar, bsdtar (libarchive-tools), git, zstd, xz, bzip2, gzip, pigz, zip, lz4 and split (coreutils). The
+# GNU tar, bsdtar (libarchive-tools), git, zstd, xz, bzip2, gzip, pigz, zip, lz4, openssl and split (coreutils). The
 # tests build their archives with them at test time (tests/corpus.py). Idempotent and quiet:
 # when every tool is there it does nothing, not even `apt-get update`; otherwise one update
 # and one install, as root (or through sudo).
 #   bash scripts/ci-deps.sh          # then: bash scripts/test.sh
 set -euo pipefail
 
-declare -A PACKAGE=([tar]=tar [bsdtar]=libarchive-tools [git]=git [zstd]=zstd [xz]=xz-utils [pigz]=pigz [zip]=zip [lz4]=lz4
+declare -A PACKAGE=([tar]=tar [bsdtar]=libarchive-tools [git]=git [zstd]=zstd [xz]=xz-utils [pigz]=pigz [zip]=zip [lz4]=lz4 [openssl]=openssl
                     [bzip2]=bzip2 [gzip]=gzip [split]=coreutils)
 
 missing() {
