@@ -622,7 +622,7 @@ def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], setting
         for attempt in range(settings.retries + 1):
             try:
                 at = 0
-                for view in store.stream(piece.key, piece.etag or None, scratch):
+                for view in store.stream(piece.key, piece.etag or None, scratch, length=piece.size):
                     n = len(view)
                     if at + n > done:
                         skip = max(0, done - at)
