@@ -655,8 +655,11 @@ class SafeExtractor:
         # ACL (which replaces the umask for new files, here and in every directory made
         # below it). A file whose mode loses nothing needs no fchmod. Directories left by
         # an interrupted run may have been given an ACL since: on resume, always fchmod.
-        fresh = not any(e.name != METADATA_DIR for e in os.scandir(self.root))
+        fresh = self._fresh()
         self._masked_bits = _umask() if fresh and not _has_default_acl(self.root) else 0o7777
+
+    def _fresh(self) -> bool:
+        return not any(e.name != METADATA_DIR for e in os.scandir(self.root))
 
     def extract(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
         """Extract members from the stream's current position to the end-of-archive marker.
@@ -952,23 +955,32 @@ class SafeExtractor:
                 return MemberRecord(name, "file", member.size, mode, mtime, digest)
             if member.issym():
                 self._clear(path, label)
-                os.symlink(member.linkname, path)
-                os.utime(path, ns=(ns, ns), follow_symlinks=False)
+                self._symlink(member.linkname, path, ns)
                 return MemberRecord(name, "symlink", 0, 0o777, mtime, link=member.linkname)
             if member.islnk():
                 if target == name:
                     raise UnsafeArchiveError(f"tar member {label!r}: hard link to itself")
                 target_path = os.path.join(self.root, target)
                 self._ensure_dir(os.path.dirname(target), label)
-                if not os.path.isfile(target_path) or os.path.islink(target_path):
+                if not self._is_regular(target_path):
                     raise UnsafeArchiveError(f"tar member {label!r}: hard link target "
                                              f"{member.linkname!r} is not an extracted regular file")
                 self._clear(path, label)
-                os.link(target_path, path, follow_symlinks=False)
+                self._link(target_path, path)
                 return MemberRecord(name, "hardlink", 0, mode, mtime, link=target)
             raise UnsafeArchiveError(f"tar member {label!r}: unsupported type {member.type!r}")
         except OSError as err:
             raise translate_os_error(err, self._show(path)) from err
+
+    def _symlink(self, target: str, path: str, ns: int) -> None:
+        os.symlink(target, path)
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+    def _is_regular(self, path: str) -> bool:
+        return os.path.isfile(path) and not os.path.islink(path)
+
+    def _link(self, target_path: str, path: str) -> None:
+        os.link(target_path, path, follow_symlinks=False)
 
     def _show(self, path: str) -> str:
         """``path`` (under ``root``) as named in messages (under ``shown``)."""
@@ -1089,6 +1101,94 @@ class SafeExtractor:
             os.chmod(self.root, record.mode & 0o777)
         except OSError as err:
             raise translate_os_error(err, self._show(self.root)) from err
+
+
+class ArchiveScanner(SafeExtractor):
+    """A dry run of ``SafeExtractor``: every member goes through exactly the same checks
+    (names, link targets, special files, sparse maps, parents that would be symlinks, hard
+    links to files not extracted, a member replacing a directory) in the same code, but
+    nothing is written: the tree is kept in memory as a path -> kind map. ``adopt`` uses it
+    to count members, files and bytes of an archive and to refuse one that a pull would
+    refuse, naming the member.
+
+    Differences from a real extraction: file data is hashed but not written; holes of sparse
+    members are not hashed (their records carry no digest); tarfile's data filter resolves
+    link targets against a root that does not exist (our own checks already refuse a
+    symlink that may leave the tree, so no extracted symlink could change its answer).
+    Memory: one map entry per member path (~200 bytes each).
+
+    Args:
+        strip_components: as for ``SafeExtractor``.
+    """
+
+    _ROOT = "/nonexistent/s3sync-scan"
+
+    def __init__(self, strip_components: int = 0) -> None:
+        self._tree: dict[str, str] = {}
+        super().__init__(self._ROOT, shown=Path("(archive)"), strip_components=strip_components)
+
+    def scan(self, stream: ForwardReader, on_member: Callable[[int, MemberRecord], None]) -> None:
+        """Read members from the stream's position to the end-of-archive marker, checking
+        each as ``SafeExtractor.extract`` would; ``on_member`` as there.
+
+        Raises:
+            UnsafeArchiveError: a member a pull would refuse (named).
+        """
+        self.extract(stream, on_member)
+
+    def _fresh(self) -> bool:
+        return True
+
+    def _make_dir(self, rel: str, member_name: str, mode: int = 0o700) -> None:
+        path = os.path.join(self.root, rel)
+        if self._tree.get(path) == "symlink":
+            raise UnsafeArchiveError(f"tar member {member_name!r} would be written through the symlink {rel!r}")
+        self._tree[path] = "dir"
+        self._safe_dirs.add(rel)
+
+    def _clear(self, path: str, member_name: str) -> None:
+        kind = self._tree.get(path)
+        if kind == "dir":
+            raise UnsafeArchiveError(f"tar member {member_name!r} would replace a directory")
+        self._tree.pop(path, None)
+
+    def _create(self, path: str, member_name: str, mode: int) -> int:
+        if path in self._tree:
+            self._clear(path, member_name)
+        self._tree[path] = "file"
+        return -1
+
+    def _write_regular(self, path: str, member_name: str, mode: int, ns: int,
+                       pieces: Iterable[memoryview]) -> str:
+        self._create(path, member_name, mode)
+        hasher = hashing.Hasher()
+        for view in pieces:
+            hasher.update(view)
+        return hasher.hexdigest()
+
+    def _write_sparse(self, path: str, member: tarfile.TarInfo, mode: int, ns: int,
+                      stream: ForwardReader) -> str:
+        self._create(path, member.name, mode)
+        stream.seek(member.offset_data)
+        for _offset, size in member.sparse:
+            for _view in stream.views(size) if size else ():
+                pass
+        return ""
+
+    def _symlink(self, target: str, path: str, ns: int) -> None:
+        self._tree[path] = "symlink"
+
+    def _is_regular(self, path: str) -> bool:
+        return self._tree.get(path) == "file"
+
+    def _link(self, target_path: str, path: str) -> None:
+        self._tree[path] = "file"
+
+    def finish_dirs(self, dirs: list[MemberRecord]) -> None:
+        """Nothing to do: no directory was made."""
+
+    def finish_root(self, record: MemberRecord | None = None) -> None:
+        """Nothing to do: no root was made."""
 
 
 def _umask() -> int:

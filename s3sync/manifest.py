@@ -20,12 +20,26 @@ from .planning import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_count
 
 FORMAT = "s3sync-manifest"
 VERSION = 1
+"""The version ``publish`` writes (every s3sync reads it)."""
+ADOPTED_VERSION = 2
+"""The version ``adopt`` writes: pieces in place under PREFIX, maybe compressed (docs/manifest.md section 7)."""
+VERSIONS = (VERSION, ADOPTED_VERSION)
+"""Versions this s3sync reads."""
 MANIFEST_NAME = "manifest.json"
+COMPRESSIONS = ("none", "gzip", "zstd", "bzip2", "xz")
+"""Values of a version 2 manifest's ``compression``: ``codecs.CODECS`` (this module is core and
+must not import codecs; tests/unit/test_manifest_v2.py checks that the two agree)."""
+EVIDENCE_KINDS = ("sidecar", "etag-md5", "etag-multipart", "none")
+"""``pieces.EVIDENCE_KINDS`` (pieces imports this module, so the tuple is repeated; a test checks it)."""
+MAX_KEY_BYTES = 1024
+"""S3's longest object key (UTF-8 bytes): a piece name cannot be longer."""
 
 # \Z, not $ (which also matches before a trailing newline); [0-9], not \d (Unicode digits).
 _GENERATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PART_KEY_RE = re.compile(r"(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>[0-9]{5,})\.tar\Z")
 GENERATION_RE = _GENERATION_RE
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HEX_RE = re.compile(r"[0-9a-f]{1,128}(-[0-9]{1,5})?\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
 
@@ -34,7 +48,8 @@ class PartEntry:
     """One part: an S3 object holding ``size`` bytes of the tar stream.
 
     Attributes:
-        key: object key relative to the dataset prefix, ``<generation>/part-NNNNN.tar``.
+        key: object key relative to the dataset prefix: ``<generation>/part-NNNNN.tar``
+            (version 1), or a piece's plain name directly under the prefix (version 2).
         size: bytes.
         etag: the object's ETag as S3 returned it (quotes included), pinned by pulls.
         digest: digest of the whole part.
@@ -49,8 +64,38 @@ class PartEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PieceEvidence:
+    """What checked an adopted piece's bytes when ``adopt`` read them (``pieces.Evidence``).
+
+    Attributes:
+        kind: one of ``EVIDENCE_KINDS``.
+        algorithm: ``md5``, ``sha256``...; ``""`` for ``none``.
+        expected: the hex digest that matched (``HEX-N`` for a multipart ETag); ``""`` for ``none``.
+        source: the sidecar's name, ``ETag``, or why there was nothing.
+    """
+
+    kind: str
+    algorithm: str = ""
+    expected: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """Where an adopted dataset's pieces came from (version 2 only).
+
+    Attributes:
+        source: the URL adopted (``s3://BUCKET/PREFIX`` or the one object's URL).
+        evidence: per part, in order, what checked its bytes during ``adopt``.
+    """
+
+    source: str
+    evidence: tuple[PieceEvidence, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
-    """A published dataset (format version 1).
+    """A published (version 1) or adopted (version 2) dataset.
 
     Attributes:
         name: dataset name, the directory a pull creates.
@@ -66,6 +111,12 @@ class Manifest:
         hash: algorithm of every digest (``xxh3-128``).
         previous: the generation this one replaced (None for the first publish, or when the
             manifest it replaced could not be read). Readers that predate the field ignore it.
+        version: format version: 1 (``publish``) or 2 (``adopt``).
+        compression: version 2: the compression of the stored stream (one of
+            ``COMPRESSIONS``); chunk, part and stream digests are over the stored bytes.
+        tar_size: version 2: bytes of the (decompressed) tar stream; 0 means
+            ``stream_size`` (version 1, or uncompressed).
+        adopted: version 2: the source and each piece's evidence.
     """
 
     name: str
@@ -80,12 +131,26 @@ class Manifest:
     parts: tuple[PartEntry, ...]
     hash: str = hashing.ALGORITHM
     previous: str | None = None
+    version: int = VERSION
+    compression: str = "none"
+    tar_size: int = 0
+    adopted: Adoption | None = None
+
+    @property
+    def tar_stream_size(self) -> int:
+        """Bytes of the tar stream once decompressed (``stream_size`` when not compressed)."""
+        return self.tar_size or self.stream_size
+
+    @property
+    def compressed(self) -> bool:
+        """True if the stored stream is compressed (version 2 only)."""
+        return self.compression != "none"
 
     def to_json(self) -> bytes:
         """Serialise to UTF-8 JSON bytes (stable key order)."""
         doc = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": self.version,
             "name": self.name,
             "generation": self.generation,
             "previous": self.previous,
@@ -104,6 +169,13 @@ class Manifest:
                 for p in self.parts
             ],
         }
+        if self.version >= ADOPTED_VERSION:
+            doc["compression"] = self.compression
+            doc["tar_size"] = self.tar_stream_size
+            adopted = self.adopted or Adoption("", ())
+            doc["adopted"] = {"source": adopted.source, "evidence": [
+                {"kind": e.kind, "algorithm": e.algorithm, "expected": e.expected, "source": e.source}
+                for e in adopted.evidence]}
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
@@ -129,11 +201,13 @@ class Manifest:
         if doc.get("format") != FORMAT:
             raise ManifestError(f"{source}: field 'format' is not {FORMAT!r}")
         version = doc.get("version")
-        if type(version) is not int or version != VERSION:  # true == 1 and 1.0 == 1 in Python
+        if type(version) is not int or version not in VERSIONS:  # true == 1 and 1.0 == 1 in Python
             raise ManifestError(
-                f"{source}: format version {version!r} is not supported (this s3sync reads {VERSION})",
-                hint="upgrade s3sync, or republish the dataset with this version",
+                f"{source}: format version {version!r} is not supported (this s3sync reads versions "
+                f"{', '.join(map(str, VERSIONS))}): upgrade s3sync to read it",
+                hint="upgrade s3sync (pip install -U s3sync), or republish the dataset with this version",
             )
+        adopted_format = version == ADOPTED_VERSION
         if doc.get("hash") != hashing.ALGORITHM:
             raise ManifestError(f"{source}: field 'hash' is {doc.get('hash')!r}, expected {hashing.ALGORITHM!r}")
         name = v.string(doc, "name", _NAME_RE)
@@ -155,16 +229,20 @@ class Manifest:
             raise ManifestError(f"{source}: field 'parts' must be a non-empty list")
         parts = []
         total = 0
+        seen_keys: set[str] = set()
         for i, raw in enumerate(raw_parts):
             field = f"parts[{i}]"
             if not isinstance(raw, dict):
                 raise ManifestError(f"{source}: {field} is not an object")
             key = v.string(raw, f"{field}.key")
-            m = _PART_KEY_RE.match(key)
-            if not m or m["gen"] != generation or int(m["n"]) != i:
-                raise ManifestError(
-                    f"{source}: {field}.key {key!r} is not '{generation}/part-{i:05d}.tar'"
-                )
+            if adopted_format:
+                _check_piece_key(source, field, key, seen_keys)
+            else:
+                m = _PART_KEY_RE.match(key)
+                if not m or m["gen"] != generation or int(m["n"]) != i:
+                    raise ManifestError(
+                        f"{source}: {field}.key {key!r} is not '{generation}/part-{i:05d}.tar'"
+                    )
             size = v.integer(raw, f"{field}.size")
             etag = v.string(raw, f"{field}.etag")
             digest = v.digest(raw, f"{field}.digest")
@@ -180,11 +258,26 @@ class Manifest:
             total += size
         if total != stream_size:
             raise ManifestError(f"{source}: part sizes add up to {total}, but stream.size is {stream_size}")
-        if extracted_size > stream_size:
-            raise ManifestError(f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
-        _check_consistency(source, stream_size, stream_digest, files, extracted_size, members, parts)
+        if not adopted_format:
+            if extracted_size > stream_size:
+                raise ManifestError(
+                    f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
+            _check_consistency(source, stream_size, stream_digest, files, extracted_size, members, parts)
+            return cls(name, generation, created, chunk_size, stream_size, stream_digest,
+                       files, extracted_size, members, tuple(parts), previous=previous)
+        compression = doc.get("compression")
+        if not isinstance(compression, str) or compression not in COMPRESSIONS:
+            raise ManifestError(f"{source}: field 'compression' is {compression!r}, not one of "
+                                f"{', '.join(COMPRESSIONS)}", hint="upgrade s3sync to read this compression")
+        tar_size = v.integer(doc, "tar_size")
+        if compression == "none" and tar_size != stream_size:
+            raise ManifestError(f"{source}: field 'tar_size' is {tar_size}, but an uncompressed stream's tar "
+                                f"size is stream.size {stream_size}")
+        adopted = _adoption(v, doc, source, len(parts))
+        _check_adopted(source, stream_size, stream_digest, tar_size, files, extracted_size, members, parts)
         return cls(name, generation, created, chunk_size, stream_size, stream_digest,
-                   files, extracted_size, members, tuple(parts), previous=previous)
+                   files, extracted_size, members, tuple(parts), previous=previous, version=version,
+                   compression=compression, tar_size=tar_size, adopted=adopted)
 
 
 TAR_BLOCK = 512
@@ -229,6 +322,98 @@ def _check_consistency(source: str, stream_size: int, stream_digest: str, files:
     if least > stream_size:
         raise fail(f"{members} members ({TAR_BLOCK}-byte headers), {extracted_size} bytes of file data and the "
                    f"end-of-archive marker need at least {least} bytes, but stream.size is {stream_size}")
+    for i, part in enumerate(parts):
+        if part.size == 0 and part.digest != _EMPTY_DIGEST:
+            raise fail(f"parts[{i}] is empty but its digest is not the digest of no bytes")
+        if len(part.chunks) == 1 and part.chunks[0] != part.digest:
+            raise fail(f"parts[{i}] is one chunk, but its digest differs from that chunk's")
+    full = [part for part in parts if part.size]
+    if len(full) == 1 and full[0].digest != stream_digest:
+        raise fail("the stream is a single part, but stream.digest differs from that part's digest")
+
+
+def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
+    """A version 2 part key: a piece's plain name directly under the prefix (no ``/``, no
+    ``..``, not ``manifest.json``, no control character, at most ``MAX_KEY_BYTES`` bytes of
+    UTF-8), named once. A hostile manifest cannot make a pull read another prefix's objects,
+    or its own manifest, as data.
+
+    Raises:
+        ManifestError: naming the field and what is wrong.
+    """
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"{source}: {field}.key {key!r} {what}")
+
+    if "/" in key or key in (".", ".."):
+        raise fail("is not a plain piece name directly under the prefix")
+    if key == MANIFEST_NAME:
+        raise fail("names the manifest itself")
+    if _CONTROL_RE.search(key):
+        raise fail("holds a control character")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as err:  # a lone surrogate from a \ud800 escape
+        raise fail("is not valid Unicode") from err
+    if size > MAX_KEY_BYTES:
+        raise fail(f"is {size} bytes of UTF-8, longer than S3's {MAX_KEY_BYTES}")
+    if key in seen:
+        raise fail("names a piece twice")
+    seen.add(key)
+
+
+def _adoption(v: _Validator, doc: dict[str, Any], source: str, parts: int) -> Adoption:
+    """The ``adopted`` object of a version 2 manifest: ``source`` and one evidence per part."""
+    adopted = v.obj(doc, "adopted")
+    url = v.string(adopted, "adopted.source")
+    raw = adopted.get("evidence")
+    if not isinstance(raw, list) or len(raw) != parts:
+        raise ManifestError(f"{source}: field 'adopted.evidence' must be a list of {parts} entries (one per part)")
+    out = []
+    for i, e in enumerate(raw):
+        field = f"adopted.evidence[{i}]"
+        if not isinstance(e, dict):
+            raise ManifestError(f"{source}: {field} is not an object")
+        kind = e.get("kind")
+        if kind not in EVIDENCE_KINDS:
+            raise ManifestError(f"{source}: {field}.kind is {kind!r}, not one of {', '.join(EVIDENCE_KINDS)}")
+        values = [e.get(k) for k in ("algorithm", "expected", "source")]
+        if not all(isinstance(x, str) and not _CONTROL_RE.search(x) for x in values):
+            raise ManifestError(f"{source}: {field}: algorithm, expected and source must be strings")
+        algorithm, expected, origin = values
+        if kind == "none" and (algorithm or expected):
+            raise ManifestError(f"{source}: {field}: evidence 'none' has no algorithm or digest")
+        if kind != "none" and (not re.fullmatch(r"[a-z0-9-]{1,16}", algorithm) or not _HEX_RE.match(expected)):
+            raise ManifestError(f"{source}: {field}: algorithm {algorithm!r} or digest {expected!r} is invalid")
+        out.append(PieceEvidence(kind, algorithm, expected, origin))
+    return Adoption(url, tuple(out))
+
+
+def _check_adopted(source: str, stream_size: int, stream_digest: str, tar_size: int, files: int,
+                   extracted_size: int, members: int, parts: list[PartEntry]) -> None:
+    """The cross-field rules of ``_check_consistency`` that hold for any tar stream, not only
+    the ones s3sync's own writer makes (docs/manifest.md section 7.3). Relaxed for version 2:
+    ``extracted_size`` may exceed the stream (GNU sparse members; compression), the tar
+    stream need not be whole 1024-byte end-of-archive plus record padding (GNU tar accepts
+    one zero block), and the stored stream of a compressed archive has any size. Kept:
+    the tar stream holds a header per member and at least one zero block, files are
+    members, file data needs files, and digests of the same bytes are equal.
+
+    Raises:
+        ManifestError: naming ``source`` and the rule broken.
+    """
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"{source}: inconsistent manifest: {what}")
+
+    if files > members:
+        raise fail(f"dataset.files {files} exceeds dataset.members {members}")
+    if extracted_size and not files:
+        raise fail(f"dataset.extracted_size is {extracted_size} but dataset.files is 0")
+    least = members * TAR_BLOCK + TAR_BLOCK
+    if least > tar_size:
+        raise fail(f"{members} members ({TAR_BLOCK}-byte headers) and the end-of-archive marker need at least "
+                   f"{least} bytes, but tar_size is {tar_size}")
+    if not stream_size:
+        raise fail("stream.size is 0: an archive has at least one byte")
     for i, part in enumerate(parts):
         if part.size == 0 and part.digest != _EMPTY_DIGEST:
             raise fail(f"parts[{i}] is empty but its digest is not the digest of no bytes")

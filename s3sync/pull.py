@@ -4,6 +4,12 @@ Pipeline: manifest -> validate -> journal (resume point) -> preflight (disk, ino
 -> plan chunks -> ``ChunkFetcher`` (parallel ranged GETs, verified, in order)
 -> ``OrderedReader`` -> ``SafeExtractor`` into ``.NAME.s3sync-partial/tree``
 -> completion marker -> atomic rename to ``DEST_PARENT/NAME``.
+
+A version 2 manifest (``adopt``: pieces in place, docs/manifest.md section 7) pulls the same
+way; when its stream is compressed, the verified chunks go through ``codecs.DecodedReader``
+before extraction, journal offsets are in the decompressed tar stream, and a resumed pull
+reads the stored stream again from byte 0 (a decoder cannot start mid-stream), writing
+nothing again before the resume point.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, hashing
+from .codecs import DecodedReader
 from .config import Location, TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
 from .errors import (
@@ -153,13 +160,17 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
             journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
                               mode, min_advance=manifest.chunk_size)
             offset, recorded = journal.open(), None
-    if offset:
+    if offset and extract and manifest.compressed:
+        progress.message(f"resuming {name}: compressed ({manifest.compression}): read again from the start; "
+                         f"nothing before byte {offset:,} is written again")
+    elif offset:
         progress.message(f"resuming {name} at {format_size(offset)} of {format_size(manifest.stream_size)} "
                          f"(byte {offset:,})")
     fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
     try:
         _preflight(journal.tree, manifest, offset, extract)
-        jobs = plan_pull(manifest, offset)
+        # A compressed stream is decoded from its first byte: its chunks are all fetched again.
+        jobs = plan_pull(manifest, 0 if extract and manifest.compressed else offset)
         progress.start("download", manifest.stream_size - (jobs[0].stream_offset if jobs else offset))
         if extract:
             chunks = fetcher.fetch(jobs)
@@ -325,6 +336,57 @@ class _TarStream(OrderedReader):
         return data
 
 
+class RecordingReader:
+    """A forward reader passed through, remembering the last ``read``: the block where
+    tarfile decided the archive ended (it reads headers only through ``read``). Used over a
+    ``codecs.DecodedReader`` (here and in ``splitpull``)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.last_read: tuple[int, bytes] = (0, b"")
+
+    def read(self, n: int = -1) -> bytes:
+        at = self._inner.tell()
+        data = self._inner.read(n)
+        self.last_read = (at, data)
+        return data
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._inner.seek(pos, whence)
+
+    def views(self, n: int):
+        return self._inner.views(n)
+
+    def drain(self) -> int:
+        return self._inner.drain()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def before_next_chunk(self):
+        return self._inner.before_next_chunk
+
+    @before_next_chunk.setter
+    def before_next_chunk(self, hook) -> None:
+        self._inner.before_next_chunk = hook
+
+
+def _stored_views(stored: OrderedReader) -> Iterator[memoryview]:
+    """The stored stream as successive views (for a decoder), from its current position."""
+    while True:
+        view = stored.next_view()
+        if not view:
+            return
+        yield view
+
+
 def _hashed(chunks: Iterator[tuple[ChunkJob, memoryview]], hasher: hashing.Hasher
             ) -> Iterator[tuple[ChunkJob, memoryview]]:
     """Pass ``chunks`` through, feeding each one to ``hasher`` as it is handed over (in
@@ -352,8 +414,37 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     Raises:
         DamagedDatasetError: the stream is not what the manifest promises.
     """
-    hasher = hashing.Hasher() if offset == 0 else None
-    reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size, ready=ready)
+    tar_size = manifest.tar_stream_size
+    # The end-of-archive marker: s3sync's own writer always writes both zero blocks; GNU tar
+    # accepts an archive with one (with a warning), and so does adopt (version 2).
+    marker = END_OF_ARCHIVE if manifest.version == 1 else TAR_BLOCK
+    hasher = hashing.Hasher() if offset == 0 or manifest.compressed else None
+    stored = decoded = None
+    if manifest.compressed:
+        # Read from byte 0 whatever the resume point; seek() decodes and discards up to it.
+        stored = OrderedReader(_hashed(chunks, hasher), 0, manifest.stream_size, ready=ready)
+        decoded = DecodedReader(_stored_views(stored), manifest.compression, manifest.parts[0].key)
+        reader = RecordingReader(decoded)
+    else:
+        reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size,
+                            ready=ready)
+    try:
+        _extract_stream(manifest, reader, stored, decoded, hasher, offset, marker, tar_size, journal, progress,
+                        recorded)
+    finally:
+        if decoded is not None:
+            decoded.close()
+
+
+def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, decoded: DecodedReader | None,
+                    hasher: hashing.Hasher | None, offset: int, marker: int, tar_size: int, journal: Journal,
+                    progress: Progress, recorded: _Recorded | None) -> None:
+    """The body of ``_extract``: ``reader`` is the tar stream (decoded, if ``decoded``)."""
+    if decoded is not None and offset:
+        reader.seek(offset)
+        if reader.tell() != offset:
+            raise _damaged(manifest, f"the decompressed stream ends at byte {reader.tell()}, before the resume "
+                                     f"point {offset}")
     extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree)
     progress.start("extract", manifest.extracted_size)
     # On resume, earlier runs' members, read back once by pull() (``_read_back``: reading the
@@ -364,16 +455,17 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     dirs: list[archive.MemberRecord] = recorded.dirs if recorded else []  # this run's and earlier runs'
     if offset:
         progress.advance("extract", seen.extracted_size)
-        progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
-                         "the member counts and the end of the archive")
+        if decoded is None:
+            progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
+                             "the member counts and the end of the archive")
     end = offset  # where the member after the last one extracted starts: the end-of-archive marker
 
     def on_member(next_offset: int, record: archive.MemberRecord) -> None:
         nonlocal end
-        if next_offset + END_OF_ARCHIVE > manifest.stream_size:
+        if next_offset + marker > tar_size:
             # Checked before the journal records it: the end of the stream is recorded
             # only once every check has passed, so a rerun never skips them.
-            raise _damaged(manifest, f"the stream ends at byte {manifest.stream_size}, too soon after tar member "
+            raise _damaged(manifest, f"the stream ends at byte {tar_size}, too soon after tar member "
                                      f"{record.path!r} (byte {next_offset}) for the end-of-archive marker; "
                                      "a part may be missing")
         journal.add(record)
@@ -384,16 +476,21 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
             dirs.append(record)
         progress.advance("extract", record.size if record.kind == "file" else 0)
 
-    if offset < manifest.stream_size:
+    if offset < tar_size:
         try:
             extractor.extract(reader, on_member)  # ENOSPC: pull() adds the bytes still needed
         except IntegrityError as err:
-            if reader.tell() < manifest.stream_size:
+            if reader.tell() < tar_size:
                 raise
             # Every chunk was verified: what the manifest describes is cut off inside a member.
-            raise _damaged(manifest, f"the stream ends at byte {manifest.stream_size} inside a tar member; "
+            raise _damaged(manifest, f"the stream ends at byte {tar_size} inside a tar member; "
                                      "a part may be missing") from err
-        _check_end(manifest, reader, end)  # reads (fetches and verifies) the stream to its end
+        _check_end(manifest, reader, end, marker, tar_size)  # reads (fetches and verifies) the stream to its end
+        if decoded is not None and stored is not None:
+            if decoded.drain():  # to the end of the compressed stream: its last checksum
+                raise _damaged(manifest, f"the decompressed stream is longer than the tar_size {tar_size} the "
+                                         "manifest promises")
+            stored.drain()  # every stored byte hashed
         if hasher is not None and hasher.hexdigest() != manifest.stream_digest:
             # A rerun would resume and could not hash the prefix: make it start over, so
             # that it fails the same way.
@@ -411,9 +508,11 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     progress.finish("extract")
 
 
-def _check_end(manifest: Manifest, reader: _TarStream, end: int) -> None:
-    """Require tarfile to have stopped at the end-of-archive marker (two zero blocks) at
-    stream offset ``end``, and only zeros from there to the end of the stream.
+def _check_end(manifest: Manifest, reader, end: int, marker: int = END_OF_ARCHIVE, size: int | None = None) -> None:
+    """Require tarfile to have stopped at the end-of-archive marker (``marker`` bytes of
+    zero blocks: two for s3sync's own streams, at least one for an adopted one) at tar
+    stream offset ``end``, and only zeros from there to the end of the tar stream (``size``
+    bytes, decompressed; default ``stream.size``).
 
     tarfile takes the end of the data, or a block that is not a valid header, for the end
     of the archive: a manifest that lost its last parts would otherwise pull "successfully"
@@ -422,24 +521,28 @@ def _check_end(manifest: Manifest, reader: _TarStream, end: int) -> None:
     Raises:
         DamagedDatasetError: naming where the stream ends or what is there instead.
     """
+    size = manifest.stream_size if size is None else size
     at, block = reader.last_read
-    if end + END_OF_ARCHIVE > manifest.stream_size or len(block) < TAR_BLOCK:
-        raise _damaged(manifest, f"the stream ends at byte {manifest.stream_size} without the tar end-of-archive "
+    if end + marker > size or len(block) < TAR_BLOCK:
+        raise _damaged(manifest, f"the stream ends at byte {size} without the tar end-of-archive "
                                  f"marker after its last member (byte {end}); a part may be missing")
     if at != end or block.count(0) != TAR_BLOCK:
         raise _damaged(manifest, f"byte {end} of the stream is neither a tar header nor the end-of-archive marker")
-    left = manifest.stream_size - reader.tell()
+    left = size - reader.tell()
     for view in reader.views(left):  # the second zero block and tar's record padding
         if bytes(view).count(0) != len(view):
             raise _damaged(manifest, "the stream holds data after its end-of-archive marker")
+    if reader.tell() != size:
+        raise _damaged(manifest, f"the tar stream ends at byte {reader.tell()}, the manifest promises {size}")
 
 
 def _bytes_left(manifest: Manifest, offset: int, extract: bool) -> int:
     """Bytes still to be written from stream ``offset``: a share of the extracted size, or
     the rest of the stream for ``--no-extract``."""
-    left = max(0, manifest.stream_size - offset)
-    if extract and manifest.stream_size:
-        return manifest.extracted_size * left // manifest.stream_size
+    total = manifest.tar_stream_size if extract else manifest.stream_size
+    left = max(0, total - offset)
+    if extract and total:
+        return manifest.extracted_size * left // total
     return left
 
 

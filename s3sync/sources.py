@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from .config import Location
 from .errors import NotFoundError, SplitArchiveError, UsageError
-from .manifest import valid_name
+from .manifest import MANIFEST_NAME, valid_name
 from .pieces import (
     Evidence,
     Piece,
@@ -60,7 +60,8 @@ def from_s3(store, location: Location, name: str | None) -> SplitArchive:
         StoreError: listing or reading failed.
     """
     prefix = location.prefix
-    children = [o for o in store.list_children(prefix) if not o.key.endswith("/")]
+    # manifest.json is never a piece: a pull reads it as a manifest, and `adopt --replace` replaces it.
+    children = [o for o in store.list_children(prefix) if not o.key.endswith("/") and _base(o.key) != MANIFEST_NAME]
     single = False
     if not children:
         if not prefix:

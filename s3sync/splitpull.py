@@ -49,6 +49,7 @@ from .pieces import Piece, SplitArchive, describe
 from .planning import ChunkJob, chunk_spans
 from .progress import NullProgress, Progress
 from .pull import SPACE_MARGIN, commit, prepare_destination, read_back
+from .pull import RecordingReader as _Recording
 from .stores.base import Store
 
 STATE_NAME = "pieces.json"
@@ -318,9 +319,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
                 f" of the {codec} stream: the archive is read again from its start, and nothing before that "
                 "point is written again" if codec != "none" else
                 f" ({format_size(offset)} of {format_size(archive.size)})"))
-        fetcher = ChunkFetcher(store, lambda key: key, dataclasses.replace(
-            settings, window=max(settings.concurrency, min(settings.window, (256 << 20) // chunk_size))),
-            progress, pins={p.key: p.etag for p in archive.pieces if p.etag})
+        fetcher = piece_fetcher(archive, store, settings, progress)
         jobs = plan_chunks(archive, chunk_size, read_from, state)
         progress.start("download", archive.size - (jobs[0].stream_offset if jobs else archive.size))
         checked_log: list[CheckedPiece] = []
@@ -333,7 +332,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
             progress.message(f"piece {piece.index + 1}/{len(archive.pieces)} {p.name} ({format_size(p.size)}): "
                              + describe(p.evidence) + (f": {piece.computed}, matches" if piece.verified else ""))
 
-        chunks = fetcher.fetch(jobs) if archive.ranges else _streamed(store, archive, jobs, settings, progress)
+        chunks = piece_chunks(fetcher, archive, store, jobs, settings, progress)
         current: dict[str, object] = {}
 
         def on_start(i: int, mark: tuple[int, int]) -> None:
@@ -418,60 +417,13 @@ class _Tally:
             self.extracted_size += record.size
 
 
-class _Recording:
-    """A ForwardReader passed through, remembering the last ``read`` (the block where
-    tarfile decided the archive ended: it reads headers only through ``read``)."""
-
-    def __init__(self, inner) -> None:
-        self._inner = inner
-        self.last_read: tuple[int, bytes] = (0, b"")
-
-    def read(self, n: int = -1) -> bytes:
-        at = self._inner.tell()
-        data = self._inner.read(n)
-        self.last_read = (at, data)
-        return data
-
-    def tell(self) -> int:
-        return self._inner.tell()
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self._inner.seek(pos, whence)
-
-    def views(self, n: int):
-        return self._inner.views(n)
-
-    def drain(self) -> int:
-        return self._inner.drain()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    @property
-    def before_next_chunk(self):
-        return self._inner.before_next_chunk
-
-    @before_next_chunk.setter
-    def before_next_chunk(self, hook) -> None:
-        self._inner.before_next_chunk = hook
-
-
 def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, offset: int,
              journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
              dirs: list[archive.MemberRecord]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
     ``read_from``; check the end of the archive; read every piece to its end. Returns the
     tar stream's size (bytes, decompressed)."""
-    stored = OrderedReader(iter(checked), read_from, archive.size, ready=ready)
-    decoded = None
-    if codec == "none":
-        inner = stored
-    else:
-        decoded = inner = DecodedReader((view for _, view in _views(stored)), codec, archive.pieces[0].url)
-    reader = _Recording(inner)
+    stored, decoded, reader = open_tar(archive, checked, codec, read_from, ready)
     try:
         reader.seek(offset)  # compressed: decodes and discards what earlier runs extracted
         if reader.tell() != offset:
@@ -514,6 +466,36 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
             decoded.close()
 
 
+def piece_fetcher(archive: SplitArchive, store: Store, settings: TransferSettings, progress: Progress) -> ChunkFetcher:
+    """The fetcher for ``archive``'s pieces (keys are the pieces' own; every GET pinned to the
+    piece's listed ETag), its window trimmed to 256 MiB of chunk buffers. Shared by
+    ``pull_split`` and ``adopt``."""
+    return ChunkFetcher(store, lambda key: key, dataclasses.replace(
+        settings, window=max(settings.concurrency, min(settings.window, (256 << 20) // settings.chunk_size))),
+        progress, pins={p.key: p.etag for p in archive.pieces if p.etag})
+
+
+def piece_chunks(fetcher: ChunkFetcher, archive: SplitArchive, store: Store, jobs: list[ChunkJob],
+                 settings: TransferSettings, progress: Progress) -> Iterator[tuple[ChunkJob, memoryview]]:
+    """``jobs``' chunks in stream order: parallel ranged GETs, or one stream per piece when
+    the server ignores ``Range``."""
+    return fetcher.fetch(jobs) if archive.ranges else _streamed(store, archive, jobs, settings, progress)
+
+
+def open_tar(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, ready
+             ) -> tuple[OrderedReader, DecodedReader | None, _Recording]:
+    """The stored stream from ``read_from`` over ``checked``, its decoder if ``codec`` is
+    not ``none``, and the tar stream to read (recording tarfile's last read, for
+    ``check_end``). The caller closes the decoder."""
+    stored = OrderedReader(iter(checked), read_from, archive.size, ready=ready)
+    decoded = None
+    if codec == "none":
+        inner = stored
+    else:
+        decoded = inner = DecodedReader((view for _, view in _views(stored)), codec, archive.pieces[0].url)
+    return stored, decoded, _Recording(inner)
+
+
 def _views(stored: OrderedReader) -> Iterator[tuple[None, memoryview]]:
     """The stored stream as successive views (for a decoder), from its current position."""
     while True:
@@ -529,12 +511,17 @@ def archive_extractor(journal: Journal, strip_components: int) -> archive.SafeEx
     return archive.SafeExtractor(journal.tree_path, shown=journal.tree)
 
 
-def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress) -> None:
+
+def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress,
+               strict: bool = False) -> None:
     """Require tarfile to have stopped at an end-of-archive marker at ``end``: a zero block
     (GNU tar writes two, and accepts one with a warning). tarfile takes the end of the data,
     or a header that fails its checksum, for the end of the archive: a missing last piece
     or a damaged header would otherwise pass. Data after the marker is ignored, as tar
     does, with a warning if it is not zeros.
+
+    ``strict`` (``adopt``): data after the marker that is not zeros is refused, since the
+    manifest promises only zeros there (docs/manifest.md).
 
     Raises:
         DamagedArchiveError: naming where the stream ends or what is there instead.
@@ -551,6 +538,10 @@ def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: 
     for view in reader_views_to_end(reader):
         if bytes(view).count(0) != len(view):
             extra += 1
+    if extra and strict:
+        raise DamagedArchiveError(f"{archive.source} holds data after its tar end-of-archive marker (byte {end}"
+                                  f"{where}); adopt takes only archives that end with zeros, as tar writes them",
+                                  hint="repack the archive, or pull it without adopting it")
     if extra:
         progress.message(f"warning: {archive.source} holds data after its tar end-of-archive marker; ignored, "
                          "as tar does")
@@ -684,3 +675,7 @@ def _save_state(journal: Journal, state: dict[int, CheckedPiece], chunk_size: in
     journal.save_state(STATE_NAME, json.dumps(doc).encode())
 
 
+
+
+check_end = _check_end
+"""``_check_end``, for ``adopt``."""
