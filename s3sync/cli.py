@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import catalog, interrupts
-from .config import Settings, format_size, resolve
+from .config import Settings, format_size, parse_s3_url, resolve
 from .errors import (
     ConfigError,
     Interrupted,
@@ -91,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archives: drop N leading components of member names, as GNU tar does")
     p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("adopt", parents=[common], help="write a manifest for a split archive already in S3, "
+                                                       "naming its pieces in place",
+                       description="Read the split archive at SOURCE once (every piece checked against its sidecar "
+                                   "or ETag, every member checked as a pull would), then write "
+                                   "PREFIX/manifest.json (format version 2) naming the pieces where they are: no "
+                                   "piece is uploaded again, changed or deleted. For one object s3://B/DIR/KEY the "
+                                   "manifest goes at s3://B/DIR/manifest.json and names that one piece. Only s3:// "
+                                   "sources: adopt writes a manifest beside the pieces.")
+    p.add_argument("source", metavar="SOURCE", help="s3://BUCKET/PREFIX holding the pieces, or s3://BUCKET/KEY (one "
+                                                    "archive)")
+    p.add_argument("--name", help="dataset name (default: the prefix's last component, or the object's name less "
+                                  "its suffixes)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an existing s3sync manifest (kept as a history copy); never another object")
+    p.add_argument("--chunk-size", metavar="SIZE", help="bytes per verified chunk in the manifest (default 16MiB)")
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("verify", parents=[common], help="re-hash a pulled dataset and name what differs")
     p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
@@ -398,6 +415,50 @@ def escape_field(text: str) -> str:
     return "".join(out)
 
 
+def cmd_adopt(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from .adopt import adopt
+    from .pieces import describe
+
+    if args.source.startswith(("http://", "https://")):
+        raise UsageError("adopt writes a manifest beside the pieces: only s3:// sources",
+                         hint="pull the http(s) archive with 's3sync pull URL... DEST_PARENT' instead")
+    if args.name is not None and not valid_name(args.name):
+        raise UsageError(f"--name {args.name!r} is not a valid dataset name", hint=NAME_RULE)
+    location = parse_s3_url(args.source)
+    store = _store(settings, location.bucket)
+    progress = ui.progress()
+    try:
+        result = adopt(location, store, settings.transfer, name=args.name, replace=args.replace, progress=progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+        store.close()
+    m = result.manifest
+    if ui.as_json:
+        ui.emit_json({"command": "adopt", "url": result.url, "name": m.name, "generation": m.generation,
+                      "replaced": result.replaced, "compression": m.compression, "files": m.files,
+                      "members": m.members, "extracted_size": m.extracted_size, "stream_size": m.stream_size,
+                      "tar_size": m.tar_stream_size, "bytes_received": result.bytes_received,
+                      "elapsed_s": round(result.elapsed_s, 3),
+                      "pieces": [{"name": p.name, "url": p.url, "size": p.size, "etag": p.etag,
+                                  "evidence": p.evidence.kind, "algorithm": p.evidence.algorithm,
+                                  "expected": p.evidence.expected, "source": p.evidence.source,
+                                  "verified": p.evidence.kind != "none"} for p in result.pieces]})
+        return EXIT_OK
+    if args.verbose:
+        for i, p in enumerate(result.pieces):
+            ui.info(f"piece {i + 1}/{len(result.pieces)} {p.name} ({format_size(p.size)}): {describe(p.evidence)}")
+    verified = len(result.pieces) - len(result.unverified)
+    ui.info(f"adopted {m.name} at {result.url}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} in "
+            f"{_plural(len(result.pieces), 'piece')} ({m.compression if m.compressed else 'uncompressed'} tar), "
+            f"{verified} verified, generation {m.generation}"
+            + (f" (replaced {result.replaced})" if result.replaced else "") + f", {result.elapsed_s:.1f}s")
+    if result.unverified:
+        ui.info(f"warning: {len(result.unverified)} pieces had no checksum ({', '.join(result.unverified[:3])}"
+                f"{', ...' if len(result.unverified) > 3 else ''}): the manifest pins bytes that were never checked "
+                "against a checksum")
+    return EXIT_OK
+
+
 def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.source is None:
         rows = []
@@ -440,7 +501,9 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                "previous": m.previous, "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
                "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
                "members": m.members,
-               "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts]}
+               "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts],
+               "version": m.version, "compression": m.compression, "tar_size": m.tar_stream_size,
+               "adopted": m.adopted.source if m.adopted else None}
         if found is not None:
             doc.update(_survey_json(found))
         ui.emit_json(doc)
@@ -450,7 +513,9 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                ("extracted", f"{format_size(m.extracted_size)} ({m.extracted_size:,} bytes)"),
                ("stream", f"{format_size(m.stream_size)} in {_plural(len(m.parts), 'part')}, "
                           f"{_plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
-               ("hash", m.hash)])
+               ("hash", m.hash)]
+              + ([("adopted", f"from {m.adopted.source} (format version {m.version}; pieces in place)"),
+                  ("compression", m.compression)] if m.adopted else []))
         if found is not None:
             for line in _survey_lines(found):
                 ui.line(line)
