@@ -411,3 +411,35 @@ def test_started_without_stdout_is_not_an_internal_error(s3sync_exe: str) -> Non
                           env=dict(os.environ), timeout=60, preexec_fn=lambda: os.close(1))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_adopt_command_then_pull_and_verify(run, s3_server, s3_client, bucket, tmp_path: Path) -> None:
+    """``s3sync adopt`` once through the installed command: pieces made by GNU tar, gzip,
+    split and md5sum; then ``pull`` reads the version 2 manifest and ``verify`` passes."""
+    src = make_tree(tmp_path / "src" / "photos")
+    archive = tmp_path / "photos.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(src), "."], check=True)
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    subprocess.run(["split", "-n", "3", "-d", str(archive), str(pieces / "photos.tar.gz.")], check=True)
+    sums = subprocess.run(["md5sum", *sorted(p.name for p in pieces.iterdir())], cwd=pieces, check=True,
+                          capture_output=True).stdout
+    (pieces / "MD5SUMS").write_bytes(sums)
+    for f in pieces.iterdir():
+        s3_client.put_object(Bucket=bucket, Key=f"raw/{f.name}", Body=f.read_bytes())
+    url = f"s3://{bucket}/raw"
+    ep = ["--endpoint-url", s3_server.endpoint_url]
+
+    adopted = run("adopt", url, "--name", "photos", *ep, "--chunk-size", "64KiB", "-v")
+    assert adopted.code == 0, adopted.describe()
+    assert f"adopted photos at {url}/manifest.json" in adopted.stderr + adopted.stdout
+    assert "3 pieces (gzip tar), 3 verified" in adopted.stderr + adopted.stdout
+    again = run("adopt", url, *ep, "--json")
+    assert again.code == 2 and "never overwrites a manifest" in again.stderr and "--replace" in again.stderr
+
+    pull = run("pull", url, tmp_path / "dest", *ep, "--json")
+    assert pull.code == 0, pull.describe()
+    assert tree(tmp_path / "dest" / "photos") == tree(src)
+    checked = run("verify", tmp_path / "dest" / "photos")
+    assert checked.code == 0, checked.describe()

@@ -96,6 +96,12 @@ def test_adopt_then_pull_then_verify(kit, tree, compress):
     assert snapshot(pulled.dest) == snapshot(ref)
     assert pulled.manifest.generation == m.generation
     assert verify(pulled.dest).problems == ()
+    if compress == "gzip":  # --no-extract stores the pieces under their own names
+        pub = _published(kit, "sbu", m)
+        parts = kit.pull(pub, kit.tmp / "parts", extract=False)
+        stored = {p.name: p.read_bytes() for p in parts.dest.iterdir() if p.name != ".s3sync"}
+        assert stored == {f.name: f.read_bytes() for f in files}
+        assert verify(parts.dest).problems == ()
 
 
 def _published(kit, prefix: str, manifest: Manifest) -> Published:
