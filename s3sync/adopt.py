@@ -53,7 +53,7 @@ from .publish import Held, new_generation, read_current
 from .splitpull import (
     CheckedPiece,
     CheckedPieces,
-    _codec,
+    archive_codec,
     check_end,
     open_tar,
     piece_chunks,
@@ -203,7 +203,7 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
     """Read ``archive`` once from byte 0: check every piece, scan every member, require the
     end-of-archive marker and only zeros after it."""
     chunk_size = settings.chunk_size
-    codec = _codec(archive, store, settings)
+    codec = archive_codec(archive, store, settings)
     fetcher = piece_fetcher(archive, store, settings, progress)
     jobs = plan_chunks(archive, chunk_size, 0, {})
     progress.start("download", archive.size)

@@ -417,8 +417,8 @@ def escape_field(text: str) -> str:
 
 def cmd_adopt(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from .adopt import adopt
-    from .pieces import describe
 
+    # With -v, a line per piece comes from the progress messages as each piece is checked.
     if args.source.startswith(("http://", "https://")):
         raise UsageError("adopt writes a manifest beside the pieces: only s3:// sources",
                          hint="pull the http(s) archive with 's3sync pull URL... DEST_PARENT' instead")
@@ -444,9 +444,6 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                                   "expected": p.evidence.expected, "source": p.evidence.source,
                                   "verified": p.evidence.kind != "none"} for p in result.pieces]})
         return EXIT_OK
-    if args.verbose:
-        for i, p in enumerate(result.pieces):
-            ui.info(f"piece {i + 1}/{len(result.pieces)} {p.name} ({format_size(p.size)}): {describe(p.evidence)}")
     verified = len(result.pieces) - len(result.unverified)
     ui.info(f"adopted {m.name} at {result.url}: {_plural(m.files, 'file')}, {format_size(m.extracted_size)} in "
             f"{_plural(len(result.pieces), 'piece')} ({m.compression if m.compressed else 'uncompressed'} tar), "

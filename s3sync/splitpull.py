@@ -679,3 +679,5 @@ def _save_state(journal: Journal, state: dict[int, CheckedPiece], chunk_size: in
 
 check_end = _check_end
 """``_check_end``, for ``adopt``."""
+archive_codec = _codec
+"""``_codec``, for ``adopt``."""

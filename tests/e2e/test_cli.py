@@ -435,6 +435,7 @@ def test_adopt_command_then_pull_and_verify(run, s3_server, s3_client, bucket, t
     assert adopted.code == 0, adopted.describe()
     assert f"adopted photos at {url}/manifest.json" in adopted.stderr + adopted.stdout
     assert "3 pieces (gzip tar), 3 verified" in adopted.stderr + adopted.stdout
+    assert (adopted.stderr + adopted.stdout).count(", matches") == 3  # -v: a line per piece
     again = run("adopt", url, *ep, "--json")
     assert again.code == 2 and "never overwrites a manifest" in again.stderr and "--replace" in again.stderr
 
