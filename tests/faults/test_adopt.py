@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from s3sync import hashing
 from s3sync.adopt import adopt
 from s3sync.config import Location
 from s3sync.errors import (
+    DamagedDatasetError,
     Interrupted,
     PartChangedError,
     PieceDigestError,
@@ -199,18 +201,7 @@ def test_a_compressed_adopted_dataset_resumes_without_writing_anything_twice(kit
     m = do_adopt(kit, "ds").manifest
     pub = _published(kit, "ds", m)
 
-    class StopAfter(MessageLog):
-        seen = 0
-
-        def advance(self, stage: str, n: int) -> None:
-            if stage == "extract":
-                self.seen += n
-                if self.seen > 1 * MiB:
-                    raise KeyboardInterrupt
-
-    serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
-    with pytest.raises((KeyboardInterrupt, Interrupted)):
-        kit.pull(pub, transfer=serial, progress=StopAfter())
+    interrupt(kit, pub)
     staged = kit.tmp / "dest" / ".ds.s3sync-partial" / "tree"
     done = {str(p.relative_to(staged)): (p.stat().st_ino, p.stat().st_ctime_ns)
             for p in staged.rglob("*") if p.is_file() and ".s3sync" not in p.parts}
@@ -234,6 +225,38 @@ def test_a_compressed_adopted_dataset_resumes_without_writing_anything_twice(kit
         assert (st.st_ino, st.st_ctime_ns) == done[rel], rel
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
     assert verify(result.dest).problems == ()
+
+
+class StopAfter(MessageLog):
+    """Ctrl-C once 1 MiB of file data is extracted."""
+
+    seen = 0
+
+    def advance(self, stage: str, n: int) -> None:
+        if stage == "extract":
+            self.seen += n
+            if self.seen > 1 * MiB:
+                raise KeyboardInterrupt
+
+
+def interrupt(kit, pub: Published) -> None:
+    serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        kit.pull(pub, transfer=serial, progress=StopAfter())
+
+
+def test_a_resumed_compressed_pull_still_checks_the_stream_digest(kit, tree):
+    # A compressed stream is always read from byte 0, so even a resumed pull hashes all of it.
+    _, files = make_pieces(kit.tmp, tree, pieces=3, compress="zstd")
+    upload_dir(kit, files[0].parent, "ds")
+    m = do_adopt(kit, "ds").manifest
+    wrong = dataclasses.replace(m, stream_digest=hashing.digest(b"not the stream"))
+    kit.put_manifest(Location(kit.bucket, "ds"), wrong.to_json())
+    pub = _published(kit, "ds", wrong)
+    interrupt(kit, pub)
+    with pytest.raises(DamagedDatasetError, match="stream's digest"):
+        kit.pull(pub)
+    assert not (kit.tmp / "dest" / "ds").exists()
 
 
 def test_a_piece_changed_after_adopt_is_named_by_the_pull(kit, tree):
