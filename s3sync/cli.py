@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _VersionAction(argparse.Action):
     """``--version``, looked up only when asked (importlib.metadata costs ~40 ms of start-up)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
         print(f"s3sync {_version()}")
         parser.exit()
 

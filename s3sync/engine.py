@@ -26,14 +26,7 @@ from typing import Any
 
 from . import hashing
 from .config import TransferSettings
-from .errors import (
-    DamagedDatasetError,
-    IntegrityError,
-    Interrupted,
-    NotFoundError,
-    PartChangedError,
-    S3SyncError,
-)
+from .errors import DamagedDatasetError, IntegrityError, Interrupted, NotFoundError, PartChangedError, S3SyncError
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store, same_etag
@@ -402,7 +395,8 @@ class OrderedReader:
             if not w:
                 break
             self._pos += min(len(w), pos - self._pos)
-        self._pos = min(self._pos, pos)
+        if pos < self._pos:
+            self._pos = pos
         return self._pos
 
     def read(self, n: int = -1) -> bytes:

@@ -60,7 +60,7 @@ class PieceHasher:
     rclone and the AWS CLI's own tests). hashlib releases the GIL for buffers over 2 KiB.
     """
 
-    __slots__ = ("_algorithm", "_h", "_in_part", "_md5s", "_part_size")
+    __slots__ = ("_algorithm", "_part_size", "_h", "_in_part", "_md5s")
 
     def __init__(self, algorithm: str, upload_part_size: int = 0) -> None:
         self._algorithm = algorithm

@@ -31,13 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
-from .archive import (
-    METADATA_DIR,
-    MemberRecord,
-    NotRegularFile,
-    open_regular_for_write,
-    translate_os_error,
-)
+from .archive import METADATA_DIR, MemberRecord, NotRegularFile, open_regular_for_write, translate_os_error
 from .errors import DestinationError
 
 JOURNAL_VERSION = 1

@@ -202,7 +202,7 @@ def _letter_readings(head: str, tail: str, runs: list[str]) -> list[_Family]:
     shortest = min(len(r) for r in runs)
     # A reading whose names are nothing but the index (``a``, ``b``) is no family at all.
     return [_Family(head + runs[0][:q], tail, tuple(r[q:] for r in runs), True)
-            for q in range(min(shared, shortest - 1) + 1) if head + runs[0][:q] + tail]
+            for q in range(0, min(shared, shortest - 1) + 1) if head + runs[0][:q] + tail]
 
 
 def _one_family(names: list[str]) -> list[_Family]:

@@ -42,8 +42,8 @@ from .errors import (
     StoreError,
     TransientStoreError,
 )
-from .lease import LEASE_NAME, Lease, LeaseSettings
 from .leftovers import Cleanup, safe_clean, survey
+from .lease import LEASE_NAME, Lease, LeaseSettings
 from .manifest import MANIFEST_NAME, Manifest, PartEntry, claims_format
 from .partwriter import PartWriter, Pipe
 from .planning import upload_part_size
