@@ -348,7 +348,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         try:
             tar_end = _extract(archive, checked, codec, read_from, offset, journal, tally, progress,
                                fetcher.next_ready if archive.ranges else None, strip_components,
-                               list(recorded.dirs) if recorded else [])
+                               list(recorded.dirs) if recorded else [], fetcher.cancel)
         except PieceDigestError:
             _rewind(journal, checked)
             raise
@@ -461,7 +461,7 @@ class _Recording:
 
 def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, offset: int,
              journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
-             dirs: list[archive.MemberRecord]) -> int:
+             dirs: list[archive.MemberRecord], cancel: Callable[[], None]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
     ``read_from``; check the end of the archive; read every piece to its end. Returns the
     tar stream's size (bytes, decompressed)."""
@@ -509,6 +509,11 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
         extractor.finish_dirs(dirs)
         progress.finish("extract")
         return tar_size
+    except (DamagedArchiveError, UnsafeArchiveError, IntegrityError):
+        raise  # the fetch goes on: the caller reads the current piece to its end (finish_current)
+    except BaseException:
+        cancel()  # Ctrl-C, disk full...: the decoding thread may be waiting for a chunk
+        raise
     finally:
         if decoded is not None:
             decoded.close()
