@@ -478,7 +478,7 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
             raise DamagedArchiveError(f"{archive.source}: the stream ends at byte {reader.tell()}, before the "
                                       f"resume point {offset} an earlier run recorded",
                                       hint="remove the staging directory .NAME.s3sync-partial and pull again")
-        extractor = archive_extractor(journal, strip_components)
+        extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
         progress.start("extract", 0)
         end = offset
 
@@ -526,12 +526,6 @@ def _views(stored: OrderedReader) -> Iterator[tuple[None, memoryview]]:
         if not view:
             return
         yield None, view
-
-
-def archive_extractor(journal: Journal, strip_components: int) -> archive.SafeExtractor:
-    if strip_components:
-        return archive.SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
-    return archive.SafeExtractor(journal.tree_path, shown=journal.tree)
 
 
 def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress) -> None:
