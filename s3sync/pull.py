@@ -91,7 +91,8 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
         if err.bucket_missing:
             raise
         raise NotFoundError(f"no dataset at {location.url()}: {url} not found",
-                            hint="check the name with 's3sync ls', the bucket and --endpoint-url") from err
+                            hint="check the name with 's3sync ls', the bucket and --endpoint-url",
+                            manifest_missing=True) from err
     manifest = Manifest.from_json(data, url)
     parent, _, last = location.prefix.rpartition("/")
     if last == manifest.generation:

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, hashing
+from . import hashing
+from .archive import METADATA_DIR, MemberRecord, SafeExtractor
 from .codecs import DecodedReader, detect
 from .config import TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
@@ -396,7 +397,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
 
 def archive_metadata(name: str) -> str:
     """``.s3sync/NAME``: where a pulled dataset keeps its metadata file ``name``."""
-    return f"{archive.METADATA_DIR}/{name}"
+    return f"{METADATA_DIR}/{name}"
 
 
 @dataclass(slots=True)
@@ -411,7 +412,7 @@ class _Tally:
             return cls()
         return cls(recorded.seen.members, recorded.seen.files, recorded.seen.extracted_size)
 
-    def add(self, record: archive.MemberRecord) -> None:
+    def add(self, record: MemberRecord) -> None:
         self.members += 1
         if record.kind == "file":
             self.files += 1
@@ -461,7 +462,7 @@ class _Recording:
 
 def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, offset: int,
              journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
-             dirs: list[archive.MemberRecord], cancel: Callable[[], None]) -> int:
+             dirs: list[MemberRecord], cancel: Callable[[], None]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
     ``read_from``; check the end of the archive; read every piece to its end. Returns the
     tar stream's size (bytes, decompressed)."""
@@ -478,11 +479,11 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
             raise DamagedArchiveError(f"{archive.source}: the stream ends at byte {reader.tell()}, before the "
                                       f"resume point {offset} an earlier run recorded",
                                       hint="remove the staging directory .NAME.s3sync-partial and pull again")
-        extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
+        extractor = SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
         progress.start("extract", 0)
         end = offset
 
-        def on_member(next_offset: int, record: archive.MemberRecord) -> None:
+        def on_member(next_offset: int, record: MemberRecord) -> None:
             nonlocal end
             journal.add(record)
             journal.checkpoint(next_offset)

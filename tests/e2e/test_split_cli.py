@@ -53,6 +53,12 @@ def test_pull_a_prefix_of_pieces_then_verify(run, s3_server, s3_client, bucket, 
     assert {p["evidence"] for p in doc["pieces"]} == {"sidecar"}
     assert tree(tmp_path / "named" / "sbu" / "photos") == tree(src)
 
+    # A catalog name whose location holds pieces, not a manifest (how SBU was shipped).
+    _upload(s3_client, bucket, tmp_path / "pieces", "sbu")
+    by_name = run("pull", "sbu", tmp_path / "by-name", *ep, "-q", env={"S3SYNC_BUCKET": bucket})
+    assert by_name.code == 0, by_name.describe()
+    assert tree(tmp_path / "by-name" / "sbu" / "photos") == tree(src)
+
 
 @pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
 def test_split_archive_errors_are_one_line(run_many, s3_server, s3_client, bucket, tmp_path: Path) -> None:
