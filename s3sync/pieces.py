@@ -10,6 +10,7 @@ Vocabulary: DESIGN.md section 5.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -196,9 +197,11 @@ def _letter_readings(head: str, tail: str, runs: list[str]) -> list[_Family]:
     or ``xa``+``a``): every cut that leaves a non-empty index in every name."""
     shared = len(_common_prefix(runs))
     shortest = min(len(r) for r in runs)
-    # A reading whose names are nothing but the index (``a``, ``b``) is no family at all.
+    # Without a stem only ``split FILE ''`` fits (``aa``, ``ab``): single letters (``a``,
+    # ``b``) or letters before a tail (``a.tar.001``, ``b.tar.001``) are unrelated names.
     return [_Family(head + runs[0][:q], tail, tuple(r[q:] for r in runs), True)
-            for q in range(0, min(shared, shortest - 1) + 1) if head + runs[0][:q] + tail]
+            for q in range(min(shared, shortest - 1) + 1)
+            if head + runs[0][:q] or (not tail and shortest - q >= 2)]
 
 
 def _one_family(names: list[str]) -> list[_Family]:
@@ -219,7 +222,7 @@ def _one_family(names: list[str]) -> list[_Family]:
     if split is None:
         return []
     readings = [f for f in _letter_readings(*split) if _gnu_run(f.indices, _LETTERS) is not None]
-    readings.sort(key=lambda f: (min(len(i) for i in f.indices) != 2, -len(f.stem)))
+    readings.sort(key=lambda f: (not f.stem, min(len(i) for i in f.indices) != 2, -len(f.stem)))
     return readings
 
 
@@ -327,7 +330,7 @@ def _problem(fam: _Family) -> str | None:
                             + (f" or {fam.name(run.index(1))})" if len(starts) > 1 else ")"))
             continue
         missing, count = [], 0
-        for a, b in zip(ords, ords[1:]):
+        for a, b in itertools.pairwise(ords):
             if b - a > 1:
                 count += b - a - 1
                 missing += [fam.name(run.index(o)) for o in range(a + 1, min(b, a + 1 + _SHOWN - len(missing)))]
