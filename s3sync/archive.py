@@ -560,6 +560,10 @@ class MemberRecord:
     link: str = ""
 
 
+GNU_VOLUME_LABEL = b"V"
+"""Type of the member ``tar --format=gnu -V LABEL`` writes first (GNU tar manual, "GNU
+tar and POSIX tar": GNUTYPE_VOLHDR); in PAX format the label is a global header record."""
+
 _ZEROS = bytes(WRITE_STEP)
 """Hashed in place of a sparse file's holes."""
 
@@ -617,7 +621,7 @@ class SafeExtractor:
     - hard links must point to a regular file extracted earlier;
     - setuid, setgid and sticky bits are dropped; files are owned by the user pulling.
 
-    Members named ``./`` or ``.`` (the root itself, from ``tar -C DIR .``) are not
+    A GNU volume label (``tar -V``) is not a member. Members named ``./`` or ``.`` (the root itself, from ``tar -C DIR .``) are not
     extracted: their mode and mtime are kept in ``root_record`` for ``finish_root``, which
     applies them to the root as GNU tar applies them to ``-C DIR``. Parent directories
     that have no member of their own are made with mode 0777 less the umask, as GNU tar
@@ -732,6 +736,8 @@ class SafeExtractor:
                 if member is None:
                     break
                 tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
+                if member.type == GNU_VOLUME_LABEL:
+                    continue  # `tar -V LABEL`: names the archive, not a file (GNU tar skips it too)
                 name = self._check_name(member)
                 if name is None:
                     continue  # stripped away (``strip_components``)

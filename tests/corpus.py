@@ -24,6 +24,7 @@ Kinds:
   id; git keeps no empty directory, no hard link, and only modes 644, 755 and symlinks).
 - ``dot``: ``tar -C src -cf out .``: members ``./``, ``./a.txt``...
 - ``topdir``: ``tar -C parent -cf out NAME``: everything under one top-level directory.
+- ``gnu-label``: ``tar --format=gnu -V LABEL``: a volume label member (type 'V') first.
 
 A tool that is missing fails the test under CI (``CI=true`` in the environment: ``.ci/run``
 installs them all, see ``scripts/ci-deps.sh``) and skips it elsewhere, naming the package.
@@ -46,7 +47,7 @@ KINDS = (
     "gnu", "oldgnu", "pax", "ustar", "v7",
     "sparse-0.0", "sparse-0.1", "sparse-1.0", "sparse-oldgnu",
     "bsdtar", "bsdtar-pax", "bsdtar-ustar", "bsdtar-gnutar",
-    "git", "dot", "topdir",
+    "git", "dot", "topdir", "gnu-label",
 )
 """Every archive kind ``make_archive`` builds."""
 
@@ -189,6 +190,9 @@ def make_archive(kind: str, src: Path, out: Path) -> Path:
         _run([require_tool("tar"), "-cf", str(out), "-C", str(src), "."])
     elif kind == "topdir":
         _run([require_tool("tar"), "-cf", str(out), "-C", str(src.parent), src.name])
+    elif kind == "gnu-label":
+        _run([require_tool("tar"), "--format=gnu", "-V", "corpus volume", "-cf", str(out), "-C", str(src),
+              *_top_level(src)])
     else:
         raise ValueError(f"unknown archive kind {kind!r}; one of {', '.join(KINDS)}")
     return out

@@ -64,6 +64,7 @@ def test_corpus_holds_the_shapes_it_claims(corpus_archive):
         assert any(len(m.name) > 100 for m in _members(corpus_archive(kind))), kind
         assert any(len(m.linkname) > 100 for m in _members(corpus_archive(kind)) if m.issym()), kind
     assert implicit_dirs(corpus_archive("bsdtar-ustar")), "bsdtar's ustar has a directory with no member"
+    assert _members(corpus_archive("gnu-label"))[0].type == archive.GNU_VOLUME_LABEL
     for kind in ("pax", "bsdtar-pax"):  # mtimes to the nanosecond, beyond what a float holds
         fractions = {m.pax_headers.get("mtime", "").partition(".")[2] for m in _members(corpus_archive(kind))}
         assert "123456789" in fractions, kind
