@@ -621,11 +621,13 @@ class SafeExtractor:
     - hard links must point to a regular file extracted earlier;
     - setuid, setgid and sticky bits are dropped; files are owned by the user pulling.
 
-    A GNU volume label (``tar -V``) is not a member. Members named ``./`` or ``.`` (the root itself, from ``tar -C DIR .``) are not
-    extracted: their mode and mtime are kept in ``root_record`` for ``finish_root``, which
-    applies them to the root as GNU tar applies them to ``-C DIR``. Parent directories
-    that have no member of their own are made with mode 0777 less the umask, as GNU tar
-    makes them. GNU sparse members are written with holes (see ``_write_sparse``).
+    Not members: pax global headers (``git archive`` writes one), a GNU volume label
+    (``tar -V``), and ``./`` or ``.``, the root itself (``tar -C DIR .`` writes it first):
+    its mode and mtime are kept in ``root_record`` for ``finish_root``, which gives them to
+    the root as GNU tar gives them to ``-C DIR``. Parent directories that have no member of
+    their own are made with mode 0777 less the umask, as GNU tar makes them. GNU sparse
+    members are written with their holes (see ``_write_sparse``). Mtimes are set to the
+    nanosecond (``mtime_ns``).
 
     Args:
         root: the staging directory (created by the caller): every write goes through it.

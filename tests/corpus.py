@@ -7,8 +7,11 @@ archives it with the tools people use (``make_archive(kind, src, out)`` for each
 
 Import it as ``corpus`` (``tests/`` is on ``sys.path`` under pytest's default import mode):
 
-    from corpus import KINDS, compare_trees, gnu_extract, make_archive, make_tree
-    from corpus import corpus_tree, corpus_archive  # noqa: F401 - the fixtures
+    from corpus import KINDS, compare_trees, gnu_extract, make_archive, make_tree, safe_extract
+
+Its fixtures, ``corpus_tree`` and ``corpus_archive(kind)``, are registered for every test by
+``tests/conftest.py`` (``pytest_plugins``). It imports s3sync only inside its helpers: the
+root conftest must work without the package.
 
 Kinds:
 

@@ -25,8 +25,6 @@ from corpus import (
     SPARSE_KINDS,
     SPARSE_SIZE,
     compare_trees,
-    corpus_archive,  # noqa: F401 - fixture
-    corpus_tree,  # noqa: F401 - fixture
     gnu_extract,
     implicit_dirs,
     make_archive,
