@@ -581,7 +581,8 @@ def mtime_ns(member: tarfile.TarInfo) -> int:
     ``MemberRecord.mtime`` keeps whole seconds (this value floored), which ``verify``
     compares.
     """
-    match = _PAX_TIME.fullmatch(member.pax_headers.get("mtime", "").strip())
+    raw = member.pax_headers.get("mtime")
+    match = _PAX_TIME.fullmatch(raw.strip()) if raw is not None else None
     if match is None:
         return int(member.mtime) * NS
     sign, whole, frac = match.groups()
