@@ -216,6 +216,39 @@ def _git_archive(src: Path, out: Path) -> None:
     shutil.rmtree(gitdir)
 
 
+CODECS = {"gzip": ("gzip", ".gz"), "zstd": ("zstd", ".zst"), "bzip2": ("bzip2", ".bz2"), "xz": ("xz", ".xz")}
+"""Compression name -> (command, suffix) for ``compress``."""
+
+
+def compress(archive: Path, codec: str) -> Path:
+    """Compress ``archive`` with the real tool (``gzip -n``, ``zstd -q``, ``bzip2``, ``xz``),
+    keeping the original; return the new file (``archive`` plus the codec's suffix)."""
+    tool, suffix = CODECS[codec]
+    out = archive.with_name(archive.name + suffix)
+    with open(archive, "rb") as src, open(out, "wb") as dst:
+        args = [require_tool(tool), "-c"] + (["-n"] if codec == "gzip" else ["-q"] if codec == "zstd" else [])
+        proc = subprocess.run(args, stdin=src, stdout=dst, stderr=subprocess.PIPE, check=False)
+    if proc.returncode:
+        raise AssertionError(f"{tool} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
+    return out
+
+
+def split_pieces(archive: Path, out_dir: Path, pieces: int, style: str = "numeric", prefix: str | None = None
+                 ) -> list[Path]:
+    """Cut ``archive`` into ``pieces`` files of (nearly) equal size with GNU ``split -n``,
+    into ``out_dir`` (created), in order. ``style``: ``numeric`` (``-d``: NAME.00, NAME.01...),
+    ``alpha`` (``xaa``-style: NAME.aa, NAME.ab...), ``hex`` (``-x``). ``prefix`` defaults to
+    the archive's name and a dot. Return the pieces in order (their concatenation is
+    ``archive``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{archive.name}." if prefix is None else prefix
+    flags = {"numeric": ["-d"], "alpha": [], "hex": ["-x"]}[style]
+    _run([require_tool("split"), *flags, "-n", str(pieces), str(archive), prefix], cwd=out_dir)
+    made = sorted(p for p in out_dir.iterdir() if p.name.startswith(prefix))
+    assert len(made) == pieces, made
+    return made
+
+
 def gnu_extract(archive: Path, dest: Path, strip: int = 0) -> Path:
     """Extract ``archive`` into ``dest`` (created if missing) with GNU tar, the reference:
     ``tar -xf ARCHIVE -C DEST --no-same-owner [--strip-components=N]``. Return ``dest``."""
