@@ -17,8 +17,10 @@ Kinds:
 
 - ``gnu``, ``oldgnu``, ``pax``, ``ustar``, ``v7``: ``tar --format=F`` of the tree's top-level
   entries (members ``a.txt``, ``sub/...``). ustar and v7 cannot hold every name (v7: none over
-  99 bytes; ustar: a long name that cannot be split at a slash, a link name over 100 bytes):
-  GNU tar skips those members ("not dumped", exit status 2), and so does the corpus.
+  99 bytes; ustar: a long name that cannot be split at a slash): GNU tar skips those members
+  ("not dumped", exit status 2), and so does the corpus. A symlink target over 100 bytes is
+  cut to 100 bytes without a word by GNU tar 1.34 in both formats (bsdtar's ustar leaves the
+  symlink out); the extractions agree all the same.
 - ``sparse-0.0``, ``sparse-0.1``, ``sparse-1.0``: ``tar --format=pax --sparse
   --sparse-version=V``; ``sparse-oldgnu``: ``tar --format=oldgnu --sparse`` (type 'S').
 - ``bsdtar``, ``bsdtar-pax``, ``bsdtar-ustar``, ``bsdtar-gnutar``: ``bsdtar -c`` with its
