@@ -10,15 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from corpus import (  # noqa: F401 - corpus_archive and corpus_tree are fixtures
-    KINDS,
-    compare_trees,
-    corpus_archive,
-    corpus_tree,
-    gnu_extract,
-    implicit_dirs,
-    require_tool,
-)
+from corpus import KINDS, compare_trees, gnu_extract, implicit_dirs, require_tool  # fixtures: tests/conftest.py
 
 from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync.errors import UnsafeArchiveError
