@@ -595,8 +595,9 @@ def _preflight(tree: Path, archive: SplitArchive, codec: str, offset: int, progr
     own size in files; a compressed one's extracted size is unknown until it is read."""
     free = shutil.disk_usage(tree).free
     if codec != "none":
-        progress.message(f"the extracted size of a {codec} archive is not known before it is read "
-                         f"({format_size(archive.size)} compressed, {format_size(free)} free): no space check")
+        progress.message(f"warning: the extracted size of a {codec} archive is not known before it is read "
+                         f"({format_size(archive.size)} compressed, {format_size(free)} free): free space was not "
+                         "checked; if the disk fills up, free some and run the command again (it resumes)")
         return
     need = max(0, archive.size - offset) + SPACE_MARGIN
     if free < need:
