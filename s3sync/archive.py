@@ -560,6 +560,10 @@ class MemberRecord:
     link: str = ""
 
 
+GNU_VOLUME_LABEL = b"V"
+"""Type of the member ``tar --format=gnu -V LABEL`` writes first (GNU tar manual, "GNU
+tar and POSIX tar": GNUTYPE_VOLHDR); in PAX format the label is a global header record."""
+
 _ZEROS = bytes(WRITE_STEP)
 """Hashed in place of a sparse file's holes."""
 
@@ -577,7 +581,8 @@ def mtime_ns(member: tarfile.TarInfo) -> int:
     ``MemberRecord.mtime`` keeps whole seconds (this value floored), which ``verify``
     compares.
     """
-    match = _PAX_TIME.fullmatch(member.pax_headers.get("mtime", "").strip())
+    raw = member.pax_headers.get("mtime")
+    match = _PAX_TIME.fullmatch(raw.strip()) if raw is not None else None
     if match is None:
         return int(member.mtime) * NS
     sign, whole, frac = match.groups()
@@ -617,11 +622,13 @@ class SafeExtractor:
     - hard links must point to a regular file extracted earlier;
     - setuid, setgid and sticky bits are dropped; files are owned by the user pulling.
 
-    Members named ``./`` or ``.`` (the root itself, from ``tar -C DIR .``) are not
-    extracted: their mode and mtime are kept in ``root_record`` for ``finish_root``, which
-    applies them to the root as GNU tar applies them to ``-C DIR``. Parent directories
-    that have no member of their own are made with mode 0777 less the umask, as GNU tar
-    makes them. GNU sparse members are written with holes (see ``_write_sparse``).
+    Not members: pax global headers (``git archive`` writes one), a GNU volume label
+    (``tar -V``), and ``./`` or ``.``, the root itself (``tar -C DIR .`` writes it first):
+    its mode and mtime are kept in ``root_record`` for ``finish_root``, which gives them to
+    the root as GNU tar gives them to ``-C DIR``. Parent directories that have no member of
+    their own are made with mode 0777 less the umask, as GNU tar makes them. GNU sparse
+    members are written with their holes (see ``_write_sparse``). Mtimes are set to the
+    nanosecond (``mtime_ns``).
 
     Args:
         root: the staging directory (created by the caller): every write goes through it.
@@ -735,6 +742,8 @@ class SafeExtractor:
                 if member is None:
                     break
                 tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
+                if member.type == GNU_VOLUME_LABEL:
+                    continue  # `tar -V LABEL`: names the archive, not a file (GNU tar skips it too)
                 name = self._check_name(member)
                 if name is None:
                     continue  # stripped away (``strip_components``)

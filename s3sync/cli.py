@@ -241,14 +241,14 @@ def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             result = pull(resolved.location, args.name or resolved.name, args.dest_parent.expanduser(), store,
                           settings.transfer, extract=not args.no_extract, progress=progress)
         except NotFoundError as err:
-            if err.bucket_missing or not args.source[0].startswith("s3://") or not _no_manifest(err):
+            if not err.manifest_missing:
                 raise
             if args.no_extract:
                 raise UsageError(f"{resolved.location.url()} holds no s3sync manifest: --no-extract applies only to "
                                  "s3sync datasets", hint="drop --no-extract to pull and extract the archive") from err
             from .sources import from_s3
 
-            archive = from_s3(store, resolved.location, args.name)
+            archive = from_s3(store, resolved.location, args.name or resolved.name)
             return _pull_split(archive, store, args, settings, ui, progress)
     finally:
         getattr(progress, "close", lambda: None)()
@@ -273,11 +273,6 @@ def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                 f"{format_size(result.bytes_received)} received, {_plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK
-
-
-def _no_manifest(err: NotFoundError) -> bool:
-    """True if ``err`` says a prefix has no manifest (not that a part is missing)."""
-    return str(err).startswith("no dataset at ")
 
 
 def _pull_split_urls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:

@@ -607,7 +607,11 @@ class DecodedReader:
             skipped += len(w)
 
     def close(self) -> None:
-        """Stop the decoding thread (after its current step) and close ``blocks``."""
+        """Stop the decoding thread (after its current step) and close ``blocks``.
+
+        A step is one decoded piece, or one wait for the next block: if ``blocks`` may stall
+        (a download that hangs), cancel its source first, so that the wait ends.
+        """
         self._stop.set()
         if self._thread is not None:
             while self._thread.is_alive():

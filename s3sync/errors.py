@@ -128,13 +128,17 @@ class StoreError(S3SyncError):
 
 
 class NotFoundError(StoreError):
-    """The bucket, key or manifest does not exist; ``bucket_missing`` tells which."""
+    """The bucket, key or manifest does not exist; ``bucket_missing`` tells whether the
+    bucket is, ``manifest_missing`` whether a dataset prefix has no ``manifest.json`` (it
+    may hold the pieces of an archive instead)."""
 
     hint = "check the name with 's3sync ls' or the s3:// URL"
 
-    def __init__(self, message: str, *, hint: str | None = None, bucket_missing: bool = False) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, bucket_missing: bool = False,
+                 manifest_missing: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.bucket_missing = bucket_missing
+        self.manifest_missing = manifest_missing
 
 
 class AccessDeniedError(StoreError):

@@ -10,6 +10,7 @@ Vocabulary: DESIGN.md section 5.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -200,9 +201,11 @@ def _letter_readings(head: str, tail: str, runs: list[str]) -> list[_Family]:
     or ``xa``+``a``): every cut that leaves a non-empty index in every name."""
     shared = len(_common_prefix(runs))
     shortest = min(len(r) for r in runs)
-    # A reading whose names are nothing but the index (``a``, ``b``) is no family at all.
+    # Without a stem only ``split FILE ''`` fits (``aa``, ``ab``): single letters (``a``,
+    # ``b``) or letters before a tail (``a.tar.001``, ``b.tar.001``) are unrelated names.
     return [_Family(head + runs[0][:q], tail, tuple(r[q:] for r in runs), True)
-            for q in range(0, min(shared, shortest - 1) + 1) if head + runs[0][:q] + tail]
+            for q in range(min(shared, shortest - 1) + 1)
+            if head + runs[0][:q] or (not tail and shortest - q >= 2)]
 
 
 def _one_family(names: list[str]) -> list[_Family]:
@@ -223,7 +226,7 @@ def _one_family(names: list[str]) -> list[_Family]:
     if split is None:
         return []
     readings = [f for f in _letter_readings(*split) if _gnu_run(f.indices, _LETTERS) is not None]
-    readings.sort(key=lambda f: (min(len(i) for i in f.indices) != 2, -len(f.stem)))
+    readings.sort(key=lambda f: (not f.stem, min(len(i) for i in f.indices) != 2, -len(f.stem)))
     return readings
 
 
@@ -308,38 +311,37 @@ def _padding_twins(fam: _Family) -> tuple[str, str] | None:
     return None
 
 
-def _problem(fam: _Family) -> str | None:
-    """Why ``fam`` is not a complete run starting at its first index; None if it is."""
+def _problem(fam: _Family) -> tuple[int, str] | None:
+    """Why ``fam`` is not a complete run starting at its first index, with how many names
+    that reading supposes missing (the likeliest reading is the one missing fewest);
+    None if it is complete."""
     starts = (0,) if fam.letters else (0, 1)
     if fam.letters:
         runs = [_gnu_run(fam.indices, _LETTERS)]
     else:
         twins = _padding_twins(fam)
         if twins:
-            return f"{twins[0]} and {twins[1]} differ only in padding: the same piece twice, or two archives"
-        gnu = _gnu_run(fam.indices, _DIGITS)
-        runs = [gnu, _int_run(fam.indices)] if gnu is not None and gnu.widened else [_int_run(fam.indices), gnu]
-    runs = [r for r in runs if r is not None]
-    if not runs:
-        return "the indices are not one numbered run (mixed widths)"
+            return 0, f"{twins[0]} and {twins[1]} differ only in padding: the same piece twice, or two archives"
+        runs = [_int_run(fam.indices), _gnu_run(fam.indices, _DIGITS)]
     problems = []
-    for run in runs:
+    for run in (r for r in runs if r is not None):
         ords = sorted(run.ordinals)
-        if ords[0] not in starts:
-            problems.append(f"it starts at {fam.name(fam.indices[0])}: the first piece seems missing "
-                            f"(expected {fam.name(run.index(starts[0]))}"
-                            + (f" or {fam.name(run.index(1))})" if len(starts) > 1 else ")"))
-            continue
         missing, count = [], 0
-        for a, b in zip(ords, ords[1:]):
+        for a, b in itertools.pairwise(ords):
             if b - a > 1:
                 count += b - a - 1
                 missing += [fam.name(run.index(o)) for o in range(a + 1, min(b, a + 1 + _SHOWN - len(missing)))]
-        if not count:
+        if ords[0] not in starts:
+            problems.append((count + ords[0] - starts[-1],
+                             f"it starts at {fam.name(fam.indices[0])}: the first piece seems missing "
+                             f"(expected {' or '.join(fam.name(run.index(s)) for s in starts)})"))
+        elif not count:
             return None
-        more = f" and {count - len(missing)} more" if count > len(missing) else ""
-        problems.append(f"it has a gap: {', '.join(missing)}{more} {'is' if count == 1 else 'are'} missing")
-    return problems[0]
+        else:
+            more = f" and {count - len(missing)} more" if count > len(missing) else ""
+            problems.append((count, f"it has a gap: {', '.join(missing)}{more} {'is' if count == 1 else 'are'} "
+                                    "missing"))
+    return min(problems, key=lambda p: p[0]) if problems else (1 << 62, "the indices are not one numbered run")
 
 
 def _families(names: list[str]) -> list[list[str]]:
@@ -425,7 +427,8 @@ def order_pieces(names: Iterable[str], where: str) -> list[str]:
     problems = [_problem(f) for f in readings]
     if None in problems:
         return ordered
-    raise SplitArchiveError(f"{where}: {readings[0].show()}: {problems[0]}",
+    best = min(range(len(readings)), key=lambda i: problems[i][0])  # ties: the preferred reading
+    raise SplitArchiveError(f"{where}: {readings[best].show()}: {problems[best][1]}",
                             hint="upload the missing pieces beside the others (s3sync never pulls an archive "
                                  "with a hole in it), or point SOURCE at the pieces of one archive only")
 

@@ -14,8 +14,9 @@ class Progress(Protocol):
     """What a pipeline reports while it runs."""
 
     def start(self, stage: str, total: int) -> None:
-        """A stage begins (``download``, ``extract``, ``upload``...), ``total`` bytes expected;
-        called again for a stage already begun, it corrects the total (it was an estimate)."""
+        """A stage begins (``download``, ``extract``, ``upload``...), ``total`` bytes expected
+        (0: unknown, e.g. the extracted size of a compressed archive); called again for a
+        stage already begun, it corrects the total (it was an estimate)."""
 
     def advance(self, stage: str, n: int) -> None:
         """``n`` more bytes done in ``stage`` (negative to rewind after a retry)."""

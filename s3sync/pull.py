@@ -98,7 +98,8 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
         if err.bucket_missing:
             raise
         raise NotFoundError(f"no dataset at {location.url()}: {url} not found",
-                            hint="check the name with 's3sync ls', the bucket and --endpoint-url") from err
+                            hint="check the name with 's3sync ls', the bucket and --endpoint-url",
+                            manifest_missing=True) from err
     manifest = Manifest.from_json(data, url)
     parent, _, last = location.prefix.rpartition("/")
     if last == manifest.generation:
@@ -175,7 +176,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         if extract:
             chunks = fetcher.fetch(jobs)
             try:
-                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready, recorded)
+                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready, recorded, fetcher.cancel)
             finally:
                 chunks.close()
         else:
@@ -401,8 +402,12 @@ def _damaged(manifest: Manifest, what: str) -> DamagedDatasetError:
 
 
 def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress,
-             ready: Callable[[], bool], recorded: _Recorded | None = None) -> None:
+             ready: Callable[[], bool], recorded: _Recorded | None = None,
+             cancel: Callable[[], None] | None = None) -> None:
     """Extract the stream from ``offset``, then check everything the manifest promises.
+
+    ``cancel`` stops the fetch: called on an interruption of a compressed stream, whose
+    decoding thread may be waiting for a chunk (as in ``splitpull``).
 
     At the end: the tar end-of-archive marker right after the last member and only zeros
     after it up to ``stream.size``; the number of members, regular files and file bytes
@@ -431,6 +436,12 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     try:
         _extract_stream(manifest, reader, stored, decoded, hasher, offset, marker, tar_size, journal, progress,
                         recorded)
+    except (DamagedDatasetError, IntegrityError):
+        raise
+    except BaseException:
+        if decoded is not None and cancel is not None:
+            cancel()  # Ctrl-C, disk full...: the decoding thread may be waiting for a chunk
+        raise
     finally:
         if decoded is not None:
             decoded.close()

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, hashing
+from . import hashing
+from .archive import METADATA_DIR, MemberRecord, SafeExtractor
 from .codecs import DecodedReader, detect
 from .config import TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
@@ -347,7 +348,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         try:
             tar_end = _extract(archive, checked, codec, read_from, offset, journal, tally, progress,
                                fetcher.next_ready if archive.ranges else None, strip_components,
-                               list(recorded.dirs) if recorded else [])
+                               list(recorded.dirs) if recorded else [], fetcher.cancel)
         except PieceDigestError:
             _rewind(journal, checked)
             raise
@@ -395,7 +396,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
 
 def archive_metadata(name: str) -> str:
     """``.s3sync/NAME``: where a pulled dataset keeps its metadata file ``name``."""
-    return f"{archive.METADATA_DIR}/{name}"
+    return f"{METADATA_DIR}/{name}"
 
 
 @dataclass(slots=True)
@@ -410,7 +411,7 @@ class _Tally:
             return cls()
         return cls(recorded.seen.members, recorded.seen.files, recorded.seen.extracted_size)
 
-    def add(self, record: archive.MemberRecord) -> None:
+    def add(self, record: MemberRecord) -> None:
         self.members += 1
         if record.kind == "file":
             self.files += 1
@@ -419,7 +420,7 @@ class _Tally:
 
 def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, offset: int,
              journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
-             dirs: list[archive.MemberRecord]) -> int:
+             dirs: list[MemberRecord], cancel: Callable[[], None]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
     ``read_from``; check the end of the archive; read every piece to its end. Returns the
     tar stream's size (bytes, decompressed)."""
@@ -430,11 +431,11 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
             raise DamagedArchiveError(f"{archive.source}: the stream ends at byte {reader.tell()}, before the "
                                       f"resume point {offset} an earlier run recorded",
                                       hint="remove the staging directory .NAME.s3sync-partial and pull again")
-        extractor = archive_extractor(journal, strip_components)
+        extractor = SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
         progress.start("extract", 0)
         end = offset
 
-        def on_member(next_offset: int, record: archive.MemberRecord) -> None:
+        def on_member(next_offset: int, record: MemberRecord) -> None:
             nonlocal end
             journal.add(record)
             journal.checkpoint(next_offset)
@@ -461,6 +462,11 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
         extractor.finish_dirs(dirs)
         progress.finish("extract")
         return tar_size
+    except (DamagedArchiveError, UnsafeArchiveError, IntegrityError):
+        raise  # the fetch goes on: the caller reads the current piece to its end (finish_current)
+    except BaseException:
+        cancel()  # Ctrl-C, disk full...: the decoding thread may be waiting for a chunk
+        raise
     finally:
         if decoded is not None:
             decoded.close()
@@ -503,13 +509,6 @@ def _views(stored: OrderedReader) -> Iterator[tuple[None, memoryview]]:
         if not view:
             return
         yield None, view
-
-
-def archive_extractor(journal: Journal, strip_components: int) -> archive.SafeExtractor:
-    if strip_components:
-        return archive.SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
-    return archive.SafeExtractor(journal.tree_path, shown=journal.tree)
-
 
 
 def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress,
@@ -586,8 +585,9 @@ def _preflight(tree: Path, archive: SplitArchive, codec: str, offset: int, progr
     own size in files; a compressed one's extracted size is unknown until it is read."""
     free = shutil.disk_usage(tree).free
     if codec != "none":
-        progress.message(f"the extracted size of a {codec} archive is not known before it is read "
-                         f"({format_size(archive.size)} compressed, {format_size(free)} free): no space check")
+        progress.message(f"warning: the extracted size of a {codec} archive is not known before it is read "
+                         f"({format_size(archive.size)} compressed, {format_size(free)} free): free space was not "
+                         "checked; if the disk fills up, free some and run the command again (it resumes)")
         return
     need = max(0, archive.size - offset) + SPACE_MARGIN
     if free < need:

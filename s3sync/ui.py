@@ -50,9 +50,9 @@ class RichProgress:
     def start(self, stage: str, total: int) -> None:
         with self._lock:
             if stage in self._tasks:
-                self._bar.update(self._tasks[stage], total=total)
-            else:
-                self._tasks[stage] = self._bar.add_task(stage, total=total)
+                self._bar.update(self._tasks[stage], total=total or None)
+            else:  # None: rich shows a bar without a percentage or ETA
+                self._tasks[stage] = self._bar.add_task(stage, total=total or None)
 
     def advance(self, stage: str, n: int) -> None:
         with self._lock:
@@ -69,7 +69,8 @@ class RichProgress:
             task = self._tasks.get(stage)
             if task is not None:
                 total = next(t.total for t in self._bar.tasks if t.id == task)
-                self._bar.update(task, completed=total)
+                if total is not None:
+                    self._bar.update(task, completed=total)
 
     def close(self) -> None:
         self._bar.stop()
@@ -106,9 +107,9 @@ class PlainProgress:
     def _line(self, stage: str, now: float) -> None:
         done, total = self._done[stage], self._total.get(stage, 0)
         rate = done / max(1e-6, now - self._since.get(stage, now))
-        pct = f" {100 * done / total:5.1f}%" if total else ""
-        print(f"{stage}: {format_size(done)} of {format_size(total)}{pct} at {format_size(rate)}/s",
-              file=self._stream, flush=True)
+        amount = f"{format_size(done)} of {format_size(total)} {100 * done / total:5.1f}%" if total \
+            else format_size(done)
+        print(f"{stage}: {amount} at {format_size(rate)}/s", file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
         if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
@@ -117,7 +118,7 @@ class PlainProgress:
     def finish(self, stage: str) -> None:
         with self._lock:
             if stage in self._done:
-                self._done[stage] = self._total.get(stage, self._done[stage])
+                self._done[stage] = self._total.get(stage) or self._done[stage]
                 self._line(stage, time.monotonic())
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ This module owns:
   or through ``s3_client``/``bucket``, runs once per server. Select one with ``-k moto``.
 - ``s3_client`` and ``bucket`` (function): a boto3 client for that server and a fresh,
   uniquely named bucket that is emptied and deleted again afterwards.
+- ``corpus_tree``, ``corpus_archive`` (session): the tar corpus of ``tests/corpus.py``.
 - ``set_default_acl`` (function): gives a directory the default POSIX ACL
   ``u::rwx,g::---,o::---`` (skips the test where the file system has no ACLs).
 
@@ -44,6 +45,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
+
+# The tar corpus's fixtures (``corpus_tree``, ``corpus_archive``) for every tier; the module
+# imports s3sync only inside its helpers, never at import time.
+pytest_plugins = ("corpus",)
 
 # The same dummy pair is exported by `hermetic_env` and accepted by both servers, so a
 # subprocess (the installed `s3sync` command in tests/e2e) authenticates with nothing but the

@@ -7,15 +7,20 @@ archives it with the tools people use (``make_archive(kind, src, out)`` for each
 
 Import it as ``corpus`` (``tests/`` is on ``sys.path`` under pytest's default import mode):
 
-    from corpus import KINDS, compare_trees, gnu_extract, make_archive, make_tree
-    from corpus import corpus_tree, corpus_archive  # noqa: F401 - the fixtures
+    from corpus import KINDS, compare_trees, gnu_extract, make_archive, make_tree, safe_extract
+
+Its fixtures, ``corpus_tree`` and ``corpus_archive(kind)``, are registered for every test by
+``tests/conftest.py`` (``pytest_plugins``). It imports s3sync only inside its helpers: the
+root conftest must work without the package.
 
 Kinds:
 
 - ``gnu``, ``oldgnu``, ``pax``, ``ustar``, ``v7``: ``tar --format=F`` of the tree's top-level
   entries (members ``a.txt``, ``sub/...``). ustar and v7 cannot hold every name (v7: none over
-  99 bytes; ustar: a long name that cannot be split at a slash, a link name over 100 bytes):
-  GNU tar skips those members ("not dumped", exit status 2), and so does the corpus.
+  99 bytes; ustar: a long name that cannot be split at a slash): GNU tar skips those members
+  ("not dumped", exit status 2), and so does the corpus. A symlink target over 100 bytes is
+  cut to 100 bytes without a word by GNU tar 1.34 in both formats (bsdtar's ustar leaves the
+  symlink out); the extractions agree all the same.
 - ``sparse-0.0``, ``sparse-0.1``, ``sparse-1.0``: ``tar --format=pax --sparse
   --sparse-version=V``; ``sparse-oldgnu``: ``tar --format=oldgnu --sparse`` (type 'S').
 - ``bsdtar``, ``bsdtar-pax``, ``bsdtar-ustar``, ``bsdtar-gnutar``: ``bsdtar -c`` with its
@@ -24,6 +29,7 @@ Kinds:
   id; git keeps no empty directory, no hard link, and only modes 644, 755 and symlinks).
 - ``dot``: ``tar -C src -cf out .``: members ``./``, ``./a.txt``...
 - ``topdir``: ``tar -C parent -cf out NAME``: everything under one top-level directory.
+- ``gnu-label``: ``tar --format=gnu -V LABEL``: a volume label member (type 'V') first.
 
 A tool that is missing fails the test under CI (``CI=true`` in the environment: ``.ci/run``
 installs them all, see ``scripts/ci-deps.sh``) and skips it elsewhere, naming the package.
@@ -46,7 +52,7 @@ KINDS = (
     "gnu", "oldgnu", "pax", "ustar", "v7",
     "sparse-0.0", "sparse-0.1", "sparse-1.0", "sparse-oldgnu",
     "bsdtar", "bsdtar-pax", "bsdtar-ustar", "bsdtar-gnutar",
-    "git", "dot", "topdir",
+    "git", "dot", "topdir", "gnu-label",
 )
 """Every archive kind ``make_archive`` builds."""
 
@@ -189,6 +195,9 @@ def make_archive(kind: str, src: Path, out: Path) -> Path:
         _run([require_tool("tar"), "-cf", str(out), "-C", str(src), "."])
     elif kind == "topdir":
         _run([require_tool("tar"), "-cf", str(out), "-C", str(src.parent), src.name])
+    elif kind == "gnu-label":
+        _run([require_tool("tar"), "--format=gnu", "-V", "corpus volume", "-cf", str(out), "-C", str(src),
+              *_top_level(src)])
     else:
         raise ValueError(f"unknown archive kind {kind!r}; one of {', '.join(KINDS)}")
     return out
@@ -207,6 +216,39 @@ def _git_archive(src: Path, out: Path) -> None:
     _run([git, "commit", "-q", "-m", "corpus"], env=env, cwd=src)
     _run([git, "archive", "--format=tar", "-o", str(out), "HEAD"], env=env, cwd=src)
     shutil.rmtree(gitdir)
+
+
+CODECS = {"gzip": ("gzip", ".gz"), "zstd": ("zstd", ".zst"), "bzip2": ("bzip2", ".bz2"), "xz": ("xz", ".xz")}
+"""Compression name -> (command, suffix) for ``compress``."""
+
+
+def compress(archive: Path, codec: str) -> Path:
+    """Compress ``archive`` with the real tool (``gzip -n``, ``zstd -q``, ``bzip2``, ``xz``),
+    keeping the original; return the new file (``archive`` plus the codec's suffix)."""
+    tool, suffix = CODECS[codec]
+    out = archive.with_name(archive.name + suffix)
+    with open(archive, "rb") as src, open(out, "wb") as dst:
+        args = [require_tool(tool), "-c"] + (["-n"] if codec == "gzip" else ["-q"] if codec == "zstd" else [])
+        proc = subprocess.run(args, stdin=src, stdout=dst, stderr=subprocess.PIPE, check=False)
+    if proc.returncode:
+        raise AssertionError(f"{tool} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
+    return out
+
+
+def split_pieces(archive: Path, out_dir: Path, pieces: int, style: str = "numeric", prefix: str | None = None
+                 ) -> list[Path]:
+    """Cut ``archive`` into ``pieces`` files of (nearly) equal size with GNU ``split -n``,
+    into ``out_dir`` (created), in order. ``style``: ``numeric`` (``-d``: NAME.00, NAME.01...),
+    ``alpha`` (``xaa``-style: NAME.aa, NAME.ab...), ``hex`` (``-x``). ``prefix`` defaults to
+    the archive's name and a dot. Return the pieces in order (their concatenation is
+    ``archive``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{archive.name}." if prefix is None else prefix
+    flags = {"numeric": ["-d"], "alpha": [], "hex": ["-x"]}[style]
+    _run([require_tool("split"), *flags, "-n", str(pieces), str(archive), prefix], cwd=out_dir)
+    made = sorted(p for p in out_dir.iterdir() if p.name.startswith(prefix))
+    assert len(made) == pieces, made
+    return made
 
 
 def gnu_extract(archive: Path, dest: Path, strip: int = 0) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -209,13 +210,21 @@ def test_an_interrupted_pull_resumes(kit, tree, compress):
     serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         pull(kit, "ds", transfer=serial, progress=StopAfter())
-    assert (kit.tmp / "dest" / ".ds.s3sync-partial").is_dir()
+    staging = kit.tmp / "dest" / ".ds.s3sync-partial"
+    assert staging.is_dir()
+    # The files the interrupted run recorded (within its last checkpoint) are never written again.
+    state = json.loads((staging / "journal.json").read_text())
+    index = (staging / "tree" / ".s3sync" / "index.jsonl").read_bytes()[: state["index_size"]]
+    kept = {r[0]: (staging / "tree" / r[0]).stat().st_ino  # records: [path, kind, size, ...]
+            for r in map(json.loads, index.splitlines()) if r[1] == "file"}
+    assert kept
     kit.proxy.reset_stats()
     log = MessageLog()
     _, result = pull(kit, "ds", progress=log)
     assert result.resumed_from > 0
     assert any("resuming" in line for line in log.lines)
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+    assert {path: (result.dest / path).stat().st_ino for path in kept} == kept
     if not compress:  # checked by the first run, before the resume point: only the 512-byte head and the sidecar
         assert kit.sent("ds.tar.part1") < 1024
 

@@ -21,17 +21,18 @@ from pathlib import Path
 import pytest
 
 from corpus import (
+    CODECS,
     KINDS,
     SPARSE_KINDS,
     SPARSE_SIZE,
     compare_trees,
-    corpus_archive,  # noqa: F401 - fixture
-    corpus_tree,  # noqa: F401 - fixture
+    compress,
     gnu_extract,
     implicit_dirs,
     make_archive,
     require_tool,
     safe_extract,
+    split_pieces,
 )
 from s3sync import archive
 from s3sync.errors import UnsafeArchiveError
@@ -64,6 +65,7 @@ def test_corpus_holds_the_shapes_it_claims(corpus_archive):
         assert any(len(m.name) > 100 for m in _members(corpus_archive(kind))), kind
         assert any(len(m.linkname) > 100 for m in _members(corpus_archive(kind)) if m.issym()), kind
     assert implicit_dirs(corpus_archive("bsdtar-ustar")), "bsdtar's ustar has a directory with no member"
+    assert _members(corpus_archive("gnu-label"))[0].type == archive.GNU_VOLUME_LABEL
     for kind in ("pax", "bsdtar-pax"):  # mtimes to the nanosecond, beyond what a float holds
         fractions = {m.pax_headers.get("mtime", "").partition(".")[2] for m in _members(corpus_archive(kind))}
         assert "123456789" in fractions, kind
@@ -248,3 +250,38 @@ def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="libarchive-tools"):
         require_tool("bsdtar")
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_compressed_pieces_are_made_by_the_real_tools(codec, corpus_archive, tmp_path):
+    """The corpus's compressed and split archives, as the split-archive tests use them:
+    GNU tar reads the compressed file back to the same tree, and the pieces are the bytes
+    of the compressed file in order."""
+    plain = tmp_path / "a.tar"
+    plain.write_bytes(corpus_archive("gnu").read_bytes())
+    packed = compress(plain, codec)
+    assert packed.name == "a.tar" + CODECS[codec][1] and packed.stat().st_size < plain.stat().st_size
+    pieces = split_pieces(packed, tmp_path / "pieces", 12, style="numeric")
+    assert [p.name for p in pieces] == [f"{packed.name}.{i:02d}" for i in range(12)]
+    assert b"".join(p.read_bytes() for p in pieces) == packed.read_bytes()
+    ref = gnu_extract(plain, tmp_path / "ref")
+    assert compare_trees(gnu_extract(packed, tmp_path / "from-packed"), ref) == []
+
+
+def test_split_styles(tmp_path):
+    blob = tmp_path / "b.bin"
+    blob.write_bytes(bytes(range(256)) * 40)
+    assert [p.name for p in split_pieces(blob, tmp_path / "a", 3, style="alpha", prefix="x")] == ["xaa", "xab", "xac"]
+    assert [p.name for p in split_pieces(blob, tmp_path / "h", 17, style="hex")][-2:] == ["b.bin.0f", "b.bin.10"]
+
+
+@pytest.mark.parametrize("name", ["../a/b.txt", "a/../../b.txt", "/abs/b.txt"])
+def test_names_are_checked_before_they_are_stripped(name, tmp_path):
+    """Stripping ``..`` or ``/`` away would make a hostile name look safe: it is refused."""
+    path = tmp_path / "a.tar"
+    path.write_bytes(_tar_of(_info("ok/x.txt", data=b"x"), _info(name, data=b"x")))
+    root = tmp_path / "mine"
+    with pytest.raises(UnsafeArchiveError, match="unsafe path"):
+        safe_extract(path, root, strip=1)
+    assert sorted(os.listdir(tmp_path)) == ["a.tar", "mine"]
+    assert not (root / "b.txt").exists() and not (root / "a").exists()
