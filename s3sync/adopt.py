@@ -248,7 +248,8 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
                 raise bad from err
             except S3SyncError:
                 pass
-            if isinstance(err, IntegrityError) and not isinstance(err, PieceDigestError):
+            if isinstance(err, IntegrityError) and stored.tell() >= archive.size:
+                # Every byte was read: the tar stream itself is cut short (not a failed fetch).
                 raise DamagedArchiveError(f"{archive.source}: the archive ends inside a tar member; a piece may "
                                           "be missing") from err
             raise

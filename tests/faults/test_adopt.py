@@ -27,6 +27,7 @@ from s3sync import hashing
 from s3sync.adopt import adopt
 from s3sync.config import Location
 from s3sync.errors import (
+    DamagedArchiveError,
     DamagedDatasetError,
     Interrupted,
     PartChangedError,
@@ -299,3 +300,15 @@ def test_ls_shows_an_adopted_prefix_and_http_sources_are_refused(kit, tree):
     proc = kit.cli("adopt", "https://example.org/a.tar.gz")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and b"only s3:// sources" in err
+
+
+@pytest.mark.parametrize("compress", ["", "gzip"])
+def test_a_missing_last_piece_writes_no_manifest(kit, tree, compress):
+    _, files = make_pieces(kit.tmp, tree, pieces=4, compress=compress)
+    upload_dir(kit, files[0].parent, "ds")
+    last = files[-1].name
+    kit.client.delete_objects(Bucket=kit.bucket, Delete={"Objects": [{"Key": f"ds/{last}"},
+                                                                     {"Key": f"ds/{last}.md5"}]})
+    with pytest.raises(DamagedArchiveError, match="piece may be missing|cut short|truncated|ends"):
+        do_adopt(kit, "ds")
+    assert "ds/manifest.json" not in objects(kit, "ds")
