@@ -309,6 +309,6 @@ def test_a_missing_last_piece_writes_no_manifest(kit, tree, compress):
     last = files[-1].name
     kit.client.delete_objects(Bucket=kit.bucket, Delete={"Objects": [{"Key": f"ds/{last}"},
                                                                      {"Key": f"ds/{last}.md5"}]})
-    with pytest.raises(DamagedArchiveError, match="piece may be missing|cut short|truncated|ends"):
+    with pytest.raises(DamagedArchiveError, match="piece may be missing|the gzip stream is cut short"):
         do_adopt(kit, "ds")
     assert "ds/manifest.json" not in objects(kit, "ds")
