@@ -450,6 +450,8 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
         except PieceDigestError:
             raise
         except IntegrityError as err:
+            if stored.tell() < archive.size:
+                raise  # a chunk that failed for good, not the end of the archive
             raise DamagedArchiveError(f"{archive.source}: the archive ends inside a tar member (byte {reader.tell()}"
                                       f"{' of the decompressed stream' if decoded else ''}); a piece may be missing"
                                       ) from err
