@@ -94,11 +94,16 @@ def from_s3(store, location: Location, name: str | None) -> SplitArchive:
     def evidence(o: ObjectInfo) -> Evidence:
         claim = claims.get(_base(o.key))
         part_size = None
+        if claim is None and (etag_md5(o.etag) or multipart_etag_parts(o.etag)):
+            encryption = store.head(o.key).encryption  # a listing does not say
+            if encryption:
+                return Evidence("none", source=f"no sidecar, and the ETag of an object encrypted with {encryption} "
+                                               "is not an MD5")
         if claim is None and etag_md5(o.etag) is None and multipart_etag_parts(o.etag):
             size, count = store.head_part(o.key, 1)
             if size and count == multipart_etag_parts(o.etag) and _tiles(o.size, size, count):
                 part_size = size
-        return choose_evidence(claim, o.etag, part_size)
+        return choose_evidence(claim, o.etag, part_size, size=o.size)
 
     evidences = _parallel(evidence, pieces_info)
     pieces = tuple(Piece(_base(o.key), o.key, f"s3://{store.bucket}/{o.key}", o.size, o.etag, ev)

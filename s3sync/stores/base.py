@@ -22,6 +22,10 @@ class ObjectInfo:
     etag: str
     modified: float | None = None
     """LastModified as seconds since the epoch, where the request returns it (listings, GET)."""
+    encryption: str = ""
+    """Server-side encryption that makes the ETag something other than the MD5 of the bytes
+    (S3 API reference, "Object" ETag: SSE-KMS, DSSE-KMS and SSE-C objects): ``aws:kms``,
+    ``aws:kms:dsse`` or ``SSE-C``; "" otherwise or unknown (listings do not say; HEAD does)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -529,7 +529,9 @@ class S3Store:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as err:
             raise translate(err, self.url(key)) from err
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+        sse = str(resp.get("ServerSideEncryption") or "")
+        encryption = "SSE-C" if resp.get("SSECustomerAlgorithm") else sse if sse.startswith("aws:kms") else ""
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"], encryption=encryption)
 
     def head_part(self, key: str, part_number: int) -> tuple[int, int]:
         """The size of one multipart upload part of ``key`` and how many parts it has.

@@ -248,3 +248,18 @@ def test_unrelated_names_and_gaps_are_refused_listing_what_was_found(kit, names,
         kit.client.put_object(Bucket=kit.bucket, Key=f"odd/{n}", Body=b"x")
     with pytest.raises(SplitArchiveError, match=what):
         from_s3(kit.store(), Location(kit.bucket, "odd"), None)
+
+
+def test_the_etag_of_an_sse_kms_object_is_not_taken_for_its_md5(kit, tree, s3_server):
+    if s3_server.name != "moto":
+        pytest.skip("rclone serve s3 has no server-side encryption")
+    whole, files = make_pieces(kit.tmp, tree, pieces=2, sidecars="none")
+    kms = kit.client.put_object(Bucket=kit.bucket, Key="kms/ds.tar.part1", Body=files[0].read_bytes(),
+                                ServerSideEncryption="aws:kms")
+    assert kms.get("ServerSideEncryption") == "aws:kms"
+    kit.client.put_object(Bucket=kit.bucket, Key="kms/ds.tar.part2", Body=files[1].read_bytes())
+    archive, result = pull(kit, "kms")
+    first, second = (p.evidence for p in archive.pieces)
+    assert first.kind == "none" and "aws:kms" in first.source  # S3 gives SSE-KMS objects other ETags
+    assert second.kind == "etag-md5"
+    assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
