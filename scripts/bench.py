@@ -10,6 +10,8 @@ One command (issue 4)::
     python scripts/bench.py --scaling          # 100k x 4 KiB files against a few large files
     python scripts/bench.py --rss-sizes 1GiB,8GiB   # peak RSS of one pull at each size
     python scripts/bench.py --scaling --profile     # ... with profiles of each scaling pull
+    python scripts/bench.py --archive [--profile]   # cases h-k: a split archive s3sync did not
+                                                    # publish (issue 11), then h profiled
 
 What it does:
 
@@ -52,6 +54,21 @@ Cases (letters as in issue 4)::
     e  seed way: s5cmd cp parts, then cat parts | tar x (parts kept until the end)
     f  s3sync publish   vs   tar c | aws s3 cp -   of the same tree (f_s3sync, f_aws)
     g  s5cmd cat of each part in order | tar x    (streaming, unverified)
+
+``--archive`` (issue 11): a ~600 MB tree of 50-500 KiB JPEG-like files (``make_dataset.py``),
+``tar --format=gnu`` of it, cut by GNU ``split -n 12`` (plain: ``sbu.tar.001``..``012``;
+gzip -6: ``sbu.tar.gz.part1``..``part12``), an ``md5sum`` sidecar per piece, all uploaded as
+single-part objects under ``archive/sbu`` and ``archive-gz/sbu`` (cached in ``--out``)::
+
+    h  s3sync pull s3://bench/archive/sbu          the split archive, every piece checked (MD5)
+    i  seed way: s5cmd cp 's3://bench/archive/sbu/*', md5sum -c of every sidecar, cat | tar x
+    j  s3sync pull s3://bench/archive-gz/sbu       the gzip variant
+    k  s5cmd cat of each gzip piece in order | gzip -dc | tar x   (streaming, unverified)
+
+Before the timed runs h, i and j extract once each, untimed, and their trees must be identical
+(type, mode, mtime, size, content); ratios h/i (target <= 1.0) and j/k (reported). Results in
+``archive.md``/``.json`` (``archive-profile.md`` with ``--profile``); ``--docs`` adds them to
+``docs/bench.md`` and keeps the sections this run did not produce.
 
 Measurements:
 
