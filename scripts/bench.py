@@ -10,6 +10,8 @@ One command (issue 4)::
     python scripts/bench.py --scaling          # 100k x 4 KiB files against a few large files
     python scripts/bench.py --rss-sizes 1GiB,8GiB   # peak RSS of one pull at each size
     python scripts/bench.py --scaling --profile     # ... with profiles of each scaling pull
+    python scripts/bench.py --archive [--profile]   # cases h-k: a split archive s3sync did not
+                                                    # publish (issue 11), then h profiled
 
 What it does:
 
@@ -52,6 +54,21 @@ Cases (letters as in issue 4)::
     e  seed way: s5cmd cp parts, then cat parts | tar x (parts kept until the end)
     f  s3sync publish   vs   tar c | aws s3 cp -   of the same tree (f_s3sync, f_aws)
     g  s5cmd cat of each part in order | tar x    (streaming, unverified)
+
+``--archive`` (issue 11): a ~600 MB tree of 50-500 KiB JPEG-like files (``make_dataset.py``),
+``tar --format=gnu`` of it, cut by GNU ``split -n 12`` (plain: ``sbu.tar.001``..``012``;
+gzip -6: ``sbu.tar.gz.part1``..``part12``), an ``md5sum`` sidecar per piece, all uploaded as
+single-part objects under ``archive/sbu`` and ``archive-gz/sbu`` (cached in ``--out``)::
+
+    h  s3sync pull s3://bench/archive/sbu          the split archive, every piece checked (MD5)
+    i  seed way: s5cmd cp 's3://bench/archive/sbu/*', md5sum -c of every sidecar, cat | tar x
+    j  s3sync pull s3://bench/archive-gz/sbu       the gzip variant
+    k  s5cmd cat of each gzip piece in order | gzip -dc | tar x   (streaming, unverified)
+
+Before the timed runs h, i and j extract once each, untimed, and their trees must be identical
+(type, mode, mtime, size, content); ratios h/i (target <= 1.0) and j/k (reported). Results in
+``archive.md``/``.json`` (``archive-profile.md`` with ``--profile``); ``--docs`` adds them to
+``docs/bench.md`` and keeps the sections this run did not produce.
 
 Measurements:
 
@@ -141,7 +158,19 @@ S3SYNC_CASES = {"a", "d", "f_s3sync"}
 CASE_TOOLS = {"a": ("s3sync",), "d": ("s3sync",), "f_s3sync": ("s3sync",), "b": ("s5cmd",),
               "c": ("aws",), "e": ("s5cmd", "tar"), "g": ("s5cmd", "tar"), "f_aws": ("aws", "tar")}
 """The programs each case runs (warmed up by ``Bench.settle``)."""
-DOWNLOAD_CASES = {"a", "b", "c", "d", "e", "g"}
+DOWNLOAD_CASES = {"a", "b", "c", "d", "e", "g", "h", "i", "j", "k"}
+
+# --archive (issue 11): a split archive s3sync did not publish, pulled against the seed way.
+ARCHIVE_CASES = {
+    "h": "s3sync pull (12 pieces + .md5)",
+    "i": "seed: s5cmd cp + md5sum -c + cat | tar x",
+    "j": "s3sync pull (gzip, 12 pieces + .md5)",
+    "k": "s5cmd cat | gzip -dc | tar x (stream)",
+}
+S3SYNC_CASES |= {"h", "j"}
+CASE_TOOLS.update({"h": ("s3sync",), "j": ("s3sync",), "i": ("s5cmd", "md5sum", "tar"),
+                   "k": ("s5cmd", "gzip", "tar")})
+ARCHIVE_PIECES = 12
 
 # (name, numerator, denominator, target, how the target reads)
 RATIOS = [
@@ -149,6 +178,10 @@ RATIOS = [
     ("d/g", "d", "g", 1.0, "<= 1.0: verified streaming restore vs unverified streaming"),
     ("d/e", "d", "e", 0.6, "aim 0.6: usable dataset vs the seed way (report)"),
     ("f_s3sync/f_aws", "f_s3sync", "f_aws", 1.0, "<= 1.0: publish vs tar c | aws s3 cp -"),
+]
+ARCHIVE_RATIOS = [
+    ("h/i", "h", "i", 1.0, "<= 1.0: verified split-archive pull vs the seed way"),
+    ("j/k", "j", "k", None, "report: gzip pull (verified) vs unverified s5cmd cat | gzip -dc | tar x"),
 ]
 RSS_TARGET_KIB = 512 * 1024
 
@@ -557,6 +590,83 @@ def build_large_dataset(out: Path, count: int, size: int) -> tuple[Path, dict]:
     return cached_dataset(out, f"large-{count}x{size // MiB}MiB", build)
 
 
+def build_split_archive(out: Path, src: Path, meta: dict, codec: str) -> dict:
+    """The tree ``src`` as a split archive made by the usual tools, cached in ``out``:
+    GNU tar (``--format=gnu``, members ``./...``), ``gzip -6 -n`` if ``codec`` is ``gzip``,
+    GNU ``split -n 12`` (equal byte counts), one ``md5sum`` sidecar per piece.
+
+    Plain pieces are numbered with padding (``sbu.tar.001`` .. ``sbu.tar.012``); gzip pieces
+    without (``sbu.tar.gz.part1`` .. ``part12``, renamed from split's ``x00``.. since split
+    cannot write unpadded numbers): the pull must order them as numbers, not text.
+
+    Returns:
+        ``dir`` (the pieces and sidecars), ``pieces`` (names, in order), ``size`` (bytes,
+        all pieces), ``tar_size`` (bytes of the uncompressed tar), ``codec``, ``build_s``.
+    """
+    base = out / "archives" / f"{meta['key']}-{codec or 'plain'}"
+    done = base / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    pieces_dir = base / "pieces"
+    pieces_dir.mkdir(parents=True)
+    print(f"building the split archive {base.name} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    whole = base / f"{NAME}.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(whole), "-C", str(src), "."], check=True)
+    tar_size = whole.stat().st_size
+    if codec == "gzip":
+        subprocess.run(["gzip", "-6", "-n", str(whole)], check=True)
+        whole = whole.with_name(whole.name + ".gz")
+        subprocess.run(["split", "-n", str(ARCHIVE_PIECES), "-d", str(whole), str(pieces_dir / "x")], check=True)
+        names = []
+        for i, f in enumerate(sorted(pieces_dir.glob("x*")), start=1):
+            names.append(f.rename(pieces_dir / f"{whole.name}.part{i}").name)
+    else:
+        subprocess.run(["split", "-n", str(ARCHIVE_PIECES), "-d", "-a", "3", "--numeric-suffixes=1", str(whole),
+                        str(pieces_dir / (whole.name + "."))], check=True)
+        names = sorted(f.name for f in pieces_dir.iterdir())
+    size = sum((pieces_dir / n).stat().st_size for n in names)
+    if size != whole.stat().st_size:
+        raise RuntimeError(f"split wrote {size} bytes of {whole.stat().st_size}")
+    whole.unlink()
+    for n in names:
+        out_ = subprocess.run(["md5sum", n], cwd=pieces_dir, check=True, capture_output=True).stdout
+        (pieces_dir / (n + ".md5")).write_bytes(out_)
+    info = {"dir": str(pieces_dir), "pieces": names, "size": size, "tar_size": tar_size, "codec": codec,
+            "build_s": round(time.perf_counter() - t0, 1)}
+    done.write_text(json.dumps(info) + "\n")
+    print(f"  {len(names)} pieces, {size / MiB:,.0f} MiB in {info['build_s']} s", file=sys.stderr, flush=True)
+    return info
+
+
+def tree_signature(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (but ``.s3sync``) -> (type, mode bits, whole-second mtime,
+    size, MD5 of the content or the link target): what ``tar x`` puts on disk, owners aside."""
+    import hashlib
+
+    sig: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != ".s3sync"]
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if os.path.islink(path):
+                sig[rel] = ("link", 0, int(st.st_mtime), 0, os.readlink(path))
+            elif os.path.isdir(path):
+                sig[rel] = ("dir", st.st_mode & 0o7777, int(st.st_mtime), 0, "")
+            else:
+                h = hashlib.md5()
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                sig[rel] = ("file", st.st_mode & 0o7777, int(st.st_mtime), st.st_size, h.hexdigest())
+    return sig
+
+
 def tree_stats(path: Path) -> tuple[int, int]:
     """(regular files, their bytes) under ``path``, ignoring s3sync's ``.s3sync`` directory."""
     files = size = 0
@@ -603,6 +713,10 @@ class Bench:
         self.manifest: dict = {}
         self.src: Path | None = None
         self.src_meta: dict = {}
+        self.case_prefix: dict[str, str] = {}
+        """--archive: the prefix each case reads (the plain or the gzip pieces)."""
+        self.pieces: dict[str, list[str]] = {}
+        """--archive: piece names in order, per prefix."""
         self._seq = 0
 
     # ---- helpers
@@ -713,7 +827,8 @@ class Bench:
             print(f"warning: cannot drop caches ({err}); continuing without", file=sys.stderr, flush=True)
             self.args.drop_caches = False
             return
-        inputs = self.src if case.startswith("f") else SERVER_DATA / BUCKET / self.prefix
+        prefix = self.case_prefix.get(case, self.prefix)
+        inputs = self.src if case.startswith("f") else SERVER_DATA / BUCKET / prefix
         buf = bytearray(1 << 20)
         for dirpath, _, names in os.walk(inputs):
             for name in names:
@@ -723,12 +838,16 @@ class Bench:
         # The tools' own files too (interpreter, modules, botocore's JSON models, binaries):
         # a cold start reads them from disk, ~0.7 s more for a Python tool; each case is
         # timed warm, as it was before caches were dropped.
-        where = f"s3://{BUCKET}/{self.prefix}/"
+        where = f"s3://{BUCKET}/{prefix}/"
         warm = {"s3sync": self.s3sync("ls", where.rstrip("/")), "s5cmd": self.s5("ls", where),
                 "aws": [self.tools.aws, "s3", "ls", "--endpoint-url", self.endpoint, where],
-                "tar": ["bash", "-c", f"{q(self.tools.tar)} --version"]}
+                "tar": ["bash", "-c", f"{q(self.tools.tar)} --version"],
+                "md5sum": ["md5sum", "--version"], "gzip": ["gzip", "--version"]}
         for tool in CASE_TOOLS[case]:
-            subprocess.run(warm[tool], env=self.env, stdin=subprocess.DEVNULL, capture_output=True, check=True)
+            # `s3sync ls` of a prefix of pieces fails (no manifest) after the same imports,
+            # client set-up and requests as a listing that succeeds: that is all it is for.
+            subprocess.run(warm[tool], env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
+                           check=not (tool == "s3sync" and case in ARCHIVE_CASES))
 
     def run_case(self, case: str, rep: int, *, sample_disk: bool = True) -> dict:
         run_dir = self.fresh_dir(f"{case}-r{rep}")
@@ -766,7 +885,7 @@ class Bench:
     @staticmethod
     def product_dirs(case: str, run_dir: Path) -> list[Path]:
         """Where each case writes its product (see DiskSampler)."""
-        if case in ("a", "d"):
+        if case in ("a", "d", "h", "j"):
             from s3sync.journal import staging_dir
 
             return [staging_dir(run_dir, NAME) / "tree", run_dir / NAME]
@@ -777,6 +896,8 @@ class Bench:
     def check_product(self, case: str, files: int, size: int) -> None:
         if case in ("a", "b", "c"):
             want = (len(self.parts), self.stream_size)
+        elif case in ARCHIVE_CASES:
+            want = (self.src_meta["files"], self.src_meta["bytes"])
         else:
             want = (self.manifest["files"], self.manifest["extracted_size"])
         if (files, size) != want:
@@ -851,6 +972,67 @@ class Bench:
         return res, None, {}
 
 
+    # ---- --archive: a split archive s3sync did not publish (issue 11)
+    def setup_archive(self, src: Path, meta: dict, archives: dict[str, dict]) -> dict:
+        """Upload each split archive in ``archives`` (prefix -> ``build_split_archive``'s
+        info) as plain single-part objects, pieces and ``.md5`` sidecars side by side."""
+        self.src, self.src_meta, self.prefix = src, meta, next(iter(archives))
+        # profile_pull's heading and the check of the product read these
+        self.manifest = {"stream_size": archives[self.prefix]["size"], "files": meta["files"],
+                         "extracted_size": meta["bytes"]}
+        took = {}
+        for prefix, info in archives.items():
+            t0 = time.perf_counter()
+            self.delete_prefix(prefix + "/")
+            for name in [*info["pieces"], *(p + ".md5" for p in info["pieces"])]:
+                with open(Path(info["dir"]) / name, "rb") as f:
+                    self.s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{name}", Body=f)
+            self.pieces[prefix] = info["pieces"]
+            took[prefix] = round(time.perf_counter() - t0, 1)
+            print(f"uploaded {len(info['pieces'])} pieces + sidecars of {info['size'] / MiB:,.0f} MiB "
+                  f"({info['codec'] or 'plain tar'}) to s3://{BUCKET}/{prefix} in {took[prefix]} s",
+                  file=sys.stderr, flush=True)
+        return took
+
+    def _piece_urls(self, case: str) -> list[str]:
+        prefix = self.case_prefix[case]
+        return [f"s3://{BUCKET}/{prefix}/{name}" for name in self.pieces[prefix]]
+
+    def _split_pull(self, case: str, d: Path, stem: Path):
+        res = run(self.s3sync("pull", f"s3://{BUCKET}/{self.case_prefix[case]}", str(d), "--json"), self.env, stem)
+        return res, d / NAME, self._s3sync_json(res)
+
+    def case_h(self, d: Path, stem: Path):
+        return self._split_pull("h", d, stem)
+
+    def case_j(self, d: Path, stem: Path):
+        return self._split_pull("j", d, stem)
+
+    def case_i(self, d: Path, stem: Path):
+        """The seed way: download everything, check every sidecar, then cat | tar x."""
+        pieces, tree = d / "pieces", d / NAME
+        tree.mkdir()
+        dl = run(self.s5("cp", f"s3://{BUCKET}/{self.case_prefix['i']}/*", f"{pieces}/"), self.env, stem)
+        ck = run(bash(f"cd {q(pieces)} && md5sum -c --quiet *.md5"), self.env, stem.with_name(stem.name + "-md5sum"))
+        names = " ".join(q(pieces / n) for n in self.pieces[self.case_prefix["i"]])
+        ex = run(bash(f"cat {names} | {q(self.tools.tar)} -x -f - -C {q(tree)}"), self.env,
+                 stem.with_name(stem.name + "-untar"))
+        steps = (dl, ck, ex)
+        total = Proc(sum(r.wall_s for r in steps), max(r.rss_kib for r in steps), 0, "", "",
+                     sum(r.user_s for r in steps), sum(r.sys_s for r in steps), sum(r.server_cpu_s for r in steps),
+                     sum(r.others_cpu_s for r in steps))
+        return total, tree, {"download_s": round(dl.wall_s, 3), "md5_s": round(ck.wall_s, 3),
+                             "extract_s": round(ex.wall_s, 3)}
+
+    def case_k(self, d: Path, stem: Path):
+        tree = d / NAME
+        tree.mkdir()
+        cats = "\n".join(f"  {q(self.tools.s5cmd)} --endpoint-url {q(self.endpoint)} cat {q(url)}"
+                         for url in self._piece_urls("k"))
+        res = run(bash(f"{{\n{cats}\n}} | gzip -dc | {q(self.tools.tar)} -x -f - -C {q(tree)}"), self.env, stem)
+        return res, tree, {}
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -858,7 +1040,9 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def summarise(records: list[dict], cases: list[str], stream_size: int) -> dict:
+def summarise(records: list[dict], cases: list[str], stream_size: int, ratios: list[tuple] = RATIOS) -> dict:
+    """Medians and extremes per case, and ``ratios`` (name, numerator, denominator, target
+    or None for a figure only reported, how it reads) from the same runs."""
     by: dict[str, list[dict]] = {c: [r for r in records if r["case"] == c] for c in cases}
     summary: dict = {"cases": {}, "ratios": {}}
     for c in cases:
@@ -866,7 +1050,7 @@ def summarise(records: list[dict], cases: list[str], stream_size: int) -> dict:
         if not rs:
             continue
         walls = [r["wall_s"] for r in rs]
-        s = {"label": CASES[c], "n": len(rs), "median_s": round(med(walls), 3), "min_s": min(walls),
+        s = {"label": {**CASES, **ARCHIVE_CASES}[c], "n": len(rs), "median_s": round(med(walls), 3), "min_s": min(walls),
              "max_s": max(walls), "mib_per_s": round(stream_size / MiB / med(walls), 1),
              "peak_rss_mib": round(max(r["rss_kib"] for r in rs) / 1024, 1),
              "cpu_s": round(med([r["user_s"] + r["sys_s"] for r in rs]), 2),
@@ -876,11 +1060,11 @@ def summarise(records: list[dict], cases: list[str], stream_size: int) -> dict:
         if "disk_extra" in rs[0]:
             s["disk_extra_mib"] = round(max(r["disk_extra"] for r in rs) / MiB, 1)
             s["disk_extra_statvfs_mib"] = round(med([r["disk_extra_statvfs"] for r in rs]) / MiB, 1)
-        for k in ("download_s", "extract_s"):
+        for k in ("download_s", "md5_s", "extract_s"):
             if k in rs[0]:
                 s[k] = round(med([r[k] for r in rs]), 3)
         summary["cases"][c] = s
-    for name, num, den, target, text in RATIOS:
+    for name, num, den, target, text in ratios:
         if not by.get(num) or not by.get(den):
             continue
         paired = []
@@ -892,13 +1076,38 @@ def summarise(records: list[dict], cases: list[str], stream_size: int) -> dict:
         ratio = summary["cases"][num]["median_s"] / summary["cases"][den]["median_s"]
         summary["ratios"][name] = {"ratio_of_medians": round(ratio, 3),
                                    "median_paired": round(med(paired), 3), "paired": [round(x, 3) for x in paired],
-                                   "target": target, "met": ratio <= target, "target_text": text}
+                                   "target": target, "met": None if target is None else ratio <= target,
+                                   "target_text": text}
     return summary
 
 
 def cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return text.replace("|", "\\|")
+
+
+def case_table(summary: dict, meta: dict) -> list[str]:
+    """The table of cases, then the table of ratios (markdown lines)."""
+    lines = ["| case | what | median s | min-max s | MiB/s | CPU s (sys) | server CPU s | other load | peak RSS MiB "
+             "| extra disk MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, s in summary["cases"].items():
+        disk = f"{s['disk_extra_mib']:,.0f}" if "disk_extra_mib" in s else ""
+        detail = ""
+        if "md5_s" in s:
+            detail = f" (cp {s['download_s']:.1f} + md5sum {s['md5_s']:.1f} + untar {s['extract_s']:.1f})"
+        elif "download_s" in s:
+            detail = f" (cp {s['download_s']:.1f} + untar {s['extract_s']:.1f})"
+        lines.append(f"| {c} | {cell(s['label'] + detail)} | {s['median_s']:.2f} | {s['min_s']:.2f}-{s['max_s']:.2f} | "
+                     f"{s['mib_per_s']:,.0f} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | {s['server_cpu_s']:.1f} | "
+                     f"{100 * s['others_cpu_s'] / (meta['cpus'] * s['median_s']):.0f} % | "
+                     f"{s['peak_rss_mib']:,.0f} | {disk} |")
+    lines += ["", "| ratio | median / median | median of paired | target | met |", "|---|---:|---:|---|---|"]
+    for name, r in summary["ratios"].items():
+        met = "(reported)" if r["met"] is None else "yes" if r["met"] else "no"
+        lines.append(f"| {name} | {r['ratio_of_medians']:.2f} | {r['median_paired']:.2f} | {cell(r['target_text'])} | "
+                     f"{met} |")
+    return lines
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -909,23 +1118,7 @@ def markdown(summary: dict, meta: dict) -> str:
              f"`{meta['command']}` on {meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs, "
              f"{meta['platform']}, against `rclone serve s3` on loopback; destinations on a {meta['dest_fs']}"
              + ("; page cache dropped and inputs re-read before each case." if meta.get("drop_caches") else "."),
-             "",
-             "| case | what | median s | min-max s | MiB/s | CPU s (sys) | server CPU s | other load | peak RSS MiB "
-             "| extra disk MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c, s in summary["cases"].items():
-        disk = f"{s['disk_extra_mib']:,.0f}" if "disk_extra_mib" in s else ""
-        detail = ""
-        if "download_s" in s:
-            detail = f" (cp {s['download_s']:.1f} + untar {s['extract_s']:.1f})"
-        lines.append(f"| {c} | {cell(s['label'] + detail)} | {s['median_s']:.2f} | {s['min_s']:.2f}-{s['max_s']:.2f} | "
-                     f"{s['mib_per_s']:,.0f} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | {s['server_cpu_s']:.1f} | "
-                     f"{100 * s['others_cpu_s'] / (meta['cpus'] * s['median_s']):.0f} % | "
-                     f"{s['peak_rss_mib']:,.0f} | {disk} |")
-    lines += ["", "| ratio | median / median | median of paired | target | met |", "|---|---:|---:|---|---|"]
-    for name, r in summary["ratios"].items():
-        lines.append(f"| {name} | {r['ratio_of_medians']:.2f} | {r['median_paired']:.2f} | {cell(r['target_text'])} | "
-                     f"{'yes' if r['met'] else 'no'} |")
+             "", *case_table(summary, meta)]
     rss = [s["peak_rss_mib"] for c, s in summary["cases"].items() if c in S3SYNC_CASES]
     if rss:
         lines += ["", f"Peak RSS of s3sync runs: max {max(rss):.0f} MiB (target <= 512 MiB: "
@@ -1076,8 +1269,31 @@ def write_outputs(args, out: Path, stem: str, text: str, doc: dict, summary: dic
         chart(summary, info, out / "bench.png")
 
 
-SECTIONS = ("results", "rss", "scaling", "profile")
+SECTIONS = ("results", "rss", "scaling", "profile", "archive", "archive-profile")
 """Result files of each mode in --out, in the order docs/bench.md shows them."""
+SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against", "scaling": "### Scaling:",
+                    "profile": "### Profile of one `s3sync ", "archive": "### Existing archives:",
+                    "archive-profile": "### Profile of one split-archive pull"}
+"""How each section's markdown begins: a section of docs/bench.md that --out has no result
+for is kept as it is (an --archive run must not drop the main table, and vice versa)."""
+
+
+def existing_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier docs/bench.md, by stem (see SECTION_HEADINGS); text before
+    the first section (the header) is dropped. A heading that matches no stem stays with
+    the section before it."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            # longest prefix first: "### Profile of one split-archive pull" before "### Profile of one `s3sync "
+            stem = next((k for k, h in sorted(SECTION_HEADINGS.items(), key=lambda kv: -len(kv[1]))
+                         if line.startswith(h)), None)
+            if stem is not None:
+                current = stem
+        if current is not None:
+            found.setdefault(current, []).append(line)
+    return {k: "\n".join(v).strip() + "\n" for k, v in found.items()}
 
 
 def compose_docs(out: Path, docs: Path) -> None:
@@ -1087,15 +1303,25 @@ def compose_docs(out: Path, docs: Path) -> None:
     run); bench.json: the same sections' JSON; bench.png: the main chart.
     """
     docs.mkdir(parents=True, exist_ok=True)
+    old_md = existing_sections((docs / "bench.md").read_text()) if (docs / "bench.md").is_file() else {}
+    try:
+        old_json = json.loads((docs / "bench.json").read_text())
+    except (OSError, ValueError):
+        old_json = {}
     md_parts, doc = [], {}
     for stem in SECTIONS:
         if (out / f"{stem}.md").is_file():
             md_parts.append((out / f"{stem}.md").read_text().strip() + "\n")
+        elif stem in old_md:
+            md_parts.append(old_md[stem])
         if (out / f"{stem}.json").is_file():
             doc[stem] = json.loads((out / f"{stem}.json").read_text())
+        elif stem in old_json:
+            doc[stem] = old_json[stem]
     header = ("# s3sync benchmark results\n\nProduced by `scripts/bench.py` (see its docstring for the method); "
               "regenerate with `python scripts/bench.py --docs docs` (add `--profile`, `--scaling`, "
-              "`--rss-sizes 1GiB,8GiB` for the other sections).\n\n![benchmark chart](bench.png)\n\n")
+              "`--rss-sizes 1GiB,8GiB`, `--archive` for the other sections; sections a run did not "
+              "produce are kept).\n\n![benchmark chart](bench.png)\n\n")
     (docs / "bench.md").write_text(header + "\n".join(md_parts))
     (docs / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
     if (out / "bench.png").is_file():
@@ -1122,8 +1348,11 @@ _PROFILED = "import sys; from s3sync.cli import main; sys.exit(main(sys.argv[1:]
 leaves with ``os._exit`` and pyinstrument would never write its session."""
 
 
-def profile_pull(bench: Bench, out: Path, label: str) -> str:
-    """pyinstrument text tree + top self times, and bench_breakdown's per-thread timers."""
+def profile_pull(bench: Bench, out: Path, label: str,
+                 modes: tuple[tuple[str, list[str]], ...] = (("pull", []), ("pull --no-extract", ["--no-extract"]))
+                 ) -> str:
+    """pyinstrument text tree + top self times, and bench_breakdown's per-thread timers of
+    each of ``modes`` (label, extra flags of ``s3sync pull``)."""
     session = out / f"{label}.pyisession"
     bench.cleanup(wait=True)
     d = bench.fresh_dir(f"{label}-pyinstrument")
@@ -1139,7 +1368,7 @@ def profile_pull(bench: Bench, out: Path, label: str) -> str:
     # The breakdown: the same pull in-process, with timers on the pipeline's stages in every thread;
     # then the same for --no-extract (case a).
     breakdowns = {}
-    for mode, flags in (("pull", []), ("pull --no-extract", ["--no-extract"])):
+    for mode, flags in modes:
         d = bench.fresh_dir(f"{label}-breakdown")
         os.sync()
         bres = run([sys.executable, str(REPO / "scripts" / "bench_breakdown.py"), "pull", f"s3://{BUCKET}/{bench.prefix}",
@@ -1321,6 +1550,100 @@ def mode_rss(args, tools, env, out) -> int:
     return 0
 
 
+def check_archive_trees(bench: Bench) -> dict:
+    """Extract once with h (s3sync, plain), i (GNU tar, the reference) and j (s3sync, gzip),
+    untimed, and require the three trees to be identical (``tree_signature``).
+
+    Raises:
+        RuntimeError: naming the first few entries that differ.
+    """
+    sigs = {}
+    for case in ("i", "h", "j"):
+        d = bench.fresh_dir(f"check-{case}")
+        bench.settle(case)
+        getattr(bench, f"case_{case}")(d, bench.log_stem(f"check-{case}"))
+        sigs[case] = tree_signature(d / NAME)
+        shutil.rmtree(d, ignore_errors=True)
+    ref = sigs["i"]
+    for case in ("h", "j"):
+        diff = sorted(k for k in ref.keys() | sigs[case].keys() if ref.get(k) != sigs[case].get(k))
+        if diff:
+            shown = "; ".join(f"{k}: tar {ref.get(k)} vs {case} {sigs[case].get(k)}" for k in diff[:5])
+            raise RuntimeError(f"case {case} extracted a tree that differs from GNU tar's in {len(diff)} entries: {shown}")
+    print(f"trees of h, j and i identical: {len(ref):,} entries (type, mode, mtime, size, content)",
+          file=sys.stderr, flush=True)
+    return {"entries": len(ref), "identical": ["h", "i", "j"]}
+
+
+def mode_archive(args, tools, env, out) -> int:
+    """Cases h..k: a split archive made by GNU tar + split + md5sum, pulled by s3sync and the seed way."""
+    from s3sync.pull import SPACE_MARGIN
+
+    files = max(1, round(md.parse_size(args.archive_size) / ((args.archive_min_kb + args.archive_max_kb) * KiB / 2)))
+    src, meta = build_dataset(out, files, args.archive_min_kb, args.archive_max_kb, args.seed)
+    plain = build_split_archive(out, src, meta, "")
+    gz = build_split_archive(out, src, meta, "gzip")
+    cases = list(ARCHIVE_CASES)
+    started = time.perf_counter()
+    records: list[dict] = []
+    profile_text = ""
+    with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, meta["bytes"]) as dest:
+        bench = Bench(args, tools, env, endpoint, out, dest)
+        uploads = bench.setup_archive(src, meta, {f"archive/{NAME}": plain, f"archive-gz/{NAME}": gz})
+        bench.case_prefix = {"h": f"archive/{NAME}", "i": f"archive/{NAME}",
+                             "j": f"archive-gz/{NAME}", "k": f"archive-gz/{NAME}"}
+        bench.cleanup(wait=True)
+        trees = check_archive_trees(bench) if args.repeats else {}
+        for rep in range(args.repeats):
+            bench.cleanup(wait=True)
+            for case in case_order(cases, rep, args.seed):
+                rec = bench.run_case(case, rep)
+                records.append(rec)
+                extra = f"  extra disk {rec['disk_extra'] / MiB:6.1f} MiB" if "disk_extra" in rec else ""
+                print(f"repeat {rep + 1}/{args.repeats}  {case:9s} {rec['wall_s']:7.2f} s  "
+                      f"rss {rec['rss_kib'] / 1024:6.0f} MiB{extra}", file=sys.stderr, flush=True)
+        if args.profile:
+            text = profile_pull(bench, out, "archive-h", modes=(("pull (case h)", []),))
+            # a sub-heading: docs/bench.md's sections are told apart by their "### " headings
+            text = re.sub(r"(?m)^### ", "#### ", text)
+            profile_text = (f"### Profile of one split-archive pull (case h: {len(plain['pieces'])} pieces + .md5 "
+                            f"sidecars, plain tar)\n\n" + text)
+            (out / "archive-profile.md").write_text(profile_text)
+        bench.cleanup(wait=False)
+        dest_fs = bench.dest_fs
+    if not records:
+        print(profile_text)
+        return 0
+    summary = summarise(records, cases, plain["tar_size"], ARCHIVE_RATIOS)
+    info = {"command": "python scripts/bench.py " + " ".join(sys.argv[1:]), "dataset": meta, "dest_fs": dest_fs,
+            "repeats": args.repeats, "space_margin_mib": SPACE_MARGIN / MiB, "drop_caches": args.drop_caches,
+            "archives": {"plain": plain, "gzip": gz}, "upload_s": uploads, **environment(tools, env)}
+    lines = [f"### Existing archives: {meta['files']:,} files of {args.archive_min_kb}-{args.archive_max_kb} KiB, "
+             f"{plain['tar_size'] / MiB:,.0f} MiB tar in {len(plain['pieces'])} pieces + .md5 sidecars, "
+             f"{args.repeats} repeats",
+             "",
+             f"`{info['command']}` on {info['date']}, commit {info['commit']}, {info['cpus']} CPUs, "
+             f"{info['platform']}, against `rclone serve s3` on loopback; destinations on a {dest_fs}"
+             + ("; page cache dropped and inputs re-read before each case." if args.drop_caches else ".")
+             + f" Pieces: GNU tar `--format=gnu` of the tree, cut by `split -n {ARCHIVE_PIECES}` "
+             f"(`{plain['pieces'][0]}` .. `{plain['pieces'][-1]}`; gzip: `gzip -6`, {gz['size'] / MiB:,.0f} MiB, "
+             f"`{gz['pieces'][0]}` .. `{gz['pieces'][-1]}`), one `md5sum` sidecar each, uploaded as single-part "
+             f"objects. The trees extracted by h, j and i were checked identical once "
+             f"({trees.get('entries', 0):,} entries: type, mode, mtime, size, content).",
+             "", *case_table(summary, info), "",
+             "MiB/s = uncompressed tar bytes / median wall time; wall time includes process start-up; other columns "
+             "as in the main table. i runs its three steps one after the other (times in brackets); h and j "
+             "check each piece's MD5 against its sidecar while extracting, and commit only once all matched.", ""]
+    text = "\n".join(lines)
+    doc = {"meta": info, "summary": summary, "records": records, "trees": trees,
+           "total_s": round(time.perf_counter() - started, 1)}
+    (out / "archive.md").write_text(text)
+    (out / "archive.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text + ("\n" + profile_text if profile_text else ""))
+    print(f"(benchmark took {doc['total_s']:.0f} s after the builds)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1349,6 +1672,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny-files", type=int, default=100_000, help="files of 4 KiB for --scaling (default 100000)")
     p.add_argument("--scaling-repeats", type=int, default=1)
     p.add_argument("--rss-sizes", help="comma-separated sizes: peak RSS of one pull at each, e.g. 1GiB,8GiB")
+    p.add_argument("--archive", action="store_true",
+                   help="cases h-k: a split archive s3sync did not publish (12 pieces + .md5 sidecars, plain and "
+                        "gzip) pulled by s3sync and the seed way; with --profile, then one pull of h profiled "
+                        "(--repeats 0: the profile only)")
+    p.add_argument("--archive-size", default="600MB", help="--archive: approximate tar size (default 600MB)")
+    p.add_argument("--archive-min-kb", type=int, default=50)
+    p.add_argument("--archive-max-kb", type=int, default=500)
     args = p.parse_args(argv)
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
     unknown = args.only - {c.split("_")[0] for c in CASES}
@@ -1363,7 +1693,9 @@ def main(argv: list[str] | None = None) -> int:
     if not where.startswith(str(REPO / "s3sync")):
         sys.exit(f"error: subprocesses import s3sync from {where or '?'}, not from {REPO}")
     compileall.compile_dir(REPO / "s3sync", quiet=1)  # as pip does when it installs a package
-    if args.scaling:
+    if args.archive:
+        code = mode_archive(args, tools, env, out)
+    elif args.scaling:
         code = mode_scaling(args, tools, env, out)
     elif args.rss_sizes:
         code = mode_rss(args, tools, env, out)

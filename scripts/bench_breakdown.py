@@ -107,8 +107,9 @@ def _patch_future_result() -> None:
     by_writer = timed("wait for the writer pool (Future.result)", raw)
     by_fetch = timed("wait for a fetched chunk (Future.result)", raw)
     by_reader = timed("wait for the reader pool (Future.result)", raw)
+    by_hash = timed("wait for the piece hashing thread (splitpull)", raw)
     by_other = timed("wait on another future", raw)
-    callers = {"complete": by_writer, "fetch": by_fetch, "write_tar": by_reader}
+    callers = {"complete": by_writer, "fetch": by_fetch, "write_tar": by_reader, "_settle": by_hash}
 
     def result(self, timeout=None):
         return callers.get(sys._getframe(1).f_code.co_name, by_other)(self, timeout)
