@@ -717,14 +717,22 @@ class SafeExtractor:
                 # Taking the batch off the queue and recording its members is one step for
                 # Ctrl-C: split, the rest of the batch would never be recorded while later
                 # batches move the resume point past it (issue 10, item 6).
+                nonlocal broken
                 with interrupts.deferred:
                     _fut, next_offsets, nbytes = pending.popleft()
                     pending_bytes -= nbytes
                     for record, next_offset in zip(records, next_offsets, strict=False):
                         inflight.discard(record.path)
-                        on_member(next_offset, record)
+                        try:
+                            on_member(next_offset, record)
+                        except BaseException:
+                            # The caller refused this record (disk full writing the journal, a
+                            # progress callback that raised): the rest of the batch is never
+                            # recorded, so later batches must not be either, or the resume
+                            # point would pass members that are not in the index.
+                            broken = True
+                            raise
                 if error is not None:
-                    nonlocal broken
                     broken = True  # later batches must not move the resume point past this file
                     raise error
 

@@ -51,3 +51,33 @@ def test_resume_into_an_existing_tree_always_sets_modes(tmp_path: Path) -> None:
     assert archive.SafeExtractor(tree)._masked_bits == archive._umask()
     (tree / "images").mkdir()  # left by an earlier run
     assert archive.SafeExtractor(tree)._masked_bits == 0o7777
+
+
+def test_a_refused_record_stops_the_recording_of_later_members(tmp_path: Path) -> None:
+    """on_member raising (the journal cannot be written, a progress callback raised) for a file
+    in the middle of a batch of small files: no member after it may be reported, or the resume
+    point would pass members the index never got (a resumed pull then misses them)."""
+    import io
+    import tarfile
+
+    from corpus import stream_file
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(200):
+            info = tarfile.TarInfo(f"f{i:03d}")
+            info.size = 100
+            tar.addfile(info, io.BytesIO(bytes([i % 256]) * 100))
+    path = tmp_path / "small.tar"
+    path.write_bytes(buf.getvalue())
+    seen: list[str] = []
+
+    def on_member(next_offset: int, record: archive.MemberRecord) -> None:
+        seen.append(record.path)  # as pull's: the journal records it, then the progress callback raises
+        if len(seen) >= 5:
+            raise KeyboardInterrupt
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        archive.SafeExtractor(tmp_path / "out").extract(stream_file(path), on_member)
+    assert seen == [f"f{i:03d}" for i in range(5)]
