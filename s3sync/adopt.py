@@ -257,6 +257,7 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
             if decoded is not None:
                 decoded.close()
             getattr(chunks, "close", lambda: None)()
+            checked.close()  # its hashing thread
     except BaseException:
         fetcher.cancel()
         raise
