@@ -350,7 +350,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
     offset = journal.open()
     fetcher = None
     try:
-        state, resumed_mark = _load_state(journal, archive, chunk_size) if offset else ({}, None)
+        state, resumed_mark, root = _load_state(journal, archive, chunk_size) if offset else ({}, None, None)
         recorded = None
         if offset:
             recorded = read_back(journal)
@@ -361,7 +361,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
                 journal.close_quietly()
                 journal = Journal(staging_dir(dest_parent, name), identity, generation, "extract",
                                   min_advance=chunk_size)
-                offset, state, recorded, resumed_mark = journal.open(), {}, None, None
+                offset, state, recorded, resumed_mark, root = journal.open(), {}, None, None, None
         codec = _codec(archive, store, settings)
         _preflight(journal.tree, archive, codec, offset, progress)
         starts = piece_starts(archive)
@@ -381,17 +381,18 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         def on_checked(piece: CheckedPiece) -> None:
             state[piece.index] = piece
             checked_log.append(piece)
-            _save_state(journal, state, chunk_size, {})
+            _save_state(journal, state, chunk_size, {}, extractor.root_record or root)
             p = archive.pieces[piece.index]
             progress.message(f"piece {piece.index + 1}/{len(archive.pieces)} {p.name} ({format_size(p.size)}): "
                              + describe(p.evidence) + (f": {piece.computed}, matches" if piece.verified else ""))
 
         chunks = piece_chunks(fetcher, archive, store, jobs, settings, progress)
         current: dict[str, object] = {}
+        extractor = SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
 
         def on_start(i: int, mark: tuple[int, int]) -> None:
             current.update(index=i, mark=list(mark))
-            _save_state(journal, state, chunk_size, current)
+            _save_state(journal, state, chunk_size, current, extractor.root_record or root)
 
         checked = CheckedPieces(archive, chunks, chunk_size, state, on_checked, lambda: journal.mark, on_start)
         if resumed_mark is not None and unchecked and resumed_mark[0] == unchecked[0]:
@@ -399,7 +400,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         checked.check_empty_pieces()
         tally = _Tally.of(recorded)
         try:
-            tar_end = _extract(archive, checked, codec, read_from, offset, journal, tally, progress,
+            tar_end = _extract(archive, checked, extractor, codec, read_from, offset, journal, tally, progress,
                                fetcher.next_ready if archive.ranges else None, strip_components,
                                list(recorded.dirs) if recorded else [], fetcher.cancel)
         except PieceDigestError:
@@ -434,6 +435,10 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         commit(journal, dest, {SOURCE_NAME: (json.dumps(source, indent=1) + "\n").encode()},
                {"generation": generation, "manifest_digest": hashing.digest(identity), "mode": "extract",
                 "name": name, "source": SOURCE_KIND})
+        # As GNU tar gives the archive's './' member's mode and mtime to the directory of -C
+        # DIR: after the rename (the metadata written into the tree moved its mtime; a mode
+        # without owner write would have stopped that), through the tree's open descriptor.
+        extractor.finish_root(None if extractor.root_record else root)
         journal.remove()
     except InsufficientSpaceError as err:
         journal.close_quietly()
@@ -472,7 +477,8 @@ class _Tally:
             self.extracted_size += record.size
 
 
-def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, offset: int,
+def _extract(archive: SplitArchive, checked: CheckedPieces, extractor: SafeExtractor, codec: str, read_from: int,
+             offset: int,
              journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
              dirs: list[MemberRecord], cancel: Callable[[], None]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
@@ -485,7 +491,6 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
             raise DamagedArchiveError(f"{archive.source}: the stream ends at byte {reader.tell()}, before the "
                                       f"resume point {offset} an earlier run recorded",
                                       hint="remove the staging directory .NAME.s3sync-partial and pull again")
-        extractor = SafeExtractor(journal.tree_path, shown=journal.tree, strip_components=strip_components)
         progress.start("extract", 0)
         end = offset
 
@@ -693,24 +698,25 @@ def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], setting
 
 
 def _load_state(journal: Journal, archive: SplitArchive, chunk_size: int
-                ) -> tuple[dict[int, CheckedPiece], tuple[int, tuple[int, int]] | None]:
-    """Pieces an earlier run of this pull checked (see the module docstring), and the resume
-    mark from before the piece it was hashing; ({}, None) if none or unreadable (then every
-    piece is hashed again, and a failure starts the pull over)."""
+                ) -> tuple[dict[int, CheckedPiece], tuple[int, tuple[int, int]] | None, MemberRecord | None]:
+    """Pieces an earlier run of this pull checked (see the module docstring), the resume
+    mark from before the piece it was hashing, and the archive's root member (``./``) if
+    it had one; ({}, None, None) if none or unreadable (then every piece is hashed again,
+    and a failure starts the pull over)."""
     raw = journal.load_state(STATE_NAME)
     if not raw:
-        return {}, None
+        return {}, None, None
     try:
         doc = json.loads(raw)
         if doc.get("chunk_size") != chunk_size:
-            return {}, None
+            return {}, None, None
         out = {}
         for entry in doc["pieces"]:
             i = int(entry["index"])
             piece = archive.pieces[i]
             chunks = tuple(str(c) for c in entry["chunks"])
             if len(chunks) != len(chunk_spans(piece.size, chunk_size)) or not all(map(hashing.is_digest, chunks)):
-                return {}, None
+                return {}, None, None
             out[i] = CheckedPiece(i, str(entry["digest"]), chunks, str(entry.get("computed", "")),
                                   bool(entry.get("verified")))
         current = doc.get("current") or {}
@@ -718,14 +724,19 @@ def _load_state(journal: Journal, archive: SplitArchive, chunk_size: int
         if current and int(current["index"]) not in out:
             o, n = current["mark"]
             mark = (int(current["index"]), (int(o), int(n)))
-        return out, mark
+        root = None
+        if doc.get("root"):
+            mode, mtime = doc["root"]
+            root = MemberRecord(".", "dir", 0, int(mode) & 0o777, int(mtime))
+        return out, mark, root
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return {}, None
+        return {}, None, None
 
 
 def _save_state(journal: Journal, state: dict[int, CheckedPiece], chunk_size: int,
-                current: dict[str, object]) -> None:
-    doc = {"chunk_size": chunk_size, "current": current, "pieces": [
+                current: dict[str, object], root: MemberRecord | None) -> None:
+    doc = {"chunk_size": chunk_size, "current": current, "root": [root.mode, root.mtime] if root else None,
+           "pieces": [
         {"index": c.index, "digest": c.digest, "chunks": list(c.chunks), "computed": c.computed,
          "verified": c.verified} for c in sorted(state.values(), key=lambda c: c.index)]}
     journal.save_state(STATE_NAME, json.dumps(doc).encode())
