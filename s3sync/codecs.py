@@ -68,6 +68,7 @@ from typing import Any, Self
 import zstandard
 from zlib_ng import zlib_ng
 
+from .engine import WindowedReader
 from .errors import DamagedArchiveError, SplitArchiveError
 
 CODECS = ("none", "gzip", "zstd", "bzip2", "xz")
@@ -423,7 +424,7 @@ class _ZstdDecoder:
         return out
 
 
-class DecodedReader:
+class DecodedReader(WindowedReader):
     """A forward-only binary file over the decompressed bytes of ``blocks``.
 
     Args:
@@ -544,67 +545,9 @@ class DecodedReader:
         """Compressed bytes taken from ``blocks`` so far (the decoding thread may be ahead)."""
         return self._src.offset
 
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence == 1:
-            pos += self._pos
-        elif whence != 0:
-            raise ValueError("DecodedReader supports only absolute and relative seeks")
-        if pos < self._cur_start:
-            raise ValueError(f"cannot seek back to {pos}: stream is at {self._pos}")
-        while pos > self._pos:
-            w = self._window()
-            if not w:
-                break
-            self._pos += min(len(w), pos - self._pos)
-        self._pos = min(self._pos, pos)
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        out = bytearray()
-        while n is None or n < 0 or len(out) < n:
-            w = self._window()
-            if not w:
-                break
-            take = w if n is None or n < 0 else w[: n - len(out)]
-            out += take
-            self._pos += len(take)
-        return bytes(out)
-
-    def views(self, n: int) -> Iterator[memoryview]:
-        """Yield exactly ``n`` decoded bytes as memoryviews (no copy), each valid until the next.
-
-        Raises:
-            DamagedArchiveError: the decompressed stream ends first.
-        """
-        left = n
-        while left:
-            w = self._window()
-            if not w:
-                raise DamagedArchiveError(f"{self.name}: the decompressed stream ended {left} bytes early "
-                                          f"at offset {self._pos}")
-            take = w[:left]
-            self._pos += len(take)
-            left -= len(take)
-            yield take
-
-    def drain(self) -> int:
-        """Decode to the end of the stream (every check still runs); return the bytes skipped."""
-        skipped = 0
-        while True:
-            w = self._window()
-            if not w:
-                return skipped
-            self._pos += len(w)
-            skipped += len(w)
+    def _ended_early(self, left: int) -> Exception:
+        return DamagedArchiveError(f"{self.name}: the decompressed stream ended {left} bytes early at offset "
+                                   f"{self._pos}")
 
     def close(self) -> None:
         """Stop the decoding thread (after its current step) and close ``blocks``.

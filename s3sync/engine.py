@@ -328,7 +328,103 @@ def _part_changed(job: ChunkJob, message: str, hint: str) -> PartChangedError:
 
 
 
-class OrderedReader:
+class WindowedReader:
+    """A forward-only binary file over successive windows of bytes (views into buffers that
+    are reused once the next window is asked for): the file interface ``tarfile`` and
+    ``archive.SafeExtractor`` read, shared by ``OrderedReader`` (verified chunks) and
+    ``codecs.DecodedReader`` (decompressed pieces).
+
+    A subclass sets ``_pos`` (stream offset), ``_cur`` (the current window) and ``_cur_start``
+    (its offset) and implements ``_window``: the bytes from ``_pos`` to the end of the
+    current window, moving to the next one when used up; empty at the end of the stream.
+    ``seek`` moves forward (skipping bytes) or back within the current window only;
+    anything else raises ``ValueError``.
+    """
+
+    _pos: int
+    _cur: memoryview
+    _cur_start: int
+
+    def _window(self) -> memoryview:
+        raise NotImplementedError
+
+    def _ended_early(self, left: int) -> Exception:
+        """The error ``views`` raises when the stream ends ``left`` bytes short."""
+        return IntegrityError(f"stream ended {left} bytes early at offset {self._pos}")
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self._pos
+        elif whence != 0:
+            raise ValueError(f"{type(self).__name__} supports only absolute and relative seeks")
+        if pos < self._cur_start:
+            raise ValueError(f"cannot seek back to {pos}: stream is at {self._pos}")
+        while pos > self._pos:
+            w = self._window()
+            if not w:
+                break
+            self._pos += min(len(w), pos - self._pos)
+        self._pos = min(self._pos, pos)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all the rest if ``n`` is negative or None), copied."""
+        out = bytearray()
+        while n is None or n < 0 or len(out) < n:
+            w = self._window()
+            if not w:
+                break
+            take = w if n is None or n < 0 else w[: n - len(out)]
+            out += take
+            self._pos += len(take)
+        return bytes(out)
+
+    def views(self, n: int) -> Iterator[memoryview]:
+        """Yield exactly ``n`` bytes as memoryviews into the window buffers (no copy), each
+        valid until the next is requested.
+
+        Raises:
+            IntegrityError (or the subclass's ``_ended_early``): the stream ends first.
+        """
+        left = n
+        while left:
+            w = self._window()
+            if not w:
+                raise self._ended_early(left)
+            take = w[:left]
+            self._pos += len(take)
+            left -= len(take)
+            yield take
+
+    def next_view(self) -> memoryview:
+        """The bytes from the position to the end of the current window (or of the next one,
+        if the current is used up), consumed; empty at the end of the stream. Valid until
+        the next call (the buffer is then reused)."""
+        w = self._window()
+        self._pos += len(w)
+        return w
+
+    def drain(self) -> int:
+        """Read to the end of the stream (every check still runs); return bytes skipped."""
+        skipped = 0
+        while True:
+            w = self._window()
+            if not w:
+                return skipped
+            self._pos += len(w)
+            skipped += len(w)
+
+
+class OrderedReader(WindowedReader):
     """A forward-only binary file over ``(job, data)`` pairs in stream order.
 
     Args:
@@ -336,8 +432,7 @@ class OrderedReader:
         start: stream offset to begin at; it must fall inside the first chunk.
         size: total stream size in bytes (end of file).
 
-    ``seek`` moves forward (skipping bytes) or back within the current chunk only;
-    anything else raises ``ValueError``.
+    The file interface is ``WindowedReader``'s; the windows are the chunks.
     """
 
     def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]], start: int, size: int,
@@ -373,75 +468,3 @@ class OrderedReader:
                 return self._cur[rel:]
             if self._pos >= self._size or not self._advance():
                 return memoryview(b"")
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence == 1:
-            pos += self._pos
-        elif whence != 0:
-            raise ValueError("OrderedReader supports only absolute and relative seeks")
-        if pos < self._cur_start:
-            raise ValueError(f"cannot seek back to {pos}: stream is at {self._pos}")
-        while pos > self._pos:
-            w = self._window()
-            if not w:
-                break
-            self._pos += min(len(w), pos - self._pos)
-        if pos < self._pos:
-            self._pos = pos
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._size - self._pos
-        out = bytearray()
-        while len(out) < n:
-            w = self._window()
-            if not w:
-                break
-            take = w[: n - len(out)]
-            out += take
-            self._pos += len(take)
-        return bytes(out)
-
-    def views(self, n: int) -> Iterator[memoryview]:
-        """Yield exactly ``n`` bytes as memoryviews into the chunk buffers (no copy).
-
-        Raises:
-            IntegrityError: the stream ends first.
-        """
-        left = n
-        while left:
-            w = self._window()
-            if not w:
-                raise IntegrityError(f"stream ended {left} bytes early at offset {self._pos}")
-            take = w[:left]
-            self._pos += len(take)
-            left -= len(take)
-            yield take
-
-    def next_view(self) -> memoryview:
-        """The bytes from the position to the end of the current chunk (or of the next one,
-        if the current is used up), consumed; empty at the end of the stream. Valid until
-        the next call (the chunk buffer is then reused)."""
-        w = self._window()
-        self._pos += len(w)
-        return w
-
-    def drain(self) -> int:
-        """Read to the end of the stream (every chunk still gets verified); return bytes skipped."""
-        skipped = 0
-        while True:
-            w = self._window()
-            if not w:
-                return skipped
-            self._pos += len(w)
-            skipped += len(w)

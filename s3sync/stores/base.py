@@ -7,6 +7,24 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 
+def error_chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and every exception it wraps, each once (at most 32): ``__cause__``,
+    ``__context__``, exception ``args`` (urllib3 wraps the ssl error there), urllib3's
+    ``reason`` (MaxRetryError) and botocore's ``error`` keyword. For classifying transport
+    failures by type, never by message text."""
+    todo, seen = [err], set()
+    while todo and len(seen) < 32:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        kwargs = getattr(e, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        todo += [x for x in (getattr(e, "reason", None), inner, e.__cause__, e.__context__, *e.args)
+                 if isinstance(x, BaseException)]
+
+
 def same_etag(a: str, b: str) -> bool:
     """Whether two ETags name the same object version, quotes aside (servers differ in
     quoting, e.g. rclone's listings; RFC 9110 section 8.8.3 puts them in quotes)."""

@@ -18,7 +18,7 @@ import http.client
 import re
 import ssl
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,7 +38,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from .base import ObjectInfo, same_etag
+from .base import ObjectInfo, error_chain, same_etag
 
 MAX_SMALL_BODY = 1024 * 1024
 """Largest body ``get`` reads (bytes): sidecars are small; anything larger is not one."""
@@ -72,20 +72,6 @@ def _strong(etag: str) -> bool:
     return bool(etag) and not etag.lstrip().startswith("W/")
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and what it wraps: urllib3's ``reason`` (MaxRetryError), exception ``args``
-    (urllib3 wraps the ssl error there), ``__cause__`` and ``__context__``."""
-    todo, seen = [err], set()
-    while todo and len(seen) < 32:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [x for x in (getattr(e, "reason", None), e.__cause__, e.__context__, *e.args)
-                 if isinstance(x, BaseException)]
-
-
 def translate(err: BaseException, url: str) -> S3SyncError:
     """Map a urllib3, http.client, ssl or socket exception to an s3sync error.
 
@@ -107,7 +93,7 @@ def translate(err: BaseException, url: str) -> S3SyncError:
     Raises:
         BaseException: ``err`` itself if it is none of these (a bug: the CLI reports it).
     """
-    chain = list(_chain(err))
+    chain = list(error_chain(err))
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         reason = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
         return TLSError(f"{url}: the server's TLS certificate is not trusted "

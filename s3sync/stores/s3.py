@@ -37,7 +37,7 @@ from ..errors import (
     TransientStoreError,
     UsageError,
 )
-from .base import DeleteFailure, ObjectInfo, UploadInfo, same_etag
+from .base import DeleteFailure, ObjectInfo, UploadInfo, error_chain, same_etag
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -297,20 +297,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and the exceptions it wraps: botocore's ``error`` kwarg, exception ``args``
-    (urllib3 wraps the ssl error there), ``__cause__`` and ``__context__``."""
-    todo, seen = [err], set()
-    while todo and len(seen) < 32:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        inner = getattr(e, "kwargs", {}).get("error") if isinstance(getattr(e, "kwargs", None), dict) else None
-        todo += [x for x in (inner, e.__cause__, e.__context__, *e.args) if isinstance(x, BaseException)]
-
-
 def _tls_error(err: BaseException, what: str) -> StoreError:
     """botocore's SSLError: the TLS handshake failed (TLSError, not retriable), unless the
     peer just closed or reset the connection during it (a transient failure).
@@ -319,7 +305,7 @@ def _tls_error(err: BaseException, what: str) -> StoreError:
     SSLError; ``https://`` to a plain-http port fails with another ``ssl.SSLError``
     (WRONG_VERSION_NUMBER). Python's ssl module, "Exceptions".
     """
-    chain = list(_chain(err))
+    chain = list(error_chain(err))
     prefix = f"{what}: " if what else ""
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         reason = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
