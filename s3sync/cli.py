@@ -269,7 +269,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
         what = (f"{_plural(len(m.parts), 'part file')}, {format_size(m.stream_size)} (not extracted)" if args.no_extract
                 else f"{_plural(m.files, 'file')}, {format_size(m.extracted_size)}")
-        ui.info(f"pulled {m.name} into {result.dest}: {what}, "
+        ui.info(f"pulled {result.dest.name} into {result.dest}: {what}, "
                 f"{format_size(result.bytes_received)} received, {_plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK

@@ -651,7 +651,9 @@ def parse_sidecar(text: str, piece_name: str, source: str) -> Claim | None:
     entries = _entries(text, source)
     if not entries:
         return None
-    mine = [(lineno, claim) for lineno, name, claim in entries if name is None or _basename(name) == piece_name]
+    # "-" is standard input: `md5sum < PIECE > PIECE.md5` writes "HASH  -".
+    mine = [(lineno, claim) for lineno, name, claim in entries
+            if name is None or name == "-" or _basename(name) == piece_name]
     if not mine:
         raise SplitArchiveError(f"{source} is about {entries[0][1]}, not the piece {piece_name}",
                                 hint="a PIECE.md5 sidecar must hold the digest of PIECE: fix or remove it")
@@ -841,7 +843,7 @@ def describe(evidence: Evidence) -> str:
     if evidence.kind == "sidecar":
         return f"{_LABEL.get(evidence.algorithm, evidence.algorithm)} from {evidence.source}"
     if evidence.kind == "etag-md5":
-        return "S3 ETag (MD5, single-part upload)"
+        return "S3 ETag (the object's MD5)"
     if evidence.kind == "etag-multipart":
         parts = int(evidence.expected.rpartition("-")[2])
         return (f"S3 ETag (multipart, {parts} part{'s' if parts != 1 else ''} of "

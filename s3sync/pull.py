@@ -35,6 +35,7 @@ from .errors import (
     InsufficientSpaceError,
     IntegrityError,
     NotFoundError,
+    PartChangedError,
     UsageError,
 )
 from .journal import Journal, staging_dir
@@ -192,6 +193,13 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         if err.needed:
             raise
         raise _space_error(journal, _bytes_left(manifest, journal.offset, extract)) from err
+    except (PartChangedError, DamagedDatasetError) as err:
+        journal.close_quietly()  # flush the last checkpoint: a rerun resumes from it
+        if manifest.adopted is not None:
+            # Nobody published these pieces: the advice to republish does not fit.
+            err.hint = (f"a piece changed or went missing since 's3sync adopt' of {manifest.adopted.source}: "
+                        "restore it, or adopt what is there now with 's3sync adopt --replace'")
+        raise
     except BaseException:
         journal.close_quietly()  # flush the last checkpoint: a rerun resumes from it
         raise

@@ -311,7 +311,7 @@ def digest_error(i: int, piece: Piece, computed: str) -> PieceDigestError:
     """The error for piece ``i`` whose bytes hash to ``computed``, not its evidence's digest."""
     ev = piece.evidence
     name = {"md5": "MD5", "sha256": "SHA-256", "sha1": "SHA-1", "sha512": "SHA-512"}.get(ev.algorithm, ev.algorithm)
-    what = {"sidecar": f"{name} in {ev.source}", "etag-md5": "its ETag (the MD5 of a single-part upload)",
+    what = {"sidecar": f"{name} in {ev.source}", "etag-md5": "its ETag (the object's MD5)",
             "etag-multipart": f"its multipart ETag (parts of {ev.upload_part_size} bytes)"}.get(ev.kind, ev.kind)
     return PieceDigestError(f"piece {i + 1} ({piece.url}): {name} is {computed}, {what} says {ev.expected}; "
                             "nothing was committed")

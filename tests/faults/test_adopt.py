@@ -267,8 +267,9 @@ def test_a_piece_changed_after_adopt_is_named_by_the_pull(kit, tree):
     body = bytearray(files[1].read_bytes())
     body[100] ^= 0x01
     kit.client.put_object(Bucket=kit.bucket, Key="ds/ds.tar.part2", Body=bytes(body))
-    with pytest.raises(PartChangedError, match="ds.tar.part2"):
+    with pytest.raises(PartChangedError, match="ds.tar.part2") as info:
         kit.pull(_published(kit, "ds", m))
+    assert "adopt --replace" in info.value.hint and "republish" not in info.value.hint
     assert not (kit.tmp / "dest" / "ds").exists()
 
 

@@ -22,7 +22,7 @@ def test_single_part_etag_is_the_pieces_md5(s3_server, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="a.tar.001", Body=body)
     etag = s3_client.head_object(Bucket=bucket, Key="a.tar.001")["ETag"]
     assert etag_md5(etag) == hashlib.md5(body).hexdigest()
-    assert describe(choose_evidence(None, etag, None)) == "S3 ETag (MD5, single-part upload)"
+    assert describe(choose_evidence(None, etag, None)) == "S3 ETag (the object's MD5)"
 
 
 def test_multipart_etag_is_recomputed_from_the_parts(s3_server, s3_client, bucket):

@@ -365,6 +365,7 @@ def test_algorithm_from_tag_then_suffix_then_length() -> None:
 @pytest.mark.parametrize("text", [
     f"{MD5_EMPTY}\n", f"{MD5_EMPTY}  \r\n", f"{MD5_EMPTY}  a.tar.001\n", f"{MD5_EMPTY} *./a.tar.001\n",
     f"MD5 (a.tar.001) = {MD5_EMPTY}\n", f"{MD5_EMPTY}  a.tar.001\n{'0' * 32}  a.tar.002\n",
+    f"{MD5_EMPTY}  -\n",  # md5sum < a.tar.001 > a.tar.001.md5
 ])
 def test_parse_sidecar_forms(text: str) -> None:
     assert parse_sidecar(text, "a.tar.001", "a.tar.001.md5") == Claim("md5", MD5_EMPTY, "a.tar.001.md5")
@@ -457,7 +458,7 @@ MULTI = f'"{MD5_EMPTY}-12"'
     (Claim("sha256", SHA256_EMPTY, "SHA256SUMS"), f'"{MD5_EMPTY}"', None, None,
      Evidence("sidecar", "sha256", SHA256_EMPTY, "SHA256SUMS"), "SHA-256 from SHA256SUMS"),
     (None, f'"{MD5_EMPTY.upper()}"', None, None, Evidence("etag-md5", "md5", MD5_EMPTY, "ETag"),
-     "S3 ETag (MD5, single-part upload)"),
+     "S3 ETag (the object's MD5)"),
     (None, MULTI, 8 << 20, 95 << 20, Evidence("etag-multipart", "md5", f"{MD5_EMPTY}-12", "ETag", 8 << 20),
      "S3 ETag (multipart, 12 parts of 8 MiB, recomputed)"),
     (None, MULTI, None, None,
