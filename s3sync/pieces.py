@@ -92,7 +92,8 @@ class SplitArchive:
 
     Attributes:
         name: the dataset name (the directory a pull creates).
-        source: the SOURCE as given (``s3://BUCKET/PREFIX``, an object, or URLs joined by spaces).
+        source: the SOURCE as given (``s3://BUCKET/PREFIX``, an object), or for several URLs
+            their directory and count (for messages).
         pieces: in stream order.
         ranges: the server answers ranged GETs (S3 always; HTTP if it honours ``Range``):
             pieces are fetched in parallel chunks; otherwise each piece in one stream.

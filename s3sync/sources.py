@@ -134,7 +134,9 @@ def from_urls(store, urls: Sequence[str], name: str | None) -> SplitArchive:
             raise UsageError(f"{url} and {by_name[base]} have the same name {base!r}",
                              hint="give each piece once")
         by_name[base] = url
-    ordered = order_pieces(list(by_name), " ".join(urls)) if len(by_name) > 1 else list(by_name)
+    # Messages name the URLs compactly: one line must not hold a hundred of them.
+    where = urls[0] if len(urls) == 1 else f"{urls[0].rsplit('/', 1)[0]}/ ({len(urls)} URLs)"
+    ordered = order_pieces(list(by_name), where) if len(by_name) > 1 else list(by_name)
     infos = _parallel(store.head, [by_name[n] for n in ordered])
     ranges = store.accepts_ranges(by_name[ordered[0]]) if any(i.size for i in infos) else True
     candidates: list[str] = []
@@ -153,7 +155,7 @@ def from_urls(store, urls: Sequence[str], name: str | None) -> SplitArchive:
                          Evidence("none", source="no sidecar (an http(s) ETag is not an MD5)"),
                          None if info.etag else info.modified)
                    for n, info in zip(ordered, infos))
-    return SplitArchive(_name(name, dataset_name(ordered[0]), urls[0]), " ".join(urls), pieces, ranges)
+    return SplitArchive(_name(name, dataset_name(ordered[0]), urls[0]), where, pieces, ranges)
 
 
 def _get_optional(store, url: str) -> str | None:
