@@ -654,6 +654,11 @@ class SafeExtractor:
         self.writers = writers
         self.strip_components = strip_components
         self.root_record: MemberRecord | None = None
+        self.end: int | None = None
+        """Stream offset (bytes) where tarfile found no further member, once ``extract``
+        returned: where the end-of-archive marker must be. It follows members that were
+        not extracted too (stripped by ``strip_components``, the root, labels), which
+        ``on_member`` never hears of."""
         """Mode and mtime of a ``./`` member seen by ``extract`` (path ``.``), else None."""
         self._safe_dirs: set[str] = {""}
         self._dir_ns: dict[str, int] = {}  # directory -> its member's mtime (ns), for finish_dirs
@@ -748,6 +753,7 @@ class SafeExtractor:
                 except (tarfile.TarError, ValueError) as err:  # ValueError: a header sent it backwards
                     raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
                 if member is None:
+                    self.end = tar.offset
                     break
                 tar.members.clear()  # tarfile keeps every TarInfo; memory must stay bounded
                 if member.type == GNU_VOLUME_LABEL:

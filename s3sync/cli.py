@@ -477,6 +477,15 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         try:
             m, _ = fetch_manifest(store, resolved.location)
         except NotFoundError as err:
+            if err.manifest_missing:
+                from .sources import from_s3
+
+                try:
+                    archive = from_s3(store, resolved.location, resolved.name)
+                except NotFoundError:
+                    archive = None
+                if archive is not None:  # the pieces of an archive s3sync did not publish
+                    return _ls_split(archive, store, settings, ui)
             if not args.verbose or err.bucket_missing:
                 raise
             # Nothing committed: what a first publish, running or dead, left is still worth showing.
@@ -511,6 +520,32 @@ def cmd_ls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if found is not None:
             for line in _survey_lines(found):
                 ui.line(line)
+    return EXIT_OK
+
+
+def _ls_split(archive: Any, store: Any, settings: Settings, ui: UI) -> int:
+    """``ls`` of a prefix (or object) holding an archive s3sync did not publish: its pieces,
+    their evidence and the compression (one 512-byte read), as a pull would see them."""
+    from .pieces import describe
+    from .splitpull import archive_codec
+
+    codec = archive_codec(archive, store, settings.transfer)
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": archive.source, "kind": "split-archive", "name": archive.name,
+                      "codec": codec, "stream_size": archive.size,
+                      "pieces": [{"name": p.name, "url": p.url, "size": p.size, "etag": p.etag,
+                                  "evidence": p.evidence.kind, "algorithm": p.evidence.algorithm,
+                                  "expected": p.evidence.expected, "source": p.evidence.source}
+                                 for p in archive.pieces]})
+        return EXIT_OK
+    unverified = sum(p.evidence.kind == "none" for p in archive.pieces)
+    ui.kv([("url", archive.source), ("name", archive.name),
+           ("kind", "an archive s3sync did not publish: 's3sync pull' extracts it, 's3sync adopt' makes it a dataset"),
+           ("compression", codec if codec != "none" else "none (a plain tar)"),
+           ("size", f"{format_size(archive.size)} in {_plural(len(archive.pieces), 'piece')}"
+                    + (f"; {unverified} without a checksum: a pull cannot verify them" if unverified else ""))])
+    ui.table("pieces", ["piece", "size", "evidence"],
+             [[p.name, format_size(p.size), describe(p.evidence)] for p in archive.pieces])
     return EXIT_OK
 
 

@@ -43,6 +43,13 @@ def test_pull_a_prefix_of_pieces_then_verify(run, s3_server, s3_client, bucket, 
     check = run("verify", dest / "photos", "--json")
     assert check.code == 0, check.describe()
 
+    # ls of the prefix: the pieces and their evidence, as a pull would see them (a dry run).
+    listed = run("ls", f"s3://{bucket}/old/photos", *ep)
+    assert listed.code == 0, listed.describe()
+    assert "s3sync pull" in listed.stdout and "photos.tar.11" in listed.stdout, listed.describe()
+    doc = run("ls", f"s3://{bucket}/old/photos", *ep, "--json").json()
+    assert doc["kind"] == "split-archive" and doc["codec"] == "none" and len(doc["pieces"]) == 12
+
     again = run("pull", f"s3://{bucket}/old/photos", dest, *ep, "--strip-components", "1", "--json")
     assert again.code == 0 and again.json()["up_to_date"] is True, again.describe()
 
