@@ -1,0 +1,133 @@
+"""Slice G of issue 11: attempts to break the split-archive pull's promises ("a mismatch
+commits nothing; a rerun fetches that piece again", "never a torn or partial result
+presented as complete"), with archives made by GNU tar and split, on moto and rclone,
+faults injected in transit by the proxy. GNU tar's extraction is the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from s3sync.config import Location
+from s3sync.errors import Interrupted, PieceDigestError
+from s3sync.sources import from_s3
+from s3sync.splitpull import pull_split
+
+from .conftest import CHUNK, FAST_TRANSFER, KiB, Rule, snapshot
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+LONG = "d/" + "n" * 130 + ".txt"  # > 100 bytes: a GNU 'L' block or a pax 'path' record
+
+
+def _tar(kit, fmt: str, piece_size: int = 512 * KiB) -> tuple[Path, list[Path]]:
+    """pad.bin (600 KiB), LONG (10 KiB), z.bin (600 KiB), in that order, as ``tar
+    --format=fmt``, cut by ``split -b`` into ``a.tar.00``.. with ``.md5`` sidecars."""
+    src = kit.tmp / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "pad.bin").write_bytes(os.urandom(600 * KiB))
+    (src / LONG).write_bytes(os.urandom(10 * KiB))
+    (src / "z.bin").write_bytes(os.urandom(600 * KiB))
+    whole = kit.tmp / "a.tar"
+    subprocess.run(["tar", f"--format={fmt}", "-cf", str(whole), "-C", str(src), "pad.bin", "d", "z.bin"],
+                   check=True)
+    work = kit.tmp / "pieces"
+    work.mkdir()
+    subprocess.run(["split", "-d", "-b", str(piece_size), str(whole), str(work / "a.tar.")], check=True)
+    files = sorted(work.glob("a.tar.*"))
+    for f in files:
+        out = subprocess.run(["md5sum", f.name], cwd=work, check=True, capture_output=True).stdout
+        (work / (f.name + ".md5")).write_bytes(out)
+    for f in sorted(work.iterdir()):
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/{f.name}", Body=f.read_bytes())
+    return whole, files
+
+
+def _flip_in_transit(kit, files: list[Path], at: int) -> None:
+    """Flip the stored stream's byte ``at`` once, in the ranged GET of its chunk."""
+    for f in files:
+        size = f.stat().st_size
+        if at < size:
+            break
+        at -= size
+    start = at - at % CHUNK
+    kit.add(Rule("flip", key=f"ds/{f.name}", times=1, flip_at=at - start,
+                 match=lambda r: r.range_start == start))
+
+
+def _pull(kit, transfer=FAST_TRANSFER):
+    store = kit.store()
+    archive = from_s3(store, Location(kit.bucket, "ds"), None)
+    try:
+        return pull_split(archive, kit.tmp / "dest", store, transfer)
+    finally:
+        kit.idle()
+
+
+def _gnu(whole: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(whole), "-C", str(dest), "--no-same-owner"], check=True)
+    return dest
+
+
+@pytest.mark.parametrize("fmt,record", [("gnu", b""), ("pax", b"path=")])
+def test_a_name_damaged_in_transit_leaves_no_extra_file_after_the_rerun(kit, fmt, record):
+    """A GNU long-name block or a pax record has no checksum: a flipped byte there gives a
+    member another valid name, extracted before the piece's digest is known. The piece is
+    refused; the rerun must not commit the misnamed file beside the right one."""
+    whole, files = _tar(kit, fmt)
+    data = whole.read_bytes()
+    at = data.index(record + LONG.encode()) + len(record) + 10  # inside the run of 'n'
+    assert 512 * KiB < at < 1024 * KiB  # in the second piece
+    _flip_in_transit(kit, files, at)
+    with pytest.raises(PieceDigestError, match="piece 2"):
+        _pull(kit)
+    assert not (kit.tmp / "dest" / "ds").exists()
+    kit.proxy.clear()
+    result = _pull(kit)
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
+
+
+class _StopAfterFirstFile:
+    """A progress that interrupts (Ctrl-C) once the first file has been extracted."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+    def advance(self, stage: str, n: int) -> None:
+        if stage == "extract" and n:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(kit):
+    """A byte of pad.bin flipped in transit in piece 2; the pull is interrupted once pad.bin is
+    extracted, before piece 2's digest is known. The rerun reads piece 2 again (and it now
+    matches): pad.bin, written from the damaged bytes, must be written again, not kept."""
+    whole, files = _tar(kit, "gnu")
+    _flip_in_transit(kit, files, 520 * KiB)  # pad.bin's data runs from byte 512 to 600 KiB + 512
+    serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        store = kit.store()
+        archive = from_s3(store, Location(kit.bucket, "ds"), None)
+        try:
+            pull_split(archive, kit.tmp / "dest", store, serial, progress=_StopAfterFirstFile())
+        finally:
+            kit.idle()
+    kit.proxy.clear()
+    result = _pull(kit)
+    assert result.resumed_from > 0
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
