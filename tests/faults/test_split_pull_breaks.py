@@ -7,6 +7,7 @@ faults injected in transit by the proxy. GNU tar's extraction is the reference.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from s3sync.errors import Interrupted, PieceDigestError
 from s3sync.sources import from_s3
 from s3sync.splitpull import pull_split
 
-from .conftest import CHUNK, FAST_TRANSFER, KiB, Rule, snapshot
+from .conftest import CHUNK, FAST_TRANSFER, KiB, MessageLog, Rule, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -60,11 +61,11 @@ def _flip_in_transit(kit, files: list[Path], at: int) -> None:
                  match=lambda r: r.range_start == start))
 
 
-def _pull(kit, transfer=FAST_TRANSFER):
+def _pull(kit, transfer=FAST_TRANSFER, progress=None):
     store = kit.store()
     archive = from_s3(store, Location(kit.bucket, "ds"), None)
     try:
-        return pull_split(archive, kit.tmp / "dest", store, transfer)
+        return pull_split(archive, kit.tmp / "dest", store, transfer, progress=progress)
     finally:
         kit.idle()
 
@@ -127,7 +128,10 @@ def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(
             pull_split(archive, kit.tmp / "dest", store, serial, progress=_StopAfterFirstFile())
         finally:
             kit.idle()
+    journal = json.loads((kit.tmp / "dest" / ".ds.s3sync-partial" / "journal.json").read_text())
+    assert journal["offset"] > 600 * KiB  # pad.bin was recorded as extracted
     kit.proxy.clear()
-    result = _pull(kit)
-    assert result.resumed_from > 0
+    log = MessageLog()
+    result = _pull(kit, progress=log)
+    assert any("extracting its members again" in line for line in log.lines), log.lines
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
