@@ -135,3 +135,47 @@ def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(
     result = _pull(kit, progress=log)
     assert any("extracting its members again" in line for line in log.lines), log.lines
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
+
+
+def _shape(kit, shape: str) -> Path:
+    """An archive of an odd but real shape, made by GNU tar, gzip and cat."""
+    src = kit.tmp / "src"
+    (src / "top" / "sub").mkdir(parents=True)
+    (src / "top" / "sub" / "f.bin").write_bytes(os.urandom(300 * KiB))
+    (src / "top" / "g.txt").write_bytes(b"g\n")
+    out = kit.tmp / "a.tar"
+    if shape == "empty":
+        subprocess.run(["tar", "-cf", str(out), "--files-from", "/dev/null"], check=True)
+    elif shape == "gzip-members":  # two gzip members (pigz --independent, bgzip, cat a.gz b.gz)
+        subprocess.run(["tar", "--format=gnu", "-cf", str(out), "-C", str(src), "top"], check=True)
+        data = out.read_bytes()
+        half = len(data) // 2
+        gz = [subprocess.run(["gzip", "-nc"], input=part, capture_output=True, check=True).stdout
+              for part in (data[:half], data[half:])]
+        out = kit.tmp / "a.tar.gz"
+        out.write_bytes(gz[0] + gz[1])
+    elif shape == "hardlink-other-piece":
+        os.link(src / "top" / "sub" / "f.bin", src / "top" / "zz-link.bin")
+        subprocess.run(["tar", "--format=gnu", "-cf", str(out), "-C", str(src), "top"], check=True)
+    return out
+
+
+def _upload_pieces(kit, whole: Path, pieces: int) -> None:
+    work = kit.tmp / "pieces"
+    work.mkdir()
+    subprocess.run(["split", "-d", "-n", str(pieces), str(whole), str(work / (whole.name + "."))], check=True)
+    for f in sorted(work.iterdir()):
+        out = subprocess.run(["md5sum", f.name], cwd=work, check=True, capture_output=True).stdout
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/{f.name}", Body=f.read_bytes())
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/{f.name}.md5", Body=out)
+
+
+@pytest.mark.parametrize("shape,pieces", [("empty", 3), ("empty", 12), ("gzip-members", 3),
+                                          ("hardlink-other-piece", 4)])
+def test_odd_archive_shapes_extract_like_gnu_tar(kit, shape, pieces):
+    """An empty archive (10 KiB of zeros: with 12 pieces, some hold only zeros), a gzip stream
+    of two members, a hard link to a file of an earlier piece: the same tree as GNU tar."""
+    whole = _shape(kit, shape)
+    _upload_pieces(kit, whole, pieces)
+    result = _pull(kit)
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
