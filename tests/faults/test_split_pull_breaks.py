@@ -7,15 +7,20 @@ faults injected in transit by the proxy. GNU tar's extraction is the reference.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from s3sync.archive import SafeExtractor
 from s3sync.config import Location
 from s3sync.errors import Interrupted, PieceDigestError
+from s3sync.journal import Journal
 from s3sync.sources import from_s3
 from s3sync.splitpull import pull_split
 
@@ -179,3 +184,58 @@ def test_odd_archive_shapes_extract_like_gnu_tar(kit, shape, pieces):
     _upload_pieces(kit, whole, pieces)
     result = _pull(kit)
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
+
+
+def _killed_in_child(kit, owner, attr: str, k: int) -> bool:
+    """Fork; the child pulls ``ds`` (through the proxy and its faults) and SIGKILLs itself
+    after the k-th call of ``owner.attr``. True if it was killed (else it ended on its own:
+    refused the damaged piece)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, no cleanup, as after kill -9
+        try:
+            real = getattr(owner, attr)
+            calls = itertools.count(1)
+
+            def hooked(*args, **kwargs):
+                result = real(*args, **kwargs)
+                if next(calls) == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return result
+
+            setattr(owner, attr, hooked)
+            store = kit.store(cached=False)
+            pull_split(from_s3(store, Location(kit.bucket, "ds"), None), kit.tmp / "dest", store, FAST_TRANSFER)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+KILL_POINTS = [(SafeExtractor, "_extract_member"), (Journal, "save_state"), (Journal, "_write_unchecked")]
+
+
+@pytest.mark.parametrize("owner, attr", KILL_POINTS, ids=[a for _o, a in KILL_POINTS])
+@pytest.mark.parametrize("target", ["data", "name"])
+def test_kill_9_at_every_step_of_a_pull_with_a_damaged_piece(kit, owner, attr, target):
+    """A byte of piece 2 flipped in transit (in pad.bin's data, or in the GNU long name of
+    a member); the pull is killed after the k-th step, for every k; the rerun (no fault)
+    must give GNU tar's tree."""
+    if kit.server.name != "moto":
+        pytest.skip("the crash points are the client's; one server is enough")
+    whole, files = _tar(kit, "gnu")
+    at = 520 * KiB if target == "data" else whole.read_bytes().index(LONG.encode()) + 10
+    ref = snapshot(_gnu(whole, kit.tmp / "ref"))
+    k = 0
+    while True:
+        k += 1
+        shutil.rmtree(kit.tmp / "dest", ignore_errors=True)
+        kit.proxy.clear()
+        _flip_in_transit(kit, files, at)
+        killed = _killed_in_child(kit, owner, attr, k)
+        kit.idle()
+        kit.proxy.clear()
+        result = _pull(kit)
+        assert snapshot(result.dest) == ref, f"k={k}"
+        if not killed:
+            break
+    assert k > 1, f"{attr} was never called"
