@@ -19,7 +19,7 @@ import pytest
 
 from s3sync.archive import SafeExtractor
 from s3sync.config import Location
-from s3sync.errors import Interrupted, PieceDigestError
+from s3sync.errors import InsufficientSpaceError, Interrupted, PieceDigestError
 from s3sync.journal import Journal
 from s3sync.sources import from_s3
 from s3sync.splitpull import pull_split
@@ -239,3 +239,42 @@ def test_kill_9_at_every_step_of_a_pull_with_a_damaged_piece(kit, owner, attr, t
         if not killed:
             break
     assert k > 1, f"{attr} was never called"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs (needs root; skipped otherwise), unmounted afterwards."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip() or proc.returncode}")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_disk_full_mid_gzip_pull_then_rerun_after_growing(kit, small_tmpfs):
+    """A gzip archive whose extracted size (6 MiB of text) is unknown before it is read, into a
+    2 MiB tmpfs: a clear InsufficientSpaceError, nothing committed; grown to 32 MiB, the rerun
+    gives GNU tar's tree."""
+    if kit.server.name != "moto":
+        pytest.skip("the disk is the client's; one server is enough")
+    src = kit.tmp / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"t{i}.txt").write_bytes(b"".join(b"line %d of file %d\n" % (j, i) for j in range(60_000)))
+    whole = kit.tmp / "a.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(whole), "-C", str(src), "."], check=True)
+    subprocess.run(["gzip", "-n", str(whole)], check=True)
+    whole = kit.tmp / "a.tar.gz"
+    _upload_pieces(kit, whole, 3)
+    store = kit.store()
+    archive = from_s3(store, Location(kit.bucket, "ds"), None)
+    with pytest.raises(InsufficientSpaceError):
+        pull_split(archive, small_tmpfs, store, FAST_TRANSFER)
+    assert not (small_tmpfs / "ds").exists()
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_tmpfs)], check=True)
+    result = pull_split(archive, small_tmpfs, store, FAST_TRANSFER)
+    kit.idle()
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
