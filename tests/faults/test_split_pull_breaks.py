@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,52 @@ def test_prefix_and_key_shapes(kit, prefix, given, extra):
         kit.idle()
     assert len(archive.pieces) == 3 and {p.evidence.kind for p in archive.pieces} == {"sidecar"}
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
+
+
+@pytest.mark.parametrize("sig,compress", [(signal.SIGINT, "gzip"), (signal.SIGTERM, ""), (signal.SIGKILL, "gzip")],
+                         ids=["INT-gzip", "TERM-tar", "KILL-gzip"])
+def test_signal_to_the_command_mid_split_pull_then_rerun(kit, sig, compress):
+    """``s3sync pull s3://BUCKET/ds DEST`` of 4 pieces (plain tar or gzip) with .md5 sidecars,
+    throttled, signalled once it has extracted something; a short error (not a traceback) for
+    INT and TERM; the rerun exits 0 with GNU tar's tree and nothing left in staging."""
+    if kit.server.name != "moto":
+        pytest.skip("the signals are the client's; one server is enough")
+    src = kit.tmp / "src"
+    for i in range(12):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i:02d}.bin").write_bytes(os.urandom(100 * KiB))
+    whole = kit.tmp / "a.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(whole), "-C", str(src), "."], check=True)
+    if compress:
+        subprocess.run(["gzip", "-n", str(whole)], check=True)
+        whole = kit.tmp / "a.tar.gz"
+    _upload_pieces(kit, whole, 4)
+    dest = kit.tmp / "dest"
+    kit.proxy.throttle_bps = 512 * KiB
+    proc = kit.cli("pull", f"s3://{kit.bucket}/ds", dest, "--endpoint-url", kit.proxy.url)
+    journal = dest / ".ds.s3sync-partial" / "journal.json"
+
+    def offset() -> int:
+        try:
+            return json.loads(journal.read_text())["offset"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.monotonic() + 60
+    while not offset() and proc.poll() is None:
+        assert time.monotonic() < deadline, "nothing was extracted in 60 s"
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    kit.proxy.throttle_bps = None
+    assert proc.returncode != 0
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in err.decode() and len(err.decode().strip().splitlines()) <= 3, err.decode()
+    kit.idle()
+    again = kit.cli("pull", f"s3://{kit.bucket}/ds", dest, "--endpoint-url", kit.proxy.url)
+    _out, err = again.communicate(timeout=120)
+    kit.idle()
+    assert again.returncode == 0, err.decode()
+    assert snapshot(dest / "ds") == snapshot(_gnu(whole, kit.tmp / "ref"))
+    assert sorted(os.listdir(dest)) == ["ds"]
