@@ -51,3 +51,15 @@ def test_a_redirected_piece(tmp_path, http_server):
     server = http_server(www)
     _, result = _pull(tmp_path, server, names, [(names[1], Fault(redirect=f"/moved/{names[1]}"))])
     assert _snapshot(result.dest) == _snapshot(_ref(archive, tmp_path / "ref"))
+
+
+@pytest.mark.parametrize("options", [dict(weak_etags=True), dict(etags=False, last_modified=False),
+                                     dict(preconditions=False)], ids=["weak-etags", "no-validators", "no-preconditions"])
+def test_servers_with_weak_or_no_validators(tmp_path, http_server, options):
+    """A weak ETag (If-Match never matches it, RFC 9110 section 13.1.1), no ETag nor
+    Last-Modified, or validators sent but preconditions ignored: still pulled, checked by
+    the sidecars."""
+    archive, www, names = _pieces(tmp_path, compress=True, sidecar="MD5SUMS")
+    server = http_server(www, **options)
+    _, result = _pull(tmp_path, server, names)
+    assert _snapshot(result.dest) == _snapshot(_ref(archive, tmp_path / "ref"))
