@@ -381,3 +381,26 @@ def test_signal_to_the_command_mid_split_pull_then_rerun(kit, sig, compress):
     assert again.returncode == 0, err.decode()
     assert snapshot(dest / "ds") == snapshot(_gnu(whole, kit.tmp / "ref"))
     assert sorted(os.listdir(dest)) == ["ds"]
+
+
+@pytest.mark.parametrize("signature", ["SHA256SUMS.gpg", "SHA256SUMS.asc", "SHA256SUMS.sig"])
+def test_a_signed_checksum_list_is_not_taken_for_a_piece(kit, signature):
+    """Mirrors sign their checksum list (Debian and Ubuntu: SHA256SUMS and SHA256SUMS.gpg):
+    the signature is neither a piece nor a checksum file; it used to make the prefix "2 name
+    families" and be refused."""
+    whole = _shape(kit, "hardlink-other-piece")
+    work = kit.tmp / "pieces"
+    work.mkdir()
+    subprocess.run(["split", "-d", "-n", "3", str(whole), str(work / "a.tar.")], check=True)
+    names = sorted(f.name for f in work.iterdir())
+    (work / "SHA256SUMS").write_bytes(subprocess.run(["sha256sum", *names], cwd=work, check=True,
+                                                     capture_output=True).stdout)
+    (work / signature).write_bytes(b"-----BEGIN PGP SIGNATURE-----\n" + os.urandom(64).hex().encode() + b"\n")
+    for f in sorted(work.iterdir()):
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/{f.name}", Body=f.read_bytes())
+    store = kit.store()
+    archive = from_s3(store, Location(kit.bucket, "ds"), None)
+    assert [p.name for p in archive.pieces] == names
+    assert {p.evidence.source for p in archive.pieces} == {"SHA256SUMS"}
+    result = _pull(kit)
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
