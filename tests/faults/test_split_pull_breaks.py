@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -402,5 +403,21 @@ def test_a_signed_checksum_list_is_not_taken_for_a_piece(kit, signature):
     archive = from_s3(store, Location(kit.bucket, "ds"), None)
     assert [p.name for p in archive.pieces] == names
     assert {p.evidence.source for p in archive.pieces} == {"SHA256SUMS"}
+    result = _pull(kit)
+    assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
+
+
+@pytest.mark.parametrize("field", [0, 124, 148])  # name, size, chksum of z.bin's header
+def test_a_header_damaged_in_transit_is_reported_as_its_piece(kit, field):
+    """A byte flipped in a (checksummed) tar header: tarfile stops or fails there; the report
+    is the piece's digest mismatch, nothing is committed, and the rerun gives GNU tar's tree."""
+    whole, files = _tar(kit, "gnu")
+    with tarfile.open(whole) as tf:
+        header = next(m.offset for m in tf.getmembers() if m.name == "z.bin")
+    _flip_in_transit(kit, files, header + field)
+    with pytest.raises(PieceDigestError, match="nothing was committed"):
+        _pull(kit)
+    assert not (kit.tmp / "dest" / "ds").exists()
+    kit.proxy.clear()
     result = _pull(kit)
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
