@@ -53,8 +53,8 @@ def test_a_redirected_piece(tmp_path, http_server):
     assert _snapshot(result.dest) == _snapshot(_ref(archive, tmp_path / "ref"))
 
 
-@pytest.mark.parametrize("options", [dict(weak_etags=True), dict(etags=False, last_modified=False),
-                                     dict(preconditions=False)], ids=["weak-etags", "no-validators", "no-preconditions"])
+@pytest.mark.parametrize("options", [{"weak_etags": True}, {"etags": False, "last_modified": False},
+                                     {"preconditions": False}], ids=["weak-etags", "no-validators", "no-preconditions"])
 def test_servers_with_weak_or_no_validators(tmp_path, http_server, options):
     """A weak ETag (If-Match never matches it, RFC 9110 section 13.1.1), no ETag nor
     Last-Modified, or validators sent but preconditions ignored: still pulled, checked by
