@@ -729,9 +729,9 @@ def _verified_mark(archive: SplitArchive, state: dict[int, CheckedPiece],
     first = _first_unchecked(archive, state)
     if first is None:
         return None
-    if resumed_mark is not None and resumed_mark[0] == first:
-        return resumed_mark[1]
-    if not state:
+    if resumed_mark is not None:
+        return resumed_mark[1] if resumed_mark[0] == first else (0, 0)  # else: inconsistent, start over
+    if not state:  # no resume state (unreadable, or another --chunk-size): nothing known verified
         return (0, 0)
     return None  # the run ended between a piece's check and the next piece's first chunk
 

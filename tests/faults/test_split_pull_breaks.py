@@ -122,10 +122,12 @@ class _StopAfterFirstFile:
             raise KeyboardInterrupt
 
 
-def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(kit):
+@pytest.mark.parametrize("state", ["kept", "lost", "other-chunk-size"])
+def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(kit, state):
     """A byte of pad.bin flipped in transit in piece 2; the pull is interrupted once pad.bin is
     extracted, before piece 2's digest is known. The rerun reads piece 2 again (and it now
-    matches): pad.bin, written from the damaged bytes, must be written again, not kept."""
+    matches): pad.bin, written from the damaged bytes, must be written again, not kept; also
+    when the rerun cannot use the pieces' resume state (pieces.json gone, another chunk size)."""
     whole, files = _tar(kit, "gnu")
     _flip_in_transit(kit, files, 520 * KiB)  # pad.bin's data runs from byte 512 to 600 KiB + 512
     serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
@@ -140,8 +142,14 @@ def test_an_interrupt_before_a_damaged_piece_is_checked_does_not_keep_its_files(
     assert journal["offset"] > 600 * KiB  # pad.bin was recorded as extracted
     kit.proxy.clear()
     log = MessageLog()
-    result = _pull(kit, progress=log)
-    assert any("extracting its members again" in line for line in log.lines), log.lines
+    transfer = FAST_TRANSFER
+    if state == "lost":
+        (kit.tmp / "dest" / ".ds.s3sync-partial" / "pieces.json").unlink()
+    elif state == "other-chunk-size":
+        transfer = dataclasses.replace(FAST_TRANSFER, chunk_size=CHUNK // 2)
+    result = _pull(kit, transfer, progress=log)
+    if state == "kept":
+        assert any("extracting its members again" in line for line in log.lines), log.lines
     assert snapshot(result.dest) == snapshot(_gnu(whole, kit.tmp / "ref"))
 
 
