@@ -1,8 +1,8 @@
 """Resolve a SOURCE that holds no s3sync manifest into a ``pieces.SplitArchive``: its
 pieces in natural order, each with the strongest evidence available (issue 11, section 2).
 
-- ``s3://BUCKET/PREFIX``: the objects directly under PREFIX, less sidecars, are the pieces;
-  sidecars are read from the same listing.
+- ``s3://BUCKET/PREFIX``: the objects directly under PREFIX, less sidecars and their detached
+  signatures (``SHA256SUMS.gpg``), are the pieces; sidecars are read from the same listing.
 - ``s3://BUCKET/KEY``: one object (when nothing lies under ``KEY/``); its sidecars are looked
   for beside it.
 - ``http(s)://`` URLs: the pieces given; sidecars are looked for at ``URL.md5``,
@@ -81,7 +81,8 @@ def from_s3(store, location: Location, name: str | None) -> SplitArchive:
         pieces_info = [info]
     else:
         sidecar_objs = [o for o in children if is_sidecar(_base(o.key))]
-        by_name = {_base(o.key): o for o in children if not is_sidecar(_base(o.key))}
+        by_name = {_base(o.key): o for o in children
+                   if not is_sidecar(_base(o.key)) and not _is_signature(_base(o.key))}
         if not by_name:
             raise SplitArchiveError(f"{location.url()} holds only checksum files ("
                                     + ", ".join(sorted(_base(o.key) for o in sidecar_objs)[:5]) + ")")
@@ -195,6 +196,17 @@ def _names_sidecar_of(name: str, pieces: list[str]) -> bool:
     if name in LIST_SIDECARS:
         return True
     return is_sidecar(name) and any(name.startswith(p + ".") for p in pieces)
+
+
+SIGNATURE_SUFFIXES = (".gpg", ".asc", ".sig")
+"""A detached signature of a checksum file (``SHA256SUMS.gpg`` on Debian and Ubuntu mirrors):
+neither a piece nor read (s3sync does not check OpenPGP signatures)."""
+
+
+def _is_signature(name: str) -> bool:
+    """True if ``name`` is a checksum file's detached signature (``SHA256SUMS.gpg``)."""
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and f".{ext.lower()}" in SIGNATURE_SUFFIXES and is_sidecar(stem)
 
 
 def _tiles(size: int, part_size: int, count: int) -> bool:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import posixpath
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -351,6 +353,18 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
     fetcher = None
     try:
         state, resumed_mark, root = _load_state(journal, archive, chunk_size) if offset else ({}, None, None)
+        safe = _verified_mark(archive, state, resumed_mark) if offset else None
+        if safe is not None and safe[0] < offset:
+            # Members after ``safe`` came from a piece whose digest was never checked (the
+            # run ended first): the bytes it extracted may differ from the ones this run
+            # checks. Extract them again from the verified point.
+            progress.message(f"the interrupted run extracted from piece {_first_unchecked(archive, state) + 1} "
+                             "before checking it: extracting its members again")
+            journal.rewind(safe)
+            journal.close()
+            journal = Journal(staging_dir(dest_parent, name), identity, generation, "extract",
+                              min_advance=chunk_size)
+            offset = journal.open()
         recorded = None
         if offset:
             recorded = read_back(journal)
@@ -362,6 +376,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
                 journal = Journal(staging_dir(dest_parent, name), identity, generation, "extract",
                                   min_advance=chunk_size)
                 offset, state, recorded, resumed_mark, root = journal.open(), {}, None, None, None
+        _prune(journal)  # also at offset 0: a rewound or reopened journal keeps the tree it had
         codec = _codec(archive, store, settings)
         _preflight(journal.tree, archive, codec, offset, progress)
         starts = piece_starts(archive)
@@ -695,6 +710,68 @@ def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], setting
             except IntegrityError:
                 if attempt == settings.retries:
                     raise
+
+
+def _first_unchecked(archive: SplitArchive, state: dict[int, CheckedPiece]) -> int | None:
+    """Index of the first non-empty piece no run has checked, or None."""
+    return next((i for i, p in enumerate(archive.pieces) if i not in state and p.size), None)
+
+
+def _verified_mark(archive: SplitArchive, state: dict[int, CheckedPiece],
+                   resumed_mark: tuple[int, tuple[int, int]] | None) -> tuple[int, int] | None:
+    """The latest journal mark that covers only members read from checked pieces, for a
+    resumed pull; None if the journal's own mark already does.
+
+    Pieces are checked in stream order, and an earlier run saved the mark current as it
+    began hashing each piece (``resumed_mark``). Without it, while a piece is unchecked,
+    where its members began is unknown: ``(0, 0)``, start over.
+    """
+    first = _first_unchecked(archive, state)
+    if first is None:
+        return None
+    if resumed_mark is not None:
+        return resumed_mark[1] if resumed_mark[0] == first else (0, 0)  # else: inconsistent, start over
+    if not state:  # no resume state (unreadable, or another --chunk-size): nothing known verified
+        return (0, 0)
+    return None  # the run ended between a piece's check and the next piece's first chunk
+
+
+def _prune(journal: Journal) -> int:
+    """Remove from a resumed pull's staging tree every entry its index does not record
+    (with the directories above recorded ones): a member being written when the run ended,
+    or extracted after the resume point, may have a name that only damaged bytes gave it
+    (a GNU long-name block or a pax record carries no checksum), which no later run
+    writes again. Returns the number of entries removed.
+
+    Raises:
+        OSError: an entry cannot be removed.
+    """
+    keep: set[str] = set()
+    for rec in journal.records():
+        path = posixpath.normpath(rec.path)
+        while path not in keep and path not in (".", "", "/"):
+            keep.add(path)
+            path = posixpath.dirname(path)
+    root = journal.tree_path
+    removed = 0
+    for top, dirs, files in os.walk(root):
+        rel = os.path.relpath(top, root)
+        for name in list(dirs) + files:
+            path = name if rel == "." else posixpath.join(rel, name)
+            if path == METADATA_DIR:
+                if name in dirs:
+                    dirs.remove(name)  # the index and the resume state: never walked into
+                continue
+            if path in keep:
+                continue
+            full = os.path.join(top, name)
+            if name in dirs and not os.path.islink(full):
+                dirs.remove(name)
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed += 1
+    return removed
 
 
 def _load_state(journal: Journal, archive: SplitArchive, chunk_size: int
