@@ -37,7 +37,7 @@ from . import hashing
 from .archive import METADATA_DIR, MemberRecord, SafeExtractor
 from .codecs import DecodedReader, detect
 from .config import TransferSettings, format_size
-from .engine import ChunkFetcher, OrderedReader
+from .engine import ChunkFetcher, FetchStats, OrderedReader
 from .errors import (
     DamagedArchiveError,
     InsufficientSpaceError,
@@ -521,6 +521,8 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, extractor: SafeExtra
 
         try:
             extractor.extract(reader, on_member)
+            if extractor.end is not None:
+                end = extractor.end  # past members --strip-components (or the root) left out
         except PieceDigestError:
             raise
         except IntegrityError as err:
@@ -561,7 +563,8 @@ def piece_chunks(fetcher: ChunkFetcher, archive: SplitArchive, store: Store, job
                  settings: TransferSettings, progress: Progress) -> Iterator[tuple[ChunkJob, memoryview]]:
     """``jobs``' chunks in stream order: parallel ranged GETs, or one stream per piece when
     the server ignores ``Range``."""
-    return fetcher.fetch(jobs) if archive.ranges else _streamed(store, archive, jobs, settings, progress)
+    return fetcher.fetch(jobs) if archive.ranges else _streamed(store, archive, jobs, settings, progress,
+                                                                fetcher.stats)
 
 
 def open_tar(archive: SplitArchive, checked: CheckedPieces, codec: str, read_from: int, ready
@@ -673,7 +676,7 @@ def _preflight(tree: Path, archive: SplitArchive, codec: str, offset: int, progr
 
 
 def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], settings: TransferSettings,
-              progress: Progress) -> Iterator[tuple[ChunkJob, memoryview]]:
+              progress: Progress, stats: FetchStats) -> Iterator[tuple[ChunkJob, memoryview]]:
     """For a server without ``Range``: each piece in one GET, from the piece of the first
     job, as ``(job, view)`` pairs (views valid until the next). A broken stream is fetched
     again from the piece's start (the server can do nothing else), skipping what was
@@ -691,6 +694,7 @@ def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], setting
                 at = 0
                 for view in store.stream(piece.key, piece.etag or None, scratch, length=piece.size):
                     n = len(view)
+                    stats.add(received=n)
                     if at + n > done:
                         skip = max(0, done - at)
                         part = view[skip:]
@@ -705,6 +709,7 @@ def _streamed(store: Store, archive: SplitArchive, jobs: list[ChunkJob], setting
             except StoreError as err:
                 if not err.retriable or attempt == settings.retries:
                     raise
+                stats.add(retries=1)
                 progress.message(f"retrying {piece.url} from its start at byte {done:,}: {err}")
                 time.sleep(min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt))
             except IntegrityError:

@@ -77,6 +77,19 @@ def test_strip_components_as_gnu_tar(moto_store, corpus_archive, tmp_path):
     result = pull_split(split, tmp_path / "dest", store, SETTINGS, strip_components=1)
     ref = gnu_extract(archive, tmp_path / "ref", strip=1)
     assert compare_trees(result.dest, ref, ignore=(".s3sync",), mtime_ignored=implicit_dirs(archive, 1)) == []
+    # The archive's last members are all stripped away (a top-level file, as captions.json in a
+    # dataset): the end-of-archive marker is still found where it is.
+    flat = tmp_path / "flat"
+    (flat / "top" / "sub").mkdir(parents=True)
+    (flat / "top" / "sub" / "a.txt").write_text("a")
+    (flat / "last.json").write_text("{}")
+    packed = tmp_path / "flat.tar"
+    subprocess.run([require_tool("tar"), "-cf", str(packed), "-C", str(flat), "top", "last.json"], check=True)
+    _upload_pieces(client, packed, "flat", tmp_path / "flat-pieces", pieces=2)
+    split_flat = from_s3(store, Location("corpus", "flat"), "flat")
+    result = pull_split(split_flat, tmp_path / "dest", store, SETTINGS, strip_components=1)
+    assert compare_trees(result.dest, gnu_extract(packed, tmp_path / "ref-flat", strip=1), ignore=(".s3sync",),
+                         mtime_ignored=implicit_dirs(packed, 1)) == []
     # Two components: the long symlink's target (../ttt.../target.txt) now leaves the tree,
     # which s3sync refuses (GNU tar would write the link); nothing is committed.
     split = dataclasses.replace(split, name="ds2")

@@ -79,6 +79,7 @@ def test_pieces_at_urls_pull_like_gnu_tar(tmp_path, http_server, ranges, compres
     assert _snapshot(result.dest) == _snapshot(_ref(archive, tmp_path / "ref"))
     if not ranges:  # one stream per piece
         assert all(len(server.requests_for(n)) <= 2 for n in names[1:])
+    assert result.bytes_received >= split.size
 
 
 def test_a_piece_changed_on_the_mirror_is_refused(tmp_path, http_server):
