@@ -525,6 +525,11 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, extractor: SafeExtra
                 end = extractor.end  # past members --strip-components (or the root) left out
         except PieceDigestError:
             raise
+        except DamagedArchiveError as err:
+            if decoded is None or stored.tell() < archive.size or len(archive.pieces) == 1:
+                raise
+            # The compressed stream is cut short or damaged at the end of the last piece.
+            raise DamagedArchiveError(f"{err}; a piece may be missing") from err
         except IntegrityError as err:
             if stored.tell() < archive.size:
                 raise  # a chunk that failed for good, not the end of the archive
@@ -577,7 +582,7 @@ def open_tar(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
     if codec == "none":
         inner = stored
     else:
-        decoded = inner = DecodedReader((view for _, view in _views(stored)), codec, archive.pieces[0].url)
+        decoded = inner = DecodedReader((view for _, view in _views(stored)), codec, archive.source)
     return stored, decoded, _Recording(inner)
 
 

@@ -267,3 +267,14 @@ def test_the_etag_of_an_sse_kms_object_is_not_taken_for_its_md5(kit, tree, s3_se
     assert first.kind == "none" and "aws:kms" in first.source  # S3 gives SSE-KMS objects other ETags
     assert second.kind == "etag-md5"
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+
+
+def test_a_compressed_archive_missing_its_last_piece_says_so(kit, tree):
+    whole, files = make_pieces(kit.tmp, tree, pieces=4, compress="gzip")
+    upload_dir(kit, files[0].parent, "gz")
+    kit.client.delete_object(Bucket=kit.bucket, Key="gz/ds.tar.gz.part4")
+    kit.client.delete_object(Bucket=kit.bucket, Key="gz/ds.tar.gz.part4.md5")
+    with pytest.raises(DamagedArchiveError, match="piece may be missing") as info:
+        pull(kit, "gz")
+    assert "ds.tar.gz.part1" not in str(info.value)  # not blamed on the first piece
+    assert not (kit.tmp / "dest" / "gz").exists()
