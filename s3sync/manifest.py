@@ -31,6 +31,10 @@ COMPRESSIONS = ("none", "gzip", "zstd", "bzip2", "xz")
 must not import codecs; tests/unit/test_manifest_v2.py checks that the two agree)."""
 EVIDENCE_KINDS = ("sidecar", "etag-md5", "etag-multipart", "none")
 """``pieces.EVIDENCE_KINDS`` (pieces imports this module, so the tuple is repeated; a test checks it)."""
+METADATA_DIR = ".s3sync"
+"""``archive.METADATA_DIR``: the directory a pull keeps beside the data (repeated: core does not
+import machinery; a test checks that they agree). A ``--no-extract`` pull stores each piece
+under its own name beside it, so no piece may take that name."""
 MAX_KEY_BYTES = 1024
 """S3's longest object key (UTF-8 bytes): a piece name cannot be longer."""
 
@@ -334,7 +338,7 @@ def _check_consistency(source: str, stream_size: int, stream_digest: str, files:
 
 def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
     """A version 2 part key: a piece's plain name directly under the prefix (no ``/``, no
-    ``..``, not ``manifest.json``, no control character, at most ``MAX_KEY_BYTES`` bytes of
+    ``..``, not ``manifest.json`` or ``.s3sync``, no control character, at most ``MAX_KEY_BYTES`` bytes of
     UTF-8), named once. A hostile manifest cannot make a pull read another prefix's objects,
     or its own manifest, as data.
 
@@ -348,6 +352,10 @@ def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
         raise fail("is not a plain piece name directly under the prefix")
     if key == MANIFEST_NAME:
         raise fail("names the manifest itself")
+    if key == METADATA_DIR:
+        # --no-extract writes each piece under its key into the tree whose .s3sync/ holds the
+        # resume state and the completion marker.
+        raise fail("is the name of the metadata directory a pull keeps beside the pieces")
     if _CONTROL_RE.search(key):
         raise fail("holds a control character")
     try:

@@ -30,6 +30,7 @@ from .codecs import DecodedReader
 from .config import Location, TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
 from .errors import (
+    DamagedArchiveError,
     DamagedDatasetError,
     DestinationError,
     InsufficientSpaceError,
@@ -417,7 +418,9 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     check passes, the journal never records the end of the stream.
 
     Raises:
-        DamagedDatasetError: the stream is not what the manifest promises.
+        DamagedDatasetError: the stream is not what the manifest promises (for a compressed
+            stream: also when it does not decode, or decodes to another size than
+            ``tar_size``: every chunk matched its digest, so the manifest is wrong).
     """
     tar_size = manifest.tar_stream_size
     # The end-of-archive marker: s3sync's own writer always writes both zero blocks; GNU tar
@@ -438,6 +441,13 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
                         recorded)
     except (DamagedDatasetError, IntegrityError):
         raise
+    except DamagedArchiveError as err:
+        # Only the decoder raises it, over chunks that each matched their digest: the stored
+        # stream is what adopt read, so the manifest (its compression, tar_size) is wrong.
+        if cancel is not None:
+            cancel()
+        raise _damaged(manifest, f"its {manifest.compression} stream does not decode as the manifest promises "
+                                 f"(tar_size {tar_size}): {err}") from err
     except BaseException:
         if decoded is not None and cancel is not None:
             cancel()  # Ctrl-C, disk full...: the decoding thread may be waiting for a chunk
