@@ -12,9 +12,12 @@ guarantee that held under attack.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -81,7 +84,9 @@ def test_no_extract_never_writes_a_piece_over_the_metadata_directory(kit, tree):
         rewrite(kit, "ds", doc)
 
 
-def test_a_piece_name_too_long_for_the_local_file_system_is_a_destination_error(kit, tree):
+def test_a_piece_name_too_long_for_the_local_file_system_is_a_destination_error(kit, tree, s3_server):
+    if s3_server.name == "rclone":
+        pytest.skip("rclone serve s3 stores objects as local files: it cannot hold a 304-byte name either")
     long = "p" * 300 + ".tar"  # S3 allows 1,024 bytes; ext4 and most file systems 255
     whole, _ = make_pieces(kit.tmp, tree, pieces=1, sidecars="none")
     kit.client.put_object(Bucket=kit.bucket, Key=f"ds/{long}", Body=whole.read_bytes())
@@ -237,8 +242,8 @@ def test_a_piece_uploaded_again_with_the_same_bytes_still_pulls(kit, tree, s3_se
     log = MessageLog()
     result = kit.pull(pub, progress=log)
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
-    if new != doc["parts"][1]["etag"]:
-        assert any("not the published" in line for line in log.lines)
+    if new.strip('"') != doc["parts"][1]["etag"].strip('"'):  # rclone's listing gives ETags unquoted
+        assert any("not the published" in line for line in log.lines), (new, doc["parts"][1]["etag"], log.lines)
 
 
 def test_a_piece_that_grew_after_adopt_still_pulls_the_bytes_adopt_read(kit, tree):
@@ -291,31 +296,45 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
             for p in root.rglob("*") if p.is_file() and ".s3sync" not in p.parts}
 
 
+def _ends(whole: Path, compress: str) -> dict[str, int]:
+    """Each regular file's path and the tar stream offset (bytes) where its data ends."""
+    tar_bytes = subprocess.run([compress, "-dc", str(whole)], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as t:
+        return {os.path.normpath(i.name): i.offset_data + -(-i.size // 512) * 512 for i in t if i.isreg()}
+
+
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
-def test_a_compressed_pull_interrupted_three_times_writes_no_file_twice(kit, compress):
+def test_a_compressed_pull_interrupted_three_times_writes_nothing_twice_before_each_resume_point(kit, compress):
     src = write_tree(kit.tmp / "src", standard_files(3 * MiB, 48))
     whole, files = make_pieces(kit.tmp, src, pieces=4, compress=compress)
     upload_dir(kit, files[0].parent, "ds")
     m = do_adopt(kit, "ds").manifest
     pub = published(kit, "ds", m)
+    ends = _ends(whole, compress)
     serial = dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2)
     staged = kit.tmp / "dest" / ".ds.s3sync-partial" / "tree"
-    seen: dict[str, tuple[int, int]] = {}
-    for limit in (MiB // 2, 5 * MiB // 4, 2 * MiB):
-        with pytest.raises(KeyboardInterrupt):
-            kit.pull(pub, transfer=serial, progress=StopAt(limit))
-        now = _files(staged)
-        # A file that was there and complete stays the same inode, never written again,
-        # unless it was the member being written when the run stopped (written again whole).
-        rewritten = [rel for rel, st in seen.items() if rel in now and now[rel] != st]
-        assert len(rewritten) <= 1, rewritten
-        seen = now
-    result = kit.pull(pub, progress=MessageLog())
-    assert result.resumed_from > 0
+    before: dict[str, tuple[int, int]] = {}
+    resumed = []
+    for limit in (MiB // 2, 5 * MiB // 4, 2 * MiB, None):
+        log = StopAt(limit) if limit else MessageLog()
+        if limit:
+            with pytest.raises(KeyboardInterrupt):
+                kit.pull(pub, transfer=serial, progress=log)
+            now = _files(staged)
+        else:
+            result = kit.pull(pub, progress=log)
+            now = _files(result.dest)
+        said = [int(re.search(r"nothing before byte ([0-9,]+)", line)[1].replace(",", ""))
+                for line in log.lines if "nothing before byte" in line]
+        if before:  # a resumed run: it says from where, and wrote nothing that ends before it
+            assert len(said) == 1, log.lines
+            resumed.append(said[0])
+            rewritten = [rel for rel, st in before.items() if ends[rel] <= said[0] and now.get(rel) != st]
+            assert not rewritten, (said[0], rewritten)
+        before = now
+    assert resumed == sorted(resumed) and resumed[0] > 0 and result.resumed_from == resumed[-1]
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
     assert verify(result.dest).problems == ()
-    final = _files(result.dest)
-    assert sum(1 for rel, st in seen.items() if final.get(rel) != st) <= 1
 
 
 # --------------------------------------------------------------------------- commit protocol
