@@ -94,18 +94,28 @@ def manifest_location(location: Location, archive: SplitArchive) -> Location:
     return location
 
 
-def _refuse_existing(held: Held, url: str, replace: bool) -> None:
-    """Refuse to write over ``held`` unless ``replace`` and it is an s3sync manifest.
+def _refuse_existing(held: Held, where: Location, replace: bool) -> None:
+    """Refuse to write over ``held`` (the object at ``where``'s manifest key) unless
+    ``replace`` and it is an s3sync manifest that is not a history copy.
 
     Raises:
-        UsageError: an s3sync manifest is there and ``replace`` was not asked for.
+        UsageError: an s3sync manifest is there and ``replace`` was not asked for; or it is
+            the history copy of a generation (``PARENT/<generation>/manifest.json``).
         StoreError: an object that is not an s3sync manifest (or a damaged one) is there.
     """
     if held.data is None:
         return
+    url = where.url(MANIFEST_NAME)
     if held.generation is None:
         raise StoreError(f"{url} exists and is not a valid s3sync manifest: never overwritten",
                          hint="remove that object if it is yours to remove, then adopt again")
+    parent, _, last = where.prefix.rpartition("/")
+    if last == held.generation:
+        # s3sync's own parts are a split tar too; replacing the history copy a publish keeps
+        # there (docs/manifest.md) would lose that generation's record (pull refuses it alike).
+        raise UsageError(f"{url} is the history copy of generation {held.generation} of "
+                         f"{Location(where.bucket, parent).url()}: adopt never replaces it",
+                         hint=f"pull {Location(where.bucket, parent).url()} instead (an s3sync dataset already)")
     if not replace:
         raise UsageError(f"{url} exists (generation {held.generation}): adopt never overwrites a manifest "
                          "unless asked", hint="pass --replace to replace it (it is kept as a history copy), or "
@@ -142,12 +152,12 @@ def adopt(location: Location, store: Store, settings: TransferSettings, *, name:
     started = time.monotonic()
     # Checked before anything is read: a prefix that already holds a manifest is refused at once.
     held = read_current(store, location)
-    _refuse_existing(held, location.url(MANIFEST_NAME), replace)
+    _refuse_existing(held, location, replace)
     archive = sources.from_s3(store, location, name)
     where = manifest_location(location, archive)
     if where != location:
         held = read_current(store, where)
-        _refuse_existing(held, where.url(MANIFEST_NAME), replace)
+        _refuse_existing(held, where, replace)
     unverified = tuple(p.name for p in archive.pieces if p.evidence.kind == "none")
     if unverified:
         progress.message(f"warning: {len(unverified)} of {len(archive.pieces)} pieces have no sidecar and no MD5 "

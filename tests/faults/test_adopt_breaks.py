@@ -35,6 +35,7 @@ from s3sync.errors import (
     S3SyncError,
     StoreError,
     UnsafeArchiveError,
+    UsageError,
 )
 from s3sync.manifest import Manifest, PartEntry
 from s3sync.verify import verify
@@ -472,3 +473,67 @@ def test_a_prefix_that_is_not_a_valid_dataset_name_asks_for_a_name(kit, tree):
         do_adopt(kit, "my data")
     assert "--name" in (info.value.hint or "") + str(info.value), (str(info.value), info.value.hint)
     assert "my data/manifest.json" not in objects(kit, "my data")
+
+
+@pytest.mark.parametrize("rival", ["publish", "adopt"])
+def test_adopt_racing_another_writer_of_the_manifest_loses_cleanly(kit, tree, s3_server, request, rival):
+    if s3_server.name == "rclone":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "rclone serve s3 ignores If-None-Match: a rival that commits between adopt's last check "
+            "and its PUT is overwritten, and the read-back sees adopt's own bytes; only a server "
+            "honouring conditional writes closes the window")))
+    _, files = make_pieces(kit.tmp, tree, pieces=2)
+    upload_dir(kit, files[0].parent, "ds")
+    other = write_tree(kit.tmp / "other", {"x.bin": 100_000})
+    raced: list[str] = []
+
+    def hook(name: str, key: str, at: str) -> None:
+        if name == "put" and key == "ds/manifest.json" and at == "before" and not raced:
+            raced.append("")
+            won = kit.publish(other, "ds", prefix="ds").manifest if rival == "publish" else \
+                do_adopt(kit, "ds").manifest
+            raced[0] = won.generation
+
+    store = Hooked(kit.store(), hook)
+    with pytest.raises(StoreError, match="someone else|another manifest"):
+        try:
+            adopt(Location(kit.bucket, "ds"), store, FAST_TRANSFER)
+        finally:
+            kit.idle()
+    assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]).generation == raced[0]
+
+
+def test_an_empty_piece_in_the_middle(kit, tree):
+    whole, _ = make_pieces(kit.tmp, tree, pieces=1, sidecars="none")
+    data = whole.read_bytes()
+    for i, body in enumerate([data[:300_000], b"", data[300_000:]], start=1):
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/ds.tar.{i:03d}", Body=body)
+    m = do_adopt(kit, "ds").manifest
+    assert [p.size for p in m.parts] == [300_000, 0, len(data) - 300_000]
+    result = kit.pull(published(kit, "ds", m))
+    assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+    assert verify(result.dest).problems == ()
+
+
+def test_pieces_at_the_bucket_root(kit, tree):
+    whole, files = make_pieces(kit.tmp, tree, pieces=3)
+    for f in files:
+        kit.client.put_object(Bucket=kit.bucket, Key=f.name, Body=f.read_bytes())
+    m = do_adopt(kit, "", name="root").manifest
+    assert "manifest.json" in {o["Key"] for o in kit.client.list_objects_v2(Bucket=kit.bucket)["Contents"]}
+    result = kit.pull(Published(kit.tmp / "none", "root", Location(kit.bucket, ""), m))
+    assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_adopting_a_generation_directory_of_a_published_dataset_is_refused(kit, tree, replace):
+    # s3sync's own parts are a tar split in pieces, and PREFIX/<generation>/manifest.json is
+    # that generation's history copy. Before, --replace overwrote the history copy with the
+    # adopted manifest (and nested the old one at PREFIX/<gen>/<gen>/manifest.json).
+    pub = kit.publish(tree, "pub", prefix="pub")
+    gen = pub.manifest.generation
+    before = objects(kit, "pub")
+    assert f"pub/{gen}/manifest.json" in before
+    with pytest.raises(UsageError, match="history copy"):
+        do_adopt(kit, f"pub/{gen}", replace=replace)
+    assert objects(kit, "pub") == before
