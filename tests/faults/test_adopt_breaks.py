@@ -537,3 +537,63 @@ def test_adopting_a_generation_directory_of_a_published_dataset_is_refused(kit, 
     with pytest.raises(UsageError, match="history copy"):
         do_adopt(kit, f"pub/{gen}", replace=replace)
     assert objects(kit, "pub") == before
+
+
+@pytest.mark.parametrize("compress,resumed", [("", False), ("gzip", False), ("", True), ("gzip", True)])
+def test_the_dot_root_member_gives_the_dataset_directory_its_mode_and_mtime(kit, tree, compress, resumed):
+    # GNU tar -x -C DEST of an archive made with `tar -C SRC .` gives DEST the mode and mtime
+    # of its "./" member; a pull of the split archive itself does so (splitpull), and so
+    # must a pull of the same archive once adopted, resumed or not. Before: 0755 and now.
+    os.chmod(tree, 0o750)
+    os.utime(tree, (1_600_000_000, 1_600_000_000))
+    whole, files = make_pieces(kit.tmp, tree, pieces=2, compress=compress)
+    upload_dir(kit, files[0].parent, "ds")
+    m = do_adopt(kit, "ds").manifest
+    pub = published(kit, "ds", m)
+    if resumed:
+        with pytest.raises(KeyboardInterrupt):
+            kit.pull(pub, transfer=dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2),
+                     progress=StopAt(300_000))
+    result = kit.pull(pub)
+    assert (result.resumed_from > 0) == resumed
+    ref = gnu_extract(whole, kit.tmp / "ref")
+    st, want = result.dest.stat(), ref.stat()
+    assert (oct(st.st_mode & 0o7777), int(st.st_mtime)) == (oct(want.st_mode & 0o7777), int(want.st_mtime))
+    assert verify(result.dest).problems == ()
+
+
+@pytest.mark.parametrize("shape", ["gzip+zeros", "bzip2x2", "xzx2", "zstdx2"])
+def test_what_the_real_decompressors_accept_is_adopted(kit, tree, shape):
+    # gzip -dc ignores zero padding after the last member (tape blocking); pbzip2 and
+    # lbzip2 write several bzip2 streams, xz and zstd decode concatenated streams/frames.
+    plain = kit.tmp / "ds.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(plain), "-C", str(tree), "."], check=True)
+    data = plain.read_bytes()
+    tool = shape.split("+")[0].removesuffix("x2")
+    half = len(data) // 2
+    halves = (data,) if "+" in shape else (data[:half], data[half:])
+    body = b"".join(subprocess.run([tool, "-c"], input=h, check=True, capture_output=True).stdout for h in halves)
+    if shape == "gzip+zeros":
+        body += bytes(10_000)
+    whole = kit.tmp / "ds.tar.x"
+    whole.write_bytes(body)
+    check = subprocess.run(["sh", "-c", f"{tool} -dc < {whole} | cmp - {plain}"], capture_output=True)
+    assert check.returncode == 0, check.stderr  # the real tool reads it back whole
+    kit.client.put_object(Bucket=kit.bucket, Key="ds/ds.tar.x", Body=body)
+    m = do_adopt(kit, "ds/ds.tar.x", name="ds").manifest
+    assert m.tar_stream_size == len(data)
+    result = kit.pull(published(kit, "ds", m))
+    assert snapshot(result.dest) == snapshot(gnu_extract(plain, kit.tmp / "ref"))
+
+
+def test_an_archive_cut_right_after_its_last_member_writes_no_manifest(kit, tree):
+    plain = kit.tmp / "ds.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(plain), "-C", str(tree), "."], check=True)
+    data = plain.read_bytes()
+    with tarfile.open(plain) as t:
+        last = t.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    kit.client.put_object(Bucket=kit.bucket, Key="ds/ds.tar", Body=data[:end])
+    with pytest.raises(DamagedArchiveError, match="end-of-archive|missing"):
+        do_adopt(kit, "ds/ds.tar")
+    assert "ds/manifest.json" not in objects(kit, "ds")
