@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -597,3 +598,51 @@ def test_an_archive_cut_right_after_its_last_member_writes_no_manifest(kit, tree
     with pytest.raises(DamagedArchiveError, match="end-of-archive|missing"):
         do_adopt(kit, "ds/ds.tar")
     assert "ds/manifest.json" not in objects(kit, "ds")
+
+
+def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit):
+    # The installed command, killed with SIGKILL (no clean-up at all) while the network is
+    # frozen at the first GET of piece 2, then 3, then 4: each rerun reads the stored stream
+    # again from byte 0 and must write nothing that ends before its resume point (the
+    # journal's durable offset when the previous run died); a last run completes.
+    from .test_interruptions import hold_at, journal_offset, pull_cmd, settle, wait_for
+    import signal
+
+    src = write_tree(kit.tmp / "src", standard_files(3 * MiB, 40))
+    whole, files = make_pieces(kit.tmp, src, pieces=4, compress="gzip")
+    upload_dir(kit, files[0].parent, "ds")
+    m = do_adopt(kit, "ds").manifest
+    pub = published(kit, "ds", m)
+    ends = _ends(whole, "gzip")
+    dest_parent = kit.tmp / "dest"
+    staged = dest_parent / ".ds.s3sync-partial" / "tree"
+    before: dict[str, tuple[int, int]] = {}
+    offsets = []
+    for piece in (files[1].name, files[2].name, files[3].name):
+        kit.proxy.clear()
+        hold_at(kit, piece)
+        proc = pull_cmd(kit, pub, dest_parent)
+        try:
+            wait_for(lambda: not kit.proxy._gate.is_set(), 30, "the hang", proc)
+            settle(kit, key="ds.tar.gz", quiet_s=0.2)
+            time.sleep(0.2)  # let the decoder and the extraction catch up with what arrived
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        now = _files(staged)
+        if offsets:  # this run resumed at offsets[-1]: nothing that ends before it written again
+            rewritten = [rel for rel, st in before.items() if ends[rel] <= offsets[-1] and now.get(rel) != st]
+            assert not rewritten, (offsets[-1], rewritten)
+        offsets.append(journal_offset(dest_parent, "ds"))
+        before = now
+    kit.proxy.clear()
+    assert offsets == sorted(offsets) and offsets[-1] > 0, offsets
+    result = kit.pull(pub, dest_parent)
+    assert result.resumed_from == offsets[-1]
+    final = _files(result.dest)
+    assert not [rel for rel, st in before.items() if ends[rel] <= offsets[-1] and final.get(rel) != st]
+    assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+    assert verify(result.dest).problems == ()
