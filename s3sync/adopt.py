@@ -46,6 +46,7 @@ from .manifest import (
     Manifest,
     PartEntry,
     PieceEvidence,
+    claims_format,
 )
 from .pieces import Piece, SplitArchive, describe
 from .progress import NullProgress, Progress
@@ -96,16 +97,24 @@ def manifest_location(location: Location, archive: SplitArchive) -> Location:
 
 def _refuse_existing(held: Held, where: Location, replace: bool) -> None:
     """Refuse to write over ``held`` (the object at ``where``'s manifest key) unless
-    ``replace`` and it is an s3sync manifest that is not a history copy.
+    ``replace`` and it is an s3sync manifest (valid, or damaged: ``claims_format``) that is
+    not a history copy.
 
     Raises:
         UsageError: an s3sync manifest is there and ``replace`` was not asked for; or it is
             the history copy of a generation (``PARENT/<generation>/manifest.json``).
-        StoreError: an object that is not an s3sync manifest (or a damaged one) is there.
+        StoreError: an object that is not an s3sync manifest is there.
     """
     if held.data is None:
         return
     url = where.url(MANIFEST_NAME)
+    if held.generation is None and claims_format(held.data):
+        # A damaged s3sync manifest (publish replaces one without asking): replaced only when
+        # asked; it names no generation, so no history copy is written.
+        if replace:
+            return
+        raise UsageError(f"{url} exists (a damaged s3sync manifest): adopt never overwrites a manifest unless "
+                         "asked", hint="pass --replace to replace it")
     if held.generation is None:
         raise StoreError(f"{url} exists and is not a valid s3sync manifest: never overwritten",
                          hint="remove that object if it is yours to remove, then adopt again")

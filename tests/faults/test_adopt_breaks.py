@@ -646,3 +646,19 @@ def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit):
     assert not [rel for rel, st in before.items() if ends[rel] <= offsets[-1] and final.get(rel) != st]
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
     assert verify(result.dest).problems == ()
+
+
+def test_replace_of_a_damaged_s3sync_manifest(kit, tree):
+    # A manifest of ours that no longer validates (edited by hand): publish replaces it
+    # without asking; adopt refused it even with --replace ("not a valid s3sync manifest:
+    # remove that object"). Now: refused without --replace (saying so), replaced with it.
+    _, files = make_pieces(kit.tmp, tree, pieces=2)
+    upload_dir(kit, files[0].parent, "ds")
+    damaged = b'{"format": "s3sync-manifest", "version": 1, "name": "ds", "parts": []}'
+    kit.client.put_object(Bucket=kit.bucket, Key="ds/manifest.json", Body=damaged)
+    with pytest.raises(UsageError, match="damaged s3sync manifest") as info:
+        do_adopt(kit, "ds")
+    assert "--replace" in info.value.hint and objects(kit, "ds")["ds/manifest.json"] == damaged
+    result = do_adopt(kit, "ds", replace=True)
+    assert result.replaced is None
+    assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]) == result.manifest
