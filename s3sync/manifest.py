@@ -43,6 +43,9 @@ _GENERATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PART_KEY_RE = re.compile(r"(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>[0-9]{5,})\.tar\Z")
 GENERATION_RE = _GENERATION_RE
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]*\Z")
+"""A string with no control character (C0, DEL, C1): free text that ``ls`` prints, so that
+a hostile manifest cannot send terminal escape sequences."""
 _HEX_RE = re.compile(r"[0-9a-f]{1,128}(-[0-9]{1,5})?\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
@@ -219,7 +222,7 @@ class Manifest:
         previous = doc.get("previous")
         if previous is not None:
             previous = v.string(doc, "previous", _GENERATION_RE)
-        created = v.string(doc, "created")
+        created = v.string(doc, "created", _PRINTABLE_RE)  # printed by `ls`: no escape sequences
         chunk_size = v.integer(doc, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         stream = v.obj(doc, "stream")
         stream_size = v.integer(stream, "stream.size")
@@ -372,7 +375,7 @@ def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
 def _adoption(v: _Validator, doc: dict[str, Any], source: str, parts: int) -> Adoption:
     """The ``adopted`` object of a version 2 manifest: ``source`` and one evidence per part."""
     adopted = v.obj(doc, "adopted")
-    url = v.string(adopted, "adopted.source")
+    url = v.string(adopted, "adopted.source", _PRINTABLE_RE)  # printed by `ls`
     raw = adopted.get("evidence")
     if not isinstance(raw, list) or len(raw) != parts:
         raise ManifestError(f"{source}: field 'adopted.evidence' must be a list of {parts} entries (one per part)")

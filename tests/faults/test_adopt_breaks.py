@@ -662,3 +662,23 @@ def test_replace_of_a_damaged_s3sync_manifest(kit, tree):
     result = do_adopt(kit, "ds", replace=True)
     assert result.replaced is None
     assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]) == result.manifest
+
+
+@pytest.mark.parametrize("field", ["adopted.source", "created"])
+def test_ls_never_prints_a_control_character_from_a_manifest(kit, tree, field):
+    # `s3sync ls` prints adopted.source and created as they are; the evidence strings were
+    # already refused with a control character, these two were not: a hostile manifest
+    # could send terminal escape sequences (clear the screen, retitle the window, OSC 8).
+    doc, _, _ = adopted_doc(kit, tree, pieces=1)
+    evil = "\x1b]0;pwned\x07\x1b[2J"
+    if field == "created":
+        doc["created"] = evil
+    else:
+        doc["adopted"]["source"] = evil
+    kit.put_manifest(Location(kit.bucket, "ds"), json.dumps(doc).encode())
+    proc = kit.cli("ls", f"s3://{kit.bucket}/ds", "--endpoint-url", kit.proxy.url)
+    out, err = proc.communicate(timeout=60)
+    assert b"\x1b" not in out + err
+    assert proc.returncode != 0
+    with pytest.raises(ManifestError, match=field.split(".")[-1]):
+        Manifest.from_json(json.dumps(doc).encode())
