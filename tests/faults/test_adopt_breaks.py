@@ -682,3 +682,24 @@ def test_ls_never_prints_a_control_character_from_a_manifest(kit, tree, field):
     assert proc.returncode != 0
     with pytest.raises(ManifestError, match=field.split(".")[-1]):
         Manifest.from_json(json.dumps(doc).encode())
+
+
+def test_a_pull_interrupted_then_the_prefix_adopted_again_starts_over_cleanly(kit, tree):
+    # adopt --replace between two runs: a new generation of the same pieces (other chunk
+    # size too). The staging directory of the first run belongs to the old manifest.
+    _, files = make_pieces(kit.tmp, tree, pieces=3, compress="gzip")
+    whole = kit.tmp / "ds.tar.gz"
+    upload_dir(kit, files[0].parent, "ds")
+    first = do_adopt(kit, "ds").manifest
+    with pytest.raises(KeyboardInterrupt):
+        kit.pull(published(kit, "ds", first), transfer=dataclasses.replace(FAST_TRANSFER, concurrency=1, window=2),
+                 progress=StopAt(300_000))
+    second = adopt(Location(kit.bucket, "ds"), kit.store(), dataclasses.replace(FAST_TRANSFER, chunk_size=64 * 1024),
+                   replace=True).manifest
+    kit.idle()
+    assert second.chunk_size != first.chunk_size
+    log = MessageLog()
+    result = kit.pull(published(kit, "ds", second), progress=log)
+    assert result.resumed_from == 0 and result.manifest.generation == second.generation
+    assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
+    assert verify(result.dest).problems == ()
