@@ -703,3 +703,30 @@ def test_a_pull_interrupted_then_the_prefix_adopted_again_starts_over_cleanly(ki
     assert result.resumed_from == 0 and result.manifest.generation == second.generation
     assert snapshot(result.dest) == snapshot(gnu_extract(whole, kit.tmp / "ref"))
     assert verify(result.dest).problems == ()
+
+
+@pytest.mark.parametrize("shape", ["git-archive", "bsdtar", "one-zero-block"])
+def test_archives_of_other_writers_adopt_and_pull_like_gnu_tar(kit, tree, shape):
+    plain = kit.tmp / "ds.tar"
+    if shape == "git-archive":  # a pax global header (the commit id) first
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+               "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
+            subprocess.run(cmd, cwd=tree, check=True, env=env)
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(plain), "HEAD"], cwd=tree, check=True)
+    elif shape == "bsdtar":
+        subprocess.run(["bsdtar", "-cf", str(plain), "-C", str(tree), "."], check=True)
+    else:  # GNU tar extracts a stream that ends with one zero block (with a warning)
+        subprocess.run(["tar", "--format=gnu", "-cf", str(plain), "-C", str(tree), "."], check=True)
+        with tarfile.open(plain) as t:
+            last = t.getmembers()[-1]
+        end = last.offset_data + -(-last.size // 512) * 512
+        plain.write_bytes(plain.read_bytes()[:end + 512])
+    data = plain.read_bytes()
+    for i, at in enumerate(range(0, len(data), len(data) // 3 + 1), start=1):
+        kit.client.put_object(Bucket=kit.bucket, Key=f"ds/ds.tar.{i:02d}", Body=data[at:at + len(data) // 3 + 1])
+    m = do_adopt(kit, "ds").manifest
+    result = kit.pull(published(kit, "ds", m))
+    assert snapshot(result.dest) == snapshot(gnu_extract(plain, kit.tmp / "ref"))
+    assert verify(result.dest).problems == ()
