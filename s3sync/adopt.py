@@ -291,7 +291,8 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
 def _commit(store: Store, where: Location, held: Held, data: bytes, manifest: Manifest, replace: bool) -> None:
     """Write the manifest: ``If-None-Match: *`` where there was none; with ``replace``, the
     old manifest's history copy first, then ``If-Match`` its ETag. Then read back what the
-    server holds (rclone serve s3 ignores both conditions).
+    server holds (rclone serve s3 ignores both conditions); also when the write failed, as
+    it may have been applied with its answer lost: then holding our bytes is success.
 
     Raises:
         StoreError: the manifest changed since it was read (another adopt or publish), or
@@ -310,9 +311,20 @@ def _commit(store: Store, where: Location, held: Held, data: bytes, manifest: Ma
             except PartChangedError:
                 pass  # already there
         store.put(key, data, if_match=held.etag, if_none_match=held.etag is None)
-    except PartChangedError as err:
-        raise StoreError(f"{url} was written by someone else meanwhile; adopt wrote nothing",
-                         hint="run 's3sync ls' on the prefix to see what is there") from err
+    except StoreError as err:
+        # The PUT may have been applied with its answer lost (a reset connection): the
+        # request failed, or a retry of it (botocore's) failed its own condition (412).
+        # What the server holds decides, as for publish's commit.
+        try:
+            now = store.get(key)
+        except S3SyncError:
+            now = None
+        if now != data:
+            if isinstance(err, PartChangedError):
+                raise StoreError(f"{url} was written by someone else meanwhile; adopt wrote nothing",
+                                 hint="run 's3sync ls' on the prefix to see what is there") from err
+            raise
+        return
     try:
         now = store.get(key)
     except S3SyncError as err:
