@@ -476,7 +476,7 @@ def test_a_prefix_that_is_not_a_valid_dataset_name_asks_for_a_name(kit, tree):
     assert "my data/manifest.json" not in objects(kit, "my data")
 
 
-@pytest.mark.parametrize("rival", ["publish", "adopt"])
+@pytest.mark.parametrize("rival", ["publish", "adopt", "publish-over-replace"])
 def test_adopt_racing_another_writer_of_the_manifest_loses_cleanly(kit, tree, s3_server, request, rival):
     if s3_server.name == "rclone":
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
@@ -486,19 +486,21 @@ def test_adopt_racing_another_writer_of_the_manifest_loses_cleanly(kit, tree, s3
     _, files = make_pieces(kit.tmp, tree, pieces=2)
     upload_dir(kit, files[0].parent, "ds")
     other = write_tree(kit.tmp / "other", {"x.bin": 100_000})
+    replace = rival == "publish-over-replace"  # adopt --replace (If-Match) against a publish
+    if replace:
+        do_adopt(kit, "ds")
     raced: list[str] = []
 
     def hook(name: str, key: str, at: str) -> None:
         if name == "put" and key == "ds/manifest.json" and at == "before" and not raced:
             raced.append("")
-            won = kit.publish(other, "ds", prefix="ds").manifest if rival == "publish" else \
-                do_adopt(kit, "ds").manifest
+            won = do_adopt(kit, "ds").manifest if rival == "adopt" else kit.publish(other, "ds", prefix="ds").manifest
             raced[0] = won.generation
 
     store = Hooked(kit.store(), hook)
     with pytest.raises(StoreError, match="someone else|another manifest"):
         try:
-            adopt(Location(kit.bucket, "ds"), store, FAST_TRANSFER)
+            adopt(Location(kit.bucket, "ds"), store, FAST_TRANSFER, replace=replace)
         finally:
             kit.idle()
     assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]).generation == raced[0]
