@@ -49,6 +49,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 
 @pytest.fixture
+def one_server(s3_server) -> None:
+    """For a case whose outcome is the client's alone (validation, extraction, resume): one
+    server is enough; the cases about conditional writes, ETags and keys run on both."""
+    if s3_server.name != "moto":
+        pytest.skip("the client's behaviour: one server is enough")
+
+
+@pytest.fixture
 def tree(kit) -> Path:
     return write_tree(kit.tmp / "src", standard_files(1 * MiB, 12), empty_dirs=("empty",))
 
@@ -74,7 +82,7 @@ def adopted_doc(kit, tree, prefix: str = "ds", **kwargs) -> tuple[dict, Path, li
 # --------------------------------------------------------------------------- hostile manifests
 
 
-def test_no_extract_never_writes_a_piece_over_the_metadata_directory(kit, tree):
+def test_no_extract_never_writes_a_piece_over_the_metadata_directory(kit, tree, one_server):
     # A version 2 manifest whose piece is named ".s3sync" (the object exists, with the same
     # bytes and ETag): --no-extract stores pieces under their own names, in the tree whose
     # .s3sync/ holds the completion marker and the manifest.
@@ -100,7 +108,7 @@ def test_a_piece_name_too_long_for_the_local_file_system_is_a_destination_error(
 
 
 @pytest.mark.parametrize("lie", ["zstd", "none-on-gzip", "gzip-on-plain"])
-def test_a_compression_lie_is_refused_and_nothing_is_committed(kit, tree, lie):
+def test_a_compression_lie_is_refused_and_nothing_is_committed(kit, tree, lie, one_server):
     compress = "" if lie == "gzip-on-plain" else "gzip"
     doc, _, _ = adopted_doc(kit, tree, pieces=2, compress=compress)
     if lie == "none-on-gzip":
@@ -116,8 +124,8 @@ def test_a_compression_lie_is_refused_and_nothing_is_committed(kit, tree, lie):
     assert not (kit.tmp / "dest" / "ds").exists()
 
 
-@pytest.mark.parametrize("delta", [-512, 512, 10 * MiB])
-def test_a_tar_size_lie_is_refused_and_nothing_is_committed(kit, tree, delta):
+@pytest.mark.parametrize("delta", [-512, 10 * MiB])
+def test_a_tar_size_lie_is_refused_and_nothing_is_committed(kit, tree, delta, one_server):
     doc, _, _ = adopted_doc(kit, tree, pieces=2, compress="zstd")
     doc["tar_size"] += delta
     pub = rewrite(kit, "ds", doc)
@@ -127,7 +135,7 @@ def test_a_tar_size_lie_is_refused_and_nothing_is_committed(kit, tree, delta):
     assert not (kit.tmp / "dest" / "ds").exists()
 
 
-def test_a_piece_key_naming_another_object_under_the_prefix_is_refused(kit, tree):
+def test_a_piece_key_naming_another_object_under_the_prefix_is_refused(kit, tree, one_server):
     # Keys cannot leave the prefix ('/' is refused); one naming a sidecar beside the pieces
     # reads that object, which is shorter than the size the manifest gives: refused.
     doc, _, _ = adopted_doc(kit, tree, pieces=2)
@@ -168,7 +176,7 @@ def _odd_tree(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("compress,fmt", [("", "gnu"), ("gzip", "pax"), ("", "posix-0.1")])
-def test_sparse_members_hard_links_and_dot_root_adopt_pull_and_verify(kit, compress, fmt):
+def test_sparse_members_hard_links_and_dot_root_adopt_pull_and_verify(kit, compress, fmt, one_server):
     src = _odd_tree(kit.tmp / "odd")
     archive = kit.tmp / "odd.tar"
     opts = ["--sparse"] + (["--format=pax", "--sparse-version=0.1"] if fmt == "posix-0.1" else [f"--format={fmt}"])
@@ -188,7 +196,7 @@ def test_sparse_members_hard_links_and_dot_root_adopt_pull_and_verify(kit, compr
     assert verify(result.dest).problems == ()
 
 
-def test_data_after_the_end_of_archive_marker_writes_no_manifest(kit, tree):
+def test_data_after_the_end_of_archive_marker_writes_no_manifest(kit, tree, one_server):
     whole, _ = make_pieces(kit.tmp, tree, pieces=1, sidecars="none")
     data = whole.read_bytes() + b"trailing junk after the archive\n"
     kit.client.put_object(Bucket=kit.bucket, Key="ds/ds.tar", Body=data)
@@ -197,7 +205,7 @@ def test_data_after_the_end_of_archive_marker_writes_no_manifest(kit, tree):
     assert "ds/manifest.json" not in objects(kit, "ds")
 
 
-def test_two_tars_concatenated_are_refused_not_half_adopted(kit, tree):
+def test_two_tars_concatenated_are_refused_not_half_adopted(kit, tree, one_server):
     # GNU tar without -i stops at the first end-of-archive marker; adopt must not write a
     # manifest that silently drops the second archive's members.
     whole, _ = make_pieces(kit.tmp, tree, pieces=1, sidecars="none")
@@ -210,7 +218,7 @@ def test_two_tars_concatenated_are_refused_not_half_adopted(kit, tree):
     assert "ds/manifest.json" not in objects(kit, "ds")
 
 
-def test_a_gzip_of_several_members_is_adopted_whole(kit, tree):
+def test_a_gzip_of_several_members_is_adopted_whole(kit, tree, one_server):
     # `cat a.gz b.gz` is one valid gzip file (RFC 1952 section 2.2: members in a row);
     # gzip -dc and GNU tar read all members. pigz -i, bgzip and appended logs write these.
     plain = kit.tmp / "ds.tar"
@@ -305,8 +313,8 @@ def _ends(whole: Path, compress: str) -> dict[str, int]:
         return {os.path.normpath(i.name): i.offset_data + -(-i.size // 512) * 512 for i in t if i.isreg()}
 
 
-@pytest.mark.parametrize("compress", ["gzip", "zstd"])
-def test_a_compressed_pull_interrupted_three_times_writes_nothing_twice_before_each_resume_point(kit, compress):
+@pytest.mark.parametrize("compress", ["zstd"])  # gzip: the kill -9 case below
+def test_a_compressed_pull_interrupted_three_times_writes_nothing_twice_before_each_resume_point(kit, compress, one_server):
     src = write_tree(kit.tmp / "src", standard_files(3 * MiB, 48))
     whole, files = make_pieces(kit.tmp, src, pieces=4, compress=compress)
     upload_dir(kit, files[0].parent, "ds")
@@ -367,9 +375,10 @@ class Killed(BaseException):
     pass
 
 
-@pytest.mark.parametrize("call", ["read", "put-history", "put-manifest", "get"])
-@pytest.mark.parametrize("when", ["before", "after"])
-def test_adopt_replace_stopped_at_each_write_step_leaves_a_whole_manifest(kit, tree, call, when):
+@pytest.mark.parametrize("call,when", [("read", "after"), ("put-history", "after"), ("put-manifest", "after")])
+def test_adopt_replace_stopped_at_each_write_step_leaves_a_whole_manifest(kit, tree, call, when, one_server):
+    # The three states a stop can leave: nothing written (after the last check), the old
+    # manifest's history copy only, the new manifest written but not read back.
     _, files = make_pieces(kit.tmp, tree, pieces=2)
     upload_dir(kit, files[0].parent, "ds")
     first = do_adopt(kit, "ds")
@@ -408,34 +417,10 @@ def test_adopt_replace_stopped_at_each_write_step_leaves_a_whole_manifest(kit, t
         snapshot(gnu_extract(kit.tmp / "ds.tar", kit.tmp / "ref"))
 
 
-def test_adopt_racing_a_publish_never_overwrites_its_manifest(kit, tree, s3_server, request):
-    if s3_server.name == "rclone":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "rclone serve s3 ignores If-None-Match: a publish that commits between adopt's last "
-            "check and its PUT is overwritten, and the read-back sees adopt's own bytes; only a "
-            "server honouring conditional writes closes the window")))
-    _, files = make_pieces(kit.tmp, tree, pieces=2)
-    upload_dir(kit, files[0].parent, "ds")
-    other = write_tree(kit.tmp / "other", {"x.bin": 100_000})
-    raced = []
-
-    def hook(name: str, key: str, at: str) -> None:
-        if name == "put" and key == "ds/manifest.json" and at == "before" and not raced:
-            raced.append(kit.publish(other, "ds", prefix="ds"))
-
-    store = Hooked(kit.store(), hook)
-    with pytest.raises(StoreError, match="someone else|another manifest"):
-        try:
-            adopt(Location(kit.bucket, "ds"), store, FAST_TRANSFER)
-        finally:
-            kit.idle()
-    assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]).generation == raced[0].manifest.generation
-
-
 # --------------------------------------------------------------------------- around the adopted prefix
 
 
-def test_a_later_publish_cleans_up_nothing_of_a_users_own_subdirectory(kit, tree):
+def test_a_later_publish_cleans_up_nothing_of_a_users_own_subdirectory(kit, tree, one_server):
     # Beside the pieces, the user keeps an older split of the same data under ds/old/
     # (`split -d data.tar part-`). A publish to the adopted prefix cleans up "leftovers":
     # directories named like a generation whose objects start with "part-".
@@ -455,7 +440,7 @@ def test_a_later_publish_cleans_up_nothing_of_a_users_own_subdirectory(kit, tree
     assert {"ds/old/part-00", "ds/old/part-01"} <= set(objects(kit, "ds"))
 
 
-def test_ls_verbose_of_an_adopted_prefix(kit, tree):
+def test_ls_verbose_of_an_adopted_prefix(kit, tree, one_server):
     _, files = make_pieces(kit.tmp, tree, pieces=3, compress="gzip")
     upload_dir(kit, files[0].parent, "ds")
     m = do_adopt(kit, "ds").manifest
@@ -467,7 +452,7 @@ def test_ls_verbose_of_an_adopted_prefix(kit, tree):
     assert "in 3 parts" in text and "leftovers\tnone" in text  # the pieces are no generation of ours
 
 
-def test_a_prefix_that_is_not_a_valid_dataset_name_asks_for_a_name(kit, tree):
+def test_a_prefix_that_is_not_a_valid_dataset_name_asks_for_a_name(kit, tree, one_server):
     _, files = make_pieces(kit.tmp, tree, pieces=2)
     upload_dir(kit, files[0].parent, "my data")
     with pytest.raises(S3SyncError) as info:
@@ -506,7 +491,7 @@ def test_adopt_racing_another_writer_of_the_manifest_loses_cleanly(kit, tree, s3
     assert Manifest.from_json(objects(kit, "ds")["ds/manifest.json"]).generation == raced[0]
 
 
-def test_an_empty_piece_in_the_middle(kit, tree):
+def test_an_empty_piece_in_the_middle(kit, tree, one_server):
     whole, _ = make_pieces(kit.tmp, tree, pieces=1, sidecars="none")
     data = whole.read_bytes()
     for i, body in enumerate([data[:300_000], b"", data[300_000:]], start=1):
@@ -529,7 +514,7 @@ def test_pieces_at_the_bucket_root(kit, tree):
 
 
 @pytest.mark.parametrize("replace", [False, True])
-def test_adopting_a_generation_directory_of_a_published_dataset_is_refused(kit, tree, replace):
+def test_adopting_a_generation_directory_of_a_published_dataset_is_refused(kit, tree, replace, one_server):
     # s3sync's own parts are a tar split in pieces, and PREFIX/<generation>/manifest.json is
     # that generation's history copy. Before, --replace overwrote the history copy with the
     # adopted manifest (and nested the old one at PREFIX/<gen>/<gen>/manifest.json).
@@ -543,7 +528,7 @@ def test_adopting_a_generation_directory_of_a_published_dataset_is_refused(kit, 
 
 
 @pytest.mark.parametrize("compress,resumed", [("", False), ("gzip", False), ("", True), ("gzip", True)])
-def test_the_dot_root_member_gives_the_dataset_directory_its_mode_and_mtime(kit, tree, compress, resumed):
+def test_the_dot_root_member_gives_the_dataset_directory_its_mode_and_mtime(kit, tree, compress, resumed, one_server):
     # GNU tar -x -C DEST of an archive made with `tar -C SRC .` gives DEST the mode and mtime
     # of its "./" member; a pull of the split archive itself does so (splitpull), and so
     # must a pull of the same archive once adopted, resumed or not. Before: 0755 and now.
@@ -566,7 +551,7 @@ def test_the_dot_root_member_gives_the_dataset_directory_its_mode_and_mtime(kit,
 
 
 @pytest.mark.parametrize("shape", ["gzip+zeros", "bzip2x2", "xzx2", "zstdx2"])
-def test_what_the_real_decompressors_accept_is_adopted(kit, tree, shape):
+def test_what_the_real_decompressors_accept_is_adopted(kit, tree, shape, one_server):
     # gzip -dc ignores zero padding after the last member (tape blocking); pbzip2 and
     # lbzip2 write several bzip2 streams, xz and zstd decode concatenated streams/frames.
     plain = kit.tmp / "ds.tar"
@@ -589,7 +574,7 @@ def test_what_the_real_decompressors_accept_is_adopted(kit, tree, shape):
     assert snapshot(result.dest) == snapshot(gnu_extract(plain, kit.tmp / "ref"))
 
 
-def test_an_archive_cut_right_after_its_last_member_writes_no_manifest(kit, tree):
+def test_an_archive_cut_right_after_its_last_member_writes_no_manifest(kit, tree, one_server):
     plain = kit.tmp / "ds.tar"
     subprocess.run(["tar", "--format=gnu", "-cf", str(plain), "-C", str(tree), "."], check=True)
     data = plain.read_bytes()
@@ -602,7 +587,7 @@ def test_an_archive_cut_right_after_its_last_member_writes_no_manifest(kit, tree
     assert "ds/manifest.json" not in objects(kit, "ds")
 
 
-def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit):
+def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit, one_server):
     # The installed command, killed with SIGKILL (no clean-up at all) while the network is
     # frozen at the first GET of piece 2, then 3, then 4: each rerun reads the stored stream
     # again from byte 0 and must write nothing that ends before its resume point (the
@@ -650,7 +635,7 @@ def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit):
     assert verify(result.dest).problems == ()
 
 
-def test_replace_of_a_damaged_s3sync_manifest(kit, tree):
+def test_replace_of_a_damaged_s3sync_manifest(kit, tree, one_server):
     # A manifest of ours that no longer validates (edited by hand): publish replaces it
     # without asking; adopt refused it even with --replace ("not a valid s3sync manifest:
     # remove that object"). Now: refused without --replace (saying so), replaced with it.
@@ -667,7 +652,7 @@ def test_replace_of_a_damaged_s3sync_manifest(kit, tree):
 
 
 @pytest.mark.parametrize("field", ["adopted.source", "created"])
-def test_ls_never_prints_a_control_character_from_a_manifest(kit, tree, field):
+def test_ls_never_prints_a_control_character_from_a_manifest(kit, tree, field, one_server):
     # `s3sync ls` prints adopted.source and created as they are; the evidence strings were
     # already refused with a control character, these two were not: a hostile manifest
     # could send terminal escape sequences (clear the screen, retitle the window, OSC 8).
@@ -686,7 +671,7 @@ def test_ls_never_prints_a_control_character_from_a_manifest(kit, tree, field):
         Manifest.from_json(json.dumps(doc).encode())
 
 
-def test_a_pull_interrupted_then_the_prefix_adopted_again_starts_over_cleanly(kit, tree):
+def test_a_pull_interrupted_then_the_prefix_adopted_again_starts_over_cleanly(kit, tree, one_server):
     # adopt --replace between two runs: a new generation of the same pieces (other chunk
     # size too). The staging directory of the first run belongs to the old manifest.
     _, files = make_pieces(kit.tmp, tree, pieces=3, compress="gzip")
@@ -708,7 +693,7 @@ def test_a_pull_interrupted_then_the_prefix_adopted_again_starts_over_cleanly(ki
 
 
 @pytest.mark.parametrize("shape", ["git-archive", "bsdtar", "one-zero-block"])
-def test_archives_of_other_writers_adopt_and_pull_like_gnu_tar(kit, tree, shape):
+def test_archives_of_other_writers_adopt_and_pull_like_gnu_tar(kit, tree, shape, one_server):
     plain = kit.tmp / "ds.tar"
     if shape == "git-archive":  # a pax global header (the commit id) first
         env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -734,8 +719,7 @@ def test_archives_of_other_writers_adopt_and_pull_like_gnu_tar(kit, tree, shape)
     assert verify(result.dest).problems == ()
 
 
-@pytest.mark.parametrize("replace", [False, True])
-@pytest.mark.parametrize("botocore_retries", [0, 2])
+@pytest.mark.parametrize("botocore_retries,replace", [(0, False), (2, False), (2, True)])
 def test_a_lost_answer_to_the_manifest_put_is_not_a_failure(kit, tree, replace, botocore_retries):
     # The server applies adopt's conditional PUT of the manifest, and the answer is lost
     # (connection reset). Before: without retries adopt failed ("Connection was closed")
