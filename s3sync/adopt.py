@@ -46,6 +46,7 @@ from .manifest import (
     Manifest,
     PartEntry,
     PieceEvidence,
+    claims_format,
 )
 from .pieces import Piece, SplitArchive, describe
 from .progress import NullProgress, Progress
@@ -94,18 +95,36 @@ def manifest_location(location: Location, archive: SplitArchive) -> Location:
     return location
 
 
-def _refuse_existing(held: Held, url: str, replace: bool) -> None:
-    """Refuse to write over ``held`` unless ``replace`` and it is an s3sync manifest.
+def _refuse_existing(held: Held, where: Location, replace: bool) -> None:
+    """Refuse to write over ``held`` (the object at ``where``'s manifest key) unless
+    ``replace`` and it is an s3sync manifest (valid, or damaged: ``claims_format``) that is
+    not a history copy.
 
     Raises:
-        UsageError: an s3sync manifest is there and ``replace`` was not asked for.
-        StoreError: an object that is not an s3sync manifest (or a damaged one) is there.
+        UsageError: an s3sync manifest is there and ``replace`` was not asked for; or it is
+            the history copy of a generation (``PARENT/<generation>/manifest.json``).
+        StoreError: an object that is not an s3sync manifest is there.
     """
     if held.data is None:
         return
+    url = where.url(MANIFEST_NAME)
+    if held.generation is None and claims_format(held.data):
+        # A damaged s3sync manifest (publish replaces one without asking): replaced only when
+        # asked; it names no generation, so no history copy is written.
+        if replace:
+            return
+        raise UsageError(f"{url} exists (a damaged s3sync manifest): adopt never overwrites a manifest unless "
+                         "asked", hint="pass --replace to replace it")
     if held.generation is None:
         raise StoreError(f"{url} exists and is not a valid s3sync manifest: never overwritten",
                          hint="remove that object if it is yours to remove, then adopt again")
+    parent, _, last = where.prefix.rpartition("/")
+    if last == held.generation:
+        # s3sync's own parts are a split tar too; replacing the history copy a publish keeps
+        # there (docs/manifest.md) would lose that generation's record (pull refuses it alike).
+        raise UsageError(f"{url} is the history copy of generation {held.generation} of "
+                         f"{Location(where.bucket, parent).url()}: adopt never replaces it",
+                         hint=f"pull {Location(where.bucket, parent).url()} instead (an s3sync dataset already)")
     if not replace:
         raise UsageError(f"{url} exists (generation {held.generation}): adopt never overwrites a manifest "
                          "unless asked", hint="pass --replace to replace it (it is kept as a history copy), or "
@@ -142,12 +161,12 @@ def adopt(location: Location, store: Store, settings: TransferSettings, *, name:
     started = time.monotonic()
     # Checked before anything is read: a prefix that already holds a manifest is refused at once.
     held = read_current(store, location)
-    _refuse_existing(held, location.url(MANIFEST_NAME), replace)
+    _refuse_existing(held, location, replace)
     archive = sources.from_s3(store, location, name)
     where = manifest_location(location, archive)
     if where != location:
         held = read_current(store, where)
-        _refuse_existing(held, where.url(MANIFEST_NAME), replace)
+        _refuse_existing(held, where, replace)
     unverified = tuple(p.name for p in archive.pieces if p.evidence.kind == "none")
     if unverified:
         progress.message(f"warning: {len(unverified)} of {len(archive.pieces)} pieces have no sidecar and no MD5 "
@@ -272,7 +291,8 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
 def _commit(store: Store, where: Location, held: Held, data: bytes, manifest: Manifest, replace: bool) -> None:
     """Write the manifest: ``If-None-Match: *`` where there was none; with ``replace``, the
     old manifest's history copy first, then ``If-Match`` its ETag. Then read back what the
-    server holds (rclone serve s3 ignores both conditions).
+    server holds (rclone serve s3 ignores both conditions); also when the write failed, as
+    it may have been applied with its answer lost: then holding our bytes is success.
 
     Raises:
         StoreError: the manifest changed since it was read (another adopt or publish), or
@@ -291,9 +311,20 @@ def _commit(store: Store, where: Location, held: Held, data: bytes, manifest: Ma
             except PartChangedError:
                 pass  # already there
         store.put(key, data, if_match=held.etag, if_none_match=held.etag is None)
-    except PartChangedError as err:
-        raise StoreError(f"{url} was written by someone else meanwhile; adopt wrote nothing",
-                         hint="run 's3sync ls' on the prefix to see what is there") from err
+    except StoreError as err:
+        # The PUT may have been applied with its answer lost (a reset connection): the
+        # request failed, or a retry of it (botocore's) failed its own condition (412).
+        # What the server holds decides, as for publish's commit.
+        try:
+            now = store.get(key)
+        except S3SyncError:
+            now = None
+        if now != data:
+            if isinstance(err, PartChangedError):
+                raise StoreError(f"{url} was written by someone else meanwhile; adopt wrote nothing",
+                                 hint="run 's3sync ls' on the prefix to see what is there") from err
+            raise
+        return
     try:
         now = store.get(key)
     except S3SyncError as err:

@@ -31,6 +31,10 @@ COMPRESSIONS = ("none", "gzip", "zstd", "bzip2", "xz")
 must not import codecs; tests/unit/test_manifest_v2.py checks that the two agree)."""
 EVIDENCE_KINDS = ("sidecar", "etag-md5", "etag-multipart", "none")
 """``pieces.EVIDENCE_KINDS`` (pieces imports this module, so the tuple is repeated; a test checks it)."""
+METADATA_DIR = ".s3sync"
+"""``archive.METADATA_DIR``: the directory a pull keeps beside the data (repeated: core does not
+import machinery; a test checks that they agree). A ``--no-extract`` pull stores each piece
+under its own name beside it, so no piece may take that name."""
 MAX_KEY_BYTES = 1024
 """S3's longest object key (UTF-8 bytes): a piece name cannot be longer."""
 
@@ -39,6 +43,9 @@ _GENERATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PART_KEY_RE = re.compile(r"(?P<gen>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/part-(?P<n>[0-9]{5,})\.tar\Z")
 GENERATION_RE = _GENERATION_RE
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]*\Z")
+"""A string with no control character (C0, DEL, C1): free text that ``ls`` prints, so that
+a hostile manifest cannot send terminal escape sequences."""
 _HEX_RE = re.compile(r"[0-9a-f]{1,128}(-[0-9]{1,5})?\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
@@ -215,7 +222,7 @@ class Manifest:
         previous = doc.get("previous")
         if previous is not None:
             previous = v.string(doc, "previous", _GENERATION_RE)
-        created = v.string(doc, "created")
+        created = v.string(doc, "created", _PRINTABLE_RE)  # printed by `ls`: no escape sequences
         chunk_size = v.integer(doc, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         stream = v.obj(doc, "stream")
         stream_size = v.integer(stream, "stream.size")
@@ -334,7 +341,7 @@ def _check_consistency(source: str, stream_size: int, stream_digest: str, files:
 
 def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
     """A version 2 part key: a piece's plain name directly under the prefix (no ``/``, no
-    ``..``, not ``manifest.json``, no control character, at most ``MAX_KEY_BYTES`` bytes of
+    ``..``, not ``manifest.json`` or ``.s3sync``, no control character, at most ``MAX_KEY_BYTES`` bytes of
     UTF-8), named once. A hostile manifest cannot make a pull read another prefix's objects,
     or its own manifest, as data.
 
@@ -348,6 +355,10 @@ def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
         raise fail("is not a plain piece name directly under the prefix")
     if key == MANIFEST_NAME:
         raise fail("names the manifest itself")
+    if key == METADATA_DIR:
+        # --no-extract writes each piece under its key into the tree whose .s3sync/ holds the
+        # resume state and the completion marker.
+        raise fail("is the name of the metadata directory a pull keeps beside the pieces")
     if _CONTROL_RE.search(key):
         raise fail("holds a control character")
     try:
@@ -364,7 +375,7 @@ def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
 def _adoption(v: _Validator, doc: dict[str, Any], source: str, parts: int) -> Adoption:
     """The ``adopted`` object of a version 2 manifest: ``source`` and one evidence per part."""
     adopted = v.obj(doc, "adopted")
-    url = v.string(adopted, "adopted.source")
+    url = v.string(adopted, "adopted.source", _PRINTABLE_RE)  # printed by `ls`
     raw = adopted.get("evidence")
     if not isinstance(raw, list) or len(raw) != parts:
         raise ManifestError(f"{source}: field 'adopted.evidence' must be a list of {parts} entries (one per part)")

@@ -30,6 +30,7 @@ from .codecs import DecodedReader
 from .config import Location, TransferSettings, format_size
 from .engine import ChunkFetcher, OrderedReader
 from .errors import (
+    DamagedArchiveError,
     DamagedDatasetError,
     DestinationError,
     InsufficientSpaceError,
@@ -174,16 +175,23 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         # A compressed stream is decoded from its first byte: its chunks are all fetched again.
         jobs = plan_pull(manifest, 0 if extract and manifest.compressed else offset)
         progress.start("download", manifest.stream_size - (jobs[0].stream_offset if jobs else offset))
+        root = None
         if extract:
             chunks = fetcher.fetch(jobs)
             try:
-                _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready, recorded, fetcher.cancel)
+                root = _extract(manifest, chunks, offset, journal, progress, fetcher.next_ready, recorded,
+                                fetcher.cancel)
             finally:
                 chunks.close()
         else:
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
         _commit(journal, dest, manifest, manifest_bytes)
+        if root is not None:
+            # As GNU tar gives the archive's './' member's mode and mtime to the directory of
+            # -C DIR (an adopted archive made by `tar -C SRC .`): after the rename, through the
+            # tree's open descriptor (the metadata written into the tree moved its mtime).
+            root()
         journal.remove()
     except InsufficientSpaceError as err:
         if err.needed and not offset:
@@ -411,7 +419,7 @@ def _damaged(manifest: Manifest, what: str) -> DamagedDatasetError:
 
 def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress: Progress,
              ready: Callable[[], bool], recorded: _Recorded | None = None,
-             cancel: Callable[[], None] | None = None) -> None:
+             cancel: Callable[[], None] | None = None) -> Callable[[], None] | None:
     """Extract the stream from ``offset``, then check everything the manifest promises.
 
     ``cancel`` stops the fetch: called on an interruption of a compressed stream, whose
@@ -424,8 +432,14 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     skipped; every chunk was still checked against its own digest). Before the first
     check passes, the journal never records the end of the stream.
 
+    Returns:
+        What gives the dataset directory the mode and mtime of the archive's ``./`` member
+        (see ``SafeExtractor.finish_root``), to call after the rename; None if it has none.
+
     Raises:
-        DamagedDatasetError: the stream is not what the manifest promises.
+        DamagedDatasetError: the stream is not what the manifest promises (for a compressed
+            stream: also when it does not decode, or decodes to another size than
+            ``tar_size``: every chunk matched its digest, so the manifest is wrong).
     """
     tar_size = manifest.tar_stream_size
     # The end-of-archive marker: s3sync's own writer always writes both zero blocks; GNU tar
@@ -442,10 +456,17 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
         reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size,
                             ready=ready)
     try:
-        _extract_stream(manifest, reader, stored, decoded, hasher, offset, marker, tar_size, journal, progress,
-                        recorded)
+        return _extract_stream(manifest, reader, stored, decoded, hasher, offset, marker, tar_size, journal,
+                               progress, recorded)
     except (DamagedDatasetError, IntegrityError):
         raise
+    except DamagedArchiveError as err:
+        # Only the decoder raises it, over chunks that each matched their digest: the stored
+        # stream is what adopt read, so the manifest (its compression, tar_size) is wrong.
+        if cancel is not None:
+            cancel()
+        raise _damaged(manifest, f"its {manifest.compression} stream does not decode as the manifest promises "
+                                 f"(tar_size {tar_size}): {err}") from err
     except BaseException:
         if decoded is not None and cancel is not None:
             cancel()  # Ctrl-C, disk full...: the decoding thread may be waiting for a chunk
@@ -457,7 +478,7 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
 
 def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, decoded: DecodedReader | None,
                     hasher: hashing.Hasher | None, offset: int, marker: int, tar_size: int, journal: Journal,
-                    progress: Progress, recorded: _Recorded | None) -> None:
+                    progress: Progress, recorded: _Recorded | None) -> Callable[[], None] | None:
     """The body of ``_extract``: ``reader`` is the tar stream (decoded, if ``decoded``)."""
     if decoded is not None and offset:
         reader.seek(offset)
@@ -465,6 +486,8 @@ def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, de
             raise _damaged(manifest, f"the decompressed stream ends at byte {reader.tell()}, before the resume "
                                      f"point {offset}")
     extractor = archive.SafeExtractor(journal.tree_path, shown=journal.tree)
+    # A resumed run starts past the './' member: an earlier run kept its mode and mtime.
+    kept_root = _load_root(journal) if offset else None
     progress.start("extract", manifest.extracted_size)
     # On resume, earlier runs' members, read back once by pull() (``_read_back``: reading the
     # whole index costs ~5 % of a pull of 100,000 tiny files, so only then).
@@ -480,13 +503,17 @@ def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, de
     end = offset  # where the member after the last one extracted starts: the end-of-archive marker
 
     def on_member(next_offset: int, record: archive.MemberRecord) -> None:
-        nonlocal end
+        nonlocal end, kept_root
         if next_offset + marker > tar_size:
             # Checked before the journal records it: the end of the stream is recorded
             # only once every check has passed, so a rerun never skips them.
             raise _damaged(manifest, f"the stream ends at byte {tar_size}, too soon after tar member "
                                      f"{record.path!r} (byte {next_offset}) for the end-of-archive marker; "
                                      "a part may be missing")
+        if extractor.root_record is not None and kept_root is None:
+            # Saved before the journal's checkpoint can move past the './' member.
+            kept_root = extractor.root_record
+            journal.save_state(ROOT_STATE, json.dumps([kept_root.mode, kept_root.mtime]).encode())
         journal.add(record)
         journal.checkpoint(next_offset)
         end = next_offset
@@ -525,6 +552,25 @@ def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, de
     journal.checkpoint(manifest.stream_size, force=True)
     extractor.finish_dirs(dirs)
     progress.finish("extract")
+    if extractor.root_record is not None:
+        return extractor.finish_root
+    if kept_root is not None:
+        return lambda: extractor.finish_root(kept_root)
+    return None
+
+
+ROOT_STATE = "root.json"
+"""Resume state of a pull: ``[mode, mtime]`` of the archive's ``./`` member (seconds)."""
+
+
+def _load_root(journal: Journal) -> archive.MemberRecord | None:
+    """The ``./`` member an earlier run of this pull saw (``ROOT_STATE``), or None."""
+    raw = journal.load_state(ROOT_STATE)
+    try:
+        mode, mtime = json.loads(raw) if raw else (None, None)
+        return None if mode is None else archive.MemberRecord(".", "dir", 0, int(mode) & 0o777, int(mtime))
+    except (ValueError, TypeError):
+        return None
 
 
 def _check_end(manifest: Manifest, reader, end: int, marker: int = END_OF_ARCHIVE, size: int | None = None) -> None:

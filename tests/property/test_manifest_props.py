@@ -48,7 +48,8 @@ def manifests(draw: st.DrawFn) -> Manifest:
     extracted_size = draw(st.integers(min_value=0, max_value=stream_size - 1024 - members * 512)) if members else 0
     files = draw(st.integers(min_value=1 if extracted_size else 0, max_value=members))
     return Manifest(
-        name=draw(names), generation=gen, created=draw(st.text(min_size=1, max_size=30)),
+        name=draw(names), generation=gen, created=draw(st.text(st.characters(blacklist_categories=("Cc",)),
+                                                                    min_size=1, max_size=30)),
         chunk_size=chunk_size, stream_size=stream_size, stream_digest=stream_digest,
         files=files, extracted_size=extracted_size, members=members, parts=tuple(parts),
     )

@@ -46,6 +46,11 @@ def test_compressions_and_evidence_kinds_agree_with_codecs_and_pieces() -> None:
     assert manifest.EVIDENCE_KINDS == pieces.EVIDENCE_KINDS
 
 
+def test_the_metadata_directory_name_agrees_with_archive() -> None:
+    from s3sync import archive
+    assert manifest.METADATA_DIR == archive.METADATA_DIR
+
+
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 def test_a_version_2_manifest_round_trips(compression: str) -> None:
     # Uncompressed: the tar stream is the stored one; extracted_size may exceed it (sparse files).
