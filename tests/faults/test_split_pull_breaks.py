@@ -362,7 +362,7 @@ def test_signal_to_the_command_mid_split_pull_then_rerun(kit, sig, compress):
         whole = kit.tmp / "a.tar.gz"
     _upload_pieces(kit, whole, 4)
     dest = kit.tmp / "dest"
-    kit.proxy.throttle_bps = 512 * KiB
+    kit.proxy.throttle_bps = 256 * KiB  # the pull must still be running when the signal lands
     proc = kit.cli("pull", f"s3://{kit.bucket}/ds", dest, "--endpoint-url", kit.proxy.url)
     journal = dest / ".ds.s3sync-partial" / "journal.json"
 
