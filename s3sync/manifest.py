@@ -329,6 +329,13 @@ def _check_consistency(source: str, stream_size: int, stream_digest: str, files:
     if least > stream_size:
         raise fail(f"{members} members ({TAR_BLOCK}-byte headers), {extracted_size} bytes of file data and the "
                    f"end-of-archive marker need at least {least} bytes, but stream.size is {stream_size}")
+    _check_digests(fail, parts, stream_digest)
+
+
+def _check_digests(fail, parts: list[PartEntry], stream_digest: str) -> None:
+    """The digest rules every manifest obeys, whoever wrote its tar stream: an empty part has
+    the digest of no bytes, a one-chunk part that chunk's digest, a one-part stream that
+    part's digest."""
     for i, part in enumerate(parts):
         if part.size == 0 and part.digest != _EMPTY_DIGEST:
             raise fail(f"parts[{i}] is empty but its digest is not the digest of no bytes")
@@ -425,14 +432,7 @@ def _check_adopted(source: str, stream_size: int, stream_digest: str, tar_size: 
                    f"{least} bytes, but tar_size is {tar_size}")
     if not stream_size:
         raise fail("stream.size is 0: an archive has at least one byte")
-    for i, part in enumerate(parts):
-        if part.size == 0 and part.digest != _EMPTY_DIGEST:
-            raise fail(f"parts[{i}] is empty but its digest is not the digest of no bytes")
-        if len(part.chunks) == 1 and part.chunks[0] != part.digest:
-            raise fail(f"parts[{i}] is one chunk, but its digest differs from that chunk's")
-    full = [part for part in parts if part.size]
-    if len(full) == 1 and full[0].digest != stream_digest:
-        raise fail("the stream is a single part, but stream.digest differs from that part's digest")
+    _check_digests(fail, parts, stream_digest)
 
 
 class _Validator:
