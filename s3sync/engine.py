@@ -413,6 +413,12 @@ class WindowedReader:
         self._pos += len(w)
         return w
 
+    def rest(self) -> Iterator[memoryview]:
+        """The stream from the position on, as successive windows (each consumed and valid
+        until the next is requested): what a decoder reads."""
+        while view := self.next_view():
+            yield view
+
     def drain(self) -> int:
         """Read to the end of the stream (every check still runs); return bytes skipped."""
         skipped = 0
