@@ -51,6 +51,7 @@ from .manifest import (
 from .pieces import Piece, SplitArchive, describe
 from .progress import NullProgress, Progress
 from .publish import Held, new_generation, read_current
+from .pull import Tally
 from .splitpull import (
     CheckedPiece,
     CheckedPieces,
@@ -197,13 +198,6 @@ def adopt(location: Location, store: Store, settings: TransferSettings, *, name:
                        held.generation, unverified, read.received)
 
 
-@dataclass(slots=True)
-class _Tally:
-    members: int = 0
-    files: int = 0
-    extracted_size: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Read:
     """What reading the archive once established: the compression, the tar stream's size
@@ -212,7 +206,7 @@ class _Read:
 
     codec: str
     tar_size: int
-    tally: _Tally
+    tally: Tally
     known: dict[int, CheckedPiece]
     stream_digest: str
     received: int
@@ -233,9 +227,9 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
                          + describe(p.evidence) + (f": {piece.computed}, matches" if piece.verified else ""))
 
     chunks = piece_chunks(fetcher, archive, store, jobs, settings, progress)
-    checked = CheckedPieces(archive, chunks, chunk_size, {}, on_checked, lambda: (0, 0))
+    checked = CheckedPieces(archive, chunks, chunk_size, {}, on_checked, lambda: (0, 0), stream_digest=True)
     checked.check_empty_pieces()
-    tally = _Tally()
+    tally = Tally()
     stored, decoded, reader = open_tar(archive, checked, codec, 0, fetcher.next_ready if archive.ranges else None)
     scanner = tar.ArchiveScanner()
     end = 0
@@ -243,10 +237,7 @@ def _read(archive: SplitArchive, store: Store, settings: TransferSettings, progr
     def on_member(next_offset: int, record: tar.MemberRecord) -> None:
         nonlocal end
         end = next_offset
-        tally.members += 1
-        if record.kind == "file":
-            tally.files += 1
-            tally.extracted_size += record.size
+        tally.add(record)
 
     try:
         try:

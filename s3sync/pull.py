@@ -265,8 +265,9 @@ def prepare_destination(dest_parent: Path, name: str, identity: bytes, generatio
 
 
 @dataclass(slots=True)
-class _Tally:
-    """What the extracted stream held: members, regular files and their bytes."""
+class Tally:
+    """What an extracted (or scanned) tar stream held: members, regular files and their
+    bytes. Shared by ``pull``, ``splitpull`` and ``adopt``."""
 
     members: int = 0
     files: int = 0
@@ -285,7 +286,7 @@ class _Recorded:
     directories (modes and mtimes are applied at the end), and the first member no longer
     in the staging tree as recorded (None if all are)."""
 
-    seen: _Tally
+    seen: Tally
     dirs: list[archive.MemberRecord]
     gone: str | None = None
 
@@ -301,7 +302,7 @@ def read_back(journal: Journal) -> _Recorded:
     """
     kinds = {"file": stat.S_ISREG, "hardlink": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}
     root = os.fspath(journal.tree_path)  # the tree this journal opened, wherever it is now
-    recorded = _Recorded(_Tally(), [])
+    recorded = _Recorded(Tally(), [])
     try:
         for rec in journal.records():
             recorded.seen.add(rec)
@@ -395,15 +396,6 @@ class RecordingReader:
         self._inner.before_next_chunk = hook
 
 
-def _stored_views(stored: OrderedReader) -> Iterator[memoryview]:
-    """The stored stream as successive views (for a decoder), from its current position."""
-    while True:
-        view = stored.next_view()
-        if not view:
-            return
-        yield view
-
-
 def _hashed(chunks: Iterator[tuple[ChunkJob, memoryview]], hasher: hashing.Hasher
             ) -> Iterator[tuple[ChunkJob, memoryview]]:
     """Pass ``chunks`` through, feeding each one to ``hasher`` as it is handed over (in
@@ -450,7 +442,7 @@ def _extract(manifest: Manifest, chunks, offset: int, journal: Journal, progress
     if manifest.compressed:
         # Read from byte 0 whatever the resume point; seek() decodes and discards up to it.
         stored = OrderedReader(_hashed(chunks, hasher), 0, manifest.stream_size, ready=ready)
-        decoded = DecodedReader(_stored_views(stored), manifest.compression, manifest.parts[0].key)
+        decoded = DecodedReader(stored.rest(), manifest.compression, manifest.parts[0].key)
         reader = RecordingReader(decoded)
     else:
         reader = _TarStream(_hashed(chunks, hasher) if hasher else chunks, offset, manifest.stream_size,
@@ -493,7 +485,7 @@ def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, de
     # whole index costs ~5 % of a pull of 100,000 tiny files, so only then).
     if offset and recorded is None:
         recorded = read_back(journal)
-    seen = recorded.seen if recorded else _Tally()
+    seen = recorded.seen if recorded else Tally()
     dirs: list[archive.MemberRecord] = recorded.dirs if recorded else []  # this run's and earlier runs'
     if offset:
         progress.advance("extract", seen.extracted_size)

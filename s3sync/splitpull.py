@@ -52,7 +52,7 @@ from .manifest import TAR_BLOCK
 from .pieces import Piece, SplitArchive, describe
 from .planning import ChunkJob, chunk_spans
 from .progress import NullProgress, Progress
-from .pull import SPACE_MARGIN, commit, prepare_destination, read_back
+from .pull import SPACE_MARGIN, Tally, commit, prepare_destination, read_back
 from .pull import RecordingReader as _Recording
 from .stores.base import Store
 
@@ -162,8 +162,8 @@ class CheckedPieces:
         on_start: called with a piece's index and that mark as its hashing starts (the
             caller saves it: a resumed run that fails the piece needs it too).
 
-    Each chunk is hashed (MD5 or SHA-256 of its piece, its own XXH3-128, the piece's and
-    the stream's XXH3-128) by a thread of its own while the consumer extracts it: hashlib
+    Each chunk is hashed (MD5 or SHA-256 of its piece, its own XXH3-128, the piece's and,
+    with ``stream_digest``, the stream's XXH3-128) by a thread of its own while the consumer extracts it: hashlib
     and xxhash release the GIL over large buffers, so the digests overlap extraction
     instead of adding to it (``python scripts/bench.py --archive --profile``: MD5 took 30 %
     of the main thread's time when hashed inline). A chunk's buffer is valid only until the
@@ -180,7 +180,8 @@ class CheckedPieces:
     def __init__(self, archive: SplitArchive, chunks: Iterator[tuple[ChunkJob, memoryview]], chunk_size: int,
                  known: dict[int, CheckedPiece], on_checked: Callable[[CheckedPiece], None],
                  mark: Callable[[], tuple[int, int]],
-                 on_start: Callable[[int, tuple[int, int]], None] = lambda i, mark: None) -> None:
+                 on_start: Callable[[int, tuple[int, int]], None] = lambda i, mark: None, *,
+                 stream_digest: bool = False) -> None:
         self.archive = archive
         self._chunks = chunks
         self._chunk_size = chunk_size
@@ -195,8 +196,9 @@ class CheckedPieces:
         self._whole = hashing.Hasher()
         self._chunk_digests: list[str] = []
         self._seen = 0  # bytes of the current piece passed so far
-        self.stream = hashing.Hasher()
-        """XXH3-128 of the stored stream, if it was read from byte 0 (``adopt``)."""
+        self.stream = hashing.Hasher() if stream_digest else None
+        """With ``stream_digest`` (``adopt``, which reads from byte 0): XXH3-128 of the stored
+        stream; a pull has no use for it."""
         self._pool: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[None], int | None] | None = None
         """The hash of the chunk last passed on: its future, and its piece if it is hashed."""
@@ -239,7 +241,8 @@ class CheckedPieces:
 
     def _hash(self, data: memoryview, whole: bool) -> None:
         """In the hashing thread: every digest the chunk feeds (one chunk at a time)."""
-        self.stream.update(data)
+        if self.stream is not None:
+            self.stream.update(data)
         if not whole:
             return
         self._chunk_digests.append(hashing.digest(data))
@@ -413,7 +416,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
         if resumed_mark is not None and unchecked and resumed_mark[0] == unchecked[0]:
             checked.mark_before[unchecked[0]] = resumed_mark[1]  # the piece resumed mid-way
         checked.check_empty_pieces()
-        tally = _Tally.of(recorded)
+        tally = dataclasses.replace(recorded.seen) if recorded else Tally()
         try:
             tar_end = _extract(archive, checked, extractor, codec, read_from, offset, journal, tally, progress,
                                fetcher.next_ready if archive.ranges else None, strip_components,
@@ -473,28 +476,9 @@ def archive_metadata(name: str) -> str:
     return f"{METADATA_DIR}/{name}"
 
 
-@dataclass(slots=True)
-class _Tally:
-    members: int = 0
-    files: int = 0
-    extracted_size: int = 0
-
-    @classmethod
-    def of(cls, recorded) -> _Tally:
-        if recorded is None:
-            return cls()
-        return cls(recorded.seen.members, recorded.seen.files, recorded.seen.extracted_size)
-
-    def add(self, record: MemberRecord) -> None:
-        self.members += 1
-        if record.kind == "file":
-            self.files += 1
-            self.extracted_size += record.size
-
-
 def _extract(archive: SplitArchive, checked: CheckedPieces, extractor: SafeExtractor, codec: str, read_from: int,
              offset: int,
-             journal: Journal, tally: _Tally, progress: Progress, ready, strip_components: int,
+             journal: Journal, tally: Tally, progress: Progress, ready, strip_components: int,
              dirs: list[MemberRecord], cancel: Callable[[], None]) -> int:
     """Extract from ``offset`` (of the tar stream), reading the stored stream from
     ``read_from``; check the end of the archive; read every piece to its end. Returns the
@@ -582,17 +566,8 @@ def open_tar(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
     if codec == "none":
         inner = stored
     else:
-        decoded = inner = DecodedReader((view for _, view in _views(stored)), codec, archive.source)
+        decoded = inner = DecodedReader(stored.rest(), codec, archive.source)
     return stored, decoded, _Recording(inner)
-
-
-def _views(stored: OrderedReader) -> Iterator[tuple[None, memoryview]]:
-    """The stored stream as successive views (for a decoder), from its current position."""
-    while True:
-        view = stored.next_view()
-        if not view:
-            return
-        yield None, view
 
 
 def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress,

@@ -45,7 +45,7 @@ def reused_buffer(archive: SplitArchive, bodies: list[bytes]):
 def checked_of(archive: SplitArchive, bodies: list[bytes]) -> tuple[CheckedPieces, list[int]]:
     seen: list[int] = []
     checked = CheckedPieces(archive, reused_buffer(archive, bodies), CHUNK, {}, lambda p: seen.append(p.index),
-                            lambda: (0, 0))
+                            lambda: (0, 0), stream_digest=True)  # as adopt asks: the stream digest is checked too
     return checked, seen
 
 
