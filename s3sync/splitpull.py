@@ -380,7 +380,7 @@ def pull_split(archive: SplitArchive, dest_parent: Path, store: Store, settings:
                                   min_advance=chunk_size)
                 offset, state, recorded, resumed_mark, root = journal.open(), {}, None, None, None
         _prune(journal)  # also at offset 0: a rewound or reopened journal keeps the tree it had
-        codec = _codec(archive, store, settings)
+        codec = archive_codec(archive, store, settings)
         _preflight(journal.tree, archive, codec, offset, progress)
         starts = piece_starts(archive)
         unchecked = [i for i, p in enumerate(archive.pieces) if i not in state and p.size]
@@ -520,7 +520,7 @@ def _extract(archive: SplitArchive, checked: CheckedPieces, extractor: SafeExtra
             raise DamagedArchiveError(f"{archive.source}: the archive ends inside a tar member (byte {reader.tell()}"
                                       f"{' of the decompressed stream' if decoded else ''}); a piece may be missing"
                                       ) from err
-        _check_end(archive, reader, end, decoded is not None, progress)
+        check_end(archive, reader, end, decoded is not None, progress)
         if decoded is not None:
             decoded.drain()  # to the end of the compressed stream: its last checksum
         tar_size = reader.tell()
@@ -570,7 +570,7 @@ def open_tar(archive: SplitArchive, checked: CheckedPieces, codec: str, read_fro
     return stored, decoded, _Recording(inner)
 
 
-def _check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress,
+def check_end(archive: SplitArchive, reader: _Recording, end: int, compressed: bool, progress: Progress,
                strict: bool = False) -> None:
     """Require tarfile to have stopped at an end-of-archive marker at ``end``: a zero block
     (GNU tar writes two, and accepts one with a warning). tarfile takes the end of the data,
@@ -625,7 +625,7 @@ def _rewind(journal: Journal, checked: CheckedPieces) -> None:
         journal.rewind(mark)
 
 
-def _codec(archive: SplitArchive, store: Store, settings: TransferSettings) -> str:
+def archive_codec(archive: SplitArchive, store: Store, settings: TransferSettings) -> str:
     """Compression of the archive, from the first bytes of its first pieces."""
     head = bytearray()
     for piece in archive.pieces:
@@ -802,11 +802,3 @@ def _save_state(journal: Journal, state: dict[int, CheckedPiece], chunk_size: in
         {"index": c.index, "digest": c.digest, "chunks": list(c.chunks), "computed": c.computed,
          "verified": c.verified} for c in sorted(state.values(), key=lambda c: c.index)]}
     journal.save_state(STATE_NAME, json.dumps(doc).encode())
-
-
-
-
-check_end = _check_end
-"""``_check_end``, for ``adopt``."""
-archive_codec = _codec
-"""``_codec``, for ``adopt``."""
