@@ -70,6 +70,7 @@ from zlib_ng import zlib_ng
 
 from .engine import WindowedReader
 from .errors import DamagedArchiveError, SplitArchiveError
+from .threads import Worker, wait_all
 
 CODECS = ("none", "gzip", "zstd", "bzip2", "xz")
 """Compressions ``detect`` can name and ``DecodedReader`` can decode."""
@@ -471,9 +472,9 @@ class DecodedReader(WindowedReader):
             self._decoder = _ZstdDecoder(self._src, name)
         self._stop = threading.Event()
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
-        self._thread: threading.Thread | None = None
+        self._thread: Worker | None = None
         if self._threaded:
-            self._thread = threading.Thread(target=self._run, name=f"s3sync-decode-{codec}", daemon=True)
+            self._thread = Worker(self._run, f"s3sync-decode-{codec}")
             self._thread.start()
 
     # -- producing decoded pieces
@@ -557,13 +558,19 @@ class DecodedReader(WindowedReader):
         """
         self._stop.set()
         if self._thread is not None:
-            while self._thread.is_alive():
-                try:  # make room, so that a thread waiting to hand over a piece sees the stop
+            def make_room() -> None:  # a thread waiting to hand over a piece then sees the stop
+                try:
                     self._queue.get_nowait()
                 except queue.Empty:
                     pass
-                self._thread.join(timeout=0.05)
-            self._thread = None
+            # through Ctrl-C too: closing ``blocks`` while the thread reads it would fail
+            thread, self._thread = self._thread, None
+            try:
+                wait_all([thread], poll_s=0.05, between=make_room)
+            finally:
+                self._cur = memoryview(b"")
+                self._src.close()
+            return
         self._cur = memoryview(b"")
         self._src.close()
 

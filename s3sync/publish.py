@@ -49,6 +49,7 @@ from .partwriter import PartWriter, Pipe
 from .planning import upload_part_size
 from .progress import NullProgress, Progress
 from .stores.base import ObjectInfo, Store
+from .threads import Worker, wait_all
 
 _UPLOADERS = 2
 
@@ -123,10 +124,10 @@ class _LeaseKeeper:
     def __init__(self, store: Store, key: str, body: bytes, refresh_s: float) -> None:
         self._store, self._key, self._body, self._refresh_s = store, key, body, refresh_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="s3sync-lease", daemon=True)
+        self._worker = Worker(self._run, "s3sync-lease")
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._refresh_s):
@@ -136,9 +137,14 @@ class _LeaseKeeper:
                 continue
 
     def stop(self) -> None:
+        """Stop refreshing and wait until a refresh in flight has ended (through Ctrl-C too:
+        a lease PUT landing after the lease's removal would leave it behind).
+
+        Raises:
+            KeyboardInterrupt: once the thread has ended, if one arrived while waiting.
+        """
         self._stop.set()
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.2)
+        wait_all([self._worker])
 
 
 def _remove_own(store: Store, location: Location, generation: str) -> list[str]:
@@ -299,10 +305,9 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
 
     # Two uploaders: the next part starts uploading while the server completes the
     # previous one (CompleteMultipartUpload assembles the part; rclone copies it whole).
-    threads = [threading.Thread(target=uploader, name=f"s3sync-upload-{i}", daemon=True)
-               for i in range(_UPLOADERS)]
-    for thread in threads:
-        thread.start()
+    uploaders = [Worker(uploader, f"s3sync-upload-{i}") for i in range(_UPLOADERS)]
+    for worker in uploaders:
+        worker.start()
     progress.start("upload", estimate)
     writer = PartWriter(settings.part_size, settings.chunk_size,
                         start_part=lambda i, pipe: work.put((i, pipe)),
@@ -317,9 +322,15 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             if not errors or not isinstance(err, Interrupted):
                 raise
         finally:
-            for thread in threads:
+            for _ in uploaders:
                 work.put(None)
-            _join_uploaders(threads, failed)
+            # The main thread spends most of a publish here, waiting for the last parts, so
+            # this is where a signal usually lands. It stops the uploads (``failed``) but the
+            # wait goes on: removing this generation's objects while an upload is in flight
+            # would let it complete its part afterwards, after the lease is gone, and a part
+            # without a lease is never removed by a later publish. An upload whose part was
+            # fully handed over completes; the others stop at their next read and abort.
+            wait_all(uploaders, on_interrupt=failed.set)
         if errors:
             err = errors[0]
             if isinstance(err, (S3SyncError, KeyboardInterrupt)):
@@ -355,8 +366,15 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         if latest.etag != base.etag:
             raise _Lost(latest.generation)
     except BaseException as err:
+        # A signal landing before the wait above (in work.put) skipped it: no removal while
+        # an upload may still complete its part (it would outlive its lease; see wait_all).
+        failed.set()
+        try:
+            wait_all(uploaders)
+            keeper.stop()
+        except KeyboardInterrupt:
+            pass  # a second signal: ``err`` is already on its way out; the waits went on
         heads.shutdown(wait=True, cancel_futures=True)
-        keeper.stop()
         for line in _remove_own(store, location, generation):
             progress.message(line)
         if isinstance(err, _Lost):
@@ -367,31 +385,6 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
         progress.message(warning)
     return result
-
-
-def _join_uploaders(threads: list[threading.Thread], failed: threading.Event) -> None:
-    """Wait until every uploader has stopped, even through Ctrl-C or SIGTERM.
-
-    The main thread spends most of a publish here, waiting for the last parts to upload,
-    so this is where a signal usually lands. It stops the uploads (``failed``) but still
-    waits for them: removing this generation's objects while an upload is in flight would
-    let it complete its part afterwards, after the lease is gone, and a part without a
-    lease is never removed by a later publish. An upload whose part was fully handed over
-    completes; the others stop at their next read and abort their multipart upload.
-
-    Raises:
-        KeyboardInterrupt: once they have stopped, if one arrived while waiting.
-    """
-    interrupt: BaseException | None = None
-    for thread in threads:
-        while thread.is_alive():
-            try:
-                thread.join(timeout=0.2)
-            except KeyboardInterrupt as err:
-                failed.set()
-                interrupt = err
-    if interrupt is not None:
-        raise interrupt
 
 
 class _Lost(Exception):

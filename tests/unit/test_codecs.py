@@ -263,10 +263,10 @@ def test_close_ends_the_decoding_thread_and_closes_the_blocks(payload: bytes) ->
 
     reader = DecodedReader(endless(), "gzip", "p.gz")
     assert reader.read(10) == payload[:10]
-    thread = reader._thread
-    assert thread is not None and thread.is_alive()
+    worker = reader._thread
+    assert worker is not None and not worker.done.is_set()
     reader.close()
-    assert not thread.is_alive()
+    assert worker.done.is_set()
     assert closed.is_set()
 
 
