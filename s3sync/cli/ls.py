@@ -1,0 +1,173 @@
+"""``s3sync ls``: list dataset names, or summarise one manifest or archive."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import catalog
+from ..config import Settings, format_size
+from ..errors import NotFoundError
+from ..ui import UI
+from .common import EXIT_OK, plural, store_for
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``ls`` sub-command to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest "
+                                                    "(-v: also history generations and leftovers of publishes)")
+    p.add_argument("source", metavar="SOURCE", nargs="?")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    if args.source is None:
+        rows = []
+        docs = []
+        for name, entry, loc in catalog.names(settings):
+            rows.append([name, entry.title if entry else "", format_size(entry.approx_size) if entry and entry.approx_size else "",
+                         f"{entry.approx_files:,}" if entry and entry.approx_files else "",
+                         loc.url() if loc else "(set S3SYNC_BUCKET)", entry.licence if entry else ""])
+            docs.append({"name": name, "title": entry.title if entry else None,
+                         "url": loc.url() if loc else None, "licence": entry.licence if entry else None,
+                         "approx_size": (entry.approx_size or None) if entry else None,
+                         "approx_files": (entry.approx_files or None) if entry else None})
+        if ui.as_json:
+            ui.emit_json({"command": "ls", "datasets": docs})
+        else:
+            ui.table("datasets", ["name", "title", "size", "files", "location", "licence"], rows)
+        return EXIT_OK
+    from ..pull import fetch_manifest
+
+    resolved = catalog.resolve(args.source, settings)
+    store = store_for(settings, resolved.location.bucket)
+    found = None
+    try:
+        try:
+            m, _ = fetch_manifest(store, resolved.location)
+        except NotFoundError as err:
+            if err.manifest_missing:
+                from ..sources import from_s3
+
+                try:
+                    archive = from_s3(store, resolved.location, resolved.name)
+                except NotFoundError:
+                    archive = None
+                if archive is not None:  # the pieces of an archive s3sync did not publish
+                    return _ls_split(archive, store, settings, ui)
+            if not args.verbose or err.bucket_missing:
+                raise
+            # Nothing committed: what a first publish, running or dead, left is still worth showing.
+            found = _survey(store, resolved.location, None)
+            if not found.leftovers and not found.history:
+                raise
+            return _ls_uncommitted(resolved.location, found, ui)
+        if args.verbose:
+            found = _survey(store, resolved.location, m.generation)
+    finally:
+        store.close()
+    if ui.as_json:
+        doc = {"command": "ls", "url": resolved.location.url(), "name": m.name, "generation": m.generation,
+               "previous": m.previous, "created": m.created, "hash": m.hash, "chunk_size": m.chunk_size,
+               "stream_size": m.stream_size, "files": m.files, "extracted_size": m.extracted_size,
+               "members": m.members,
+               "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts],
+               "version": m.version, "compression": m.compression, "tar_size": m.tar_stream_size,
+               "adopted": m.adopted.source if m.adopted else None}
+        if found is not None:
+            doc.update(_survey_json(found))
+        ui.emit_json(doc)
+    else:
+        ui.kv([("url", resolved.location.url()), ("name", m.name), ("generation", m.generation),
+               ("created", m.created), ("files", f"{m.files:,}"),
+               ("extracted", f"{format_size(m.extracted_size)} ({m.extracted_size:,} bytes)"),
+               ("stream", f"{format_size(m.stream_size)} in {plural(len(m.parts), 'part')}, "
+                          f"{plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
+               ("hash", m.hash)]
+              + ([("adopted", f"from {m.adopted.source} (format version {m.version}; pieces in place)"),
+                  ("compression", m.compression)] if m.adopted else []))
+        if found is not None:
+            for line in _survey_lines(found):
+                ui.line(line)
+    return EXIT_OK
+
+
+def _ls_split(archive: Any, store: Any, settings: Settings, ui: UI) -> int:
+    """``ls`` of a prefix (or object) holding an archive s3sync did not publish: its pieces,
+    their evidence and the compression (one 512-byte read), as a pull would see them."""
+    from ..pieces import describe
+    from ..splitpull import archive_codec
+
+    codec = archive_codec(archive, store, settings.transfer)
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": archive.source, "kind": "split-archive", "name": archive.name,
+                      "codec": codec, "stream_size": archive.size,
+                      "pieces": [{"name": p.name, "url": p.url, "size": p.size, "etag": p.etag,
+                                  "evidence": p.evidence.kind, "algorithm": p.evidence.algorithm,
+                                  "expected": p.evidence.expected, "source": p.evidence.source}
+                                 for p in archive.pieces]})
+        return EXIT_OK
+    unverified = sum(p.evidence.kind == "none" for p in archive.pieces)
+    ui.kv([("url", archive.source), ("name", archive.name),
+           ("kind", "an archive s3sync did not publish: 's3sync pull' extracts it, 's3sync adopt' makes it a dataset"),
+           ("compression", codec if codec != "none" else "none (a plain tar)"),
+           ("size", f"{format_size(archive.size)} in {plural(len(archive.pieces), 'piece')}"
+                    + (f"; {unverified} without a checksum: a pull cannot verify them" if unverified else ""))])
+    ui.table("pieces", ["piece", "size", "evidence"],
+             [[p.name, format_size(p.size), describe(p.evidence)] for p in archive.pieces])
+    return EXIT_OK
+
+
+def _survey(store: Any, location: Any, current: str | None) -> Any:
+    """``ls -v``'s survey of history generations and leftovers, leases judged by the server's
+    clock (the Date of a HEAD of the bucket), as publish judges them."""
+    from ..leftovers import survey
+
+    store.check_bucket()
+    return survey(store, location, current, now=store.server_time())
+
+
+def _survey_json(found: Any) -> dict[str, Any]:
+    """``ls -v --json``: the history generations and leftovers of a survey."""
+    return {
+        "history": [{"generation": g.name, "objects": len(g.objects), "size": g.size} for g in found.history],
+        "leftovers": [{"generation": g.name, "state": g.state, "alive": g.alive,
+                       "host": g.lease.host if g.lease else None, "pid": g.lease.pid if g.lease else None,
+                       "objects": len(g.objects), "size": g.size,
+                       "incomplete_uploads": [u.key for u in g.uploads]} for g in found.leftovers],
+    }
+
+
+def _ls_uncommitted(location: Any, found: Any, ui: UI) -> int:
+    """``ls URL -v`` where no manifest was ever committed, but publishes left objects."""
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": location.url(), "name": None, "generation": None,
+                      **_survey_json(found)})
+    else:
+        ui.kv([("url", location.url()), ("generation", "none committed (no manifest.json)")])
+        for line in _survey_lines(found):
+            ui.line(line)
+    return EXIT_OK
+
+
+def _survey_lines(found: Any) -> list[str]:
+    """``ls -v``: one tab-separated line per history generation and leftover."""
+    lines = []
+    for g in found.history:
+        lines.append(f"history\t{g.name}\t{plural(len(g.objects), 'object')}, {format_size(g.size)}")
+    states = {"running": "running", "live": "live (lease not expired)", "dead": "dead", "expired": "expired",
+              "unleased": "no lease"}
+    for g in found.leftovers:
+        who = f" on {g.lease.host} pid {g.lease.pid}" if g.lease else ""
+        state = states.get(g.state, g.state) + who
+        if not g.alive:
+            state += ", removed by the next publish"
+        uploads = f", {plural(len(g.uploads), 'incomplete multipart upload')}" if g.uploads else ""
+        kind = "publishing" if g.alive and g.lease is not None else "leftover"
+        lines.append(f"{kind}\t{g.name}\t{state}\t{plural(len(g.objects), 'object')}, "
+                     f"{format_size(g.size)}{uploads}")
+    if not found.leftovers:
+        lines.append("leftovers\tnone")
+    return lines
+
+

@@ -1,0 +1,155 @@
+"""``s3sync pull``: download, verify and extract a dataset or a split archive."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .. import catalog
+from ..config import Settings, format_size
+from ..errors import NotFoundError, UsageError
+from ..manifest import NAME_RULE, valid_name
+from ..ui import UI
+from .common import EXIT_OK, plural, store_for
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``pull`` sub-command to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("pull", parents=[common], help="download, verify and extract a dataset, or a split archive")
+    p.add_argument("source", metavar="SOURCE", nargs="+",
+                   help="dataset name, s3://BUCKET/PREFIX (a dataset, or the pieces of an archive), s3://BUCKET/KEY "
+                        "(one archive), or the http(s):// URLs of an archive's pieces")
+    p.add_argument("dest_parent", metavar="DEST_PARENT", type=Path, help="the dataset lands in DEST_PARENT/NAME")
+    p.add_argument("--name", help="dataset name (default: the manifest's; for an archive, the prefix's last "
+                                  "component or the first piece's name less its suffixes)")
+    p.add_argument("--strip-components", type=int, default=0, metavar="N",
+                   help="archives: drop N leading components of member names, as GNU tar does")
+    p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..pull import pull
+
+    if args.name is not None and not valid_name(args.name):
+        raise UsageError(f"--name {args.name!r} is not a valid dataset name", hint=NAME_RULE)
+    if args.strip_components < 0:
+        raise UsageError(f"--strip-components {args.strip_components}: must be 0 or more")
+    web = [s for s in args.source if s.startswith(("http://", "https://"))]
+    if web:
+        if len(web) != len(args.source):
+            raise UsageError("give either http(s):// URLs of pieces or one dataset name or s3:// URL",
+                             hint="run 's3sync pull --help' for usage")
+        return _pull_split_urls(args, settings, ui)
+    if len(args.source) > 1:
+        raise UsageError(f"{len(args.source)} sources given: pull takes one dataset name or s3:// URL "
+                         "(several sources only as http(s):// URLs of an archive's pieces)",
+                         hint="run 's3sync pull --help' for usage")
+    resolved = catalog.resolve(args.source[0], settings)
+    store = store_for(settings, resolved.location.bucket)
+    progress = ui.progress()
+    try:
+        try:
+            result = pull(resolved.location, args.name or resolved.name, args.dest_parent.expanduser(), store,
+                          settings.transfer, extract=not args.no_extract, progress=progress)
+        except NotFoundError as err:
+            if not err.manifest_missing:
+                raise
+            if args.no_extract:
+                raise UsageError(f"{resolved.location.url()} holds no s3sync manifest: --no-extract applies only to "
+                                 "s3sync datasets", hint="drop --no-extract to pull and extract the archive") from err
+            from ..sources import from_s3
+
+            archive = from_s3(store, resolved.location, args.name or resolved.name)
+            return _pull_split(archive, store, args, settings, ui, progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+        store.close()
+    if args.strip_components:
+        ui.info("warning: --strip-components applies only to archives; ignored for an s3sync dataset")
+    m = result.manifest
+    if ui.as_json:
+        ui.emit_json({"command": "pull", "url": resolved.location.url(), "dest": str(result.dest),
+                      "generation": m.generation, "files": m.files, "extracted_size": m.extracted_size,
+                      "stream_size": m.stream_size, "bytes_received": result.bytes_received,
+                      "resumed_from": result.resumed_from, "retries": result.retries,
+                      "up_to_date": result.up_to_date, "elapsed_s": round(result.elapsed_s, 3)})
+    elif result.up_to_date:
+        ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
+    else:
+        rate = m.stream_size / max(result.elapsed_s, 1e-6)
+        resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
+        what = (f"{plural(len(m.parts), 'part file')}, {format_size(m.stream_size)} (not extracted)" if args.no_extract
+                else f"{plural(m.files, 'file')}, {format_size(m.extracted_size)}")
+        ui.info(f"pulled {result.dest.name} into {result.dest}: {what}, "
+                f"{format_size(result.bytes_received)} received, {plural(result.retries, 'retry', 'retries')}{resumed}, "
+                f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
+    return EXIT_OK
+
+
+def _pull_split_urls(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..sources import from_urls
+    from ..stores.http import HttpStore
+
+    if args.no_extract:
+        raise UsageError("--no-extract applies only to s3sync datasets, not to http(s) archives")
+    store = HttpStore(settings.transfer)
+    progress = ui.progress()
+    try:
+        archive = from_urls(store, args.source, args.name)
+        return _pull_split(archive, store, args, settings, ui, progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+        store.close()
+
+
+def _pull_split(archive: Any, store: Any, args: argparse.Namespace, settings: Settings, ui: UI,
+                progress: Any) -> int:
+    """Pull a split archive (sources.from_s3 / from_urls) and report it."""
+    from ..pieces import describe
+    from ..splitpull import pull_split
+
+    result = pull_split(archive, args.dest_parent.expanduser(), store, settings.transfer,
+                        strip_components=args.strip_components, progress=progress)
+    pieces = archive.pieces
+    unverified = [p for p in pieces if p.evidence.kind == "none"]
+    if ui.as_json:
+        ui.emit_json({"command": "pull", "url": archive.source, "dest": str(result.dest), "kind": "split-archive",
+                      "codec": result.codec, "files": result.files, "members": result.members,
+                      "extracted_size": result.extracted_size, "stream_size": archive.size,
+                      "bytes_received": result.bytes_received, "resumed_from": result.resumed_from,
+                      "retries": result.retries, "up_to_date": result.up_to_date,
+                      "elapsed_s": round(result.elapsed_s, 3),
+                      "pieces": [{"name": p.name, "url": p.url, "size": p.size, "etag": p.etag,
+                                  "evidence": p.evidence.kind, "algorithm": p.evidence.algorithm,
+                                  "expected": p.evidence.expected, "source": p.evidence.source,
+                                  "verified": p.evidence.kind != "none"} for p in pieces]})
+        return EXIT_OK
+    if result.up_to_date:
+        ui.info(f"{result.dest} is already complete; nothing to do")
+        return EXIT_OK
+    kinds: dict[str, int] = {}
+    for p in pieces:
+        if p.evidence.kind != "none":
+            label = describe(p.evidence).split(" from ")[0]
+            kinds[label] = kinds.get(label, 0) + 1
+    summary = ", ".join(f"{n} by {label}" for label, n in kinds.items())
+    rate = archive.size / max(result.elapsed_s, 1e-6)
+    resumed = f", resumed at byte {result.resumed_from:,}" if result.resumed_from else ""
+    ui.info(f"pulled {archive.name} into {result.dest}: {plural(result.files, 'file')}, "
+            f"{format_size(result.extracted_size)} from {plural(len(pieces), 'piece')} "
+            f"({result.codec if result.codec != 'none' else 'uncompressed'} tar), "
+            f"{format_size(result.bytes_received)} received{resumed}, {result.elapsed_s:.1f}s "
+            f"({format_size(rate)}/s)")
+    if len(unverified) == len(pieces):
+        ui.info(f"warning: the bytes were NOT verified: no piece has a sidecar checksum or an ETag that is an MD5 "
+                f"({unverified[0].evidence.source})")
+    else:
+        ui.info(f"verified {len(pieces) - len(unverified)} of {plural(len(pieces), 'piece')}: {summary}"
+                + (f"; warning: {len(unverified)} NOT verified ({', '.join(p.name for p in unverified[:3])}"
+                   f"{', ...' if len(unverified) > 3 else ''}: {unverified[0].evidence.source})" if unverified
+                   else ""))
+    return EXIT_OK
+
+

@@ -1,0 +1,91 @@
+"""``s3sync verify``: re-hash a pulled dataset and name what differs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings, format_size
+from ..errors import VerifyFailed, VerifyIncomplete
+from ..ui import UI
+from .common import EXIT_OK, plural
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``verify`` sub-command to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("verify", parents=[common], help="re-hash a pulled dataset and name what differs")
+    p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..verify import verify
+
+    progress = ui.progress()
+    try:
+        result = verify(args.dir.expanduser(), settings.transfer.concurrency, progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+    if ui.as_json:
+        ui.emit_json({"command": "verify", "dir": str(result.dest), "name": result.name,
+                      "generation": result.generation, "checked": result.checked,
+                      "checked_bytes": result.checked_bytes, "ok": not result.problems,
+                      "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.problems],
+                      "elapsed_s": round(result.elapsed_s, 3)})
+    else:
+        for p in result.problems:
+            ui.line(f"{p.kind}\t{escape_field(p.path)}\t{escape_field(p.detail)}")
+    if result.problems:
+        # A file published without owner read permission is "unverifiable" to a non-root
+        # user: not a difference, and pulling again cannot change it.
+        unverifiable = {p.path for p in result.problems if p.kind == "unverifiable"}
+        extra = {p.path for p in result.problems if p.kind == "extra"}  # not among the checked entries
+        differ = {p.path for p in result.problems if p.kind not in ("unverifiable", "extra")}
+        if not differ and not extra:
+            raise VerifyIncomplete(f"{result.dest}: {len(unverifiable)} of {result.checked} entries cannot be read "
+                                   f"back by this user (published without owner read permission); the rest match "
+                                   f"generation {result.generation}")
+        also = (f", and {len(extra)} extra {'entry is' if len(extra) == 1 else 'entries are'} not part of it"
+                if extra else "")
+        raise VerifyFailed(f"{result.dest}: {len(differ)} of {result.checked} entries differ from "
+                           f"generation {result.generation}{also}",
+                           hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
+                                f"it cannot read" if unverifiable else None)
+    ui.info(f"{result.dest}: {plural(result.checked, 'entry', 'entries')}, "
+            f"{format_size(result.checked_bytes)} verified OK "
+            f"({result.elapsed_s:.1f}s)")
+    return EXIT_OK
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_field(text: str) -> str:
+    """``text`` as one tab-free line for verify's plain output (``--json`` keeps raw strings).
+
+    A backslash, tab, newline and carriage return become ``\\\\``, ``\\t``, ``\\n``, ``\\r``;
+    other ASCII control characters ``\\xHH``; a byte of a name that is not UTF-8 (carried
+    as a surrogate escape, PEP 383) ``\\xHH`` too (80-FF: never an ASCII control); any other
+    non-printable character (Unicode categories C and Z but space: U+0085, U+2028,
+    U+200B...) ``\\uHHHH`` or ``\\UHHHHHHHH``. Everything else is kept, so the escaping is
+    reversible and one problem is always one line of three tab-separated fields.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80 or 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code & 0xFF:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
