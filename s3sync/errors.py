@@ -27,6 +27,8 @@ the module that calls the library, with ``raise ... from err``.
     │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── DamagedArchiveError                   a split archive's bytes are not a whole tar (or compressed tar)
+    ├── CaptionsError                         a COCO-model captions file does not parse or does not hold together
+    ├── BuildError                            build: a source is unusable (bad list, checksum mismatch after retries)
     ├── VerifyFailed                          verify found missing or changed files
     │   └── VerifyIncomplete                  nothing differs, but some files only root can read
     └── Interrupted              exit 130     Ctrl-C; resume state flushed
@@ -220,6 +222,21 @@ class DamagedArchiveError(S3SyncError):
     end-of-archive marker (a missing last piece)."""
 
     hint = "the archive at the source is damaged or incomplete; nothing was committed"
+
+
+class CaptionsError(S3SyncError):
+    """A COCO-model captions file (``captions.json``) is not JSON, lacks a field, or does not
+    hold together: an image without a caption, a caption pointing at no image, a duplicate id,
+    a ``file_name`` that does not exist. The message names the file and the first problems."""
+
+    hint = "fix or rebuild the captions file named above"
+
+
+class BuildError(S3SyncError):
+    """``s3sync build`` cannot use a source: a URL list or zip that is missing or malformed,
+    a download whose checksum still differs after its retries, a destination it cannot write."""
+
+    hint = "fix the source named above (or pass another with the options shown by 's3sync build --help')"
 
 
 class VerifyFailed(S3SyncError):
