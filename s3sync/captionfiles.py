@@ -227,7 +227,7 @@ def merge_files(out: Path, sources: Sequence[MergeSource], *, force: bool = Fals
             (a ``file_name`` starting with ``..`` is not one a dataset can hold).
         sources: the inputs, in output order.
         force: replace ``out`` if it exists (never an input).
-        progress: stage ``merge``, counted in input files.
+        progress: stage ``merge``, counted in bytes of input read.
 
     Raises:
         UsageError: no input, ``out`` is an input, exists without ``force``, or its directory
@@ -251,7 +251,7 @@ def merge_files(out: Path, sources: Sequence[MergeSource], *, force: bool = Fals
         raise UsageError(f"{out} exists: not overwritten", hint="pass --force to replace it, or choose another OUT")
     inputs: list[MergeInput] = []
     done: list[MergedInput] = []
-    progress.start("merge", len(sources))
+    progress.start("merge", sum(_size(s.path) for s in sources))
     for src in sources:
         if not src.dataset or not src.dataset.isprintable():
             raise UsageError(f"{src.path}: empty or unprintable dataset tag {src.dataset!r}",
@@ -272,7 +272,7 @@ def merge_files(out: Path, sources: Sequence[MergeSource], *, force: bool = Fals
         got = captions.check(doc, shown, _exists_under(in_dir))
         inputs.append(MergeInput(src.dataset, doc, prefix))
         done.append(MergedInput(src.path, src.dataset, prefix, got.images, got.annotations))
-        progress.advance("merge", 1)
+        progress.advance("merge", len(data))
     merged = captions.merge(inputs)
     total = captions.check(merged, os.fspath(out))  # the merge's own promise: ids unique, counts kept
     assert (total.images, total.annotations) == (sum(d.images for d in done), sum(d.annotations for d in done))
@@ -283,6 +283,14 @@ def merge_files(out: Path, sources: Sequence[MergeSource], *, force: bool = Fals
         raise DestinationError(f"{out}: cannot write ({err.strerror or err})") from err
     progress.finish("merge")
     return MergeResult(out, len(data), tuple(done), total.images, total.annotations, time.monotonic() - started)
+
+
+def _size(path: Path) -> int:
+    """Bytes of ``path`` for the progress total (0 if it cannot be stat-ed: reading it fails later)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _exists_under(root: Path) -> Callable[[str], bool]:

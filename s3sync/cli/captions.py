@@ -78,6 +78,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                                   "images": i.images, "annotations": i.annotations} for i in result.inputs],
                       "elapsed_s": round(result.elapsed_s, 3)})
         return EXIT_OK
+    if ui.quiet:
+        return EXIT_OK
     for i in result.inputs:
         ui.line(f"{i.dataset}\t{plural(i.images, 'image')}\t{plural(i.annotations, 'caption')}\t{i.path}")
     ui.line(f"total\t{plural(result.images, 'image')}\t{plural(result.annotations, 'caption')}\t{result.out}")
