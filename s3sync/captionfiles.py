@@ -71,6 +71,8 @@ def check_tree(src: Path, entries: Sequence[archive._Entry]) -> CaptionsSummary 
     def exists(name: str) -> bool:
         if name in files:
             return True
+        if name.endswith("/"):  # names a directory: no file opens by that name
+            return False
         found = resolve(posixpath.normpath(name), links)
         return found is not None and found in files
 

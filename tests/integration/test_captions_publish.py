@@ -156,3 +156,26 @@ def test_a_broken_captions_file_is_refused_before_any_upload(store, bucket, s3_c
     with pytest.raises(CaptionsError):
         publish(src, "fresh", Location(bucket, "fresh"), store, SMALL)
     assert not [k for k in objects(s3_client, bucket) if k.startswith("fresh/")]
+
+
+def test_file_names_through_symlinks_inside_the_tree_count_as_files(store, bucket, tmp_path: Path) -> None:
+    src = tmp_path / "linked"
+    doc = make_dataset(src, n=4, per_image=1)
+    (src / "imgs").symlink_to("images")  # a directory link, as a dataset reorganised in place
+    (src / "first.jpg").symlink_to(doc["images"][0]["file_name"])
+    doc["images"][1]["file_name"] = doc["images"][1]["file_name"].replace("images/", "imgs/", 1)
+    doc["images"][0]["file_name"] = "first.jpg"
+    doc["images"][2]["file_name"] = "images/./" + doc["images"][2]["file_name"][len("images/"):]
+    (src / "captions-real.json").write_text(json.dumps(doc))
+    (src / "captions.json").unlink()
+    (src / "captions.json").symlink_to("captions-real.json")  # the captions file itself may be a link
+    result = publish(src, "linked", Location(bucket, "linked"), store, SMALL)
+    assert result.manifest.captions == CaptionsSummary("captions.json", 4, 4)
+    pulled = pull(Location(bucket, "linked"), None, tmp_path / "dest", store, SMALL)
+    assert verify(pulled.dest).problems == ()
+
+    # A file_name that names a directory (through the link) is not a file.
+    doc["images"][3]["file_name"] = "imgs/"
+    (src / "captions-real.json").write_text(json.dumps(doc))
+    with pytest.raises(CaptionsError, match="file_name 'imgs/' does not exist"):
+        publish(src, "linked", Location(bucket, "linked"), store, SMALL)
