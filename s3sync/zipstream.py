@@ -45,7 +45,13 @@ from pathlib import Path
 
 from .config import TransferSettings
 from .engine import ChunkFetcher
-from .errors import BuildError, DamagedArchiveError, IntegrityError, S3SyncError, UnsafeArchiveError
+from .errors import (
+    BuildError,
+    DamagedArchiveError,
+    IntegrityError,
+    S3SyncError,
+    UnsafeArchiveError,
+)
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 
