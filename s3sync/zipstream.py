@@ -403,6 +403,11 @@ class _Tree:
         self.root = root
         self.url = url
         self._dirs: set[str] = set()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BuildError(f"{root}: cannot create the directory ({err.strerror})",
+                             hint="check that DIR is writable") from err
 
     def _mkdirs(self, rel: str) -> None:
         if rel and rel not in self._dirs:
