@@ -104,17 +104,23 @@ def make_site(root: Path, year: int = 2014, train: int = 4, val: int = 3, size: 
         (root / path).write_bytes(buffer.getvalue())
         site.captions[split] = {"info": {"description": f"COCO {year} Dataset", "year": year}, "licenses": licenses,
                                 "images": images, "annotations": annotations}
-    with zipfile.ZipFile(root / paths[2], "w", zipfile.ZIP_DEFLATED) as zf:
+    write_annotations(site)
+    return site
+
+
+def write_annotations(site: Site) -> None:
+    """(Re)write the annotations zip from ``site.captions`` (deflated, as COCO's), then the MD5s."""
+    year = site.year
+    with zipfile.ZipFile(site.zip("annotations"), "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("annotations/", b"")
         for split in ("train", "val"):
             zf.writestr(f"annotations/captions_{split}{year}.json",
                         json.dumps(site.captions[split], ensure_ascii=False, separators=(",", ":")).encode())
         zf.writestr(f"annotations/instances_val{year}.json",
                     json.dumps({"images": [], "annotations": [], "categories": [{"id": i} for i in range(300)]}))
-    for path in paths:
-        site.md5[path] = hashlib.md5((root / path).read_bytes()).hexdigest()
+    for path in site.paths:
+        site.md5[path] = hashlib.md5((site.root / path).read_bytes()).hexdigest()
     site.write_checksums()
-    return site
 
 
 class _Unseekable(io.RawIOBase):

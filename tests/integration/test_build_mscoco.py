@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cocosite import bytes_served, make_site
+from cocosite import bytes_served, make_site, write_annotations
 from httpserver import Fault
 
 from s3sync.builders.mscoco import BUILD_DIR, KNOWN, expected_digests, zip_paths
@@ -184,6 +184,64 @@ def test_a_directory_in_the_way_is_not_replaced(http_server, tmp_path, capsys):
     assert code == 1
     assert "val2014 exists, but no build of val2014.zip made it" in err
     assert (dest / "val2014" / "mine.txt").read_text() == "the user's"
+
+
+def test_a_kill_while_moving_a_verified_zip_into_place_is_finished_by_the_rerun(http_server, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Interrupted after a zip was verified and moved, before its completion record: the rerun
+    finishes the commit from its verified.json without fetching the zip again."""
+    from s3sync.builders import mscoco
+
+    site = make_site(tmp_path / "site")
+    server = http_server(site.root)
+    dest = tmp_path / "coco"
+    real = mscoco.write_atomic
+
+    def crash(path, data, **kw):
+        if path.name == "val2014.zip.json":
+            raise KeyboardInterrupt
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(mscoco, "write_atomic", crash)
+    code, _, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert code == 130, err
+    assert (dest / "val2014").is_dir() and (dest / BUILD_DIR / "val2014.zip" / "verified.json").is_file()
+    monkeypatch.setattr(mscoco, "write_atomic", real)
+    server.requests.clear()
+    code, doc, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert code == 0, err
+    assert server.requests_for(site.paths[1]) == [] and server.requests_for(site.paths[0], "HEAD") == []
+    assert tree_of(dest) == unzipped(site, tmp_path)
+    assert not (dest / BUILD_DIR / "val2014.zip").exists()
+
+
+def test_a_complete_dir_missing_a_file_is_reported(http_server, tmp_path, capsys):
+    site = make_site(tmp_path / "site")
+    server = http_server(site.root)
+    dest = tmp_path / "coco"
+    assert build(capsys, server, dest, "--checksums", str(site.checksums))[0] == 0
+    victim = next((dest / "val2014").iterdir())
+    victim.unlink()
+    code, _, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert code == 1
+    assert f"{victim}: missing or not the size val2014.zip gives it" in err
+    assert "val2014.zip.json" in err  # the hint says what to remove to build it again
+
+
+def test_image_ids_shared_by_train_and_val_are_refused(http_server, tmp_path, capsys):
+    site = make_site(tmp_path / "site")
+    clash = site.captions["train"]["images"][0]["id"]
+    first_val = site.captions["val"]["images"][0]
+    for ann in site.captions["val"]["annotations"]:
+        if ann["image_id"] == first_val["id"]:
+            ann["image_id"] = clash
+    first_val["id"] = clash
+    write_annotations(site)
+    dest = tmp_path / "coco"
+    code, _, err = build(capsys, http_server(site.root), dest, "--checksums", str(site.checksums))
+    assert code == 1
+    assert f"id {clash} is used twice" in err and "captions.json" in err
+    assert not (dest / "captions.json").exists()
 
 
 def test_bad_checksums_file_is_a_usage_error(http_server, tmp_path, capsys):
