@@ -306,6 +306,11 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
     verified = _load_json(staging / "verified.json")
     if verified is not None and _load_json(staging / "state.json") == state:
         return _commit(dest, staging, record_path, name, url, verified, progress)
+    if info.size and not store.accepts_ranges(url):
+        raise BuildError(f"{url}: the server does not answer ranged GETs (Range), which extracting while "
+                         "downloading needs: a zip's central directory is at its end",
+                         hint="use a --mirror that answers them (the COCO site does), or download the zip and "
+                              "unzip it yourself")
     done = _resume_state(staging, state)
     etag_evidence = served_md5 is not None and served_md5 == expected.digest
     stage = _Stage(progress, name)
