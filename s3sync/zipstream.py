@@ -40,6 +40,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,12 +336,55 @@ def _members(infos: list[zipfile.ZipInfo], directory_offset: int, size: int, url
 # ---------------------------------------------------------------------------- streaming
 
 
+class _Digest:
+    """The whole-zip digest, computed by a thread of its own while the main thread writes files.
+
+    hashlib releases the GIL over buffers of 2 KiB and more, so hashing overlaps the writes and
+    the file creations the extraction waits on (measured on 300 MB of 160 KB members: MD5 took
+    0.6 s of the main thread's 2.6 s when hashed inline). Updates run in submission order.
+    ``mark`` snapshots the state at a point of that order (a member's first byte) and
+    ``restore`` goes back to it, so a member that failed its check is hashed again from its
+    good bytes only. The views handed to ``update`` must stay valid until ``drain`` returns:
+    the cursor drains before it asks for the next window (whose buffer may be a reused one).
+    """
+
+    def __init__(self, algorithm: str) -> None:
+        self._hash = hashlib.new(algorithm)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3sync-digest")
+        self._pending: list[Future] = []
+
+    def update(self, view: memoryview) -> None:
+        self._pending.append(self._pool.submit(self._hash.update, view))
+
+    def mark(self) -> Future:
+        """A future of the state once every update submitted so far is done."""
+        return self._pool.submit(self._hash.copy)
+
+    def restore(self, mark: Future) -> None:
+        """Drop every update submitted after ``mark``; later updates continue from its state."""
+        self.drain()
+        self._hash = mark.result().copy()
+
+    def drain(self) -> None:
+        """Wait for every update submitted so far (raising what one raised)."""
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    def hexdigest(self) -> str:
+        self.drain()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Cursor:
     """The zip's bytes in offset order, from windows ``(offset, view)``; every byte consumed
-    is fed to ``hasher`` (if any). Without a hasher, a gap between windows is jumped over by
+    is fed to ``hasher`` (a ``_Digest``, if any). Without a hasher, a gap between windows is jumped over by
     ``skip_to`` (a partial pass reads only some members' ranges)."""
 
-    def __init__(self, windows: Iterator[tuple[int, memoryview]], pos: int, hasher=None) -> None:
+    def __init__(self, windows: Iterator[tuple[int, memoryview]], pos: int, hasher: _Digest | None = None) -> None:
         self._windows = windows
         self.pos = pos
         self._cur = memoryview(b"")
@@ -352,6 +396,8 @@ class _Cursor:
             rel = self.pos - self._cur_start
             if 0 <= rel < len(self._cur):
                 return self._cur[rel:]
+            if self.hasher is not None:
+                self.hasher.drain()  # the current window's buffer may be reused by the next one
             try:
                 offset, view = next(self._windows)
             except StopIteration:
@@ -594,7 +640,7 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
     ranges = [(0, directory.size)] if full else spans(directory, todo)
     fetched = [(a, min(b, directory.tail_offset)) for a, b in ranges if a < directory.tail_offset]
     fetcher = ChunkFetcher(store, lambda key: key, settings, progress, pins={url: etag} if etag else None)
-    hasher = hashlib.new(algorithm) if full else None
+    hasher = _Digest(algorithm) if full else None
 
     def windows() -> Iterator[tuple[int, memoryview]]:
         for job, view in fetcher.fetch(plan_jobs(url, etag, fetched, settings.chunk_size)):
@@ -609,36 +655,42 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
     cur = _Cursor(windows(), ranges[0][0] if ranges else 0, hasher)
     written = refetched = extra = 0
     scratch = memoryview(bytearray(1024 * 1024))
-    for member in todo:
-        cur.skip_to(member.offset)
-        write = member.name not in skip
-        saved = cur.hasher.copy() if cur.hasher is not None else None
-        try:
-            done = _extract_one(cur, member, writer if write else None)
-        except _BadMember as bad:
-            cur.skip_to(member.span_end)
-            progress.message(f"{url}: member {member.name} failed its check ({bad}); fetching it again")
-            done, state, received = _again(store, url, etag, member, writer if write else None, saved, settings,
-                                           scratch, str(bad))
-            cur.hasher = state
-            refetched += 1
-            extra += received
-        if write:
-            written += 1
-            on_member(done)
-    if hasher is not None:
-        cur.skip_to(directory.size)
-    digest = cur.hasher.hexdigest() if cur.hasher is not None else ""
+    try:
+        for member in todo:
+            cur.skip_to(member.offset)
+            write = member.name not in skip
+            saved = hasher.mark() if hasher is not None else None
+            try:
+                done = _extract_one(cur, member, writer if write else None)
+            except _BadMember as bad:
+                cur.skip_to(member.span_end)
+                if hasher is not None and saved is not None:
+                    hasher.restore(saved)  # forget the bad bytes: the member is hashed again from its good ones
+                progress.message(f"{url}: member {member.name} failed its check ({bad}); fetching it again")
+                done, received = _again(store, url, etag, member, writer if write else None, hasher, settings,
+                                        scratch, str(bad))
+                refetched += 1
+                extra += received
+            if write:
+                written += 1
+                on_member(done)
+        if hasher is not None:
+            cur.skip_to(directory.size)
+        digest = hasher.hexdigest() if hasher is not None else ""
+    finally:
+        if hasher is not None:
+            hasher.close()
     return StreamResult(digest, len(todo), written, fetcher.stats.bytes_received + extra, refetched)
 
 
-def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, saved, settings: TransferSettings,
-           scratch: memoryview, first: str) -> tuple[ExtractedMember, object, int]:
-    """Fetch ``member``'s span again (one ranged GET per attempt) until it checks out.
+def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, hasher: _Digest | None,
+           settings: TransferSettings, scratch: memoryview, first: str) -> tuple[ExtractedMember, int]:
+    """Fetch ``member``'s span again (one ranged GET per attempt) until it checks out; its
+    good bytes go to ``hasher`` (whose state is the one before the member), a failed
+    attempt's are taken back.
 
     Returns:
-        ``(extracted, hasher, bytes received)``: ``hasher`` is ``saved`` (a copy, the
-        whole-zip digest's state before the member) fed with the member's good bytes.
+        ``(extracted, bytes received)``.
 
     Raises:
         BuildError: still bad after ``MEMBER_ATTEMPTS`` fetches in all.
@@ -646,10 +698,8 @@ def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, sa
     """
     why, received = first, 0
     for attempt in range(1, MEMBER_ATTEMPTS):
-        state = saved.copy() if saved is not None else None
-        length = member.span_end - member.offset
-
-        pieces = store.read_range_pieces(url, member.offset, length, etag or None, scratch)
+        mark = hasher.mark() if hasher is not None else None
+        pieces = store.read_range_pieces(url, member.offset, member.span_end - member.offset, etag or None, scratch)
 
         def windows() -> Iterator[tuple[int, memoryview]]:
             nonlocal received
@@ -659,8 +709,12 @@ def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, sa
                 yield at, piece
                 at += len(piece)
 
+        cur = _Cursor(windows(), member.offset, hasher)
         try:
-            return _extract_one(_Cursor(windows(), member.offset, state), member, tree), state, received
+            done = _extract_one(cur, member, tree)
+            if hasher is not None:
+                hasher.drain()  # the scratch buffer is reused by the next refetch
+            return done, received
         except _BadMember as bad:
             why = str(bad)
         except S3SyncError as err:
@@ -669,6 +723,8 @@ def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, sa
             why = str(err)
         finally:
             pieces.close()  # the connection goes back to the pool, or is closed now
+        if hasher is not None and mark is not None:
+            hasher.restore(mark)
         time.sleep(random.uniform(0, min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)))
     raise BuildError(f"{url}: member {member.name} (bytes {member.offset:,}-{member.span_end - 1:,}) failed its "
                      f"check in {MEMBER_ATTEMPTS} fetches: {why}",
