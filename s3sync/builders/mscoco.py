@@ -323,6 +323,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
         directory = read_directory(fetch, info.size, url)
         received += info.size - directory.tail_offset
         _check_tops(dest, directory, name)
+        # A member counts as done only if the central directory read now gives it the CRC-32 recorded.
+        done = {m.name: m.crc for m in directory.members if done.get(m.name) == (0 if m.is_dir else m.crc)}
         full = not done or not etag_evidence
         todo = [m for m in directory.members if m.name not in done]
         progress.start(name, directory.size if full else sum(m.span_end - m.offset for m in todo))
@@ -394,9 +396,10 @@ def _commit(dest: Path, staging: Path, record_path: Path, name: str, url: str, v
                       verified["digest"], verified["evidence"])
 
 
-def _resume_state(staging: Path, state: dict) -> set[str]:
-    """Names of the members an earlier run of the same zip extracted (recorded, and present
-    with their sizes); an area left by another zip (other size, ETag or digest) is emptied."""
+def _resume_state(staging: Path, state: dict) -> dict[str, int]:
+    """The members an earlier run of the same zip extracted (recorded, and present with their
+    sizes), name -> recorded CRC-32; an area left by another zip (other size, ETag or digest)
+    is emptied."""
     if _load_json(staging / "state.json") != state:
         shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -405,7 +408,7 @@ def _resume_state(staging: Path, state: dict) -> set[str]:
             write_atomic(staging / "state.json", json.dumps(state).encode())
     except OSError as err:
         raise DestinationError(f"{staging}: cannot create ({err.strerror})") from err
-    done: set[str] = set()
+    done: dict[str, int] = {}
     try:
         lines = (staging / "members.jsonl").read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -413,11 +416,11 @@ def _resume_state(staging: Path, state: dict) -> set[str]:
     tree = staging / "tree"
     for line in lines:
         try:
-            member, size, _crc = json.loads(line)
+            member, size, crc = json.loads(line)
         except ValueError:
             continue  # the line a kill cut short: that member is done again
         if _present(tree / member, member, size):
-            done.add(member)
+            done[member] = crc
     return done
 
 
