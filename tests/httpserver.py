@@ -15,7 +15,7 @@ file's URL. Options reproduce what real servers differ in:
 
 Faults are queued per path with ``FileServer.fault(path, Fault(...))``; each request to that path
 consumes the next one: an error status, a body cut after N bytes (the connection closed, or reset
-with an RST), a wrong Content-Range, a redirect, a stall. Every request is logged in
+with an RST), a flipped byte, a wrong Content-Range, a redirect, a stall. Every request is logged in
 ``FileServer.requests`` (method, path, headers) for assertions.
 
 Used by tests/conftest.py's ``http_server`` fixture. It must not import ``s3sync``.
@@ -53,6 +53,8 @@ class Fault:
         content_range: send this Content-Range instead of the true one (206 answers).
         redirect: answer 302 with this Location (a path or a URL).
         stall_s: wait this many seconds before answering (a slow server).
+        corrupt_at: flip every bit of the body's byte at this offset (-1: none), as a bad
+            NIC, proxy or disk does: the answer is otherwise correct (status, length).
     """
 
     status: int = 0
@@ -61,6 +63,7 @@ class Fault:
     content_range: str = ""
     redirect: str = ""
     stall_s: float = 0.0
+    corrupt_at: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +234,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = memoryview(data)[start:end]
         if fault.cut_after >= 0:
             payload = payload[: fault.cut_after]
+        if 0 <= fault.corrupt_at < len(payload):
+            flipped = bytearray(payload)
+            flipped[fault.corrupt_at] ^= 0xFF
+            payload = memoryview(flipped)
         try:
             for i in range(0, len(payload), BLOCK):
                 self.wfile.write(payload[i: i + BLOCK])
