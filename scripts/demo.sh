@@ -7,10 +7,14 @@
 #   4. s3sync publish it, s3sync ls, s3sync pull it back into a fresh directory;
 #   5. s3sync verify the pulled copy; check it equals the source (diff -r, file count, bytes,
 #      modes, mtimes, symlinks) and that the parts, concatenated, are one tar GNU tar extracts;
-#   6. print a summary; stop the server and delete the temp directory (trap).
+#   6. build datasets from their sources (unless --no-build): `rclone serve http` plays the COCO
+#      site and Flickr (scripts/make_sources.py), then s3sync build mscoco, build sbu (some
+#      URLs are dead, as in the real list), captions merge, and a publish of the built mscoco
+#      (its captions.json checked, the counts shown by ls);
+#   7. print a summary; stop the servers and delete the temp directory (trap).
 #
 # Usage:  bash scripts/demo.sh [--size SIZE | --files N] [--part-size SIZE] [--chunk-size SIZE]
-#                              [--keep] [--no-install]
+#                              [--keep] [--no-install] [--no-build]
 #
 # Environment (flags win):
 #   DEMO_SIZE=40MiB        approximate dataset size (make_dataset.py --size)
@@ -20,6 +24,7 @@
 #   DEMO_TMP=/tmp          where the temp work directory is created (default $TMPDIR or /tmp)
 #   KEEP=1                 keep the work directory (dataset, pulled copy, server storage, logs)
 #   SKIP_INSTALL=1         do not run pip (use the s3sync already installed for $PYTHON)
+#   DEMO_BUILD=0           skip step 6 (the builders)
 #   PYTHON=python3         the interpreter to install into and run with (default: the first of
 #                          python, python3, python3.13, python3.12, python3.11 that is 3.11.4+)
 #   DEMO_VENV=.venv        virtual environment used when PYTHON is a system Python that refuses
@@ -37,6 +42,7 @@ PART_SIZE=${DEMO_PART_SIZE:-16MiB}
 CHUNK_SIZE=${DEMO_CHUNK_SIZE:-4MiB}
 KEEP=${KEEP:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
+BUILD=${DEMO_BUILD:-1}
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
@@ -48,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --chunk-size) CHUNK_SIZE=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --no-install) SKIP_INSTALL=1; shift ;;
+        --no-build) BUILD=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
@@ -116,13 +123,17 @@ PARENT=${DEMO_TMP:-${TMPDIR:-/tmp}}
 mkdir -p "$PARENT"
 WORK=$(mktemp -d "$PARENT/s3sync-demo.XXXXXX")
 SERVER_PID=""
+HTTP_PID=""
 
 cleanup() {
     local rc=$?
-    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in $SERVER_PID $HTTP_PID; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [[ $rc -ne 0 && -s $WORK/rclone.log ]]; then
         echo "--- last lines of the rclone log ---" >&2
         tail -n 20 "$WORK/rclone.log" >&2 || true
@@ -282,6 +293,42 @@ else
     echo "GNU tar not found: skipped the 'cat part-*.tar | tar x' check"
 fi
 
+# --------------------------------------------------------------------------- build from sources
+T_BUILD=""
+if [[ $BUILD == 1 ]]; then
+    step "starting rclone serve http on a free loopback port: stand-ins for the COCO site and Flickr"
+    mkdir -p "$WORK/www"
+    env -i PATH="$PATH" HOME="$WORK/rclone-home" TMPDIR="$WORK/rclone-home" \
+        "$RCLONE" serve http --addr 127.0.0.1:0 --config "" --log-level NOTICE "$WORK/www" >"$WORK/http.log" 2>&1 &
+    HTTP_PID=$!
+    WWW_URL=""
+    for _ in $(seq 1 200); do
+        kill -0 "$HTTP_PID" 2>/dev/null || die "rclone serve http exited: $(cat "$WORK/http.log")"
+        WWW_URL=$(sed -n 's|.*started on \[\(http://127\.0\.0\.1:[0-9]*\)/*\].*|\1|p' "$WORK/http.log" | head -n 1)
+        [[ -n $WWW_URL ]] && break
+        sleep 0.1
+    done
+    [[ -n $WWW_URL ]] || die "rclone serve http did not report its address within 20 s"
+    "$PYTHON" "$ROOT/scripts/make_sources.py" "$WORK/www" --base-url "$WWW_URL"
+    BUILT=$WORK/built
+    t0=$(now)
+    step "s3sync build mscoco $BUILT/mscoco --mirror $WWW_URL --checksums coco.md5"
+    "$S3SYNC" build mscoco "$BUILT/mscoco" --mirror "$WWW_URL" --checksums "$WORK/www/coco.md5"
+    step "s3sync build mscoco again: the directory is complete, nothing is downloaded"
+    "$S3SYNC" build mscoco "$BUILT/mscoco" --mirror "$WWW_URL" --checksums "$WORK/www/coco.md5"
+    step "s3sync build sbu $BUILT/sbu --urls $WWW_URL/sbu/urls.txt --captions $WWW_URL/sbu/captions.txt"
+    "$S3SYNC" build sbu "$BUILT/sbu" --urls "$WWW_URL/sbu/urls.txt" --captions "$WWW_URL/sbu/captions.txt"
+    echo "first lines of $BUILT/sbu/failures.tsv (dead URLs are reported, not hidden):"
+    head -n 4 "$BUILT/sbu/failures.tsv"
+    step "s3sync captions merge $BUILT/captions.json $BUILT/sbu/captions.json $BUILT/mscoco/captions.json"
+    "$S3SYNC" captions merge "$BUILT/captions.json" "$BUILT/sbu/captions.json" "$BUILT/mscoco/captions.json"
+    T_BUILD=$(since "$t0")
+    step "s3sync publish $BUILT/mscoco --to s3://$BUCKET/mscoco   (captions.json is checked first)"
+    "$S3SYNC" publish "$BUILT/mscoco" --to "s3://$BUCKET/mscoco" --endpoint-url "$ENDPOINT"
+    step "s3sync ls mscoco   (the caption counts are in the manifest)"
+    "$S3SYNC" ls mscoco --endpoint-url "$ENDPOINT"
+fi
+
 # --------------------------------------------------------------------------- summary
 rate() { awk -v b="$1" -v s="$2" 'BEGIN { if (s < 0.05) s = 0.05; printf "%.1f MiB/s", b / s / 1048576 }'; }
 step "summary (wall-clock times, including each command's start-up)"
@@ -290,5 +337,6 @@ printf '  %-10s %s\n' \
     "generate" "${T_GEN} s" \
     "publish" "${T_PUB} s ($(rate "$SRC_BYTES" "$T_PUB")), ${#PARTS[@]} part(s) of <= $PART_SIZE, chunks of $CHUNK_SIZE" \
     "pull" "${T_PULL} s ($(rate "$SRC_BYTES" "$T_PULL")), verified and extracted" \
+    "build" "${T_BUILD:-skipped}${T_BUILD:+ s: mscoco and sbu from loopback stand-ins of their sources, captions merged}" \
     "server" "rclone serve s3 at $ENDPOINT, bucket s3://$BUCKET" \
     "result" "OK: pulled tree identical to the source"
