@@ -11,11 +11,13 @@ file's URL. Options reproduce what real servers differ in:
   ETag at all; ``last_modified``: a Last-Modified header and ``If-Unmodified-Since``;
   ``preconditions=False`` sends both headers but ignores If-Match and If-Unmodified-Since, as
   many servers do; ``weak_etags`` sends ``W/"..."`` ETags (which If-Match never matches);
-- ``tls``: a ``(certfile, keyfile)`` pair to speak HTTPS (see ``self_signed_cert``).
+- ``tls``: a ``(certfile, keyfile)`` pair to speak HTTPS (see ``self_signed_cert``);
+- ``host``: the loopback address to listen on (``127.0.0.2``... play other hosts).
 
 Faults are queued per path with ``FileServer.fault(path, Fault(...))``; each request to that path
 consumes the next one: an error status, a body cut after N bytes (the connection closed, or reset
-with an RST), a wrong Content-Range, a redirect, a stall. Every request is logged in
+with an RST), a wrong Content-Range, a redirect, a stall, a trickling body, extra headers
+(``Retry-After``). Every request is logged in
 ``FileServer.requests`` (method, path, headers) for assertions.
 
 Used by tests/conftest.py's ``http_server`` fixture. It must not import ``s3sync``.
@@ -53,6 +55,10 @@ class Fault:
         content_range: send this Content-Range instead of the true one (206 answers).
         redirect: answer 302 with this Location (a path or a URL).
         stall_s: wait this many seconds before answering (a slow server).
+        headers: extra response headers, e.g. ``(("Retry-After", "1"),)`` on a 503.
+        trickle_s: send the body in ``trickle_step``-byte steps, waiting this many seconds
+            before each (a server that trickles: every read gets a few bytes in time).
+        trickle_step: see ``trickle_s``.
     """
 
     status: int = 0
@@ -61,6 +67,9 @@ class Fault:
     content_range: str = ""
     redirect: str = ""
     stall_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+    trickle_s: float = 0.0
+    trickle_step: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +91,8 @@ class FileServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, root: Path, *, ranges: bool = True, etags: bool = True, last_modified: bool = True,
                  lying_accept_ranges: bool = False, preconditions: bool = True, weak_etags: bool = False,
-                 tls: tuple[Path, Path] | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+                 tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.root = Path(root).resolve()
         self.ranges = ranges
         self.etags = etags
@@ -182,9 +191,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault.stall_s:
             time.sleep(fault.stall_s)
         if fault.redirect:
-            return self._short(302, "moved", {"Location": fault.redirect})
+            return self._short(302, "moved", {"Location": fault.redirect, **dict(fault.headers)})
         if fault.status:
-            return self._short(fault.status, f"fault {fault.status}")
+            return self._short(fault.status, f"fault {fault.status}", dict(fault.headers))
         file = (self.server.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.server.root) or not file.is_file():
             return self._short(404, "not found")
@@ -222,6 +231,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["Content-Range"] = fault.content_range or f"bytes {start}-{end - 1}/{len(data)}"
         headers["Content-Length"] = str(end - start)
         headers["Content-Type"] = "application/octet-stream"
+        headers.update(fault.headers)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -231,9 +241,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = memoryview(data)[start:end]
         if fault.cut_after >= 0:
             payload = payload[: fault.cut_after]
+        step = fault.trickle_step if fault.trickle_s else BLOCK
         try:
-            for i in range(0, len(payload), BLOCK):
-                self.wfile.write(payload[i: i + BLOCK])
+            for i in range(0, len(payload), step):
+                if fault.trickle_s:
+                    time.sleep(fault.trickle_s)
+                self.wfile.write(payload[i: i + step])
+                if fault.trickle_s:
+                    self.wfile.flush()
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True  # the client went away (it closes 200s it does not want)
