@@ -17,6 +17,8 @@ gets one URL with
 - a maximum body size; URLs with spaces or non-ASCII characters percent-quoted
   (``quote_url``).
 
+``download`` streams one big source file (a URL list, an archive) to disk.
+
 ``crawl`` runs a function over many jobs with a pool of worker threads and yields the
 results in completion order; it stops promptly when asked (Ctrl-C) and never holds more
 than a few results per thread in memory.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import queue
 import random
 import ssl
@@ -36,12 +39,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import urllib3
 import urllib3.exceptions
 
+from .errors import BuildError
 from .threads import Worker
 
 PLACEHOLDER_MARK = "photo_unavailable"
@@ -447,3 +452,60 @@ def crawl(jobs: Iterable[J], work: Callable[[J], R], threads: int, stop: threadi
         end = time.monotonic() + grace_s
         for w in workers:
             w.done.wait(max(0.0, end - time.monotonic()))
+
+
+def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Event | None = None) -> int:
+    """Stream the body at ``url`` to ``path`` (a temporary file beside it, then a rename):
+    a builder's source (a URL list, a distribution archive), not a crawled image.
+
+    Redirects are followed (at most ``settings.max_redirects``); connection failures, 5xx
+    and 429 are retried ``settings.retries`` times with backoff; each read waits at most
+    ``settings.timeout_s``; no size limit.
+
+    Returns:
+        The bytes written.
+
+    Raises:
+        BuildError: the URL is not http(s), answers an error status, or the transfer failed
+            after its retries.
+        KeyboardInterrupt: ``stop`` was set (the temporary file is removed).
+    """
+    try:
+        target = quote_url(url)
+    except ValueError as err:
+        raise BuildError(f"{url!r} is not an http(s) URL", hint="give a local file or an http(s):// URL") from err
+    retries = urllib3.Retry(total=settings.retries, redirect=settings.max_redirects, backoff_factor=settings.backoff_s,
+                            backoff_max=settings.backoff_max_s, status_forcelist=(429, 500, 502, 503, 504),
+                            raise_on_status=False, respect_retry_after_header=True)
+    pool = urllib3.PoolManager(retries=retries, timeout=urllib3.Timeout(connect=settings.timeout_s,
+                                                                       read=settings.timeout_s))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    written = 0
+    try:
+        resp = pool.request("GET", target, headers={"User-Agent": settings.user_agent}, preload_content=False)
+        try:
+            if resp.status != 200:
+                raise BuildError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip(),
+                                 hint="check the URL, or download the file and give its path")
+            with open(tmp, "wb") as out:
+                for block in resp.stream(1024 * 1024):
+                    out.write(block)
+                    written += len(block)
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt
+            os.replace(tmp, path)
+        finally:
+            resp.release_conn()
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException) as err:
+        failure = _wire_failure(err)
+        raise BuildError(f"{url}: download failed ({failure.reason}, after {settings.retries} retries)",
+                         hint="check the URL and the network, then run the same command again") from err
+    except OSError as err:
+        if isinstance(err.__context__, urllib3.exceptions.HTTPError) or err.filename is None:
+            raise BuildError(f"{url}: download failed ({_wire_failure(err).reason})",
+                             hint="check the URL and the network, then run the same command again") from err
+        raise BuildError(f"{path}: cannot write ({err.strerror})") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+        pool.clear()
+    return written

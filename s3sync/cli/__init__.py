@@ -27,7 +27,7 @@ from ..errors import (
     UsageError,
 )
 from ..ui import UI
-from . import adopt, ls, publish, pull, verify
+from . import adopt, build, ls, publish, pull, verify
 from .verify import escape_field
 
 __all__ = ["build_parser", "escape_field", "load_settings", "main", "on_interrupt", "run"]
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    for module in (publish, pull, adopt, verify, ls):
+    for module in (publish, pull, adopt, verify, ls, build):
         module.register(sub, common)
     return parser
 
@@ -127,6 +127,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
 _INTERRUPTED_HINTS = {
     "pull": "run the same command again: the pull resumes where it stopped, keeping the verified chunks",
     "publish": "run the same command again: the publish starts over; what was published before is unchanged",
+    "build": "run the same command again: the build resumes; no URL already stored or failed is fetched again",
 }
 
 
