@@ -6,7 +6,8 @@ structure only, and for JPEG it reads nothing past the headers, so a JPEG cut an
 entropy-coded data passes. Decoding catches those (Pillow raises "image file is truncated"
 when the data ends before the decoder does, including a JPEG missing only its end marker
 ``FFD9``), but a PNG cut inside its final ``IEND`` chunk decodes; ``verify()`` catches that
-(it walks every chunk up to ``IEND`` checking CRCs). So both run: ``verify()`` on one
+(it walks every chunk up to ``IEND`` checking CRCs), except a cut in IEND's own CRC, which
+is checked by hand. So both run: ``verify()`` on one
 opening, a full decode on a second. JPEGs are decoded in draft mode (libjpeg's DCT scaling
 to 1/8): all entropy-coded data is still read, so truncation is still seen, for about 25%
 less time (measured: about 0.8 ms instead of 1.1 ms for a noisy 500x375 JPEG).
@@ -41,6 +42,7 @@ REASON_TRUNCATED = "truncated"
 REASON_PLACEHOLDER = "placeholder"
 REASON_TOO_LARGE = "too large"
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
                "TIFF": "tif", "ICO": "ico", "JPEG2000": "jp2", "PPM": "ppm"}
 
@@ -111,6 +113,10 @@ def check_image(data: bytes, placeholders: Collection[str] = PLACEHOLDER_MD5S) -
                 im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
             Image.DecompressionBombError, MemoryError):
+        return Rejected(REASON_TRUNCATED)
+    if fmt == "PNG" and _PNG_END not in data:
+        # verify() stops short of the last CRC bytes: a PNG must end with its IEND chunk
+        # (PNG specification, section 11.2.5), whose CRC is always AE 42 60 82.
         return Rejected(REASON_TRUNCATED)
     return ImageInfo(fmt, width, height, _EXTENSIONS.get(fmt, fmt.lower() or "img"))
 
