@@ -348,6 +348,8 @@ def _wire_failure(err: BaseException) -> _Failure:
         return _Failure(REASON_TLS, True)
     if any(isinstance(e, (urllib3.exceptions.IncompleteRead, http.client.IncompleteRead)) for e in chain):
         return _Failure(REASON_TRUNCATED, False)
+    if any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
+        return _Failure(REASON_CONNECTION, False)  # refused, unreachable (a subclass of ConnectTimeoutError!)
     if any(isinstance(e, (urllib3.exceptions.TimeoutError, TimeoutError)) for e in chain):
         return _Failure(REASON_TIMEOUT, False)
     return _Failure(REASON_CONNECTION, False)

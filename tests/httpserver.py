@@ -81,6 +81,8 @@ class Request:
     headers: dict[str, str]
     client_port: int
     """The client's port: one per TCP connection, so equal ports mean a reused connection."""
+    at: float = 0.0
+    """When it arrived (time.monotonic())."""
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -189,7 +191,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        self.server.log(Request(self.command, path, dict(self.headers.items()), self.client_address[1]))
+        self.server.log(Request(self.command, path, dict(self.headers.items()), self.client_address[1],
+                                time.monotonic()))
         fault = self.server.next_fault(path) or Fault()
         if fault.stall_s:
             time.sleep(fault.stall_s)
