@@ -291,3 +291,19 @@ def test_a_second_build_into_the_same_directory_is_refused(flickr: Flickr, tmp_p
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(BuildError, match="another build"):
             build(flickr, dest, flickr.write_lists(tmp_path))
+
+
+def test_a_line_whose_url_changed_is_fetched_again(flickr: Flickr, tmp_path: Path) -> None:
+    dest = tmp_path / "sbu"
+    urls, caps = flickr.write_lists(tmp_path)
+    build(flickr, dest, (urls, caps), count=3)
+    lines = urls.read_text().splitlines()
+    lines[1] = flickr.server.url_of("photos/7.jpg")
+    urls.write_text("\n".join(lines) + "\n")
+    asked = len(flickr.gets())
+    again = build(flickr, dest, (urls, caps), count=3)
+    assert flickr.gets()[asked:] == ["/photos/7.jpg"]
+    assert (again.crawl.skipped, again.crawl.stored) == (2, 1)
+    doc = json.loads((dest / "captions.json").read_bytes())
+    assert doc["images"][1]["flickr_url"] == lines[1]
+    assert (dest / doc["images"][1]["file_name"]).read_bytes() == (flickr.root / "photos/7.jpg").read_bytes()
