@@ -200,6 +200,10 @@ class _Journal:
         state = entry & 3
         return state != _FAILED_FOR_NOW or not retry_failed
 
+    def known(self, index: int) -> bool:
+        """Whether the journal has a line for ``index``."""
+        return index in self._entries
+
     def add(self, rec: dict[str, Any]) -> None:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
         self._file.write(line)
@@ -347,7 +351,9 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
                 progress.start(STAGE, requested - tally.skipped)
 
         def work(item: ListItem) -> _Stored | _Failure:
-            orphan = on_disk.take(item.stem)
+            # Only an index the journal has never seen can have an unrecorded image on disk
+            # (a journaled one whose URL changed has the old URL's image there).
+            orphan = None if journal.known(item.index) else on_disk.take(item.stem)
             if orphan is not None:
                 kept = _recover(dest, item, orphan, placeholders)
                 if kept is not None:
