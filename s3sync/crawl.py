@@ -389,8 +389,8 @@ def crawl(jobs: Iterable[J], work: Callable[[J], R], threads: int, stop: threadi
     ``Cancelled`` drops that job. Any other exception stops the crawl and is raised here.
 
     When the caller stops iterating (the generator is closed, or Ctrl-C lands in it), or
-    ``stop`` is set, the workers stop taking jobs (``stop`` is set when the generator ends,
-    whichever way); the generator waits up to ``grace_s``
+    ``stop`` is set, the workers stop taking jobs (``stop`` is set when the generator ends
+    before every job is done); the generator waits up to ``grace_s``
     seconds for them to notice (a worker blocked in a read notices at its next read or at
     its timeout; its result is then dropped, which is safe for a caller that records a
     job only when its result arrives).
@@ -437,20 +437,22 @@ def crawl(jobs: Iterable[J], work: Callable[[J], R], threads: int, stop: threadi
     workers = [Worker(loop, f"crawl-{i}") for i in range(max(1, threads))]
     for w in workers:
         w.start()
+    finished = False
     try:
         while True:
             try:
                 item = results.get(timeout=0.1)
             except queue.Empty:
                 if all(w.done.is_set() for w in workers) and results.empty():
+                    finished = True
                     return
                 continue
             if isinstance(item, _Raised):
                 raise item.error
             yield item
     finally:
-        # Ended early (closed, interrupted, a work error) or not: no worker is left running.
-        stop.set()
+        if not finished:  # closed, interrupted, a work error: no worker may go on
+            stop.set()
         end = time.monotonic() + grace_s
         for w in workers:
             w.done.wait(max(0.0, end - time.monotonic()))

@@ -44,7 +44,7 @@ from typing import Any
 
 from .. import captions as coco
 from ..crawl import Crawler, CrawlSettings, Failed, Fetched, crawl
-from ..errors import BuildError
+from ..errors import BuildError, Interrupted
 from ..fsutil import write_atomic
 from ..images import PLACEHOLDER_MD5S, ImageInfo, check_image
 from ..progress import NullProgress, Progress
@@ -316,6 +316,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         CaptionsError: the captions document does not hold together (a bug, or files removed
             from ``dest`` during the build).
         KeyboardInterrupt: after flushing the journal; ``captions.json`` is not written.
+        Interrupted: ``stop`` was set (likewise).
     """
     started = time.monotonic()
     settings = settings or CrawlSettings()
@@ -374,6 +375,9 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         finally:
             crawler.close()
             journal.flush()
+        if stop.is_set():
+            raise Interrupted(f"{dest}: the build was stopped; {tally.stored:,} images stored so far are kept",
+                              hint="run the same command again: the build resumes")
         progress.finish(STAGE)
         progress.finish(FAILED_STAGE)
         images, failures = _write_outputs(dest, journal.records(), description, url_field)

@@ -307,3 +307,15 @@ def test_a_line_whose_url_changed_is_fetched_again(flickr: Flickr, tmp_path: Pat
     doc = json.loads((dest / "captions.json").read_bytes())
     assert doc["images"][1]["flickr_url"] == lines[1]
     assert (dest / doc["images"][1]["file_name"]).read_bytes() == (flickr.root / "photos/7.jpg").read_bytes()
+
+
+def test_a_build_stopped_by_its_event_writes_no_captions(flickr: Flickr, tmp_path: Path) -> None:
+    import threading
+
+    from s3sync.errors import Interrupted
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Interrupted):
+        build(flickr, tmp_path / "sbu", flickr.write_lists(tmp_path), stop=stop)
+    assert not (tmp_path / "sbu" / "captions.json").exists()

@@ -187,8 +187,10 @@ def test_a_set_stop_event_cancels_a_fetch_in_its_backoff(site) -> None:
 
 def test_crawl_yields_one_result_per_job(site, crawler) -> None:
     urls = [site.url_of("a.jpg")] * 30 + [site.url_of("missing.jpg")] * 5
-    results = list(crawl(urls, crawler.fetch, 4, threading.Event()))
+    stop = threading.Event()
+    results = list(crawl(urls, crawler.fetch, 4, stop))
     assert sorted(type(r).__name__ for r in results) == ["Failed"] * 5 + ["Fetched"] * 30
+    assert not stop.is_set()
 
 
 def test_crawl_raises_what_a_job_raised(site) -> None:
