@@ -326,13 +326,16 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
     tmp = meta / TMP_DIR
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in tmp.iterdir():  # a killed run's half-written images
-            leftover.unlink()
     except OSError as err:
         raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})",
                          hint="check the path and its permissions") from err
-    journal = _Journal(meta / JOURNAL_NAME)
+    journal = _Journal(meta / JOURNAL_NAME)  # locks DIR against a second build
     try:
+        try:
+            for leftover in tmp.iterdir():  # a killed run's half-written images
+                leftover.unlink()
+        except OSError as err:
+            raise BuildError(f"{tmp}: cannot clean up ({err.strerror})") from err
         on_disk = _OnDisk(dest)
         tally = _Tally(requested)
         progress.start(STAGE, requested)

@@ -286,11 +286,22 @@ def test_a_second_build_into_the_same_directory_is_refused(flickr: Flickr, tmp_p
     import fcntl
 
     dest = tmp_path / "sbu"
-    (dest / META_DIR).mkdir(parents=True)
+    (dest / META_DIR / "tmp").mkdir(parents=True)
+    (dest / META_DIR / "tmp" / "7.part").write_bytes(b"the other build's image")
     with open(dest / META_DIR / JOURNAL_NAME, "ab") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(BuildError, match="another build"):
             build(flickr, dest, flickr.write_lists(tmp_path))
+    assert (dest / META_DIR / "tmp" / "7.part").exists()  # not touched
+
+
+def test_select() -> None:
+    from s3sync.builders.listcrawl import ListItem, select
+
+    items = [ListItem(i, f"http://h/{i}", ("c",), f"x/{i}") for i in range(10)]
+    assert [i.index for i in select(items, 3, 4)] == [3, 4, 5, 6]
+    assert [i.index for i in select(items, 8)] == [8, 9]
+    assert [i.index for i in select(items, 0, 0)] == []
 
 
 def test_a_line_whose_url_changed_is_fetched_again(flickr: Flickr, tmp_path: Path) -> None:
