@@ -89,7 +89,10 @@ def main() -> None:
             print(f"run {n}: {doc['stored']} images in {doc['elapsed_s']:.2f} s = "
                   f"{doc['stored'] / doc['elapsed_s']:.0f} images/s (command wall time {wall:.2f} s = "
                   f"{doc['stored'] / wall:.0f} images/s)")
-            shutil.rmtree(dest, ignore_errors=True)
+        # Removed only now: on ext4, files deleted in the last minute slow down creating new
+        # ones (recently_deleted(), see scripts/bench.py), which would slow the next run.
+        for n in range(args.repeats):
+            shutil.rmtree(args.out / f"dest-{n}", ignore_errors=True)
     finally:
         server.terminate()
         server.wait()
