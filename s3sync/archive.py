@@ -1256,3 +1256,52 @@ def translate_os_error(err: OSError, path: str) -> Exception:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientSpaceError(f"{path}: no space left on device", path=path, needed=0, available=0)
     return DestinationError(f"{path}: {err.strerror or err}")
+
+
+def extract_named(archive: Path, names: Iterable[str], dest_dir: Path) -> dict[str, Path]:
+    """Copy the regular members of a (possibly compressed) tar whose base name is one of
+    ``names``, at any depth, to ``dest_dir/NAME`` (temporary file, then rename): how a
+    builder takes the two lists out of a distribution archive without extracting the rest.
+
+    Args:
+        archive: a tar file, plain or compressed with gzip, bzip2 or xz (tarfile's ``r:*``).
+        names: the base names wanted (the first member with each name wins).
+        dest_dir: an existing directory.
+
+    Returns:
+        name -> the written file, for each name found (a name not found is left out).
+
+    Raises:
+        OSError: the archive cannot be read or the file cannot be written.
+        tarfile.TarError: the archive is damaged (callers translate it with ``DamagedArchiveError``
+            or their own error; catch ``ValueError`` too, which some damaged headers raise).
+    """
+    wanted = set(names)
+    found: dict[str, Path] = {}
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            base = member.name.rstrip("/").rsplit("/", 1)[-1]
+            if not member.isreg() or base not in wanted or base in found:
+                continue
+            src = tar.extractfile(member)
+            assert src is not None  # a regular member
+            target = dest_dir / base
+            tmp = dest_dir / f".{base}.tmp-{os.getpid()}"
+            try:
+                with src, open(tmp, "wb") as out:
+                    while block := src.read(COPY_BUFSIZE):
+                        out.write(block)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            found[base] = target
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def is_tar_error(err: BaseException) -> bool:
+    """Whether ``err`` is tarfile's way of saying an archive is damaged (for callers that
+    must not import tarfile)."""
+    return isinstance(err, (tarfile.TarError, EOFError))

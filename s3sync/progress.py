@@ -1,13 +1,18 @@
 """The progress protocol that pipelines report to; rendering lives in ``ui.py``.
 
 Pipelines call these methods from any thread; implementations must be thread-safe.
-Quantities are bytes. A retried chunk calls ``advance`` with a negative count to
+Quantities are bytes, except in the stages named in ``ITEM_STAGES``, which count items
+(a crawl's images: done, failed). A retried chunk calls ``advance`` with a negative count to
 rewind what its failed attempt had counted, so a display never passes 100%.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+ITEM_STAGES = frozenset({"crawl", "failed"})
+"""Stages whose units are items (images of a crawl), not bytes: ``crawl`` counts the items
+done (stored or failed), ``failed`` those that failed."""
 
 
 class Progress(Protocol):

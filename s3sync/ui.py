@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import format_size
 from .errors import S3SyncError
+from .progress import ITEM_STAGES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,16 +33,44 @@ class RichProgress:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
+            ProgressColumn,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
         from rich.progress import Progress as RichBar
+        from rich.text import Text
+
+        class Amount(ProgressColumn):
+            """Bytes done (of total), or items for the stages of ``ITEM_STAGES``."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._bytes = DownloadColumn(binary_units=True)
+
+            def render(self, task: Any) -> Any:
+                if not task.fields.get("items"):
+                    return self._bytes.render(task)
+                total = f"/{int(task.total):,}" if task.total is not None else ""
+                return Text(f"{int(task.completed):,}{total}", style="progress.download")
+
+        class Rate(ProgressColumn):
+            """Bytes per second, or items per second for the stages of ``ITEM_STAGES``."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._bytes = TransferSpeedColumn()
+
+            def render(self, task: Any) -> Any:
+                if not task.fields.get("items"):
+                    return self._bytes.render(task)
+                speed = task.finished_speed or task.speed
+                return Text("?" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
 
         self._verbose = verbose
         self._bar = RichBar(
-            TextColumn("{task.description:>9}"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("{task.description:>9}"), BarColumn(), Amount(), Rate(), TimeRemainingColumn(),
+            console=console, transient=False,
         )
         self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -52,7 +81,7 @@ class RichProgress:
             if stage in self._tasks:
                 self._bar.update(self._tasks[stage], total=total or None)
             else:  # None: rich shows a bar without a percentage or ETA
-                self._tasks[stage] = self._bar.add_task(stage, total=total or None)
+                self._tasks[stage] = self._bar.add_task(stage, total=total or None, items=stage in ITEM_STAGES)
 
     def advance(self, stage: str, n: int) -> None:
         with self._lock:
@@ -105,11 +134,26 @@ class PlainProgress:
                 self._line(stage, now)
 
     def _line(self, stage: str, now: float) -> None:
+        if stage in ITEM_STAGES:
+            return self._items_line(now)
         done, total = self._done[stage], self._total.get(stage, 0)
         rate = done / max(1e-6, now - self._since.get(stage, now))
         amount = f"{format_size(done)} of {format_size(total)} {100 * done / total:5.1f}%" if total \
             else format_size(done)
         print(f"{stage}: {amount} at {format_size(rate)}/s", file=self._stream, flush=True)
+
+    def _items_line(self, now: float) -> None:
+        """``crawl: 1,234 of 10,000 12.3% (56 failed) at 45.6/s, ETA 3m12s``."""
+        stage = "crawl"
+        done, total = self._done.get(stage, 0), self._total.get(stage, 0)
+        rate = done / max(1e-6, now - self._since.get(stage, now))
+        amount = f"{done:,} of {total:,} {100 * done / total:5.1f}%" if total else f"{done:,}"
+        failed = self._done.get("failed", 0)
+        eta = ""
+        if total and rate > 0 and done < total:
+            left = int((total - done) / rate)
+            eta = f", ETA {left // 3600}h{left // 60 % 60:02d}m" if left >= 3600 else f", ETA {left // 60}m{left % 60:02d}s"
+        print(f"{stage}: {amount} ({failed:,} failed) at {rate:,.1f}/s{eta}", file=self._stream, flush=True)
 
     def message(self, text: str) -> None:
         if self._verbose or text.startswith("warning: "):  # a warning is shown without -v
@@ -119,7 +163,8 @@ class PlainProgress:
         with self._lock:
             if stage in self._done:
                 self._done[stage] = self._total.get(stage) or self._done[stage]
-                self._line(stage, time.monotonic())
+                if stage == "crawl" or stage not in ITEM_STAGES:  # the crawl's line shows the failures
+                    self._line(stage, time.monotonic())
 
     def close(self) -> None:
         pass

@@ -11,11 +11,13 @@ file's URL. Options reproduce what real servers differ in:
   ETag at all; ``last_modified``: a Last-Modified header and ``If-Unmodified-Since``;
   ``preconditions=False`` sends both headers but ignores If-Match and If-Unmodified-Since, as
   many servers do; ``weak_etags`` sends ``W/"..."`` ETags (which If-Match never matches);
-- ``tls``: a ``(certfile, keyfile)`` pair to speak HTTPS (see ``self_signed_cert``).
+- ``tls``: a ``(certfile, keyfile)`` pair to speak HTTPS (see ``self_signed_cert``);
+- ``host``: the loopback address to listen on (``127.0.0.2``... play other hosts).
 
 Faults are queued per path with ``FileServer.fault(path, Fault(...))``; each request to that path
 consumes the next one: an error status, a body cut after N bytes (the connection closed, or reset
-with an RST), a flipped byte, a wrong Content-Range, a redirect, a stall. Every request is logged in
+with an RST), a flipped byte, a wrong Content-Range, a redirect, a stall, a trickling body, extra headers
+(``Retry-After``). Every request is logged in
 ``FileServer.requests`` (method, path, headers) for assertions.
 
 Used by tests/conftest.py's ``http_server`` fixture. It must not import ``s3sync``.
@@ -55,6 +57,10 @@ class Fault:
         stall_s: wait this many seconds before answering (a slow server).
         corrupt_at: flip every bit of the body's byte at this offset (-1: none), as a bad
             NIC, proxy or disk does: the answer is otherwise correct (status, length).
+        headers: extra response headers, e.g. ``(("Retry-After", "1"),)`` on a 503.
+        trickle_s: send the body in ``trickle_step``-byte steps, waiting this many seconds
+            before each (a server that trickles: every read gets a few bytes in time).
+        trickle_step: see ``trickle_s``.
     """
 
     status: int = 0
@@ -64,6 +70,9 @@ class Fault:
     redirect: str = ""
     stall_s: float = 0.0
     corrupt_at: int = -1
+    headers: tuple[tuple[str, str], ...] = ()
+    trickle_s: float = 0.0
+    trickle_step: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +84,8 @@ class Request:
     headers: dict[str, str]
     client_port: int
     """The client's port: one per TCP connection, so equal ports mean a reused connection."""
+    at: float = 0.0
+    """When it arrived (time.monotonic())."""
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -85,8 +96,8 @@ class FileServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, root: Path, *, ranges: bool = True, etags: bool = True, last_modified: bool = True,
                  lying_accept_ranges: bool = False, preconditions: bool = True, weak_etags: bool = False,
-                 tls: tuple[Path, Path] | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+                 tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.root = Path(root).resolve()
         self.ranges = ranges
         self.etags = etags
@@ -167,6 +178,9 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers: connections are reused
+    # Headers and body go out in separate writes: with Nagle's algorithm the body of a small
+    # answer on a reused connection waits for the client's delayed ACK (40 ms on Linux).
+    disable_nagle_algorithm = True
     server: FileServer
 
     def log_message(self, format: str, *args) -> None:
@@ -180,14 +194,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        self.server.log(Request(self.command, path, dict(self.headers.items()), self.client_address[1]))
+        self.server.log(Request(self.command, path, dict(self.headers.items()), self.client_address[1],
+                                time.monotonic()))
         fault = self.server.next_fault(path) or Fault()
         if fault.stall_s:
             time.sleep(fault.stall_s)
         if fault.redirect:
-            return self._short(302, "moved", {"Location": fault.redirect})
+            return self._short(302, "moved", {"Location": fault.redirect, **dict(fault.headers)})
         if fault.status:
-            return self._short(fault.status, f"fault {fault.status}")
+            return self._short(fault.status, f"fault {fault.status}", dict(fault.headers))
         file = (self.server.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.server.root) or not file.is_file():
             return self._short(404, "not found")
@@ -225,6 +240,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["Content-Range"] = fault.content_range or f"bytes {start}-{end - 1}/{len(data)}"
         headers["Content-Length"] = str(end - start)
         headers["Content-Type"] = "application/octet-stream"
+        headers.update(fault.headers)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -238,9 +254,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             flipped = bytearray(payload)
             flipped[fault.corrupt_at] ^= 0xFF
             payload = memoryview(flipped)
+        step = fault.trickle_step if fault.trickle_s else BLOCK
         try:
-            for i in range(0, len(payload), BLOCK):
-                self.wfile.write(payload[i: i + BLOCK])
+            for i in range(0, len(payload), step):
+                if fault.trickle_s:
+                    time.sleep(fault.trickle_s)
+                self.wfile.write(payload[i: i + step])
+                if fault.trickle_s:
+                    self.wfile.flush()
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True  # the client went away (it closes 200s it does not want)

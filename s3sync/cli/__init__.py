@@ -127,6 +127,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
 _INTERRUPTED_HINTS = {
     "pull": "run the same command again: the pull resumes where it stopped, keeping the verified chunks",
     "publish": "run the same command again: the publish starts over; what was published before is unchanged",
+    "build": "run the same command again: the build resumes; no URL already stored or failed is fetched again",
 }
 
 

@@ -1,16 +1,24 @@
-"""``s3sync build``: make a dataset from its original sources, one sub-command per dataset."""
+"""``s3sync build DATASET DIR``: make a dataset from its original sources.
+
+One sub-command per dataset, each in its own module (``cli/build_NAME.py`` with
+``register(builds, common)`` and ``run(args, settings, ui)``), listed in ``_BUILDERS``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from . import build_mscoco
+from . import build_mscoco, build_sbu
+
+_BUILDERS = (build_mscoco, build_sbu)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the ``build`` command and its per-dataset sub-commands to ``sub``."""
-    p = sub.add_parser("build", help="make a dataset from its original sources (mscoco, ...)")
-    builds = p.add_subparsers(dest="dataset", metavar="DATASET", parser_class=type(p))
+    """Add the ``build`` sub-command, with one sub-parser per dataset (``args.dataset``)."""
+    p = sub.add_parser("build", parents=[common], help="make a dataset from its original sources",
+                       description="Make a dataset from its original sources (downloads, URL lists), resumably.")
+    builds = p.add_subparsers(dest="dataset", metavar="DATASET")
     builds.required = True
-    build_mscoco.register(builds, common)
+    for module in _BUILDERS:
+        module.register(builds, common)

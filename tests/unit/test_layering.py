@@ -18,7 +18,8 @@ OWNER = {
     "boto3": "stores/s3.py",
     "botocore": "stores/s3.py",
     "s3transfer": "stores/s3.py",
-    "urllib3": ("stores/s3.py", "stores/http.py"),  # boto3's stack, and our HTTP client
+    "urllib3": ("stores/s3.py", "stores/http.py", "crawl.py"),  # boto3's stack, our HTTP client, the crawler
+    "PIL": "images.py",
     "xxhash": "hashing.py",
     "rich": "ui.py",
     "tarfile": "archive.py",
@@ -32,11 +33,12 @@ OWNER = {
 LAYER = {
     "errors": 0, "captions": 0, "pieces": 0, "hashing": 0, "interrupts": 0, "threads": 0, "planning": 0, "manifest": 0, "config": 0, "progress": 0,
     "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
-    "lease": 1, "partwriter": 1, "fsutil": 1, "zipstream": 1, "leftovers": 2,
+    "lease": 1, "partwriter": 1, "fsutil": 1, "zipstream": 1, "images": 1, "crawl": 1, "leftovers": 2,
     "publish": 2, "pull": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2,
     "captionfiles": 2, "builders": 2, "builders.mscoco": 2,
     "ui": 3, "cli": 3, "cli.common": 3, "cli.publish": 3, "cli.pull": 3, "cli.adopt": 3, "cli.verify": 3,
-    "cli.ls": 3, "cli.captions": 3, "cli.build": 3, "cli.build_mscoco": 3, "__main__": 3,
+    "cli.ls": 3, "cli.captions": 3, "cli.build": 3, "cli.build_mscoco": 3, "cli.build_sbu": 3, "__main__": 3,
+    "builders.listcrawl": 2, "builders.sbu": 2,
 }
 
 

@@ -1,0 +1,90 @@
+"""``s3sync build sbu DIR``: crawl the SBU Captioned Photo Dataset from its URL list."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import UsageError
+from ..ui import UI
+from .common import EXIT_OK, plural
+
+DEFAULT_TIMEOUT_S = 10.0
+DEADLINE_FACTOR = 6
+"""A URL may take ``DEADLINE_FACTOR * --timeout`` seconds in all (retries, redirects, a slow
+body), at least ``MIN_DEADLINE_S``."""
+MIN_DEADLINE_S = 30.0
+
+
+def register(builds: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``sbu`` to the ``build`` sub-parsers."""
+    from ..builders.sbu import ARCHIVE_MD5, ARCHIVE_URL
+
+    p = builds.add_parser(
+        "sbu", parents=[common], help="crawl the SBU Captioned Photo Dataset (about 1M Flickr URLs, one caption each)",
+        description="Crawl the images of the SBU Captioned Photo Dataset into DIR/images/, with DIR/captions.json "
+                    "(COCO model) and DIR/failures.tsv. Run the same command again to resume: no URL already stored "
+                    "or already failed is fetched again.")
+    p.add_argument("dir", metavar="DIR", type=Path, help="the dataset directory (created if missing)")
+    p.add_argument("--urls", metavar="F|URL", help="the URL list, one a line (default: from the SBU archive)")
+    p.add_argument("--captions", metavar="F|URL", help="the caption list, line-aligned with --urls")
+    p.add_argument("--archive", metavar="F|URL", default=ARCHIVE_URL,
+                   help="the SBU distribution archive used when --urls and --captions are not given "
+                        "(default: %(default)s)")
+    p.add_argument("--archive-md5", metavar="HEX", default=ARCHIVE_MD5,
+                   help="the archive's MD5, checked after download ('' to skip; default: the official one)")
+    p.add_argument("--first", type=int, default=0, metavar="N", help="first line to build, 0-based (default: 0)")
+    p.add_argument("--count", type=int, metavar="M", help="lines to build from --first (default: to the end)")
+    p.add_argument("--threads", type=int, default=10, metavar="N", help="parallel downloads (default: 10)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds to connect and to wait for each read (default: {DEFAULT_TIMEOUT_S:g}); one URL "
+                        f"takes at most {DEADLINE_FACTOR}x this in all, retries included")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="fetch again the URLs whose failure was not permanent (timeouts, 5xx, connection)")
+    p.add_argument("--per-dir", type=int, default=None, help=argparse.SUPPRESS)  # tests: a small directory limit
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..builders.sbu import PER_DIR, build_sbu
+    from ..crawl import CrawlSettings
+
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: must be 1 or more")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if args.per_dir is not None and args.per_dir < 1:
+        raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
+    crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,
+                          deadline_s=max(MIN_DEADLINE_S, DEADLINE_FACTOR * args.timeout))
+    progress = ui.progress()
+    try:
+        built = build_sbu(args.dir.expanduser(), urls=args.urls, captions=args.captions, first=args.first,
+                          count=args.count, settings=crawl, per_dir=args.per_dir or PER_DIR,
+                          retry_failed=args.retry_failed, archive_url=args.archive, archive_md5=args.archive_md5,
+                          progress=progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+    r = built.crawl
+    done = r.stored + r.failed_total
+    rate = done / max(r.elapsed_s, 1e-6)
+    overall = r.images + r.failures
+    yield_pct = 100 * r.images / overall if overall else 0.0
+    if ui.as_json:
+        ui.emit_json({"command": "build", "dataset": "sbu", "dir": str(r.dest), "urls": built.urls,
+                      "captions": built.captions, "lines": built.lines, "first": args.first,
+                      "requested": r.requested, "stored": r.stored, "recovered": r.recovered,
+                      "failed": r.failed_total, "failed_by_reason": r.failed, "skipped": r.skipped,
+                      "images": r.images, "failures": r.failures, "yield_percent": round(yield_pct, 2),
+                      "elapsed_s": round(r.elapsed_s, 3), "items_per_s": round(rate, 1)})
+        return EXIT_OK
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]))
+    skipped = f", {r.skipped:,} already done" if r.skipped else ""
+    ui.info(f"built sbu in {r.dest}: {plural(r.stored, 'image')} stored, {r.failed_total:,} failed"
+            f"{f' ({reasons})' if reasons else ''}{skipped} of {plural(r.requested, 'line')}, "
+            f"{r.elapsed_s:.1f}s ({rate:,.1f}/s)")
+    ui.info(f"{r.dest}: {plural(r.images, 'image')} in captions.json, {plural(r.failures, 'failure')} in failures.tsv "
+            f"(yield {yield_pct:.1f}%)")
+    return EXIT_OK
