@@ -9,15 +9,15 @@ overrides; the server's ETag, where it is a plain MD5, must agree). Then ``DIR/c
 (train and val captions merged, COCO model, ``file_name`` relative to DIR) and
 ``DIR/neuraltalk2.json`` are written.
 
-Layout of DIR while building (``.s3sync-build/`` stays, holding the completion records)::
+Layout of DIR while building (``.s3sync/mscoco/`` stays, holding the completion records)::
 
-    DIR/.s3sync-build/lock                 flock: one build per DIR at a time
-    DIR/.s3sync-build/NAME.zip.json        completion record: url, size, ETag, digest, evidence,
+    DIR/.s3sync/mscoco/lock                 flock: one build per DIR at a time
+    DIR/.s3sync/mscoco/NAME.zip.json        completion record: url, size, ETag, digest, evidence,
                                            members [[name, size], ...], top-level entries
-    DIR/.s3sync-build/NAME.zip/state.json  what is being extracted (url, size, ETag, expected digest)
-    DIR/.s3sync-build/NAME.zip/members.jsonl  one line per member written and checked (CRC-32)
-    DIR/.s3sync-build/NAME.zip/verified.json  the zip checked out: its entries are being moved
-    DIR/.s3sync-build/NAME.zip/tree/       the members extracted so far
+    DIR/.s3sync/mscoco/NAME.zip/state.json  what is being extracted (url, size, ETag, expected digest)
+    DIR/.s3sync/mscoco/NAME.zip/members.jsonl  one line per member written and checked (CRC-32)
+    DIR/.s3sync/mscoco/NAME.zip/verified.json  the zip checked out: its entries are being moved
+    DIR/.s3sync/mscoco/NAME.zip/tree/       the members extracted so far
 
 Resume, the design that downloads least while every byte in DIR is checked:
 
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import captions
+from ..archive import METADATA_DIR
 from ..config import TransferSettings
 from ..errors import BuildError, DestinationError
 from ..fsutil import write_atomic
@@ -66,7 +67,8 @@ from ..zipstream import (
 
 COCO_SITE = "http://images.cocodataset.org"
 YEARS = (2014, 2017)
-BUILD_DIR = ".s3sync-build"
+BUILD_DIR = f"{METADATA_DIR}/mscoco"
+"""The build's own state, inside the metadata directory that publish leaves out."""
 NEURALTALK2_NAME = "neuraltalk2.json"
 ZIP_ATTEMPTS = 2
 """Whole passes over a zip whose digest differs before the build fails."""
@@ -251,7 +253,7 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
 
 @contextlib.contextmanager
 def _locked(dest: Path) -> Iterator[Path]:
-    """``DIR/.s3sync-build``, created, held under an exclusive flock for the build."""
+    """``DIR/.s3sync/mscoco``, created, held under an exclusive flock for the build."""
     meta = dest / BUILD_DIR
     try:
         meta.mkdir(parents=True, exist_ok=True)
@@ -443,7 +445,7 @@ def _missing(dest: Path, members: list) -> str | None:
 def _check_tops(dest: Path, directory: ZipDirectory, name: str) -> None:
     """Refuse a zip whose top-level entries would replace something in DIR that no build made."""
     for top in sorted({m.name.split("/", 1)[0] for m in directory.members}):
-        if top in (BUILD_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME) or top.endswith(TMP_SUFFIX):
+        if top in (METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME) or top.endswith(TMP_SUFFIX):
             raise BuildError(f"{directory.url}: its member {top!r} would overwrite what the build writes",
                              hint="the zip is not a COCO zip: check --mirror")
         if os.path.lexists(dest / top):

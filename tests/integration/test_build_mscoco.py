@@ -34,7 +34,7 @@ def build(capsys, server, dest: Path, *extra: str) -> tuple[int, dict | None, st
     return code, (json.loads(out) if code == 0 else None), err
 
 
-def tree_of(root: Path, skip=(BUILD_DIR, "captions.json", "neuraltalk2.json")) -> dict[str, bytes | None]:
+def tree_of(root: Path, skip=(BUILD_DIR.split("/")[0], "captions.json", "neuraltalk2.json")) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
