@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from cocosite import make_site, write_annotations
+from httpserver import Fault
 
 from s3sync import archive, captionfiles, zipstream
 from s3sync.builders.mscoco import write_captions
@@ -177,6 +178,80 @@ def test_an_image_entry_that_is_not_an_object_is_named(tmp_path):
         (dest / "annotations" / f"captions_{split}2014.json").write_text(json.dumps(doc))
     with pytest.raises(CaptionsError, match="images"):
         write_captions(dest, 2014)
+
+
+def _reference(site, tmp: Path) -> dict[str, bytes | None]:
+    ref = tmp / "reference"
+    for split in ("train", "val", "annotations"):
+        with zipfile.ZipFile(site.zip(split)) as zf:
+            zf.extractall(ref)
+    return tree_of(ref)
+
+
+def _built(dest: Path) -> dict[str, bytes | None]:
+    return {k: v for k, v in tree_of(dest).items()
+            if k.split("/")[0] not in (".s3sync-build", "captions.json", "neuraltalk2.json")}
+
+
+@pytest.mark.xfail(strict=True, reason="the HEAD and the 1-byte range probe are not retried: one transient 503 "
+                                       "(S3's SlowDown on the COCO site) stops the build, with a hint to 'check "
+                                       "--endpoint-url', an option build mscoco does not have")
+@pytest.mark.parametrize("faults", [[Fault(status=503)], [Fault(), Fault(status=503)]], ids=["head", "range-probe"])
+def test_one_transient_503_before_the_download_is_retried(http_server, tmp_path, capsys, faults):
+    site = make_site(tmp_path / "site")
+    server = http_server(site.root)
+    server.fault(site.paths[0], *faults)
+    dest = tmp_path / "coco"
+    code, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert "--endpoint-url" not in err
+    assert code == 0, err
+    assert _built(dest) == _reference(site, tmp_path)
+
+
+@pytest.mark.parametrize("faults", [
+    [Fault(), Fault(), Fault(cut_after=1000, reset=True), Fault(cut_after=0), Fault(status=503),
+     Fault(cut_after=70_000)],
+    [Fault(), Fault(cut_after=10)],
+], ids=["chunks-cut-reset-503", "tail-cut"])
+def test_dropped_connections_while_streaming_are_retried(http_server, tmp_path, capsys, faults):
+    """Held up: cut bodies, resets and a 503 on the chunk GETs or the tail read cost retries only."""
+    site = make_site(tmp_path / "site", train=12, val=2, size=(200, 150))
+    server = http_server(site.root)
+    server.fault(site.paths[0], *faults)
+    dest = tmp_path / "coco"
+    code, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert code == 0, err
+    assert _built(dest) == _reference(site, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="a zip verified and moved into DIR, its record not yet written (a kill), "
+                                       "then rebuilt on the mirror (new bytes, ETag, checksums): the rerun drops "
+                                       "verified.json and refuses its own val2014/ as 'no build of val2014.zip made "
+                                       "it', telling the user to remove it")
+def test_a_zip_changed_on_the_mirror_after_a_kill_at_commit_is_rebuilt(http_server, tmp_path, capsys, monkeypatch):
+    from s3sync.builders import mscoco
+
+    site = make_site(tmp_path / "site")
+    server = http_server(site.root)
+    dest = tmp_path / "coco"
+    real = mscoco.write_atomic
+
+    def crash(path, data, **kw):
+        if path.name == "val2014.zip.json":
+            raise KeyboardInterrupt  # where a kill lands between the moves and the record
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(mscoco, "write_atomic", crash)
+    assert build(capsys, server, dest, "--checksums", str(site.checksums))[0] == 130
+    monkeypatch.setattr(mscoco, "write_atomic", real)
+    with zipfile.ZipFile(site.zip("val"), "a") as zf:  # the mirror rebuilds val2014.zip
+        zf.writestr("val2014/README.txt", b"new")
+    site.md5[site.paths[1]] = hashlib.md5(site.zip("val").read_bytes()).hexdigest()
+    site.write_checksums()
+    code, err = build(capsys, server, dest, "--checksums", str(site.checksums))
+    assert "no build of val2014.zip made it" not in err
+    assert code == 0, err
+    assert (dest / "val2014" / "README.txt").read_bytes() == b"new"
 
 
 def write_annotations_ascii(site) -> None:
