@@ -105,13 +105,15 @@ def check(doc: dict[str, Any], source: str, exists: Callable[[str], bool] | None
         CaptionsError: naming ``source``, how many problems there are, and the first few.
     """
     problems: list[str] = []
-    total = 0
+    total = shown = 0
 
-    def bad(text: str) -> None:
-        nonlocal total
-        total += 1
+    def bad(text: str, weight: int = 1) -> None:
+        """One line naming ``weight`` problems (the images without caption share one line)."""
+        nonlocal total, shown
+        total += weight
         if len(problems) < _SHOWN:
             problems.append(text)
+            shown += weight
 
     image_ids: set[int] = set()
     names: set[str] = set()
@@ -155,10 +157,10 @@ def check(doc: dict[str, Any], source: str, exists: Callable[[str], bool] | None
     if uncaptioned:
         first = next(iid for iid in (im.get("id") for im in doc["images"] if isinstance(im, dict))
                      if iid in image_ids and iid not in captioned)
-        total += uncaptioned - 1
-        bad(f"{uncaptioned:,} image{'s have' if uncaptioned > 1 else ' has'} no caption (first: image {first})")
+        bad(f"{uncaptioned:,} image{'s have' if uncaptioned > 1 else ' has'} no caption (first: image {first})",
+            uncaptioned)
     if total:
-        more = f" (and {total - len(problems):,} more)" if total > len(problems) else ""
+        more = f" (and {total - shown:,} more)" if total > shown else ""
         raise CaptionsError(f"{source}: {total:,} problem{'s' if total > 1 else ''} in {len(doc['images']):,} images "
                             f"and {len(doc['annotations']):,} captions: {'; '.join(problems)}{more}")
     return counts(doc)

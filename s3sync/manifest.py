@@ -101,6 +101,22 @@ class Adoption:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptionsSummary:
+    """The counts of the COCO-model captions file a publish checked (optional manifest field
+    ``captions``, docs/manifest.md section 2).
+
+    Attributes:
+        path: the file's path relative to the dataset root (``captions.json``).
+        images: entries of its ``images`` list.
+        annotations: entries of its ``annotations`` list (captions).
+    """
+
+    path: str
+    images: int
+    annotations: int
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A published (version 1) or adopted (version 2) dataset.
 
@@ -124,6 +140,9 @@ class Manifest:
         tar_size: version 2: bytes of the (decompressed) tar stream; 0 means
             ``stream_size`` (version 1, or uncompressed).
         adopted: version 2: the source and each piece's evidence.
+        captions: the counts of the dataset's ``captions.json`` as checked by the publish, or
+            None (no captions file, or a publish before the field existed). Optional, no
+            version bump: readers that predate it ignore it.
     """
 
     name: str
@@ -142,6 +161,7 @@ class Manifest:
     compression: str = "none"
     tar_size: int = 0
     adopted: Adoption | None = None
+    captions: CaptionsSummary | None = None
 
     @property
     def tar_stream_size(self) -> int:
@@ -176,6 +196,9 @@ class Manifest:
                 for p in self.parts
             ],
         }
+        if self.captions is not None:
+            doc["captions"] = {"path": self.captions.path, "images": self.captions.images,
+                               "annotations": self.captions.annotations}
         if self.version >= ADOPTED_VERSION:
             doc["compression"] = self.compression
             doc["tar_size"] = self.tar_stream_size
@@ -231,6 +254,7 @@ class Manifest:
         files = v.integer(dataset, "dataset.files")
         extracted_size = v.integer(dataset, "dataset.extracted_size")
         members = v.integer(dataset, "dataset.members")
+        captions = _captions(v, doc) if "captions" in doc else None
         raw_parts = doc.get("parts")
         if not isinstance(raw_parts, list) or not raw_parts:
             raise ManifestError(f"{source}: field 'parts' must be a non-empty list")
@@ -271,7 +295,7 @@ class Manifest:
                     f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
             _check_consistency(source, stream_size, stream_digest, files, extracted_size, members, parts)
             return cls(name, generation, created, chunk_size, stream_size, stream_digest,
-                       files, extracted_size, members, tuple(parts), previous=previous)
+                       files, extracted_size, members, tuple(parts), previous=previous, captions=captions)
         compression = doc.get("compression")
         if not isinstance(compression, str) or compression not in COMPRESSIONS:
             raise ManifestError(f"{source}: field 'compression' is {compression!r}, not one of "
@@ -284,7 +308,7 @@ class Manifest:
         _check_adopted(source, stream_size, stream_digest, tar_size, files, extracted_size, members, parts)
         return cls(name, generation, created, chunk_size, stream_size, stream_digest,
                    files, extracted_size, members, tuple(parts), previous=previous, version=version,
-                   compression=compression, tar_size=tar_size, adopted=adopted)
+                   compression=compression, tar_size=tar_size, adopted=adopted, captions=captions)
 
 
 TAR_BLOCK = 512
@@ -377,6 +401,23 @@ def _check_piece_key(source: str, field: str, key: str, seen: set[str]) -> None:
     if key in seen:
         raise fail("names a piece twice")
     seen.add(key)
+
+
+def _captions(v: _Validator, doc: dict[str, Any]) -> CaptionsSummary:
+    """The optional ``captions`` object: ``path`` a relative path inside the dataset (``verify``
+    reads the file there, ``ls`` prints it: no ``..``, no control character, not under
+    ``.s3sync/``), ``images`` and ``annotations`` integers >= 0.
+
+    Raises:
+        ManifestError: naming the field and what is wrong.
+    """
+    raw = v.obj(doc, "captions")
+    path = v.string(raw, "captions.path", _PRINTABLE_RE)
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts) or parts[0] == METADATA_DIR \
+            or len(path.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ManifestError(f"{v.source}: field 'captions.path' {path!r} is not a relative path inside the dataset")
+    return CaptionsSummary(path, v.integer(raw, "captions.images"), v.integer(raw, "captions.annotations"))
 
 
 def _adoption(v: _Validator, doc: dict[str, Any], source: str, parts: int) -> Adoption:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import archive
 from . import lease as leases
+from .captionfiles import check_tree
 from .config import Location, TransferSettings
 from .errors import (
     Interrupted,
@@ -42,8 +43,8 @@ from .errors import (
     StoreError,
     TransientStoreError,
 )
-from .leftovers import Cleanup, safe_clean, survey
 from .lease import LEASE_NAME, Lease, LeaseSettings
+from .leftovers import Cleanup, safe_clean, survey
 from .manifest import MANIFEST_NAME, Manifest, PartEntry, claims_format
 from .partwriter import PartWriter, Pipe
 from .planning import upload_part_size
@@ -228,6 +229,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
 
     Raises:
         SourceError: ``src`` is unreadable or holds something that cannot be published.
+        CaptionsError: ``src/captions.json`` does not parse or hold together (checked before
+            anything is written to the bucket; its counts go into the manifest).
         PublishConflictError: another publish of the same prefix swapped the manifest first.
         StoreError: the bucket is missing or an upload failed for good; if the manifest PUT's
             outcome could not be learnt, the message says so and nothing was deleted.
@@ -238,6 +241,9 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     started = time.monotonic()
     store.check_bucket()
     entries = archive.scan_tree(src)
+    # Before anything is written to the bucket: a broken captions.json is refused here
+    # (the ImageNet captions once lost 540k of 919k captions on S3 and nobody noticed).
+    captions = check_tree(src, entries)
     estimate = sum(e.st.st_size for e in entries if e.link is None) + 1024 * len(entries)
     generation = new_generation()
     up_size = upload_part_size(settings.part_size, max(settings.chunk_size, 8 * 1024 * 1024))
@@ -352,7 +358,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             chunk_size=settings.chunk_size, stream_size=writer.tell(),
             stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
             extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),
-            previous=base.generation,
+            previous=base.generation, captions=captions,
         )
         if base.generation is not None and base.data is not None:
             # The base's history copy, before it stops being current (if its own publish

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import archive, hashing
+from .captionfiles import recheck
+from .captions import CaptionCounts
 from .errors import DestinationError, ManifestError
 from .journal import INDEX_NAME, iter_index, load_index
 from .manifest import MANIFEST_NAME, Manifest
@@ -43,7 +45,8 @@ class Problem:
     of the dataset), ``unreadable`` (cannot be read now), ``unverifiable`` (published
     without owner read permission: only root can read it back; not a difference),
     ``incomplete`` (at path ``.``: the pull recorded fewer or more members, files or bytes
-    than the manifest promises).
+    than the manifest promises), ``captions`` (the dataset's captions file no longer parses,
+    holds together, or has the image and caption counts the manifest records).
     """
 
     path: str
@@ -53,7 +56,9 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
-    """Outcome of a verify: entries and bytes checked, the problems found, seconds taken."""
+    """Outcome of a verify: entries and bytes checked, the problems found, seconds taken, and
+    the counts of the captions file where the manifest records them (None otherwise, or
+    when the file could not be parsed)."""
 
     dest: Path
     name: str
@@ -62,6 +67,7 @@ class VerifyResult:
     checked_bytes: int
     problems: tuple[Problem, ...]
     elapsed_s: float
+    captions: CaptionCounts | None = None
 
 
 def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -> VerifyResult:
@@ -107,10 +113,15 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
         if manifest is not None:
             problems += _unkept_promises(manifest, index_path)
+    found = None
+    if manifest is not None and manifest.captions is not None and marker.get("mode") != "parts":
+        # The file's bytes were checked as a member above; this is the explicit count check.
+        found, lines = recheck(dest, manifest.captions)
+        problems += [Problem(manifest.captions.path, "captions", line) for line in lines]
     name, generation = (manifest.name, manifest.generation) if manifest is not None else \
         (str(marker.get("name", dest.name)), str(marker.get("generation", "")))
     return VerifyResult(dest, name, generation, checked, nbytes,
-                        tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started)
+                        tuple(sorted(problems, key=lambda p: p.path)), time.monotonic() - started, found)
 
 
 def _verify_tree(dest: Path, records: list[archive.MemberRecord], concurrency: int,

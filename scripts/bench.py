@@ -571,7 +571,9 @@ def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, pe
                                per_dir=per_dir, seed=seed)
         return {"files": info.files, "bytes": info.bytes}
 
-    return cached_dataset(out, f"sbu-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}", build)
+    # "sbu2": captions.json's file_names became relative to the root (issue 12); a tree cached
+    # before would now be refused by publish's captions check.
+    return cached_dataset(out, f"sbu2-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}", build)
 
 
 def build_large_dataset(out: Path, count: int, size: int) -> tuple[Path, dict]:

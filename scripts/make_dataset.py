@@ -15,10 +15,11 @@ counts and entropy (so compression cannot flatter a transfer). ``captions.json``
 COCO captions model, with one caption per image as in SBU::
 
     {"info": {...},
-     "images": [{"id": 1, "file_name": "0000/000000001.jpg", "width": 500, "height": 375}],
+     "images": [{"id": 1, "file_name": "images/0000/000000001.jpg", "width": 500, "height": 375}],
      "annotations": [{"id": 1, "image_id": 1, "caption": "..."}]}
 
-``file_name`` is relative to ``DEST/images``, COCO's image root.
+``file_name`` is relative to ``DEST``, the dataset's root, as s3sync's builders write it and
+as ``s3sync publish`` checks it (issue 12; it was relative to ``DEST/images`` before).
 
 Everything is a pure function of the seed and the file's id: file ``i`` has the same size,
 bytes, dimensions and caption whatever the file count, and two runs give identical trees.
@@ -159,7 +160,7 @@ def make_dataset(
             path.parent.mkdir()
         path.write_bytes(JPEG_HEADER + rng.randbytes(size - MIN_FILE_BYTES) + JPEG_TRAILER)
         total_bytes += size
-        images.append({"id": image_id, "file_name": relpath, "width": width, "height": height})
+        images.append({"id": image_id, "file_name": f"images/{relpath}", "width": width, "height": height})
         annotations.append({"id": image_id, "image_id": image_id, "caption": caption})
 
     document = {

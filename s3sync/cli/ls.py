@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .. import catalog
+from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
 from ..errors import NotFoundError
 from ..ui import UI
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                "members": m.members,
                "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts],
                "version": m.version, "compression": m.compression, "tar_size": m.tar_stream_size,
-               "adopted": m.adopted.source if m.adopted else None}
+               "adopted": m.adopted.source if m.adopted else None, "captions": summary_json(m.captions)}
         if found is not None:
             doc.update(_survey_json(found))
         ui.emit_json(doc)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                ("stream", f"{format_size(m.stream_size)} in {plural(len(m.parts), 'part')}, "
                           f"{plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
                ("hash", m.hash)]
+              + ([("captions", describe(m.captions))] if m.captions else [])
               + ([("adopted", f"from {m.adopted.source} (format version {m.version}; pieces in place)"),
                   ("compression", m.compression)] if m.adopted else []))
         if found is not None:

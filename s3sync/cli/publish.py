@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog
+from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
 from ..errors import SourceError, UsageError
 from ..manifest import NAME_RULE, valid_name
@@ -53,15 +54,16 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ui.emit_json({"command": "publish", "url": location.url(), "name": m.name, "generation": m.generation,
                       "parts": len(m.parts), "stream_size": m.stream_size, "files": m.files,
                       "extracted_size": m.extracted_size, "elapsed_s": round(result.elapsed_s, 3),
-                      "previous": m.previous,
+                      "previous": m.previous, "captions": summary_json(m.captions),
                       "removed_leftovers": result.cleanup.generations if result.cleanup else [],
                       "notes": list(result.notes)})
     elif not ui.quiet:
         for note in result.notes:
             ui.info(note)
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
-        ui.info(f"published {m.name} to {location.url()}: {plural(m.files, 'file')}, {format_size(m.extracted_size)} "
-                f"in {plural(len(m.parts), 'part')}, generation {m.generation}, "
+        counted = f" ({describe(m.captions)}, checked)" if m.captions is not None else ""
+        ui.info(f"published {m.name} to {location.url()}: {plural(m.files, 'file')}, {format_size(m.extracted_size)}"
+                f"{counted} in {plural(len(m.parts), 'part')}, generation {m.generation}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     return EXIT_OK
 

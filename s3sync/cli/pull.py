@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog
+from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
 from ..errors import NotFoundError, UsageError
 from ..manifest import NAME_RULE, valid_name
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "generation": m.generation, "files": m.files, "extracted_size": m.extracted_size,
                       "stream_size": m.stream_size, "bytes_received": result.bytes_received,
                       "resumed_from": result.resumed_from, "retries": result.retries,
-                      "up_to_date": result.up_to_date, "elapsed_s": round(result.elapsed_s, 3)})
+                      "up_to_date": result.up_to_date, "captions": summary_json(m.captions),
+                      "elapsed_s": round(result.elapsed_s, 3)})
     elif result.up_to_date:
         ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
     else:
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
         what = (f"{plural(len(m.parts), 'part file')}, {format_size(m.stream_size)} (not extracted)" if args.no_extract
                 else f"{plural(m.files, 'file')}, {format_size(m.extracted_size)}")
+        if m.captions is not None:
+            what += f" ({describe(m.captions)})"
         ui.info(f"pulled {result.dest.name} into {result.dest}: {what}, "
                 f"{format_size(result.bytes_received)} received, {plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")

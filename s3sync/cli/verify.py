@@ -32,6 +32,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "generation": result.generation, "checked": result.checked,
                       "checked_bytes": result.checked_bytes, "ok": not result.problems,
                       "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.problems],
+                      "captions": ({"images": result.captions.images, "annotations": result.captions.annotations}
+                                   if result.captions is not None else None),
                       "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for p in result.problems:
@@ -52,8 +54,10 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                            f"generation {result.generation}{also}",
                            hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
                                 f"it cannot read" if unverifiable else None)
+    counted = (f", {plural(result.captions.images, 'image')} and {plural(result.captions.annotations, 'caption')} "
+               "as the manifest records" if result.captions is not None else "")
     ui.info(f"{result.dest}: {plural(result.checked, 'entry', 'entries')}, "
-            f"{format_size(result.checked_bytes)} verified OK "
+            f"{format_size(result.checked_bytes)} verified OK{counted} "
             f"({result.elapsed_s:.1f}s)")
     return EXIT_OK
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from s3sync import lease as leases
+from s3sync import threads
 from s3sync.config import Location
 from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, StoreError, TransientStoreError
 from s3sync.lease import LeaseSettings
@@ -557,10 +558,10 @@ def test_a_history_copy_is_not_taken_for_a_dataset(kit: Kit) -> None:
 
 
 def _main_thread_joining() -> bool:
-    """Whether the main thread is blocked in ``Thread.join`` (waiting for the uploaders)."""
+    """Whether the main thread is waiting for the uploaders (``threads.wait_all``)."""
     frame = sys._current_frames().get(threading.main_thread().ident)
     while frame is not None:
-        if frame.f_code.co_name == "join" and frame.f_code.co_filename == threading.__file__:
+        if frame.f_code.co_name == "wait_all" and frame.f_code.co_filename == threads.__file__:
             return True
         frame = frame.f_back
     return False

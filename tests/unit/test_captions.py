@@ -46,6 +46,21 @@ def test_check_names_the_first_problems_and_counts_them_all() -> None:
     assert text.startswith("captions.json: 5 problems in 5 images and 3 captions")
     assert "'images/1.jpg' does not exist" in text and "image_id 999" in text
     assert "3 images have no caption (first: image 12)" in text
+    assert "more)" not in text  # the three shown lines name all five problems
+
+
+def test_the_problems_beyond_the_shown_lines_are_counted_right() -> None:
+    d = doc(6)
+    d["annotations"] = [a for a in d["annotations"] if a["image_id"] == 10]  # 5 images lose their caption
+    with pytest.raises(CaptionsError) as err:
+        captions.check(d, "c.json")
+    assert str(err.value) == "c.json: 5 problems in 6 images and 2 captions: 5 images have no caption (first: image 11)"
+    for name in ("../a", "../b", "../c"):
+        d["images"].append({"id": len(d["images"]) + 100, "file_name": name})
+    with pytest.raises(CaptionsError) as err:
+        captions.check(d, "c.json")
+    # 3 bad names shown; the 8 images without caption are the "more"
+    assert str(err.value).startswith("c.json: 11 problems in 9 images") and str(err.value).endswith("(and 8 more)")
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x.jpg", "a/../../x.jpg", "", "."])
