@@ -1,0 +1,336 @@
+"""``s3sync build imagenet``: ImageNet images crawled from a ``fall11_urls.txt``-style list.
+
+The list (image-net.org's ``imagenet_fall11_urls.tgz`` holds ``fall11_urls.txt``: 14,197,121
+lines) has one image a line, ``WNID_N<TAB>URL``: ``WNID`` the WordNet synset (``n`` and eight
+digits), ``N`` the image's number in it (``n00004475_6590<TAB>http://farm4.static.flickr.com/...``).
+It is read as a stream, twice (a scan, then the crawl), never held in memory. Not every line
+is valid UTF-8, and some URLs hold non-ASCII characters (the crawler percent-quotes those).
+
+A line that cannot be decoded as UTF-8, or does not have the form ``WNID_N<TAB>URL`` (with
+``N`` decimal digits and a non-empty URL), is a *bad line*: it is never fetched and never
+stops the build; it is recorded like a failed URL, with reason ``bad line`` in
+``failures.tsv`` (the ``url`` column then holds the whole line as read, undecodable bytes as
+``\\xNN``), counted in the result (with its first line numbers) and not fetched again by a
+rerun. A line repeating the ``WNID_N`` of an earlier line of the same run of lines of its
+synset (the list is grouped by synset) would overwrite its image: it is recorded with reason
+``duplicate`` instead. (Repeats far apart in a list that is not grouped are not detected:
+that would take a set of millions of names.)
+
+Selection: ``first``/``count`` are 0-based line numbers, as for SBU; ``wnids`` keeps only the
+lines of those synsets (e.g. the 1,000 ILSVRC-2012 classes). A bad line whose synset cannot
+be read is kept by any ``wnids`` (it is reported, not silently dropped).
+
+Layout, in ``DIR``::
+
+    WNID/WNID_N.EXT           the image of line WNID_N (EXT from the detected format, jpg mostly)
+    WNID/BBBB/WNID_N.EXT      the same, for a synset with more than PER_DIR lines in the list:
+                              BBBB = N // PER_DIR (four digits), so no directory holds more than
+                              PER_DIR images (names are unique, so each bucket holds at most
+                              PER_DIR numbers). Decided from the whole list's line counts, so it
+                              does not depend on the selection and stays the same on a rerun.
+    captions.json             COCO model: image ``id`` = the 0-based line number, ``file_name``
+                              relative to DIR, ``url`` = the source URL, width, height; one
+                              annotation per image whose ``caption`` is the synset's words from
+                              ``words.txt`` (``WNID<TAB>words``), or the WNID itself when no words
+                              file is given or it lacks the synset (every image needs a caption).
+    failures.tsv              index, url, reason (header line first)
+
+Resume, atomic writes, ``failures.tsv`` and the journal: as ``builders.listcrawl``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..crawl import CrawlSettings, download
+from ..errors import BuildError, UsageError
+from ..images import PLACEHOLDER_MD5S
+from ..progress import Progress
+from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
+
+PER_DIR = 10_000
+"""Most images in one directory; a synset with more lines than this gets sub-directories."""
+SOURCES_DIR = "sources"
+DESCRIPTION = "ImageNet (image-net.org) images from its URL list, built by s3sync build imagenet"
+REASON_BAD_LINE = "bad line"
+REASON_DUPLICATE = "duplicate"
+EXAMPLES = 5
+"""Line numbers of bad lines kept for the summary."""
+
+_NAME = re.compile(rb"(n[0-9]{8})_([0-9]+)")
+_WNID = re.compile(r"n[0-9]{8}")
+
+
+@dataclass(frozen=True, slots=True)
+class ImagenetBuildResult:
+    """What ``build_imagenet`` did.
+
+    Attributes:
+        crawl: the crawl's tally (``listcrawl.ListBuildResult``); ``crawl.requested`` is the
+            number of selected lines.
+        lines: lines in the URL list.
+        urls: where the URL list came from (path or URL).
+        words: where the words came from ("" if not given).
+        synsets: synsets with at least one line in the selection.
+        bad_lines: bad lines in the selection (done now or by an earlier run).
+        bad_line_numbers: the first few of them (0-based line numbers).
+        split_synsets: synsets of the selection stored in sub-directories (more than
+            ``per_dir`` lines in the list).
+    """
+
+    crawl: ListBuildResult
+    lines: int
+    urls: str
+    words: str
+    synsets: int
+    bad_lines: int
+    bad_line_numbers: tuple[int, ...] = ()
+    split_synsets: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One pass over the list.
+
+    Attributes:
+        lines: lines in the list (a last line without a newline counts).
+        per_synset: lines per synset in the whole list (lines whose synset can be read).
+        selected: lines in the selection.
+    """
+
+    lines: int
+    per_synset: dict[str, int]
+    selected: int
+
+
+def image_stem(wnid: str, number: str, lines_in_synset: int, per_dir: int = PER_DIR) -> str:
+    """Where the image ``WNID_N`` goes, relative to ``DIR``, less its extension.
+
+    Args:
+        wnid: the synset (``n01440764``).
+        number: ``N`` as written in the list (decimal digits).
+        lines_in_synset: the synset's lines in the whole list.
+        per_dir: most images in one directory.
+    """
+    if lines_in_synset > per_dir:
+        return f"{wnid}/{int(number) // per_dir:04d}/{wnid}_{number}"
+    return f"{wnid}/{wnid}_{number}"
+
+
+def parse_line(raw: bytes) -> tuple[str, str, str] | None:
+    """``(wnid, number, url)`` of one line of the list (its line end removed), or None for a
+    bad line (not UTF-8, no tab, a name that is not ``WNID_N``, an empty URL)."""
+    name, tab, url_bytes = raw.rstrip(b"\r\n").partition(b"\t")
+    match = _NAME.fullmatch(name.strip())
+    if not tab or match is None:
+        return None
+    try:
+        url = url_bytes.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if not url or "\t" in url:
+        return None
+    return match.group(1).decode("ascii"), match.group(2).decode("ascii"), url
+
+
+def _synset_of(raw: bytes) -> bytes | None:
+    """The synset of a line, read cheaply (``n`` + 8 digits + ``_`` at its start), or None."""
+    if raw[9:10] == b"_" and raw[:1] == b"n" and raw[1:9].isdigit():
+        return raw[:9]
+    return None
+
+
+def scan(path: Path, name: str, first: int, end: int | None, wnids: frozenset[bytes] | None) -> Scan:
+    """Count the list's lines, its lines per synset, and the selected lines.
+
+    Args:
+        path: the list.
+        name: how to name it in messages.
+        first: the first selected line (0-based).
+        end: one past the last selected line (None: the end).
+        wnids: the synsets kept (None: all).
+
+    Raises:
+        BuildError: the file cannot be read.
+    """
+    per_synset: Counter[bytes] = Counter()
+    lines = selected = 0
+    try:
+        with open(path, "rb") as f:
+            for index, raw in enumerate(f):
+                lines += 1
+                wnid = _synset_of(raw)
+                if wnid is not None:
+                    per_synset[wnid] += 1
+                if index >= first and (end is None or index < end) and (
+                        wnids is None or wnid is None or wnid in wnids):
+                    selected += 1
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
+    return Scan(lines, {k.decode("ascii"): v for k, v in per_synset.items()}, selected)
+
+
+class _Report:
+    """What the item generator saw (read after the crawl has consumed it)."""
+
+    def __init__(self) -> None:
+        self.bad = 0
+        self.examples: list[int] = []
+        self.synsets: set[str] = set()
+        self.split: set[str] = set()
+
+
+def _items(path: Path, first: int, end: int | None, wnids: frozenset[bytes] | None, words: dict[str, str],
+           per_synset: dict[str, int], per_dir: int, report: _Report) -> Iterator[ListItem]:
+    """The selected lines as items, in line order (bad lines and duplicates as failed items)."""
+    current, seen = "", set()
+    with open(path, "rb") as f:
+        for index, raw in enumerate(itertools.islice(f, first, end), start=first):
+            wnid_bytes = _synset_of(raw)
+            if wnids is not None and wnid_bytes is not None and wnid_bytes not in wnids:
+                continue
+            parsed = parse_line(raw)
+            if parsed is None:
+                report.bad += 1
+                if len(report.examples) < EXAMPLES:
+                    report.examples.append(index)
+                text = raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace").strip()
+                yield ListItem(index, text, (), "", failure=REASON_BAD_LINE)
+                continue
+            wnid, number, url = parsed
+            if wnid != current:
+                current, seen = wnid, set()
+            report.synsets.add(wnid)
+            if number in seen:
+                yield ListItem(index, url, (), "", failure=REASON_DUPLICATE)
+                continue
+            seen.add(number)
+            in_synset = per_synset.get(wnid, 0)
+            if in_synset > per_dir:
+                report.split.add(wnid)
+            yield ListItem(index, url, (words.get(wnid) or wnid,), image_stem(wnid, number, in_synset, per_dir))
+
+
+def read_wnids(path: Path, name: str) -> frozenset[str]:
+    """The synsets listed in a file, one a line (blank lines and ``#`` comments ignored;
+    anything after the WNID on a line, such as ILSVRC's class names, is ignored too).
+
+    Raises:
+        BuildError: the file cannot be read, or a line does not start with a WNID.
+    """
+    found = set()
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        wnid = line.split(maxsplit=1)[0]
+        if not _WNID.fullmatch(wnid):
+            raise BuildError(f"{name}, line {number}: {wnid[:40]!r} is not a WordNet id (n and 8 digits)",
+                             hint="give one WNID a line, such as n01440764")
+        found.add(wnid)
+    if not found:
+        raise BuildError(f"{name}: no WNID in it", hint="give one WNID a line, such as n01440764")
+    return frozenset(found)
+
+
+def read_words(path: Path, name: str) -> dict[str, str]:
+    """``words.txt``: ``WNID<TAB>words`` a line (undecodable bytes replaced; other lines ignored).
+
+    Raises:
+        BuildError: the file cannot be read, or holds no such line.
+    """
+    words: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                wnid, tab, text = raw.decode("utf-8", "replace").rstrip("\r\n").partition("\t")
+                if tab and _WNID.fullmatch(wnid.strip()) and text.strip():
+                    words[wnid.strip()] = text.strip()
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
+    if not words:
+        raise BuildError(f"{name}: no 'WNID<TAB>words' line in it", hint="give ImageNet's words.txt")
+    return words
+
+
+def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: str | None = None, first: int = 0,
+                   count: int | None = None, settings: CrawlSettings | None = None, per_dir: int = PER_DIR,
+                   retry_failed: bool = False, placeholders: Collection[str] = PLACEHOLDER_MD5S,
+                   progress: Progress | None = None, stop: threading.Event | None = None) -> ImagenetBuildResult:
+    """Build (or resume building) ImageNet images in ``dest`` from a URL list.
+
+    Args:
+        dest: the dataset directory.
+        urls: the ``WNID_N<TAB>URL`` list (local path or http(s) URL, downloaded once into
+            ``dest/.s3sync/sources/``).
+        wnids: a file (or URL) listing the synsets to keep, one a line (None: all).
+        words: ``words.txt`` (file or URL): the captions (None: each image's WNID).
+        first: the first line to build (0-based).
+        count: how many lines from ``first`` (None: to the end); with ``wnids``, only the lines
+            of those synsets among them are built.
+        settings: the crawler's settings.
+        per_dir: most images in one directory (``PER_DIR``; smaller in tests).
+        retry_failed: fetch again the lines whose failure was not permanent.
+        placeholders: MD5 digests refused as placeholders.
+        progress: see ``listcrawl.build_from_list``.
+        stop: set it to stop the crawl.
+
+    Returns:
+        The run's tally, with the bad lines of the selection.
+
+    Raises:
+        UsageError: ``first``/``count`` out of range.
+        BuildError: a source cannot be read or downloaded, a ``wnids`` or ``words`` file is
+            not what it should be, ``dest`` cannot be written.
+    """
+    if first < 0 or (count is not None and count < 0):
+        raise UsageError(f"--first {first} --count {count}: must be 0 or more")
+    settings = settings or CrawlSettings()
+    sources = dest / META_DIR / SOURCES_DIR
+    try:
+        sources.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})") from err
+    urls_path = source_path(urls, sources, settings, stop)
+    keep = read_wnids(source_path(wnids, sources, settings, stop), wnids) if wnids else None
+    captions = read_words(source_path(words, sources, settings, stop), words) if words else {}
+    keep_bytes = frozenset(w.encode("ascii") for w in keep) if keep is not None else None
+    end = None if count is None else first + count
+    scanned = scan(urls_path, urls, first, end, keep_bytes)
+    if first > scanned.lines or (first == scanned.lines and scanned.lines):
+        raise UsageError(f"--first {first} is past the end of {urls} ({scanned.lines:,} lines, numbered from 0)")
+    report = _Report()
+    items = _items(urls_path, first, end, keep_bytes, captions, scanned.per_synset, per_dir, report)
+    result = build_from_list(dest, items, scanned.selected, description=DESCRIPTION, settings=settings,
+                             url_field="url", retry_failed=retry_failed, placeholders=placeholders,
+                             progress=progress, stop=stop)
+    return ImagenetBuildResult(result, scanned.lines, urls, words or "", len(report.synsets), report.bad,
+                               tuple(report.examples), tuple(sorted(report.split)))
+
+
+def source_path(source: str, sources: Path, settings: CrawlSettings, stop: threading.Event | None) -> Path:
+    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns).
+
+    Raises:
+        BuildError: a local file that does not exist, or a failed download.
+    """
+    if not source.startswith(("http://", "https://")):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise BuildError(f"{source}: no such file", hint="give a local file or an http(s):// URL")
+        return path
+    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "list.txt"
+    path = sources / name
+    if not path.is_file():  # a download lands whole (temp + rename) or not at all
+        download(source, path, settings, stop)
+    return path
