@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -135,17 +136,24 @@ def write_lists(out: Path, url: str, paths: list[str]) -> tuple[Path, Path]:
     return urls, caps
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) used by this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_s3sync(urls: Path, caps: Path, dest: Path, threads: int) -> dict:
     shutil.rmtree(dest, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t0 = time.monotonic()
+    cpu0, t0 = cpu_s(), time.monotonic()
     out = subprocess.run([sys.executable, "-m", "s3sync", "build", "sbu", str(dest), "--urls", str(urls),
                           "--captions", str(caps), "--threads", str(threads), "--json"],
                          check=True, capture_output=True, text=True, env=env).stdout
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_s() - cpu0
     doc = json.loads(out)
     shutil.rmtree(dest, ignore_errors=True)
-    return {"wall_s": wall, "inner_s": doc["elapsed_s"], "kept": doc["images"], "by_reason": doc["failed_by_reason"]}
+    return {"wall_s": wall, "cpu_s": cpu, "inner_s": doc["elapsed_s"], "kept": doc["images"],
+            "by_reason": doc["failed_by_reason"]}
 
 
 def i2d_command(exe: str, urls: Path, dest: Path, threads: int, mode: str, output_format: str = "files") -> list[str]:
@@ -163,13 +171,14 @@ def i2d_env() -> dict[str, str]:
 
 def run_i2d(exe: str, urls: Path, dest: Path, threads: int, mode: str) -> dict:
     shutil.rmtree(dest, ignore_errors=True)
-    t0 = time.monotonic()
+    cpu0, t0 = cpu_s(), time.monotonic()
     subprocess.run(i2d_command(exe, urls, dest, threads, mode), check=True, capture_output=True, text=True,
                    env=i2d_env())
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_s() - cpu0
     stats = [json.loads(p.read_text()) for p in dest.glob("*_stats.json")]
     shutil.rmtree(dest, ignore_errors=True)
-    return {"wall_s": wall, "inner_s": sum(s["duration"] for s in stats), "kept": sum(s["successes"] for s in stats),
+    return {"wall_s": wall, "cpu_s": cpu, "inner_s": sum(s["duration"] for s in stats),
+            "kept": sum(s["successes"] for s in stats),
             "by_reason": {k: v for s in stats for k, v in s["status_dict"].items() if k != "success"}}
 
 
@@ -178,9 +187,11 @@ def compare(args: argparse.Namespace, urls: Path, caps: Path, real: int, lines: 
     if not Path(exe).is_file():
         raise SystemExit(f"{args.img2dataset}: not found; install it with 'pip install img2dataset' (best in its "
                          f"own venv) and give its path with --img2dataset")
-    print(f"img2dataset: {' '.join(i2d_command(Path(exe).name, Path('URLS'), Path('OUT'), args.threads, args.i2d_mode))}")
+    flags = i2d_command(Path(exe).name, Path("URLS"), Path("OUT"), args.threads, args.i2d_mode)
+    print(f"img2dataset: {' '.join(flags)}")
     print(f"s3sync: python -m s3sync build sbu OUT --urls URLS --captions CAPS --threads {args.threads} --json")
-    print(f"{'run':>4} {'tool':<12} {'wall s':>7} {'img/s':>7} {'inner s':>8} {'inner img/s':>11} {'kept':>6}")
+    print(f"{'run':>4} {'tool':<12} {'wall s':>7} {'img/s':>7} {'inner s':>8} {'inner img/s':>11} {'CPU s':>6} "
+          f"{'kept':>6}")
     rows: dict[str, list[dict]] = {"s3sync": [], "img2dataset": []}
     for n in range(args.repeats):
         for tool in ("s3sync", "img2dataset"):
@@ -191,15 +202,18 @@ def compare(args: argparse.Namespace, urls: Path, caps: Path, real: int, lines: 
             r["rate"], r["inner_rate"] = real / r["wall_s"], real / r["inner_s"]
             rows[tool].append(r)
             print(f"{n:>4} {tool:<12} {r['wall_s']:>7.2f} {r['rate']:>7.0f} {r['inner_s']:>8.2f} "
-                  f"{r['inner_rate']:>11.0f} {r['kept']:>6}", flush=True)
+                  f"{r['inner_rate']:>11.0f} {r['cpu_s']:>6.2f} {r['kept']:>6}", flush=True)
     ratios = [a["rate"] / b["rate"] for a, b in zip(rows["s3sync"], rows["img2dataset"])]
     inner = [a["inner_rate"] / b["inner_rate"] for a, b in zip(rows["s3sync"], rows["img2dataset"])]
     for tool, rs in rows.items():
         print(f"median {tool}: {statistics.median(r['rate'] for r in rs):.0f} images/s "
-              f"(in-process {statistics.median(r['inner_rate'] for r in rs):.0f}); kept {rs[-1]['kept']} of {lines} "
+              f"(in-process {statistics.median(r['inner_rate'] for r in rs):.0f}; "
+              f"{statistics.median(r['cpu_s'] for r in rs) / lines * 1e3:.2f} ms CPU per line); "
+              f"kept {rs[-1]['kept']} of {lines} "
               f"lines ({real} real images); not kept: {rs[-1]['by_reason']}")
-    print(f"median ratio s3sync/img2dataset: {statistics.median(ratios):.2f} wall ({', '.join(f'{x:.2f}' for x in ratios)}), "
-          f"{statistics.median(inner):.2f} in-process ({', '.join(f'{x:.2f}' for x in inner)})")
+    print(f"median ratio s3sync/img2dataset: {statistics.median(ratios):.2f} wall "
+          f"({', '.join(f'{x:.2f}' for x in ratios)}), {statistics.median(inner):.2f} in-process "
+          f"({', '.join(f'{x:.2f}' for x in inner)})")
 
 
 def gets(log: Path) -> list[str]:
@@ -254,6 +268,13 @@ def interrupt(args: argparse.Namespace, urls: Path, caps: Path, url: str, log: P
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)
+    sys.path.insert(0, str(ROOT))
+    from s3sync.images import ImageInfo, check_image
+
+    left = [p for p in (dest / "images").rglob("*") if p.is_file()]
+    whole = sum(isinstance(check_image(p.read_bytes()), ImageInfo) for p in left)
+    print(f"s3sync: after the kill: {len(left)} image files in DIR/images/, {whole} of them whole; captions.json "
+          f"{'present' if (dest / 'captions.json').exists() else 'absent (written only by a finished run)'}")
     before = set(gets(log)[start:])
     records = [json.loads(x) for x in journal.read_bytes().splitlines() if x.endswith(b"}")]
     done = {r["url"][len(url):] for r in records if "file" in r or r.get("permanent")}
@@ -262,7 +283,7 @@ def interrupt(args: argparse.Namespace, urls: Path, caps: Path, url: str, log: P
     again = set(gets(log)[mark:])
     print(f"s3sync: killed with {len(before)} URLs asked, {len(done)} of them recorded done; the rerun asked "
           f"{len(again)} URLs, {len(again & done)} of them already done; captions.json after the rerun: "
-          f"{doc['images']} images; nothing else written outside DIR/.s3sync/ but whole images")
+          f"{doc['images']} images")
 
     # img2dataset (webdataset: one tar per shard, written in place)
     exe = shutil.which(args.img2dataset) or args.img2dataset
