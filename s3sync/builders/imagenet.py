@@ -3,7 +3,10 @@
 The list (image-net.org's ``imagenet_fall11_urls.tgz`` holds ``fall11_urls.txt``: 14,197,121
 lines) has one image a line, ``WNID_N<TAB>URL``: ``WNID`` the WordNet synset (``n`` and eight
 digits), ``N`` the image's number in it (``n00004475_6590<TAB>http://farm4.static.flickr.com/...``).
-It is read as a stream, twice (a scan, then the crawl), never held in memory. Not every line
+It is read as a stream, twice (a scan, then the crawl), never held in memory; ``--urls`` may
+also name the ``.tgz`` itself (its ``fall11_urls.txt`` is copied out once into
+``DIR/.s3sync/sources/``). Scanning the real list takes about 8 s (measured: 0.8 s per 1.4M
+lines), so a rerun starts quickly. Not every line
 is valid UTF-8, and some URLs hold non-ASCII characters (the crawler percent-quotes those).
 
 A line that cannot be decoded as UTF-8, or does not have the form ``WNID_N<TAB>URL`` (with
@@ -48,6 +51,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import archive
 from ..crawl import CrawlSettings, download
 from ..errors import BuildError, UsageError
 from ..images import PLACEHOLDER_MD5S
@@ -58,6 +62,9 @@ PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
 SOURCES_DIR = "sources"
 DESCRIPTION = "ImageNet (image-net.org) images from its URL list, built by s3sync build imagenet"
+URL_MEMBERS = ("fall11_urls.txt", "winter11_urls.txt")
+"""The URL list's name inside image-net.org's archives (``imagenet_fall11_urls.tgz``...)."""
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tar.xz")
 REASON_BAD_LINE = "bad line"
 REASON_DUPLICATE = "duplicate"
 EXAMPLES = 5
@@ -272,7 +279,7 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
     Args:
         dest: the dataset directory.
         urls: the ``WNID_N<TAB>URL`` list (local path or http(s) URL, downloaded once into
-            ``dest/.s3sync/sources/``).
+            ``dest/.s3sync/sources/``), or a tar archive holding it (``unpack_list``).
         wnids: a file (or URL) listing the synsets to keep, one a line (None: all).
         words: ``words.txt`` (file or URL): the captions (None: each image's WNID).
         first: the first line to build (0-based).
@@ -290,8 +297,8 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
 
     Raises:
         UsageError: ``first``/``count`` out of range.
-        BuildError: a source cannot be read or downloaded, a ``wnids`` or ``words`` file is
-            not what it should be, ``dest`` cannot be written.
+        BuildError: a source cannot be read or downloaded, an archive holds no URL list, a
+            ``wnids`` or ``words`` file is not what it should be, ``dest`` cannot be written.
     """
     if first < 0 or (count is not None and count < 0):
         raise UsageError(f"--first {first} --count {count}: must be 0 or more")
@@ -301,7 +308,7 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
         sources.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})") from err
-    urls_path = source_path(urls, sources, settings, stop)
+    urls_path = unpack_list(source_path(urls, sources, settings, stop), urls, sources)
     keep = read_wnids(source_path(wnids, sources, settings, stop), wnids) if wnids else None
     captions = read_words(source_path(words, sources, settings, stop), words) if words else {}
     keep_bytes = frozenset(w.encode("ascii") for w in keep) if keep is not None else None
@@ -316,6 +323,37 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
                              progress=progress, stop=stop)
     return ImagenetBuildResult(result, scanned.lines, urls, words or "", len(report.synsets), report.bad,
                                tuple(report.examples), tuple(sorted(report.split)))
+
+
+def unpack_list(path: Path, name: str, sources: Path) -> Path:
+    """The URL list itself, or, for a tar archive (by its name's suffix, as
+    ``imagenet_fall11_urls.tgz``), its ``URL_MEMBERS`` member copied out once into
+    ``sources/ARCHIVE-NAME.d/`` (kept for reruns).
+
+    Raises:
+        BuildError: the archive cannot be read or holds none of ``URL_MEMBERS``.
+    """
+    if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return path
+    unpacked = sources / f"{path.name}.d"
+    for member in URL_MEMBERS:
+        if (unpacked / member).is_file():
+            return unpacked / member
+    try:
+        unpacked.mkdir(parents=True, exist_ok=True)
+        found = archive.extract_named(path, URL_MEMBERS, unpacked)
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read the archive ({err.strerror or err})") from err
+    except Exception as err:
+        if archive.is_tar_error(err) or isinstance(err, ValueError):
+            raise BuildError(f"{name}: not a readable tar archive ({type(err).__name__})",
+                             hint="give the unpacked fall11_urls.txt, or download the archive again") from err
+        raise
+    for member in URL_MEMBERS:
+        if member in found:
+            return found[member]
+    raise BuildError(f"{name}: the archive holds no {' and no '.join(URL_MEMBERS)}",
+                     hint="give the URL list itself with --urls")
 
 
 def source_path(source: str, sources: Path, settings: CrawlSettings, stop: threading.Event | None) -> Path:

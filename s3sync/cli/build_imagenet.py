@@ -24,7 +24,7 @@ def register(builds: Any, common: argparse.ArgumentParser) -> None:
                     "failed is fetched again.")
     p.add_argument("dir", metavar="DIR", type=Path, help="the dataset directory (created if missing)")
     p.add_argument("--urls", metavar="F|URL", required=True,
-                   help="the URL list (fall11_urls.txt from imagenet_fall11_urls.tgz, unpacked), a file or a URL")
+                   help="the URL list (fall11_urls.txt, or the imagenet_fall11_urls.tgz holding it), a file or a URL")
     p.add_argument("--wnids", metavar="F|URL",
                    help="keep only these synsets, one WNID a line (e.g. the 1,000 ILSVRC-2012 classes)")
     p.add_argument("--words", metavar="F|URL",

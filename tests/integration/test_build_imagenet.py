@@ -7,7 +7,9 @@ the command is in test_build_imagenet_cli.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,26 @@ def test_parse_line_scan_and_stems(tmp_path: Path) -> None:
     wnids = tmp_path / "w.txt"
     wnids.write_text("n00000001\n")
     assert read_wnids(wnids, "w.txt") == {"n00000001"}
+
+
+def test_the_list_inside_its_tgz_archive(imagenet, tmp_path: Path) -> None:
+    net, urls = imagenet
+    tgz = urls.parent / "www" / "imagenet_fall11_urls.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        info = tarfile.TarInfo("fall11_urls.txt")
+        info.size = len(net.raw)
+        tf.addfile(info, io.BytesIO(net.raw))
+    dest = tmp_path / "d"
+    built = build_imagenet(dest, urls=net.server.url_of(tgz.name), count=2, settings=SETTINGS)
+    assert (built.lines, built.crawl.stored) == (len(net.lines), 2)
+    asked = len(net.server.requests_for(tgz.name))
+    build_imagenet(dest, urls=net.server.url_of(tgz.name), count=3, settings=SETTINGS)
+    assert len(net.server.requests_for(tgz.name)) == asked, "downloaded and unpacked once"
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    with pytest.raises(BuildError, match="holds no fall11_urls.txt"):
+        build_imagenet(tmp_path / "e", urls=str(empty))
+    (tmp_path / "junk.tgz").write_bytes(b"not a tar")
+    with pytest.raises(BuildError, match="not a readable tar archive"):
+        build_imagenet(tmp_path / "e2", urls=str(tmp_path / "junk.tgz"))
