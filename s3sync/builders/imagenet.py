@@ -3,10 +3,10 @@
 The list (image-net.org's ``imagenet_fall11_urls.tgz`` holds ``fall11_urls.txt``: 14,197,121
 lines) has one image a line, ``WNID_N<TAB>URL``: ``WNID`` the WordNet synset (``n`` and eight
 digits), ``N`` the image's number in it (``n00004475_6590<TAB>http://farm4.static.flickr.com/...``).
-It is read as a stream, twice (a scan, then the crawl), never held in memory; ``--urls`` may
-also name the ``.tgz`` itself (its ``fall11_urls.txt`` is copied out once into
-``DIR/.s3sync/sources/``). Scanning the real list takes about 8 s (measured: 0.8 s per 1.4M
-lines), so a rerun starts quickly. Not every line
+It is read as a stream, never held in memory: a scan (line count, lines per synset,
+duplicates; its result is kept in ``DIR/.s3sync/sources/`` for reruns over the same file),
+a count of the selected lines, then the crawl. ``--urls`` may also name the ``.tgz`` itself
+(its ``fall11_urls.txt`` is copied out once into ``DIR/.s3sync/sources/``). Not every line
 is valid UTF-8, and some URLs hold non-ASCII characters (the crawler percent-quotes those).
 
 A line that cannot be decoded as UTF-8, or does not have the form ``WNID_N<TAB>URL`` (with
@@ -14,10 +14,12 @@ A line that cannot be decoded as UTF-8, or does not have the form ``WNID_N<TAB>U
 stops the build; it is recorded like a failed URL, with reason ``bad line`` in
 ``failures.tsv`` (the ``url`` column then holds the whole line as read, undecodable bytes as
 ``\\xNN``), counted in the result (with its first line numbers) and not fetched again by a
-rerun. A line repeating the ``WNID_N`` of an earlier line of the same run of lines of its
-synset (the list is grouped by synset) would overwrite its image: it is recorded with reason
-``duplicate`` instead. (Repeats far apart in a list that is not grouped are not detected:
-that would take a set of millions of names.)
+rerun. A valid line repeating the ``WNID_N`` of an earlier valid line of the list would
+overwrite its image: it is recorded with reason ``duplicate`` instead (the first one wins,
+whatever the selection, so runs over different selections agree). Duplicates are found by the
+scan with the memory of one synset's numbers at a time when the list is grouped by synset
+(as ``fall11_urls.txt`` is); synsets whose lines are scattered take a second pass holding
+their numbers.
 
 Selection: ``first``/``count`` are 0-based line numbers, as for SBU; ``wnids`` keeps only the
 lines of those synsets (e.g. the 1,000 ILSVRC-2012 classes). A bad line whose synset cannot
@@ -44,16 +46,19 @@ Resume, atomic writes, ``failures.tsv`` and the journal: as ``builders.listcrawl
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import threading
 from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import archive
 from ..crawl import CrawlSettings, download
 from ..errors import BuildError, UsageError
+from ..fsutil import write_atomic
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
 from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
@@ -61,6 +66,8 @@ from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
 PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
 SOURCES_DIR = "sources"
+SCAN_NAME = "imagenet-scan.json"
+"""The scan's result, kept in ``DIR/.s3sync/sources/`` for reruns over the same list."""
 DESCRIPTION = "ImageNet (image-net.org) images from its URL list, built by s3sync build imagenet"
 URL_MEMBERS = ("fall11_urls.txt", "winter11_urls.txt")
 """The URL list's name inside image-net.org's archives (``imagenet_fall11_urls.tgz``...)."""
@@ -103,17 +110,18 @@ class ImagenetBuildResult:
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """One pass over the list.
+    """What one pass over the whole list found (independent of any selection).
 
     Attributes:
         lines: lines in the list (a last line without a newline counts).
-        per_synset: lines per synset in the whole list (lines whose synset can be read).
-        selected: lines in the selection.
+        per_synset: lines per synset (lines whose synset can be read).
+        duplicates: 0-based numbers of the valid lines whose ``WNID_N`` an earlier valid
+            line already has.
     """
 
     lines: int
     per_synset: dict[str, int]
-    selected: int
+    duplicates: frozenset[int]
 
 
 def image_stem(wnid: str, number: str, lines_in_synset: int, per_dir: int = PER_DIR) -> str:
@@ -134,7 +142,7 @@ def parse_line(raw: bytes) -> tuple[str, str, str] | None:
     """``(wnid, number, url)`` of one line of the list (its line end removed), or None for a
     bad line (not UTF-8, no tab, a name that is not ``WNID_N``, an empty URL)."""
     name, tab, url_bytes = raw.rstrip(b"\r\n").partition(b"\t")
-    match = _NAME.fullmatch(name.strip())
+    match = _NAME.fullmatch(name)
     if not tab or match is None:
         return None
     try:
@@ -153,34 +161,115 @@ def _synset_of(raw: bytes) -> bytes | None:
     return None
 
 
-def scan(path: Path, name: str, first: int, end: int | None, wnids: frozenset[bytes] | None) -> Scan:
-    """Count the list's lines, its lines per synset, and the selected lines.
+def scan(path: Path, name: str) -> Scan:
+    """Read the list once: its lines, lines per synset, duplicate lines (see the module
+    docstring for the memory this takes).
 
     Args:
         path: the list.
         name: how to name it in messages.
-        first: the first selected line (0-based).
-        end: one past the last selected line (None: the end).
-        wnids: the synsets kept (None: all).
 
     Raises:
         BuildError: the file cannot be read.
     """
-    per_synset: Counter[bytes] = Counter()
-    lines = selected = 0
+    per_synset: Counter[str] = Counter()
+    duplicates: set[int] = set()
+    lines = 0
+    run, seen = "", set()  # the synset of the current run of lines, and its numbers so far
+    ended: set[str] = set()  # synsets whose run of lines is over
+    scattered: set[str] = set()  # synsets with more than one run
     try:
         with open(path, "rb") as f:
             for index, raw in enumerate(f):
                 lines += 1
-                wnid = _synset_of(raw)
-                if wnid is not None:
-                    per_synset[wnid] += 1
-                if index >= first and (end is None or index < end) and (
-                        wnids is None or wnid is None or wnid in wnids):
-                    selected += 1
+                parsed = parse_line(raw)
+                if parsed is None:
+                    wnid_bytes = _synset_of(raw)
+                    if wnid_bytes is not None:
+                        per_synset[wnid_bytes.decode("ascii")] += 1
+                    continue
+                wnid, number, _ = parsed
+                per_synset[wnid] += 1
+                if wnid != run:
+                    ended.add(run)
+                    if wnid in ended:
+                        scattered.add(wnid)
+                    run, seen = wnid, set()
+                if number in seen:
+                    duplicates.add(index)
+                seen.add(number)
+            if scattered:
+                duplicates |= _scattered_duplicates(f, scattered)
     except OSError as err:
         raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
-    return Scan(lines, {k.decode("ascii"): v for k, v in per_synset.items()}, selected)
+    return Scan(lines, dict(per_synset), frozenset(duplicates))
+
+
+def _scattered_duplicates(f: BinaryIO, scattered: set[str]) -> set[int]:
+    """The duplicate lines of the synsets whose lines are not all in one run (a second pass)."""
+    f.seek(0)
+    numbers: dict[str, set[str]] = {wnid: set() for wnid in scattered}
+    duplicates: set[int] = set()
+    for index, raw in enumerate(f):
+        parsed = parse_line(raw)
+        if parsed is None or parsed[0] not in numbers:
+            continue
+        seen = numbers[parsed[0]]
+        if parsed[1] in seen:
+            duplicates.add(index)
+        seen.add(parsed[1])
+    return duplicates
+
+
+def cached_scan(path: Path, name: str, sources: Path) -> Scan:
+    """``scan``, or its result kept in ``sources`` from an earlier run over the same file
+    (same resolved path, size and modification time).
+
+    Raises:
+        BuildError: the file cannot be read.
+    """
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": 1}
+    cache = sources / SCAN_NAME
+    try:
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+        if doc.get("key") == key:
+            return Scan(int(doc["lines"]), {str(k): int(v) for k, v in doc["per_synset"].items()},
+                        frozenset(int(i) for i in doc["duplicates"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no cache, or not ours: scan again
+    result = scan(path, name)
+    doc = {"key": key, "lines": result.lines, "per_synset": result.per_synset,
+           "duplicates": sorted(result.duplicates)}
+    try:
+        write_atomic(cache, json.dumps(doc).encode())
+    except OSError:
+        pass  # only a cache: the next run scans again
+    return result
+
+
+def count_selected(path: Path, name: str, first: int, end: int | None, wnids: frozenset[bytes] | None) -> int:
+    """Lines in the selection: ``first <= index < end`` and, with ``wnids``, of those synsets
+    (or of no readable synset: a bad line is reported whatever ``wnids`` says).
+
+    Raises:
+        BuildError: the file cannot be read.
+    """
+    selected = 0
+    try:
+        with open(path, "rb") as f:
+            for raw in itertools.islice(f, first, end):
+                if wnids is None:
+                    selected += 1
+                    continue
+                wnid = _synset_of(raw)
+                selected += wnid is None or wnid in wnids
+    except OSError as err:
+        raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
+    return selected
 
 
 class _Report:
@@ -194,9 +283,8 @@ class _Report:
 
 
 def _items(path: Path, first: int, end: int | None, wnids: frozenset[bytes] | None, words: dict[str, str],
-           per_synset: dict[str, int], per_dir: int, report: _Report) -> Iterator[ListItem]:
+           scanned: Scan, per_dir: int, report: _Report) -> Iterator[ListItem]:
     """The selected lines as items, in line order (bad lines and duplicates as failed items)."""
-    current, seen = "", set()
     with open(path, "rb") as f:
         for index, raw in enumerate(itertools.islice(f, first, end), start=first):
             wnid_bytes = _synset_of(raw)
@@ -211,14 +299,11 @@ def _items(path: Path, first: int, end: int | None, wnids: frozenset[bytes] | No
                 yield ListItem(index, text, (), "", failure=REASON_BAD_LINE)
                 continue
             wnid, number, url = parsed
-            if wnid != current:
-                current, seen = wnid, set()
             report.synsets.add(wnid)
-            if number in seen:
+            if index in scanned.duplicates:
                 yield ListItem(index, url, (), "", failure=REASON_DUPLICATE)
                 continue
-            seen.add(number)
-            in_synset = per_synset.get(wnid, 0)
+            in_synset = scanned.per_synset.get(wnid, 0)
             if in_synset > per_dir:
                 report.split.add(wnid)
             yield ListItem(index, url, (words.get(wnid) or wnid,), image_stem(wnid, number, in_synset, per_dir))
@@ -313,12 +398,13 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
     captions = read_words(source_path(words, sources, settings, stop), words) if words else {}
     keep_bytes = frozenset(w.encode("ascii") for w in keep) if keep is not None else None
     end = None if count is None else first + count
-    scanned = scan(urls_path, urls, first, end, keep_bytes)
+    scanned = cached_scan(urls_path, urls, sources)
     if first > scanned.lines or (first == scanned.lines and scanned.lines):
         raise UsageError(f"--first {first} is past the end of {urls} ({scanned.lines:,} lines, numbered from 0)")
+    selected = count_selected(urls_path, urls, first, end, keep_bytes)
     report = _Report()
-    items = _items(urls_path, first, end, keep_bytes, captions, scanned.per_synset, per_dir, report)
-    result = build_from_list(dest, items, scanned.selected, description=DESCRIPTION, settings=settings,
+    items = _items(urls_path, first, end, keep_bytes, captions, scanned, per_dir, report)
+    result = build_from_list(dest, items, selected, description=DESCRIPTION, settings=settings,
                              url_field="url", retry_failed=retry_failed, placeholders=placeholders,
                              progress=progress, stop=stop)
     return ImagenetBuildResult(result, scanned.lines, urls, words or "", len(report.synsets), report.bad,

@@ -19,7 +19,9 @@ from s3sync import captions as coco
 from s3sync.builders.imagenet import (
     REASON_BAD_LINE,
     REASON_DUPLICATE,
+    SCAN_NAME,
     build_imagenet,
+    count_selected,
     image_stem,
     parse_line,
     read_wnids,
@@ -234,10 +236,16 @@ def test_parse_line_scan_and_stems(tmp_path: Path) -> None:
         assert parse_line(raw) is None, raw
     assert image_stem(FISH, "12345", 10_000) == f"{FISH}/{FISH}_12345"
     assert image_stem(FISH, "12345", 10_001) == f"{FISH}/0001/{FISH}_12345"
+    assert parse_line(b" n00004475_1\thttp://h/a.jpg") is None  # so _synset_of and parse_line agree
     path = tmp_path / "l.txt"
-    path.write_bytes(b"n00000001_1\tu\nn00000001_2\tu\n\xff\nn00000002_1\tu")
-    s = scan(path, "l.txt", 1, 3, frozenset({b"n00000002"}))
-    assert (s.lines, s.per_synset, s.selected) == (4, {"n00000001": 2, "n00000002": 1}, 1)
+    path.write_bytes(b"n00000001_1\tu\nn00000001_2\tu\n\xff\nn00000002_1\tu\nn00000001_2\tv\nn00000002_1\tw\n"
+                     b"n00000002_3\tx\nn00000002_3\ty\nn00000001_9\t\xff\nn00000001_9\tz")
+    s = scan(path, "l.txt")
+    # Lines 4 and 5 repeat names of earlier runs of their synsets (scattered), line 7 of its own
+    # run; line 8 is bad (not UTF-8), so line 9 is the first valid n00000001_9.
+    assert (s.lines, s.per_synset, s.duplicates) == (10, {"n00000001": 5, "n00000002": 4}, {4, 5, 7})
+    assert count_selected(path, "l.txt", 1, 4, frozenset({b"n00000002"})) == 2  # line 2 (no synset) and 3
+    assert count_selected(path, "l.txt", 8, None, None) == 2
     wnids = tmp_path / "w.txt"
     wnids.write_text("n00000001\n")
     assert read_wnids(wnids, "w.txt") == {"n00000001"}
@@ -264,3 +272,29 @@ def test_the_list_inside_its_tgz_archive(imagenet, tmp_path: Path) -> None:
     (tmp_path / "junk.tgz").write_bytes(b"not a tar")
     with pytest.raises(BuildError, match="not a readable tar archive"):
         build_imagenet(tmp_path / "e2", urls=str(tmp_path / "junk.tgz"))
+
+
+def test_a_duplicate_is_one_whatever_the_selection_and_the_scan_is_kept(tmp_path: Path, http_server) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http_server(root)
+    for n in range(3):
+        (root / f"{n}.jpg").write_bytes(make_jpeg(20, 20, seed=n))
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{FISH}_1\t{server.url_of('0.jpg')}\n{FISH}_2\t{server.url_of('1.jpg')}\n"
+                    f"{FISH}_1\t{server.url_of('2.jpg')}\n")
+    dest = tmp_path / "d"
+    build_imagenet(dest, urls=str(urls), count=2, settings=SETTINGS)
+    scanned = dest / ".s3sync" / "sources" / SCAN_NAME
+    assert json.loads(scanned.read_text())["duplicates"] == [2]
+    second = build_imagenet(dest, urls=str(urls), first=2, settings=SETTINGS)
+    assert second.crawl.failed == {REASON_DUPLICATE: 1}
+    assert not server.requests_for("2.jpg")
+    doc, failures = load(dest)  # the check passes: no file_name twice
+    assert [im["file_name"] for im in doc["images"]] == [f"{FISH}/{FISH}_1.jpg", f"{FISH}/{FISH}_2.jpg"]
+    assert failures == [["2", server.url_of("2.jpg"), REASON_DUPLICATE]]
+    # A changed list is scanned again (the kept scan names its file, size and mtime).
+    urls.write_text(urls.read_text() + f"{FISH}_2\t{server.url_of('2.jpg')}\n")
+    third = build_imagenet(dest, urls=str(urls), first=3, settings=SETTINGS)
+    assert third.lines == 4 and third.crawl.failed == {REASON_DUPLICATE: 1}
+    assert json.loads(scanned.read_text())["duplicates"] == [2, 3]
