@@ -72,12 +72,15 @@ class ListItem:
         captions: its captions (one for SBU).
         stem: where the image goes, relative to ``DIR``, ``/``-separated, without extension
             (``images/0000/0000123``); the extension comes from the detected format.
+        failure: a reason to record this line as failed for good without fetching anything
+            (ImageNet's ``bad line``: a line that cannot be decoded or parsed); "" to fetch.
     """
 
     index: int
     url: str
     captions: tuple[str, ...]
     stem: str
+    failure: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +358,8 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
                 progress.start(STAGE, requested - tally.skipped)
 
         def work(item: ListItem) -> _Stored | _Failure:
+            if item.failure:
+                return _Failure(item.index, item.url, item.failure, True)
             # Only an index the journal has never seen can have an unrecorded image on disk
             # (a journaled one whose URL changed has the old URL's image there).
             orphan = None if journal.known(item.index) else on_disk.take(item.stem)

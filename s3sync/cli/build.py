@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import build_mscoco, build_sbu
+from . import build_imagenet, build_mscoco, build_sbu
 
-_BUILDERS = (build_mscoco, build_sbu)
+_BUILDERS = (build_mscoco, build_sbu, build_imagenet)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -1,0 +1,93 @@
+"""``s3sync build imagenet DIR --urls F|URL``: crawl ImageNet images from a ``fall11_urls.txt``-style list."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import UsageError
+from ..ui import UI
+from .build_sbu import DEADLINE_FACTOR, DEFAULT_TIMEOUT_S, MIN_DEADLINE_S
+from .common import EXIT_OK, plural
+
+
+def register(builds: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``imagenet`` to the ``build`` sub-parsers."""
+    p = builds.add_parser(
+        "imagenet", parents=[common], help="crawl ImageNet images from its URL list (WNID_N<TAB>URL a line)",
+        description="Crawl the images of an ImageNet URL list (fall11_urls.txt: WNID_N<TAB>URL a line) into "
+                    "DIR/WNID/WNID_N.jpg, with DIR/captions.json (COCO model; caption: the synset's words) and "
+                    "DIR/failures.tsv. Lines that cannot be decoded or parsed are skipped and reported ('bad line' "
+                    "in failures.tsv). Run the same command again to resume: no URL already stored or already "
+                    "failed is fetched again.")
+    p.add_argument("dir", metavar="DIR", type=Path, help="the dataset directory (created if missing)")
+    p.add_argument("--urls", metavar="F|URL", required=True,
+                   help="the URL list (fall11_urls.txt, or the imagenet_fall11_urls.tgz holding it), a file or a URL")
+    p.add_argument("--wnids", metavar="F|URL",
+                   help="keep only these synsets, one WNID a line (e.g. the 1,000 ILSVRC-2012 classes)")
+    p.add_argument("--words", metavar="F|URL",
+                   help="words.txt (WNID<TAB>words): each image's caption (default: its WNID)")
+    p.add_argument("--first", type=int, default=0, metavar="N", help="first line to build, 0-based (default: 0)")
+    p.add_argument("--count", type=int, metavar="M", help="lines to build from --first (default: to the end)")
+    p.add_argument("--threads", type=int, default=10, metavar="N", help="parallel downloads (default: 10)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds to connect and to wait for each read (default: {DEFAULT_TIMEOUT_S:g}); one URL "
+                        f"takes at most {DEADLINE_FACTOR}x this in all, retries included")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="fetch again the URLs whose failure was not permanent (timeouts, 5xx, connection)")
+    p.add_argument("--per-dir", type=int, default=None, help=argparse.SUPPRESS)  # tests: a small directory limit
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..builders.imagenet import PER_DIR, REASON_BAD_LINE, build_imagenet
+    from ..crawl import CrawlSettings
+
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: must be 1 or more")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    if args.per_dir is not None and args.per_dir < 1:
+        raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
+    crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,
+                          deadline_s=max(MIN_DEADLINE_S, DEADLINE_FACTOR * args.timeout))
+    progress = ui.progress()
+    try:
+        built = build_imagenet(args.dir.expanduser(), urls=args.urls, wnids=args.wnids, words=args.words,
+                               first=args.first, count=args.count, settings=crawl, per_dir=args.per_dir or PER_DIR,
+                               retry_failed=args.retry_failed, progress=progress)
+    finally:
+        getattr(progress, "close", lambda: None)()
+    r = built.crawl
+    done = r.stored + r.failed_total
+    rate = done / max(r.elapsed_s, 1e-6)
+    overall = r.images + r.failures
+    yield_pct = 100 * r.images / overall if overall else 0.0
+    if ui.as_json:
+        ui.emit_json({"command": "build", "dataset": "imagenet", "dir": str(r.dest), "urls": built.urls,
+                      "wnids": args.wnids, "words": built.words or None, "lines": built.lines, "first": args.first,
+                      "requested": r.requested, "synsets": built.synsets, "split_synsets": list(built.split_synsets),
+                      "bad_lines": built.bad_lines, "bad_line_numbers": list(built.bad_line_numbers),
+                      "stored": r.stored, "recovered": r.recovered, "failed": r.failed_total,
+                      "failed_by_reason": r.failed, "skipped": r.skipped, "images": r.images,
+                      "failures": r.failures, "yield_percent": round(yield_pct, 2),
+                      "elapsed_s": round(r.elapsed_s, 3), "items_per_s": round(rate, 1)})
+        return EXIT_OK
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]))
+    skipped = f", {r.skipped:,} already done" if r.skipped else ""
+    ui.info(f"built imagenet in {r.dest}: {plural(r.stored, 'image')} stored, {r.failed_total:,} failed"
+            f"{f' ({reasons})' if reasons else ''}{skipped} of {plural(r.requested, 'line')} selected "
+            f"({plural(built.synsets, 'synset')}; the list has {plural(built.lines, 'line')}), "
+            f"{r.elapsed_s:.1f}s ({rate:,.1f}/s)")
+    if built.bad_lines:
+        more = ", ..." if built.bad_lines > len(built.bad_line_numbers) else ""
+        ui.info(f"{plural(built.bad_lines, 'bad line')} skipped (not UTF-8 or not WNID_N<TAB>URL; 0-based line "
+                f"{', '.join(map(str, built.bad_line_numbers))}{more}): in failures.tsv as '{REASON_BAD_LINE}'")
+    if built.split_synsets:
+        ui.info(f"{plural(len(built.split_synsets), 'synset')} with more than {args.per_dir or PER_DIR:,} lines "
+                f"stored in sub-directories WNID/NNNN/")
+    ui.info(f"{r.dest}: {plural(r.images, 'image')} in captions.json, {plural(r.failures, 'failure')} in failures.tsv "
+            f"(yield {yield_pct:.1f}%)")
+    return EXIT_OK
