@@ -1,0 +1,386 @@
+"""Adversarial tests of ``s3sync build sbu`` (crawl.py, images.py, builders/listcrawl.py,
+builders/sbu.py, cli/build_sbu.py), issue 12 section 2.
+
+Each test marked ``xfail(strict=True)`` is a finding: it states what should happen and fails
+on the code as it is. The unmarked ones are attacks that held up (kept as regression tests).
+
+Some attacks need answers that tests/httpserver.py cannot give (a status line or headers
+sent slowly, HTTP/1.0 without Content-Length, gzip bodies): ``RawServer`` below is a plain
+socket server on loopback whose ``handler(conn, request_bytes)`` writes whatever it wants.
+Hang tests bound the fetch with a generous join timeout (many times the crawler's own
+deadline) so that a hang fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+import s3sync
+from s3sync import captions as coco
+from s3sync.builders.listcrawl import JOURNAL_NAME, META_DIR
+from s3sync.builders.sbu import build_sbu
+from s3sync.crawl import Cancelled, Crawler, CrawlSettings, Failed, Fetched
+from s3sync.images import ImageInfo, Rejected, check_image, make_jpeg
+
+PACKAGE_PARENT = str(Path(s3sync.__file__).resolve().parents[1])
+FAST = CrawlSettings(threads=2, timeout_s=0.5, deadline_s=1.5, retries=1, backoff_s=0.01, backoff_max_s=0.05)
+HANG_BOUND_S = 5.0  # more than three times FAST's deadline: a fetch still running then is held past its bound
+
+
+class RawServer:
+    """A loopback TCP server; ``handler(conn, request)`` answers each connection by hand."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                block = conn.recv(4096)
+                if not block:
+                    return
+                data += block
+            self.requests.append(data)
+            self.handler(conn, data, self.stopped)
+        except OSError:
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw():
+    servers: list[RawServer] = []
+
+    def start(handler) -> RawServer:
+        s = RawServer(handler)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def trickle(conn: socket.socket, data: bytes, every_s: float, stopped: threading.Event) -> None:
+    """Send ``data`` one byte each ``every_s`` seconds (well inside the read timeout)."""
+    for i in range(len(data)):
+        if stopped.is_set():
+            return
+        conn.sendall(data[i: i + 1])
+        time.sleep(every_s)
+
+
+def fetch_bounded(url: str, settings: CrawlSettings = FAST):
+    """``Crawler.fetch(url)`` on a thread; returns (result or None if still running, seconds)."""
+    crawler = Crawler(settings)
+    out: list = []
+    t0 = time.monotonic()
+    def run() -> None:
+        try:
+            out.append(crawler.fetch(url))
+        except Cancelled:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(HANG_BOUND_S)
+    crawler.stop.set()
+    return (out[0] if out else None), time.monotonic() - t0
+
+
+# --- hangs: a URL that holds a thread far past the per-URL bound -----------------------------------
+
+@pytest.mark.xfail(strict=True, reason="slowloris headers: the deadline is only checked between body reads; a "
+                   "header line trickled one byte per 0.1 s holds fetch() until http.client's 64 KiB line limit")
+def test_headers_trickled_one_byte_at_a_time_stop_at_the_deadline(raw) -> None:
+    def handler(conn, request, stopped):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        trickle(conn, b"a" * 100_000, 0.1, stopped)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert got is not None, f"fetch still running {HANG_BOUND_S}s after start (deadline {FAST.deadline_s}s)"
+    assert isinstance(got, Failed) and got.reason == "timeout"
+
+
+@pytest.mark.xfail(strict=True, reason="an error page with a small Content-Length whose body trickles: drain_conn() "
+                   "(connection reuse) reads it with no deadline")
+def test_a_404_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
+    def handler(conn, request, stopped):
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 60000\r\n\r\n")
+        trickle(conn, b"x" * 60_000, 0.1, stopped)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert got is not None, f"fetch still running {HANG_BOUND_S}s after start (deadline {FAST.deadline_s}s)"
+    assert isinstance(got, Failed) and got.reason == "http 404"
+
+
+@pytest.mark.xfail(strict=True, reason="a redirect whose short body trickles: drain_conn() reads it with no deadline")
+def test_a_302_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
+    def handler(conn, request, stopped):
+        if b"GET /next" in request:
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            return
+        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /next\r\nContent-Length: 60000\r\n\r\n")
+        trickle(conn, b"x" * 60_000, 0.1, stopped)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert got is not None, f"fetch still running {HANG_BOUND_S}s after start (deadline {FAST.deadline_s}s)"
+
+
+@pytest.mark.xfail(strict=True, reason="Content-Encoding: gzip whose header (FCOMMENT) trickles: urllib3's read1 "
+                   "loops until the decoder yields a byte, so _read_body never gets to check the deadline")
+def test_a_gzip_body_that_decodes_to_nothing_while_it_trickles_stops_at_the_deadline(raw) -> None:
+    def handler(conn, request, stopped):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n")
+        # gzip member header with FCOMMENT set: the comment (zero-terminated) never ends
+        conn.sendall(b"\x1f\x8b\x08\x10\x00\x00\x00\x00\x00\x03")
+        trickle(conn, b"c" * 100_000, 0.1, stopped)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert got is not None, f"fetch still running {HANG_BOUND_S}s after start (deadline {FAST.deadline_s}s)"
+    assert isinstance(got, Failed)
+
+
+def test_a_body_that_trickles_stops_at_the_deadline(raw) -> None:
+    """Held up: a 200 body trickled one byte per 0.1 s is cut by the deadline."""
+    def handler(conn, request, stopped):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        trickle(conn, b"x" * 100_000, 0.1, stopped)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert isinstance(got, Failed) and got.reason == "timeout"
+
+
+def test_a_server_that_accepts_and_never_answers_times_out(raw) -> None:
+    """Held up."""
+    def handler(conn, request, stopped):
+        stopped.wait(HANG_BOUND_S)
+
+    server = raw(handler)
+    got, _ = fetch_bounded(server.url + "/a.jpg")
+    assert isinstance(got, Failed) and got.reason == "timeout" and not got.permanent
+
+
+# --- images kept that are not whole, reasons that say the wrong thing -----------------------------
+
+def _animated_gif(frames: int = 3) -> bytes:
+    from PIL import Image  # tests may use Pillow to make corpora
+
+    ims = [Image.effect_noise((64, 48), 40 + 10 * i).convert("P") for i in range(frames)]
+    out = io.BytesIO()
+    ims[0].save(out, "GIF", save_all=True, append_images=ims[1:])
+    return out.getvalue()
+
+
+@pytest.mark.xfail(strict=True, reason="only the first frame is decoded: an animated GIF cut in half (frames 2-3 and "
+                   "the trailer gone) is kept as a whole image")
+def test_an_animated_gif_cut_in_half_is_refused() -> None:
+    gif = _animated_gif()
+    assert isinstance(check_image(gif), ImageInfo)
+    assert check_image(gif[: len(gif) // 2]) == Rejected("truncated")
+
+
+@pytest.mark.xfail(strict=True, reason="only the first page is decoded: a multi-page TIFF cut at 80% is kept")
+def test_a_multi_page_tiff_cut_is_refused() -> None:
+    from PIL import Image
+
+    im = Image.effect_noise((64, 48), 40).convert("RGB")
+    out = io.BytesIO()
+    im.save(out, "TIFF", save_all=True, append_images=[im.rotate(90), im.rotate(180)])
+    tif = out.getvalue()
+    assert isinstance(check_image(tif), ImageInfo)
+    assert check_image(tif[: len(tif) * 8 // 10]) == Rejected("truncated")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.xfail(strict=True, reason="Pillow's own DecompressionBombError (at 2 x 89.5 Mpx) fires in Image.open, "
+                   "before the MAX_PIXELS test, and is filed as 'not an image' (docs/build.md: 'too large')")
+def test_a_decompression_bomb_is_too_large_not_not_an_image() -> None:
+    assert check_image(_png_header_only(20_000, 20_000)) == Rejected("too large")
+
+
+def test_odd_but_valid_images_are_kept() -> None:
+    """Held up: CMYK JPEG, progressive JPEG, 16-bit PNG, WebP, TIFF, animated WebP; a cut
+    progressive JPEG, WebP, TIFF, BMP are refused."""
+    from PIL import Image
+
+    noise = Image.effect_noise((64, 48), 40).convert("RGB")
+
+    def save(im, fmt, **kw) -> bytes:
+        out = io.BytesIO()
+        im.save(out, fmt, **kw)
+        return out.getvalue()
+
+    good = [save(noise.convert("CMYK"), "JPEG"), save(noise, "JPEG", progressive=True),
+            save(Image.new("I;16", (30, 20), 1000), "PNG"), save(noise, "WEBP"), save(noise, "TIFF"),
+            save(noise, "WEBP", save_all=True, append_images=[noise.rotate(90)])]
+    for body in good:
+        assert isinstance(check_image(body), ImageInfo)
+    for body in good[1:2] + good[3:5] + [save(noise, "BMP")]:
+        assert check_image(body[: len(body) // 2]) == Rejected("truncated")
+
+
+# --- the builder: captions attached to the wrong image, outputs that disagree with DIR -------------
+
+@pytest.fixture
+def photos(tmp_path: Path, http_server):
+    """A loopback site with 4 JPEGs p/0.jpg..p/3.jpg and a PNG p/png.png; returns the server."""
+    root = tmp_path / "www"
+    (root / "p").mkdir(parents=True)
+    for i in range(4):
+        (root / "p" / f"{i}.jpg").write_bytes(make_jpeg(30 + i, 20 + i))
+    from s3sync.images import make_png
+
+    (root / "p" / "png.png").write_bytes(make_png(25, 25))
+    server = http_server(root)
+    server.root_dir = root
+    return server
+
+
+def _lists(directory: Path, urls: list[str], caps: list[str] | None = None) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    u, c = directory / "urls.txt", directory / "captions.txt"
+    u.write_text("\n".join(urls) + "\n", encoding="utf-8")
+    c.write_text("\n".join(caps or [f"caption {i}" for i in range(len(urls))]) + "\n", encoding="utf-8")
+    return u, c
+
+
+def _on_disk_images(dest: Path) -> set[str]:
+    return {p.relative_to(dest).as_posix() for p in (dest / "images").rglob("*") if p.is_file()}
+
+
+def _doc(dest: Path) -> dict:
+    return json.loads((dest / "captions.json").read_bytes())
+
+
+@pytest.mark.xfail(strict=True, reason="--urls and --captions URLs with the same last path segment are both "
+                   "'downloaded' to .s3sync/sources/<name>: the captions become the URLs")
+def test_list_urls_with_the_same_file_name_keep_their_own_contents(photos, tmp_path: Path) -> None:
+    www = photos.root_dir
+    (www / "u").mkdir()
+    (www / "c").mkdir()
+    (www / "u" / "list.txt").write_text("\n".join(photos.url_of(f"p/{i}.jpg") for i in range(3)) + "\n")
+    (www / "c" / "list.txt").write_text("a red car\na blue sky\na green tree\n")
+    dest = tmp_path / "sbu"
+    build_sbu(dest, urls=photos.url_of("u/list.txt"), captions=photos.url_of("c/list.txt"), settings=FAST)
+    doc = _doc(dest)
+    assert [a["caption"] for a in doc["annotations"]] == ["a red car", "a blue sky", "a green tree"]
+
+
+@pytest.mark.xfail(strict=True, reason="a list URL whose query differs (?v=2) or that names a newer list is "
+                   "not downloaded again: the stale download in .s3sync/sources/ is used without a word")
+def test_a_different_list_url_is_not_served_from_an_old_download(photos, tmp_path: Path) -> None:
+    www = photos.root_dir
+    (www / "v1").mkdir()
+    (www / "v2").mkdir()
+    (www / "v1" / "urls.txt").write_text(photos.url_of("p/0.jpg") + "\n")
+    (www / "v2" / "urls.txt").write_text(photos.url_of("p/1.jpg") + "\n")
+    (www / "caps.txt").write_text("one\n")
+    dest = tmp_path / "sbu"
+    build_sbu(dest, urls=photos.url_of("v1/urls.txt"), captions=photos.url_of("caps.txt"), settings=FAST)
+    build_sbu(dest, urls=photos.url_of("v2/urls.txt"), captions=photos.url_of("caps.txt"), settings=FAST)
+    assert _doc(dest)["images"][0]["flickr_url"] == photos.url_of("p/1.jpg")
+
+
+@pytest.mark.xfail(strict=True, reason="a line whose URL changed and now fails keeps its old image in DIR/images: "
+                   "a file that neither captions.json nor anything else accounts for (publish uploads it)")
+def test_a_line_whose_new_url_fails_leaves_no_stale_image(photos, tmp_path: Path) -> None:
+    dest = tmp_path / "sbu"
+    urls, caps = _lists(tmp_path / "l1", [photos.url_of(f"p/{i}.jpg") for i in range(3)])
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    urls, caps = _lists(tmp_path / "l2", [photos.url_of("p/0.jpg"), photos.url_of("p/gone.jpg"),
+                                           photos.url_of("p/2.jpg")])
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    doc = _doc(dest)
+    assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
+
+
+@pytest.mark.xfail(strict=True, reason="a line whose URL changed and now serves a PNG gets images/.../I.png, and "
+                   "the old I.jpg stays beside it, in no output")
+def test_a_line_whose_new_url_has_another_format_leaves_no_stale_image(photos, tmp_path: Path) -> None:
+    dest = tmp_path / "sbu"
+    urls, caps = _lists(tmp_path / "l1", [photos.url_of(f"p/{i}.jpg") for i in range(3)])
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    urls, caps = _lists(tmp_path / "l2", [photos.url_of("p/0.jpg"), photos.url_of("p/png.png"),
+                                           photos.url_of("p/2.jpg")])
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    doc = _doc(dest)
+    assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
+
+
+@pytest.mark.xfail(strict=True, reason="a UTF-8 BOM at the start of the URL list is kept in line 0's URL: "
+                   "line 0 fails for good as 'bad url' (and a BOM'd caption keeps U+FEFF)")
+def test_a_utf8_bom_does_not_cost_line_0(photos, tmp_path: Path) -> None:
+    dest = tmp_path / "sbu"
+    urls, caps = _lists(tmp_path, [photos.url_of(f"p/{i}.jpg") for i in range(2)])
+    urls.write_bytes(b"\xef\xbb\xbf" + urls.read_bytes())
+    caps.write_bytes(b"\xef\xbb\xbf" + caps.read_bytes())
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    doc = _doc(dest)
+    assert [im["id"] for im in doc["images"]] == [0, 1]
+    assert doc["annotations"][0]["caption"] == "caption 0"
+
+
+def test_crlf_blank_lines_and_trailing_blanks_keep_lines_aligned(photos, tmp_path: Path) -> None:
+    """Held up: CRLF endings, a blank URL line (failed as 'bad url', still counted), trailing
+    blanks, invalid UTF-8 in a caption, no final newline."""
+    dest = tmp_path / "sbu"
+    (tmp_path / "urls.txt").write_bytes(
+        f"{photos.url_of('p/0.jpg')}  \r\n\r\n{photos.url_of('p/2.jpg')}\t\r\n{photos.url_of('p/3.jpg')}".encode())
+    (tmp_path / "caps.txt").write_bytes(b"zero \r\none\r\ntw\xffo\r\nthree")
+    build_sbu(dest, urls=str(tmp_path / "urls.txt"), captions=str(tmp_path / "caps.txt"), settings=FAST)
+    doc = _doc(dest)
+    assert [(a["image_id"], a["caption"]) for a in doc["annotations"]] == [(0, "zero"), (2, "tw\ufffdo"), (3, "three")]
+    assert (dest / "failures.tsv").read_text().splitlines()[1:] == ["1\t\tbad url"]
+    assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
