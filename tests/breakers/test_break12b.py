@@ -671,3 +671,155 @@ def test_odd_urls_in_the_list(raw) -> None:
         assert isinstance(got, Failed) and got.reason == "bad url", (bad, got)
     got = c.fetch("http://photos.example.invalid/x.jpg")
     assert isinstance(got, Failed) and (got.reason, got.permanent) == ("connection", False)
+
+
+# --- a DIR that looks complete while it is not -----------------------------------------------------
+
+class _StopAfter:
+    """A progress that sets ``stop`` after ``n`` items are done (an interruption mid-run)."""
+
+    def __init__(self, stop: threading.Event, n: int) -> None:
+        self.stop, self.n = stop, n
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, n: int) -> None:
+        if stage == "crawl":
+            self.n -= n
+            if self.n <= 0:
+                self.stop.set()
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason="a second selection interrupted mid-crawl leaves the first selection's "
+                   "captions.json in place, which passes for complete (publish accepts it) while DIR/images holds "
+                   "images it does not list")
+def test_an_interrupted_second_selection_leaves_no_complete_looking_captions(photos, tmp_path: Path) -> None:
+    from s3sync.errors import Interrupted
+
+    www = photos.root_dir
+    for i in range(4, 40):
+        (www / "p" / f"{i}.jpg").write_bytes(make_jpeg(20, 20 + i % 5))
+    dest = tmp_path / "sbu"
+    urls, caps = _lists(tmp_path, [photos.url_of(f"p/{i}.jpg") for i in range(40)])
+    build_sbu(dest, urls=str(urls), captions=str(caps), first=0, count=3, settings=FAST)
+    stop = threading.Event()
+    with pytest.raises(Interrupted):
+        build_sbu(dest, urls=str(urls), captions=str(caps), first=3, settings=CrawlSettings(threads=1, timeout_s=2),
+                  progress=_StopAfter(stop, 5), stop=stop)
+    assert len(_on_disk_images(dest)) > 3
+    # Either no captions.json (incomplete), or one that lists every image in DIR.
+    if (dest / "captions.json").exists():
+        doc = _doc(dest)
+        assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
+        failed = {int(line.split("\t")[0]) for line in (dest / "failures.tsv").read_text().splitlines()[1:]}
+        assert failed.isdisjoint(im["id"] for im in doc["images"])
+
+
+@pytest.mark.xfail(strict=True, reason="--retry-failed interrupted over a complete DIR: the images it fetched are "
+                   "in DIR/images while failures.tsv still lists their lines as failed and captions.json omits them")
+def test_an_interrupted_retry_leaves_outputs_that_agree_with_dir(tmp_path: Path, http_server) -> None:
+    from httpserver import Fault
+
+    from s3sync.errors import Interrupted
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http_server(root)
+    for i in range(12):
+        (root / f"{i}.jpg").write_bytes(make_jpeg(20, 20))
+        server.fault(f"{i}.jpg", *[Fault(status=503)] * 2)  # the first build fails them all (retries=1)
+    urls, caps = _lists(tmp_path / "lists", [server.url_of(f"{i}.jpg") for i in range(12)])
+    dest = tmp_path / "sbu"
+    first = build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    assert first.crawl.failures == 12
+    stop = threading.Event()
+    with pytest.raises(Interrupted):
+        build_sbu(dest, urls=str(urls), captions=str(caps), settings=CrawlSettings(threads=1, timeout_s=2),
+                  retry_failed=True, progress=_StopAfter(stop, 3), stop=stop)
+    assert _on_disk_images(dest), "the retry stored some images before the interruption"
+    if (dest / "captions.json").exists():
+        assert {im["file_name"] for im in _doc(dest)["images"]} == _on_disk_images(dest)
+
+
+def _transient_then_retried(tmp_path: Path, http_server):
+    """Run 1 fails 6 URLs transiently (503); run 2 (--retry-failed) stores them; then the
+    journal is cut back to run 1's lines: exactly what kill -9 leaves when it lands after
+    run 2 renamed its images into place and before its journal batch was flushed."""
+    from httpserver import Fault
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http_server(root)
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(make_jpeg(20, 20 + i))
+        server.fault(f"{i}.jpg", *[Fault(status=503)] * 2)
+    urls, caps = _lists(tmp_path / "lists", [server.url_of(f"{i}.jpg") for i in range(6)])
+    dest = tmp_path / "sbu"
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    journal = dest / META_DIR / JOURNAL_NAME
+    after_run_1 = journal.read_bytes()
+    (dest / "captions.json").unlink()
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST, retry_failed=True)
+    journal.write_bytes(after_run_1)  # run 2 "killed" before its batch reached the journal
+    (dest / "captions.json").unlink()
+    assert len(_on_disk_images(dest)) == 6
+    return server, urls, caps, dest
+
+
+@pytest.mark.xfail(strict=True, reason="an image stored by a --retry-failed run killed before its journal batch is "
+                   "invisible to the next plain run (the index is 'known' as failed, so no orphan check): captions.json "
+                   "omits 6 images that are in DIR/images and failures.tsv calls them failed")
+def test_images_of_a_killed_retry_are_not_lost_by_the_next_run(tmp_path: Path, http_server) -> None:
+    server, urls, caps, dest = _transient_then_retried(tmp_path, http_server)
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
+    assert {im["file_name"] for im in _doc(dest)["images"]} == _on_disk_images(dest)
+    assert (dest / "failures.tsv").read_text().splitlines()[1:] == []
+
+
+@pytest.mark.xfail(strict=True, reason="the same, rerun with --retry-failed: every stored image is fetched again "
+                   "(the orphan check is skipped for an index the journal knows)")
+def test_images_of_a_killed_retry_are_not_fetched_again(tmp_path: Path, http_server) -> None:
+    server, urls, caps, dest = _transient_then_retried(tmp_path, http_server)
+    asked = len(server.requests)
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST, retry_failed=True)
+    assert [r.path for r in server.requests[asked:]] == []
+
+
+@pytest.mark.xfail(strict=True, reason="as above with a real kill -9 of `build sbu --retry-failed` once its first "
+                   "images are in place: the next run's captions.json omits them, failures.tsv lists them as failed")
+def test_kill_9_during_retry_failed_then_plain_rerun(tmp_path: Path, http_server) -> None:
+    import signal
+
+    from httpserver import Fault
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http_server(root)
+    n = 40
+    for i in range(n):
+        (root / f"{i}.jpg").write_bytes(make_jpeg(20, 20 + i % 5))
+        server.fault(f"{i}.jpg", *[Fault(status=503)] * 4, Fault(stall_s=0.05))
+    urls, caps = _lists(tmp_path / "lists", [server.url_of(f"{i}.jpg") for i in range(n)])
+    dest = tmp_path / "sbu"
+    args = ("build", "sbu", dest, "--urls", urls, "--captions", caps, "--threads", "2", "--timeout", "5")
+    build_sbu(dest, urls=str(urls), captions=str(caps), settings=CrawlSettings(threads=4, retries=3, backoff_s=0.001,
+                                                                                backoff_max_s=0.002))
+    assert len(_journal(dest)) == n and not _on_disk_images(dest)
+    proc = _cli(*args, "--retry-failed")
+    deadline = time.monotonic() + 30
+    while not ((dest / "images").is_dir() and _on_disk_images(dest)) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc = _cli(*args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert {im["file_name"] for im in _doc(dest)["images"]} == _on_disk_images(dest)
