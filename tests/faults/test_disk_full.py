@@ -107,11 +107,12 @@ def test_disk_fills_up_mid_pull_then_rerun_after_freeing_resumes(kit, make_tmpfs
 
     filler.unlink()
     kit.proxy.clear()
-    before = kit.sent("part-")
     result = kit.pull(pub, dest_parent)
     kit.assert_same_tree(src, result.dest)
     assert result.resumed_from > 0
-    assert kit.sent("part-") - before < pub.manifest.stream_size
+    # The rerun's own count: the proxy's would include what the first pull's fetch threads,
+    # left to finish their chunk after the error, still sent (a failure under load).
+    assert result.bytes_received < pub.manifest.stream_size
 
 
 
