@@ -7,6 +7,7 @@ Output, in ``DIR``::
     captions.json             COCO model (s3sync.captions): one image per stored item, id = index
     failures.tsv              index<TAB>url<TAB>reason, one line per failed item, after a header
     .s3sync/build-journal.jsonl   the resume journal (publish leaves .s3sync/ out)
+    .s3sync/build.json        the build state record (``buildstate``): publish refuses DIR until it says complete
     .s3sync/tmp/              images being written (renamed into place when whole)
 
 Resume is at URL granularity. The journal gets one JSON line per finished item, appended
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import buildstate
 from .. import captions as coco
 from ..crawl import Crawler, CrawlSettings, Failed, Fetched, crawl
 from ..errors import BuildError, Interrupted
@@ -292,7 +294,8 @@ def select(items: Iterable[ListItem], first: int = 0, count: int | None = None) 
 
 def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, description: str,
                     settings: CrawlSettings | None = None, url_field: str = "flickr_url",
-                    retry_failed: bool = False, placeholders: Collection[str] = PLACEHOLDER_MD5S,
+                    retry_failed: bool = False, builder: str = "list",
+                    placeholders: Collection[str] = PLACEHOLDER_MD5S,
                     progress: Progress | None = None, stop: threading.Event | None = None) -> ListBuildResult:
     """Crawl ``items`` into ``dest``; see the module docstring for the layout and resume rules.
 
@@ -303,6 +306,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         description: ``info.description`` of ``captions.json``.
         settings: the crawler's settings (default ``CrawlSettings()``).
         url_field: the images' field that holds the source URL (``flickr_url`` as COCO's).
+        builder: the builder's name for the build state record (``sbu``, ``imagenet``).
         retry_failed: fetch again the items whose failure was not permanent.
         placeholders: MD5 digests of bodies refused as placeholders (``images.check_image``).
         progress: stages ``crawl`` and ``failed``, counted in items (``progress.ITEM_STAGES``).
@@ -312,7 +316,8 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         The run's tally.
 
     Raises:
-        BuildError: ``dest`` cannot be written, or another build holds its journal.
+        BuildError: ``dest`` cannot be written, another build holds its journal, or it holds
+            a ``captions.json`` or ``failures.tsv`` no build of ``dest`` wrote.
         CaptionsError: the captions document does not hold together (a bug, or files removed
             from ``dest`` during the build).
         KeyboardInterrupt: after flushing the journal; ``captions.json`` is not written.
@@ -331,6 +336,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
                          hint="check the path and its permissions") from err
     journal = _Journal(meta / JOURNAL_NAME)  # locks DIR against a second build
     try:
+        state = buildstate.begin(dest, builder, (coco.CAPTIONS_NAME, FAILURES_NAME))
         try:
             for leftover in tmp.iterdir():  # a killed run's half-written images
                 leftover.unlink()
@@ -385,6 +391,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         progress.finish(FAILED_STAGE)
         images, failures = _write_outputs(dest, journal.records(), description, url_field)
         journal.flush(sync=True)
+        buildstate.finish(state)
     finally:
         journal.close()
     return ListBuildResult(dest, requested, tally.stored, tally.recovered, dict(sorted(tally.failed.items())),

@@ -11,6 +11,8 @@ overrides; the server's ETag, where it is a plain MD5, must agree). Then ``DIR/c
 
 Layout of DIR while building (``.s3sync/mscoco/`` stays, holding the completion records)::
 
+    DIR/.s3sync/build.json                  the build state record (``buildstate``): complete or not,
+                                           which root files builds of DIR wrote
     DIR/.s3sync/mscoco/lock                 flock: one build per DIR at a time
     DIR/.s3sync/mscoco/NAME.zip.json        completion record: url, size, ETag, digest, evidence,
                                            members [[name, size], ...], top-level entries
@@ -48,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import captions
+from .. import buildstate, captions
 from ..archive import METADATA_DIR
 from ..config import TransferSettings
 from ..errors import BuildError, DestinationError
@@ -226,7 +228,8 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
     Raises:
         BuildError: a zip's digest differs after ``ZIP_ATTEMPTS``, its size or ETag
             disagrees with the expected one, a member still fails its CRC-32, DIR holds
-            an entry s3sync did not make where a zip's would go.
+            an entry s3sync did not make where a zip's would go, or a ``captions.json`` or
+            ``neuraltalk2.json`` no build of DIR wrote.
         CaptionsError: the captions files do not hold together.
         DestinationError: DIR cannot be written, or another build holds it.
         S3SyncError: a download failed for good.
@@ -239,12 +242,14 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
     fetch = fetch_settings(settings, settings.chunk_size)
     outcomes = []
     with _locked(dest) as meta:
+        state = buildstate.begin(dest, "mscoco", (captions.CAPTIONS_NAME, NEURALTALK2_NAME))
         for path in zip_paths(year):
             url = f"{base_url.rstrip('/')}/{path}"
             outcome = _build_zip(dest, meta, path, url, expected[path], store, fetch, progress)
             outcomes.append(outcome)
             on_zip(outcome)
         counts = write_captions(dest, year)
+        buildstate.finish(state)
     return MscocoResult(dest, year, tuple(outcomes), sum(o.fetched for o in outcomes),
                         sum(not o.fetched for o in outcomes), sum(o.bytes_received for o in outcomes),
                         sum(o.members for o in outcomes), counts.images, counts.annotations,

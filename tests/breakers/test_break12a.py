@@ -142,8 +142,6 @@ def test_a_member_with_a_long_but_legal_name_is_extracted(http_server, tmp_path)
 # ---------------------------------------------------------------------------- build mscoco
 
 
-@pytest.mark.xfail(strict=True, reason="DIR/captions.json and DIR/neuraltalk2.json that the user put there are "
-                                       "replaced without a word, while a user's train2014/ is refused")
 def test_a_users_captions_json_in_dir_is_not_overwritten(http_server, tmp_path, capsys):
     site = make_site(tmp_path / "site")
     dest = tmp_path / "coco"
@@ -264,10 +262,6 @@ def s3store(s3_server, bucket):
     store.close()
 
 
-@pytest.mark.xfail(strict=True, reason="build then publish: a build that failed (val2014.zip's MD5 differs) leaves "
-                                       "train2014/ and no captions.json; publish DIR runs no captions check (there "
-                                       "is no captions.json) and commits the half-built dataset, "
-                                       ".s3sync-build/ included, as complete")
 def test_publish_of_a_dir_whose_build_failed_is_refused(http_server, tmp_path, capsys, s3store, bucket):
     from s3sync.config import Location
     from s3sync.publish import publish
