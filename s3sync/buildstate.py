@@ -14,6 +14,9 @@ Every ``s3sync build`` (mscoco, sbu, imagenet) keeps one record per ``DIR``::
   (``captions.json``...). ``begin`` refuses to start when one of the new build's outputs
   already exists and no earlier build recorded it: it is the user's own file, and a build
   would silently replace it.
+- ``begin`` also removes the temporary files a killed ``fsutil.write_atomic`` of those
+  outputs (and of the record) left (``.NAME.tmp-PID``, ``fsutil.remove_stale_temps``): the
+  build holds ``DIR``'s lock, so no writer of them is alive, and publish would upload them.
 
 Both writes are atomic (``fsutil.write_atomic``: the record is old or new, never torn).
 Machinery layer: no pipeline imports, so ``publish`` and the builders can both use it.
@@ -29,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import BuildError, DestinationError, SourceError
-from .fsutil import write_atomic
+from .fsutil import remove_stale_temps, write_atomic
 
 METADATA_DIR = ".s3sync"  # archive.METADATA_DIR: publish leaves it out
 RECORD_NAME = "build.json"
@@ -99,7 +102,9 @@ def check_publishable(src: Path) -> None:
 
 
 def begin(dest: Path, builder: str, outputs: Sequence[str]) -> BuildState:
-    """Record that a build of ``dest`` starts (``complete: false``), before it writes anything else.
+    """Record that a build of ``dest`` starts (``complete: false``), before it writes anything
+    else; remove the temporary files killed writes of ``outputs`` left. Call it holding
+    ``dest``'s build lock.
 
     Args:
         dest: the dataset directory (its ``.s3sync/`` is created if missing).
@@ -121,8 +126,10 @@ def begin(dest: Path, builder: str, outputs: Sequence[str]) -> BuildState:
     path = record_path(dest)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for name in (*outputs, f"{METADATA_DIR}/{RECORD_NAME}"):
+            remove_stale_temps(dest / name)
     except OSError as err:
-        raise DestinationError(f"{path.parent}: cannot create ({err.strerror or err})") from err
+        raise DestinationError(f"{path.parent}: cannot create or clean ({err.strerror or err})") from err
     state = BuildState(path, builder, datetime.now(UTC).isoformat(timespec="seconds"), False,
                        tuple(sorted(owned | set(outputs))))
     _write(state)

@@ -325,9 +325,6 @@ def _tmp_leftovers(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.iterdir() if ".tmp-" in p.name)
 
 
-@pytest.mark.xfail(strict=True, reason="kill -9 while captions.json is being written leaves DIR/.captions.json"
-                                       ".tmp-PID (write_atomic's temporary name, with the dead pid): no rerun ever "
-                                       "removes it, and publish DIR would upload it as part of the dataset")
 def test_kill_9_while_writing_captions_json_leaves_no_stray_file_after_the_rerun(http_server, tmp_path):
     # Many long captions: captions.json takes a while to write and fsync, so a kill can land in it.
     site = make_site(tmp_path / "site", train=2, val=1)

@@ -43,3 +43,17 @@ def test_begin_refuses_an_output_no_build_wrote_and_keeps_those_one_did(tmp_path
     buildstate.finish(state)
     again = buildstate.begin(tmp_path, "sbu", ("captions.json", "failures.tsv"))  # a rerun: its own files
     assert not again.complete
+
+
+def test_begin_removes_temporary_files_killed_writes_of_its_outputs_left(tmp_path):
+    from s3sync.fsutil import temp_name
+
+    state = buildstate.begin(tmp_path, "mscoco", ("captions.json",))
+    buildstate.finish(state)
+    stale = [temp_name(tmp_path / "captions.json", 4242), temp_name(buildstate.record_path(tmp_path), 7)]
+    for path in stale:
+        path.write_text("half")
+    other = tmp_path / ".captions.json.tmp-x"  # not write_atomic's name: not ours to remove
+    other.write_text("keep")
+    buildstate.begin(tmp_path, "mscoco", ("captions.json",))
+    assert not any(p.exists() for p in stale) and other.exists()
