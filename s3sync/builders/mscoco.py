@@ -53,7 +53,7 @@ from pathlib import Path
 from .. import buildstate, captions
 from ..archive import METADATA_DIR
 from ..config import TransferSettings
-from ..errors import BuildError, DestinationError
+from ..errors import BuildError, CaptionsError, DestinationError
 from ..fsutil import write_atomic
 from ..pieces import Claim, etag_md5
 from ..progress import NullProgress, Progress
@@ -499,6 +499,10 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
             raise BuildError(f"{path}: cannot read ({err.strerror})",
                              hint=f"annotations_trainval{year}.zip should hold it: check --mirror") from err
         doc = captions.parse(data, str(path))
+        for i, image in enumerate(doc["images"]):
+            if not isinstance(image, dict):
+                raise CaptionsError(f"{path}: images[{i}] is a JSON {type(image).__name__}, not an object",
+                                    hint="the annotations zip is damaged or not COCO's: check --mirror")
         images += [{**image, "file_name": f"{folder}/{image.get('file_name')}"} for image in doc["images"]]
         annotations += doc["annotations"]
         known = {lic.get("id") for lic in licenses}
