@@ -68,11 +68,15 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
 
     Raises:
         CaptionsError: not UTF-8 JSON, not an object, ``images``/``annotations`` missing
-            or not lists, nested too deeply for the parser, or a string holding a lone
+            or not lists, ``NaN``/``Infinity`` (Python's JSON extension, not JSON),
+            nested too deeply for the parser, or a string holding a lone
             surrogate (``\\ud800``: it cannot be written as UTF-8).
     """
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_no_constant)
+    except _NotJson as err:
+        raise CaptionsError(f"{source}: not valid JSON: it holds {err.args[0]}, which JSON (RFC 8259) does not "
+                            "have", hint="write a number or null there") from None
     except RecursionError:
         raise CaptionsError(f"{source}: its JSON is nested too deeply to be read (arrays or objects inside one "
                             "another thousands of levels deep)") from None
@@ -91,6 +95,14 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(data):  # rare: only then is the document walked
         _check_text(doc, source)
     return doc
+
+
+class _NotJson(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in the input (``json.loads`` accepts them)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
 
 
 def _check_text(doc: Any, source: str) -> None:
@@ -275,8 +287,9 @@ def to_neuraltalk2(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON, as COCO's own files are (no spaces, non-ASCII kept)."""
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON, as COCO's own files are (no spaces, non-ASCII kept); strict
+    (RFC 8259): a float NaN or infinity raises ValueError rather than being written bare."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def _is_key(value: object) -> bool:

@@ -128,3 +128,10 @@ def test_merge_leaves_a_licence_value_that_names_no_licence_as_it_is():
            "annotations": [{"id": 1, "image_id": 1, "caption": "a"}, {"id": 2, "image_id": 2, "caption": "b"}]}
     merged = captions.merge([captions.MergeInput("x", doc)])
     assert [im["license"] for im in merged["images"]] == [[1, 2], 1]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_parse_refuses_nan_and_infinity(constant):
+    data = ('{"images": [{"id": 1, "width": %s}], "annotations": []}' % constant).encode()
+    with pytest.raises(CaptionsError, match=f"n.json: not valid JSON: it holds {constant}"):
+        captions.parse(data, "n.json")
