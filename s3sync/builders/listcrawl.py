@@ -208,7 +208,10 @@ class _Journal:
 
     def add(self, rec: dict[str, Any]) -> None:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
-        self._file.write(line)
+        try:
+            self._file.write(line)
+        except OSError as err:
+            raise self._error(err) from err
         self._index(rec, self._size)
         self._size += len(line)
         self._pending += 1
@@ -229,10 +232,17 @@ class _Journal:
                 if rec is not None:
                     yield rec
 
+    def _error(self, err: OSError) -> BuildError:
+        return BuildError(f"{self.path}: cannot write the build journal ({err.strerror or err})",
+                          hint="free some space or fix the permissions, then run the same command again; it resumes")
+
     def flush(self, sync: bool = False) -> None:
-        self._file.flush()
-        if sync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            raise self._error(err) from err
         self._pending = 0
         self._last_flush = time.monotonic()
 

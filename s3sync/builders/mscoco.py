@@ -339,11 +339,19 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
             progress.message(f"{name}: {len(done):,} of {len(directory.members):,} members were extracted by an "
                              "earlier run; " + ("fetching only the others" if not full else
                                                "reading the whole zip again to compute its digest"))
-        with open(staging / "members.jsonl", "a", encoding="utf-8") as journal:
+        journal_path = staging / "members.jsonl"
+        try:
+            journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        except OSError as err:
+            raise _write_error(journal_path, err) from err
+        with journal:
 
             def record_member(m: ExtractedMember) -> None:
-                journal.write(json.dumps([m.name, m.size, m.crc]) + "\n")
-                journal.flush()  # a kill after this line keeps the member; before it, the member is redone
+                try:
+                    journal.write(json.dumps([m.name, m.size, m.crc]) + "\n")
+                    journal.flush()  # a kill after this line keeps the member; before it, the member is redone
+                except OSError as err:
+                    raise _write_error(journal_path, err) from err
 
             result = stream_extract(store, directory, info.etag, staging / "tree", settings, full=full,
                                     skip=frozenset(done), algorithm=expected.algorithm, on_member=record_member,
@@ -376,7 +384,7 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                 "tops": tops, "size": info.size, "etag": info.etag, "bytes_received": received,
                 "written": written, "refetched": refetched, "mode": "full" if full else "partial"}
     _sync()
-    write_atomic(staging / "verified.json", json.dumps(verified).encode())
+    _write(staging / "verified.json", json.dumps(verified).encode())
     return _commit(dest, staging, record_path, name, url, verified, progress)
 
 
@@ -395,7 +403,7 @@ def _commit(dest: Path, staging: Path, record_path: Path, name: str, url: str, v
                                  hint=f"remove {target} if s3sync did not make it, then run the same command "
                                       "again") from err
     record = {"version": RECORD_VERSION, "url": url, **verified}
-    write_atomic(record_path, json.dumps(record).encode())
+    _write(record_path, json.dumps(record).encode())
     shutil.rmtree(staging, ignore_errors=True)
     progress.message(f"{name}: verified ({verified['evidence']})")
     return ZipOutcome(name, url, verified["size"], True, verified["mode"], verified["bytes_received"],
@@ -459,6 +467,25 @@ def _check_tops(dest: Path, directory: ZipDirectory, name: str) -> None:
                                   "command again")
 
 
+def _write_error(path: Path, err: OSError) -> DestinationError:
+    """A failed write of one of the build's files (ENOSPC, EFBIG, EACCES...) as one line naming it."""
+    return DestinationError(f"{path}: cannot write ({err.strerror or err})",
+                            hint="free some space or fix the permissions, then run the same command again; "
+                                 "it resumes")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """``fsutil.write_atomic`` of one of the build's files; its OSError as ``DestinationError``.
+
+    Raises:
+        DestinationError: naming ``path``.
+    """
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise _write_error(path, err) from err
+
+
 def _load_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_bytes())
@@ -486,6 +513,7 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
     Raises:
         BuildError: a captions file is missing.
         CaptionsError: a captions file does not parse, or the merged one does not hold together.
+        DestinationError: ``captions.json`` or ``neuraltalk2.json`` cannot be written (a full disk).
     """
     images: list[dict] = []
     annotations: list[dict] = []
@@ -510,8 +538,8 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
     merged = captions.new_document(f"MS COCO {year} captions, train{year} and val{year} (built by s3sync)",
                                    images, annotations, licenses)
     counts = captions.check(merged, str(dest / captions.CAPTIONS_NAME), exists=lambda n: (dest / n).is_file())
-    write_atomic(dest / captions.CAPTIONS_NAME, captions.dumps(merged))
-    write_atomic(dest / NEURALTALK2_NAME, captions.dumps(captions.to_neuraltalk2(merged)))
+    _write(dest / captions.CAPTIONS_NAME, captions.dumps(merged))
+    _write(dest / NEURALTALK2_NAME, captions.dumps(captions.to_neuraltalk2(merged)))
     return counts
 
 

@@ -291,11 +291,6 @@ def _fsize_limit(limit: int):
     return apply
 
 
-@pytest.mark.xfail(strict=True, reason="a write of captions.json (or a record, the members journal) that fails "
-                                       "with ENOSPC/EFBIG is not translated: 'internal error: OSError: [Errno 27] "
-                                       "File too large ... report the traceback' instead of a one-line message "
-                                       "naming the file; images written by zipstream get one (measured with a 5 MB "
-                                       "tmpfs too: 3 of 25 fill levels gave 'internal error: OSError: [Errno 28]')")
 def test_a_full_disk_while_writing_captions_json_is_a_one_line_error(http_server, tmp_path):
     site = make_site(tmp_path / "site", train=3, val=3)
     for split in ("train", "val"):  # captions.json (both splits) larger than any member
