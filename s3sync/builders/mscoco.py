@@ -313,6 +313,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
     verified = _load_json(staging / "verified.json")
     if verified is not None and _load_json(staging / "state.json") == state:
         return _commit(dest, staging, record_path, name, url, verified, progress)
+    if verified is not None:
+        _take_back(dest, staging, name, verified, progress)
     if info.size and not store.accepts_ranges(url):
         raise BuildError(f"{url}: the server does not answer ranged GETs (Range), which extracting while "
                          "downloading needs: a zip's central directory is at its end",
@@ -409,6 +411,38 @@ def _commit(dest: Path, staging: Path, record_path: Path, name: str, url: str, v
     return ZipOutcome(name, url, verified["size"], True, verified["mode"], verified["bytes_received"],
                       len(verified["members"]), verified["written"], verified["refetched"], verified["algorithm"],
                       verified["digest"], verified["evidence"])
+
+
+def _take_back(dest: Path, staging: Path, name: str, verified: dict, progress: Progress) -> None:
+    """Remove from DIR what a killed ``_commit`` of an older version of the zip moved there.
+
+    ``verified.json`` in the staging area says the build was moving these top-level
+    entries into DIR when it stopped (no completion record yet); the zip at the source is
+    another one now (size, ETag or expected digest changed), so they are not the zip's to
+    keep and are built again. ``verified.json`` is removed only once they are gone, so a
+    kill during the removal is resumed the same way.
+
+    Raises:
+        DestinationError: an entry cannot be removed.
+    """
+    tree = staging / "tree"
+    tops = [top for top in verified.get("tops") or [] if isinstance(top, str) and "/" not in top
+            and top not in ("", ".", "..", METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME)]
+    moved = [top for top in tops if os.path.lexists(dest / top) and not os.path.lexists(tree / top)]
+    if moved:
+        progress.message(f"{name}: changed at the source since an interrupted run verified it; removing what that "
+                         f"run had moved into place ({', '.join(moved)}) to build it again")
+    for top in moved:
+        target = dest / top
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except OSError as err:
+            raise DestinationError(f"{target}: cannot remove the old {name}'s {top} ({err.strerror or err})",
+                                   hint=f"remove {target} yourself, then run the same command again") from err
+    (staging / "verified.json").unlink(missing_ok=True)
 
 
 def _resume_state(staging: Path, state: dict) -> dict[str, int]:

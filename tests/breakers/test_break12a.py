@@ -217,10 +217,6 @@ def test_dropped_connections_while_streaming_are_retried(http_server, tmp_path, 
     assert _built(dest) == _reference(site, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="a zip verified and moved into DIR, its record not yet written (a kill), "
-                                       "then rebuilt on the mirror (new bytes, ETag, checksums): the rerun drops "
-                                       "verified.json and refuses its own val2014/ as 'no build of val2014.zip made "
-                                       "it', telling the user to remove it")
 def test_a_zip_changed_on_the_mirror_after_a_kill_at_commit_is_rebuilt(http_server, tmp_path, capsys, monkeypatch):
     from s3sync.builders import mscoco
 
