@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
 import struct
 import time
 import zipfile
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TransferSettings
-from .engine import ChunkFetcher
+from .engine import ChunkFetcher, backoff_s, with_retries
 from .errors import (
     BuildError,
     DamagedArchiveError,
@@ -213,15 +212,12 @@ def read_bytes(store, url: str, offset: int, length: int, etag: str | None, sett
         S3SyncError: the last error, or the first that is not retriable.
     """
     buf = bytearray(length)
-    for attempt in range(settings.retries + 1):
-        try:
-            store.read_range_into(url, offset, memoryview(buf), etag)
-            return bytes(buf)
-        except S3SyncError as err:
-            if not err.retriable or attempt == settings.retries:
-                raise
-            time.sleep(random.uniform(0, min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)))
-    raise AssertionError("unreachable")
+
+    def read() -> bytes:
+        store.read_range_into(url, offset, memoryview(buf), etag)
+        return bytes(buf)
+
+    return with_retries(read, settings)
 
 
 def read_directory(fetch: Callable[[int, int], bytes], size: int, url: str,
@@ -725,7 +721,7 @@ def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, ha
             pieces.close()  # the connection goes back to the pool, or is closed now
         if hasher is not None and mark is not None:
             hasher.restore(mark)
-        time.sleep(random.uniform(0, min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)))
+        time.sleep(backoff_s(settings, attempt))
     raise BuildError(f"{url}: member {member.name} (bytes {member.offset:,}-{member.span_end - 1:,}) failed its "
                      f"check in {MEMBER_ATTEMPTS} fetches: {why}",
                      hint="the zip is damaged at the source, or the network corrupts it: try again later or "

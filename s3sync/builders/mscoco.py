@@ -53,7 +53,8 @@ from pathlib import Path
 from .. import buildstate, captions
 from ..archive import METADATA_DIR
 from ..config import TransferSettings
-from ..errors import BuildError, CaptionsError, DestinationError
+from ..engine import with_retries
+from ..errors import BuildError, CaptionsError, DestinationError, S3SyncError
 from ..fsutil import write_atomic
 from ..pieces import Claim, etag_md5
 from ..progress import NullProgress, Progress
@@ -75,6 +76,8 @@ NEURALTALK2_NAME = "neuraltalk2.json"
 ZIP_ATTEMPTS = 2
 """Whole passes over a zip whose digest differs before the build fails."""
 RECORD_VERSION = 1
+RERUN_HINT = ("the source or the network failed for now (after retries): run the same build command again "
+              "later; it resumes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +235,8 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
             ``neuraltalk2.json`` no build of DIR wrote.
         CaptionsError: the captions files do not hold together.
         DestinationError: DIR cannot be written, or another build holds it.
-        S3SyncError: a download failed for good.
+        S3SyncError: a download failed for good (a transient failure, after the retries,
+            carries the hint to run the build again: it resumes).
     """
     if year not in YEARS:
         raise BuildError(f"no COCO build for year {year}", hint="use --year 2014 or --year 2017")
@@ -245,7 +249,12 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
         state = buildstate.begin(dest, "mscoco", (captions.CAPTIONS_NAME, NEURALTALK2_NAME))
         for path in zip_paths(year):
             url = f"{base_url.rstrip('/')}/{path}"
-            outcome = _build_zip(dest, meta, path, url, expected[path], store, fetch, progress)
+            try:
+                outcome = _build_zip(dest, meta, path, url, expected[path], store, fetch, progress)
+            except S3SyncError as err:
+                if err.retriable:  # retried already: the store's hint (about --endpoint-url) does not fit a build
+                    err.hint = RERUN_HINT
+                raise
             outcomes.append(outcome)
             on_zip(outcome)
         counts = write_captions(dest, year)
@@ -298,7 +307,7 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                          "(something removed or changed it)",
                          hint=f"remove {record_path} and the directories {name} made "
                               f"({', '.join(record['tops'])} in {dest}), then run the same command again")
-    info = store.head(url)
+    info = with_retries(lambda: store.head(url), settings, _retrying(progress, f"HEAD {url}"))
     known = KNOWN.get(path)
     if known is not None and expected.digest == known.md5 and info.size != known.size:
         raise BuildError(f"{url} is {info.size:,} bytes, but the official {name} is {known.size:,} bytes "
@@ -315,7 +324,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
         return _commit(dest, staging, record_path, name, url, verified, progress)
     if verified is not None:
         _take_back(dest, staging, name, verified, progress)
-    if info.size and not store.accepts_ranges(url):
+    if info.size and not with_retries(lambda: store.accepts_ranges(url), settings,
+                                      _retrying(progress, f"the range probe of {url}")):
         raise BuildError(f"{url}: the server does not answer ranged GETs (Range), which extracting while "
                          "downloading needs: a zip's central directory is at its end",
                          hint="use a --mirror that answers them (the COCO site does), or download the zip and "
@@ -443,6 +453,12 @@ def _take_back(dest: Path, staging: Path, name: str, verified: dict, progress: P
             raise DestinationError(f"{target}: cannot remove the old {name}'s {top} ({err.strerror or err})",
                                    hint=f"remove {target} yourself, then run the same command again") from err
     (staging / "verified.json").unlink(missing_ok=True)
+
+
+def _retrying(progress: Progress, what: str) -> Callable[[S3SyncError, float], None]:
+    def say(err: S3SyncError, delay_s: float) -> None:
+        progress.message(f"retrying {what} in {delay_s:.1f}s: {err}")
+    return say
 
 
 def _resume_state(staging: Path, state: dict) -> dict[str, int]:

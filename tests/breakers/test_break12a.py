@@ -186,9 +186,6 @@ def _built(dest: Path) -> dict[str, bytes | None]:
             if k.split("/")[0] not in (".s3sync", "captions.json", "neuraltalk2.json")}
 
 
-@pytest.mark.xfail(strict=True, reason="the HEAD and the 1-byte range probe are not retried: one transient 503 "
-                                       "(S3's SlowDown on the COCO site) stops the build, with a hint to 'check "
-                                       "--endpoint-url', an option build mscoco does not have")
 @pytest.mark.parametrize("faults", [[Fault(status=503)], [Fault(), Fault(status=503)]], ids=["head", "range-probe"])
 def test_one_transient_503_before_the_download_is_retried(http_server, tmp_path, capsys, faults):
     site = make_site(tmp_path / "site")
