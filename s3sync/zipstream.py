@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import struct
 import time
 import zipfile
@@ -75,8 +76,12 @@ _EOCD_SIGNATURE = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
 _ENCRYPTED = 0x1
 _METHOD_NAMES = {12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 9: "Deflate64", 99: "AES (WinZip)"}
-TMP_SUFFIX = ".s3sync-tmp"
-"""A member being written is named ``NAME.s3sync-tmp`` until its CRC-32 matched."""
+TMP_DIR = ".s3sync-tmp"
+"""A pass writes each member to a numbered file (``0``, ``1``...) in a temporary directory of
+the tree (``TMP_DIR``, or ``TMP_DIR-1``... if the zip has a top-level entry of that name),
+renamed to the member's name once its CRC-32 matched: a temporary name that can collide with
+no member and does not lengthen the member's name (a 255-byte name stays legal). The
+directory is on the tree's file system (rename is atomic) and is removed when the pass ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,18 +444,31 @@ class _BadMember(Exception):
 
 
 class _Tree:
-    """Writes members under ``root``: directories made as needed, each file under a temporary
-    name until its CRC-32 matched, then renamed (``os.replace``) to its own."""
+    """Writes members under ``root``: directories made as needed, each file under a numbered
+    temporary name in the pass's temporary directory (``TMP_DIR``) until its CRC-32 matched,
+    then renamed (``os.replace``) to its own. ``close`` removes the temporary directory."""
 
-    def __init__(self, root: Path, url: str) -> None:
+    def __init__(self, root: Path, url: str, tops: frozenset[str] = frozenset()) -> None:
         self.root = root
         self.url = url
         self._dirs: set[str] = set()
+        self._count = 0
+        name, n = TMP_DIR, 0
+        while name in tops:
+            n += 1
+            name = f"{TMP_DIR}-{n}"
+        self.tmp = root / name
         try:
             root.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(self.tmp):  # a killed pass's: no member of this zip has that name
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir()
         except OSError as err:
-            raise BuildError(f"{root}: cannot create the directory ({err.strerror})",
+            raise BuildError(f"{self.tmp}: cannot create the directory ({err.strerror})",
                              hint="check that DIR is writable") from err
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _mkdirs(self, rel: str) -> None:
         if rel and rel not in self._dirs:
@@ -466,13 +484,14 @@ class _Tree:
 
     def open(self, member: ZipMember) -> _File:
         self._mkdirs(member.name.rpartition("/")[0])
-        return _File(self.root / member.name, member)
+        self._count += 1
+        return _File(self.root / member.name, self.tmp / str(self._count), member)
 
 
 class _File:
-    def __init__(self, path: Path, member: ZipMember) -> None:
+    def __init__(self, path: Path, tmp: Path, member: ZipMember) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + TMP_SUFFIX)
+        self.tmp = tmp
         self.member = member
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -647,7 +666,7 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
             if a < b:
                 yield a, tail[a - directory.tail_offset: b - directory.tail_offset]
 
-    writer = _Tree(tree, url)
+    writer = _Tree(tree, url, frozenset(m.name.split("/", 1)[0] for m in directory.members))
     cur = _Cursor(windows(), ranges[0][0] if ranges else 0, hasher)
     written = refetched = extra = 0
     scratch = memoryview(bytearray(1024 * 1024))
@@ -674,6 +693,7 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
             cur.skip_to(directory.size)
         digest = hasher.hexdigest() if hasher is not None else ""
     finally:
+        writer.close()
         if hasher is not None:
             hasher.close()
     return StreamResult(digest, len(todo), written, fetcher.stats.bytes_received + extra, refetched)

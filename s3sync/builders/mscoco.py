@@ -60,7 +60,6 @@ from ..pieces import Claim, etag_md5
 from ..progress import NullProgress, Progress
 from ..pull import fetch_settings
 from ..zipstream import (
-    TMP_SUFFIX,
     ExtractedMember,
     ZipDirectory,
     read_bytes,
@@ -508,7 +507,7 @@ def _missing(dest: Path, members: list) -> str | None:
 def _check_tops(dest: Path, directory: ZipDirectory, name: str) -> None:
     """Refuse a zip whose top-level entries would replace something in DIR that no build made."""
     for top in sorted({m.name.split("/", 1)[0] for m in directory.members}):
-        if top in (METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME) or top.endswith(TMP_SUFFIX):
+        if top in (METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME):
             raise BuildError(f"{directory.url}: its member {top!r} would overwrite what the build writes",
                              hint="the zip is not a COCO zip: check --mirror")
         if os.path.lexists(dest / top):

@@ -105,9 +105,6 @@ def test_non_ascii_names_from_info_zip_extract_as_unzip_names_them(http_server, 
     assert sorted(tree_of(tmp_path / "out")) == sorted(tree_of(ref)) == ["top", "top/café.txt", "top/日本.jpg"]
 
 
-@pytest.mark.xfail(strict=True, reason="a member named 'X.s3sync-tmp' is overwritten by the temporary file of "
-                                       "member 'X': the pass reports every member written and the right MD5, "
-                                       "but one member is not in the tree")
 def test_a_member_named_like_the_temporary_file_of_another_is_not_lost(http_server, tmp_path):
     www = tmp_path / "www"
     www.mkdir()
@@ -123,9 +120,6 @@ def test_a_member_named_like_the_temporary_file_of_another_is_not_lost(http_serv
 
 
 @needs_infozip
-@pytest.mark.xfail(strict=True, reason="the temporary name adds 11 bytes ('.s3sync-tmp'): a member whose name is "
-                                       "245-255 bytes long (legal on Linux, unzip extracts it) fails with "
-                                       "'File name too long'")
 def test_a_member_with_a_long_but_legal_name_is_extracted(http_server, tmp_path):
     www = tmp_path / "www"
     www.mkdir()

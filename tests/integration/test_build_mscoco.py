@@ -81,7 +81,7 @@ def test_build_extracts_the_zips_and_writes_the_captions(http_server, tmp_path, 
                        "captions": ["train image 9, caption 0: a caf\u00e9 on a street.",
                                     "train image 9, caption 1: a caf\u00e9 on a street."]}
     assert [t["id"] for t in talk] == [im["id"] for im in want_images]
-    assert not list(dest.rglob("*.s3sync-tmp"))
+    assert not list(dest.rglob("*.s3sync-tmp*"))
     assert sorted(p.name for p in (dest / BUILD_DIR).iterdir()) == sorted(
         ["lock"] + [f"{Path(p).name}.json" for p in site.paths])
 
