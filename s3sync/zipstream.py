@@ -294,8 +294,60 @@ def check_name(name: str, raw: str, url: str) -> None:
                                  hint="the zip is hostile or damaged: check its source")
 
 
+_UTF8_FLAG = 0x800
+"""General purpose bit 11 (APPNOTE 4.4.4): the name and comment are UTF-8."""
+_UNICODE_PATH = 0x7075
+"""Info-ZIP Unicode Path extra field (APPNOTE 4.6.9): version 1, CRC-32 of the header's
+name bytes, the name in UTF-8."""
+
+
+def _unicode_path(extra: bytes, raw: bytes) -> str | None:
+    """The name an Info-ZIP Unicode Path extra field gives, if there is one, of version 1,
+    whose CRC-32 matches the header's name bytes ``raw`` (else the field is stale: a tool
+    renamed the member without updating it) and whose name is UTF-8."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, pos)
+        data = extra[pos + 4: pos + 4 + length]
+        pos += 4 + length
+        if tag == _UNICODE_PATH and len(data) >= 5 and data[0] == 1:
+            if struct.unpack_from("<L", data, 1)[0] != zlib.crc32(raw):
+                return None
+            try:
+                return data[5:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _decode_name(info: zipfile.ZipInfo) -> int:
+    """Give ``info`` the name ``unzip`` gives it on a UTF-8 system; return the byte length of
+    the name as stored in the headers.
+
+    zipfile decodes a name without flag bit 11 as cp437, but Info-ZIP ``zip`` (and most
+    tools on Unix) store UTF-8 names without setting it. So, for such a name: the Info-ZIP
+    Unicode Path extra field (0x7075) when present and its CRC-32 matches; else the bytes as
+    UTF-8 when they decode as UTF-8; else cp437 (zipfile's reading, which maps every byte).
+    ``filename`` is cut at a NUL as zipfile does (``orig_filename`` keeps it for ``check_name``).
+    """
+    if info.flag_bits & _UTF8_FLAG:
+        return len(info.orig_filename.encode("utf-8", "surrogatepass"))
+    raw = info.orig_filename.encode("cp437")  # zipfile's decoding: reversible, one char per byte
+    name = _unicode_path(info.extra, raw)
+    if name is None:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            name = info.orig_filename
+    info.orig_filename = name
+    info.filename = name.split("\x00", 1)[0]
+    return len(raw)
+
+
 def _members(infos: list[zipfile.ZipInfo], directory_offset: int, size: int, url: str) -> tuple[ZipMember, ...]:
-    """The central directory's members, checked, in offset order, each with its span."""
+    """The central directory's members, their names decoded as ``unzip`` does (``_decode_name``),
+    checked, in offset order, each with its span."""
+    raw_length = {id(info): _decode_name(info) for info in infos}
     seen: set[str] = set()
     for info in infos:
         check_name(info.filename, info.orig_filename, url)
@@ -323,8 +375,7 @@ def _members(infos: list[zipfile.ZipInfo], directory_offset: int, size: int, url
     out = []
     for i, info in enumerate(ordered):
         end = ordered[i + 1].header_offset if i + 1 < len(ordered) else directory_offset
-        raw = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
-        least = _LOCAL.size + len(raw) + info.compress_size
+        least = _LOCAL.size + raw_length[id(info)] + info.compress_size
         if info.header_offset < 0 or info.header_offset + least > end or end > size:
             raise DamagedArchiveError(f"{url}: member {info.filename!r} at byte {info.header_offset:,} "
                                       f"({info.compress_size:,} bytes) overlaps the next member or the central "

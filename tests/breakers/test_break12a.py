@@ -87,9 +87,6 @@ def one_image_dataset(root: Path, caption: str = "a caption", **image) -> Path:
 
 
 @needs_infozip
-@pytest.mark.xfail(strict=True, reason="Info-ZIP writes UTF-8 names without flag bit 11 (create_system 3): zipfile "
-                                       "decodes them as cp437, so 'café.txt' lands as 'caf├⌐.txt' where unzip, "
-                                       "bsdtar and 7z write 'café.txt'")
 def test_non_ascii_names_from_info_zip_extract_as_unzip_names_them(http_server, tmp_path):
     src = tmp_path / "src"
     (src / "top").mkdir(parents=True)
