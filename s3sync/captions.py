@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,9 @@ CAPTIONS_NAME = "captions.json"
 """The captions file at the root of a dataset, checked by publish and verify."""
 
 _SHOWN = 3  # problems named in one error message
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``): the only way a parsed
+document can hold a string that is not encodable as UTF-8 (a lone one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +67,19 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
         source: the file's name for messages.
 
     Raises:
-        CaptionsError: not UTF-8 JSON, not an object, or ``images``/``annotations`` missing
-            or not lists.
+        CaptionsError: not UTF-8 JSON, not an object, ``images``/``annotations`` missing
+            or not lists, ``NaN``/``Infinity`` (Python's JSON extension, not JSON),
+            nested too deeply for the parser, or a string holding a lone
+            surrogate (``\\ud800``: it cannot be written as UTF-8).
     """
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_no_constant)
+    except _NotJson as err:
+        raise CaptionsError(f"{source}: not valid JSON: it holds {err.args[0]}, which JSON (RFC 8259) does not "
+                            "have", hint="write a number or null there") from None
+    except RecursionError:
+        raise CaptionsError(f"{source}: its JSON is nested too deeply to be read (arrays or objects inside one "
+                            "another thousands of levels deep)") from None
     except UnicodeDecodeError as err:
         raise CaptionsError(f"{source}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                             f"{err.start})") from err
@@ -80,7 +92,57 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
         if not isinstance(doc.get(field), list):
             what = "missing" if field not in doc else f"a {type(doc[field]).__name__}, not a list"
             raise CaptionsError(f"{source}: '{field}' is {what}")
+    if _SURROGATE_ESCAPE.search(data):  # rare: only then is the document walked
+        _check_text(doc, source)
     return doc
+
+
+class _NotJson(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in the input (``json.loads`` accepts them)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def _check_text(doc: Any, source: str) -> None:
+    """Refuse a document holding a string (or key) that cannot be encoded as UTF-8 (a lone
+    surrogate), naming where. ``json.dumps`` finds whether there is one at C speed; only
+    then is the document walked to name it.
+
+    Raises:
+        CaptionsError: naming ``source`` and the first such string's place.
+    """
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    except (ValueError, TypeError, RecursionError):
+        return  # not JSON text at all: the writer names that
+    where = _unencodable(doc, "")
+    raise CaptionsError(f"{source}: {where or 'a string'} holds a lone UTF-16 surrogate (an unpaired \\ud800-"
+                        "\\udfff escape): it is not text and cannot be written as UTF-8",
+                        hint="fix that string in the file (or remove it)")
+
+
+def _unencodable(value: Any, where: str) -> str | None:
+    """The place (``annotations[3].caption``) of the first string not encodable as UTF-8."""
+    stack = [(value, where)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                stack.append((item, f"{where}.{key}" if where else str(key)))
+                stack.append((key, f"{where} (a key)" if where else "a key"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def counts(doc: dict[str, Any]) -> CaptionCounts:
@@ -94,7 +156,8 @@ def check(doc: dict[str, Any], source: str, exists: Callable[[str], bool] | None
     Every image has an integer ``id`` (unique) and a relative ``file_name`` that stays inside
     the dataset (no ``..`` component, not absolute) and, if ``exists`` is given, for which
     ``exists(file_name)`` is true; every annotation has an integer ``id`` (unique), an
-    ``image_id`` naming an image, and a string ``caption``; every image has at least one caption.
+    ``image_id`` naming an image, and a string ``caption``; every image has at least one caption;
+    every string can be written as UTF-8 (no lone surrogate).
 
     Args:
         doc: from ``parse``.
@@ -159,6 +222,8 @@ def check(doc: dict[str, Any], source: str, exists: Callable[[str], bool] | None
                      if iid in image_ids and iid not in captioned)
         bad(f"{uncaptioned:,} image{'s have' if uncaptioned > 1 else ' has'} no caption (first: image {first})",
             uncaptioned)
+    if not total:
+        _check_text(doc, source)  # a document built in memory (not from ``parse``) may hold one too
     if total:
         more = f" (and {total - shown:,} more)" if total > shown else ""
         raise CaptionsError(f"{source}: {total:,} problem{'s' if total > 1 else ''} in {len(doc['images']):,} images "
@@ -190,14 +255,14 @@ def merge(inputs: Sequence[MergeInput], description: str = "merged by s3sync cap
     for item in inputs:
         licence_ids: dict[Any, int] = {}
         for lic in item.doc.get("licenses") or []:
-            if isinstance(lic, dict):
+            if isinstance(lic, dict) and _is_key(lic.get("id")):
                 licence_ids[lic.get("id")] = len(licenses) + 1
                 licenses.append({**lic, "id": len(licenses) + 1})
         image_ids: dict[int, int] = {}
         for image in item.doc["images"]:
             new = {**image, "id": len(images), "source_id": image["id"], "dataset": item.dataset,
                    "file_name": posixpath.normpath(posixpath.join(item.prefix, image["file_name"]))}
-            if "license" in image and image["license"] in licence_ids:
+            if "license" in image and _is_key(image["license"]) and image["license"] in licence_ids:
                 new["license"] = licence_ids[image["license"]]
             image_ids[image["id"]] = new["id"]
             images.append(new)
@@ -222,8 +287,14 @@ def to_neuraltalk2(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dumps(doc: Any) -> bytes:
-    """Compact UTF-8 JSON, as COCO's own files are (no spaces, non-ASCII kept)."""
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON, as COCO's own files are (no spaces, non-ASCII kept); strict
+    (RFC 8259): a float NaN or infinity raises ValueError rather than being written bare."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _is_key(value: object) -> bool:
+    """A licence id that can name a licence: a JSON scalar (a list or object cannot)."""
+    return value is None or isinstance(value, (int, float, str))
 
 
 def _is_int(value: object) -> bool:

@@ -19,17 +19,64 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import hashing
 from .config import TransferSettings
-from .errors import DamagedDatasetError, IntegrityError, Interrupted, NotFoundError, PartChangedError, S3SyncError
+from .errors import (
+    DamagedDatasetError,
+    IntegrityError,
+    Interrupted,
+    NotFoundError,
+    PartChangedError,
+    S3SyncError,
+)
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store, same_etag
+
+T = TypeVar("T")
+
+
+def backoff_s(settings: TransferSettings, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number ``attempt + 1`` (``attempt`` 0 for the first
+    retry): exponential backoff with full jitter (AWS Architecture Blog, "Exponential
+    Backoff and Jitter", 2015), uniform in ``[0, min(backoff_max_s, backoff_base_s * 2**attempt)]``.
+    The one policy of every retry of a request in s3sync."""
+    cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)
+    return (rng or random).uniform(0, cap)
+
+
+def with_retries(call: Callable[[], T], settings: TransferSettings,
+                 on_retry: Callable[[S3SyncError, float], None] | None = None) -> T:
+    """``call()``, tried again after a retriable ``S3SyncError`` (``err.retriable``) up to
+    ``settings.retries`` times with ``backoff_s`` between: for small requests outside a
+    ``ChunkFetcher`` (a HEAD, a range probe, a zip's tail).
+
+    Args:
+        call: the request; raises ``S3SyncError`` on failure.
+        settings: ``retries`` and the backoff (seconds).
+        on_retry: told each retriable error and the delay (seconds) before the next try.
+
+    Raises:
+        S3SyncError: the first error that is not retriable, or the last one.
+    """
+    for attempt in range(settings.retries + 1):
+        try:
+            return call()
+        except S3SyncError as err:
+            if not err.retriable or attempt == settings.retries:
+                raise
+            delay = backoff_s(settings, attempt)
+            if on_retry is not None:
+                on_retry(err, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
 
 PIECE = 512 * 1024
 """Bytes per piece of ``fetch_to``: small enough to stay in a core's L2 cache (1 MiB on
@@ -270,7 +317,7 @@ class ChunkFetcher:
                 if not err.retriable or attempt == s.retries:
                     raise
                 self.stats.add(retries=1)
-                delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt))
+                delay = backoff_s(s, attempt, self._rng)
                 self.progress.message(f"retrying chunk {job.index} of {job.key} in {delay:.1f}s: {err}")
                 if self._cancel.wait(delay):
                     raise Interrupted("cancelled") from err

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import archive
+from . import archive, buildstate
 from . import lease as leases
 from .captionfiles import check_tree
 from .config import Location, TransferSettings
@@ -228,7 +228,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         raised as ``Interrupted`` saying that it committed).
 
     Raises:
-        SourceError: ``src`` is unreadable or holds something that cannot be published.
+        SourceError: ``src`` is unreadable or holds something that cannot be published, or
+            its build state record (``.s3sync/build.json``) says its build did not finish.
         CaptionsError: ``src/captions.json`` does not parse or hold together (checked before
             anything is written to the bucket; its counts go into the manifest).
         PublishConflictError: another publish of the same prefix swapped the manifest first.
@@ -239,6 +240,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     """
     progress = progress or NullProgress()
     started = time.monotonic()
+    buildstate.check_publishable(src)  # a build that failed or is still running: not a dataset yet
     store.check_bucket()
     entries = archive.scan_tree(src)
     # Before anything is written to the bucket: a broken captions.json is refused here

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
+import shutil
 import struct
 import time
 import zipfile
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TransferSettings
-from .engine import ChunkFetcher
+from .engine import ChunkFetcher, backoff_s, with_retries
 from .errors import (
     BuildError,
     DamagedArchiveError,
@@ -76,8 +76,12 @@ _EOCD_SIGNATURE = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
 _ENCRYPTED = 0x1
 _METHOD_NAMES = {12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 9: "Deflate64", 99: "AES (WinZip)"}
-TMP_SUFFIX = ".s3sync-tmp"
-"""A member being written is named ``NAME.s3sync-tmp`` until its CRC-32 matched."""
+TMP_DIR = ".s3sync-tmp"
+"""A pass writes each member to a numbered file (``0``, ``1``...) in a temporary directory of
+the tree (``TMP_DIR``, or ``TMP_DIR-1``... if the zip has a top-level entry of that name),
+renamed to the member's name once its CRC-32 matched: a temporary name that can collide with
+no member and does not lengthen the member's name (a 255-byte name stays legal). The
+directory is on the tree's file system (rename is atomic) and is removed when the pass ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,15 +217,12 @@ def read_bytes(store, url: str, offset: int, length: int, etag: str | None, sett
         S3SyncError: the last error, or the first that is not retriable.
     """
     buf = bytearray(length)
-    for attempt in range(settings.retries + 1):
-        try:
-            store.read_range_into(url, offset, memoryview(buf), etag)
-            return bytes(buf)
-        except S3SyncError as err:
-            if not err.retriable or attempt == settings.retries:
-                raise
-            time.sleep(random.uniform(0, min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)))
-    raise AssertionError("unreachable")
+
+    def read() -> bytes:
+        store.read_range_into(url, offset, memoryview(buf), etag)
+        return bytes(buf)
+
+    return with_retries(read, settings)
 
 
 def read_directory(fetch: Callable[[int, int], bytes], size: int, url: str,
@@ -293,8 +294,60 @@ def check_name(name: str, raw: str, url: str) -> None:
                                  hint="the zip is hostile or damaged: check its source")
 
 
+_UTF8_FLAG = 0x800
+"""General purpose bit 11 (APPNOTE 4.4.4): the name and comment are UTF-8."""
+_UNICODE_PATH = 0x7075
+"""Info-ZIP Unicode Path extra field (APPNOTE 4.6.9): version 1, CRC-32 of the header's
+name bytes, the name in UTF-8."""
+
+
+def _unicode_path(extra: bytes, raw: bytes) -> str | None:
+    """The name an Info-ZIP Unicode Path extra field gives, if there is one, of version 1,
+    whose CRC-32 matches the header's name bytes ``raw`` (else the field is stale: a tool
+    renamed the member without updating it) and whose name is UTF-8."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, pos)
+        data = extra[pos + 4: pos + 4 + length]
+        pos += 4 + length
+        if tag == _UNICODE_PATH and len(data) >= 5 and data[0] == 1:
+            if struct.unpack_from("<L", data, 1)[0] != zlib.crc32(raw):
+                return None
+            try:
+                return data[5:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _decode_name(info: zipfile.ZipInfo) -> int:
+    """Give ``info`` the name ``unzip`` gives it on a UTF-8 system; return the byte length of
+    the name as stored in the headers.
+
+    zipfile decodes a name without flag bit 11 as cp437, but Info-ZIP ``zip`` (and most
+    tools on Unix) store UTF-8 names without setting it. So, for such a name: the Info-ZIP
+    Unicode Path extra field (0x7075) when present and its CRC-32 matches; else the bytes as
+    UTF-8 when they decode as UTF-8; else cp437 (zipfile's reading, which maps every byte).
+    ``filename`` is cut at a NUL as zipfile does (``orig_filename`` keeps it for ``check_name``).
+    """
+    if info.flag_bits & _UTF8_FLAG:
+        return len(info.orig_filename.encode("utf-8", "surrogatepass"))
+    raw = info.orig_filename.encode("cp437")  # zipfile's decoding: reversible, one char per byte
+    name = _unicode_path(info.extra, raw)
+    if name is None:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            name = info.orig_filename
+    info.orig_filename = name
+    info.filename = name.split("\x00", 1)[0]
+    return len(raw)
+
+
 def _members(infos: list[zipfile.ZipInfo], directory_offset: int, size: int, url: str) -> tuple[ZipMember, ...]:
-    """The central directory's members, checked, in offset order, each with its span."""
+    """The central directory's members, their names decoded as ``unzip`` does (``_decode_name``),
+    checked, in offset order, each with its span."""
+    raw_length = {id(info): _decode_name(info) for info in infos}
     seen: set[str] = set()
     for info in infos:
         check_name(info.filename, info.orig_filename, url)
@@ -322,8 +375,7 @@ def _members(infos: list[zipfile.ZipInfo], directory_offset: int, size: int, url
     out = []
     for i, info in enumerate(ordered):
         end = ordered[i + 1].header_offset if i + 1 < len(ordered) else directory_offset
-        raw = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
-        least = _LOCAL.size + len(raw) + info.compress_size
+        least = _LOCAL.size + raw_length[id(info)] + info.compress_size
         if info.header_offset < 0 or info.header_offset + least > end or end > size:
             raise DamagedArchiveError(f"{url}: member {info.filename!r} at byte {info.header_offset:,} "
                                       f"({info.compress_size:,} bytes) overlaps the next member or the central "
@@ -443,18 +495,31 @@ class _BadMember(Exception):
 
 
 class _Tree:
-    """Writes members under ``root``: directories made as needed, each file under a temporary
-    name until its CRC-32 matched, then renamed (``os.replace``) to its own."""
+    """Writes members under ``root``: directories made as needed, each file under a numbered
+    temporary name in the pass's temporary directory (``TMP_DIR``) until its CRC-32 matched,
+    then renamed (``os.replace``) to its own. ``close`` removes the temporary directory."""
 
-    def __init__(self, root: Path, url: str) -> None:
+    def __init__(self, root: Path, url: str, tops: frozenset[str] = frozenset()) -> None:
         self.root = root
         self.url = url
         self._dirs: set[str] = set()
+        self._count = 0
+        name, n = TMP_DIR, 0
+        while name in tops:
+            n += 1
+            name = f"{TMP_DIR}-{n}"
+        self.tmp = root / name
         try:
             root.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(self.tmp):  # a killed pass's: no member of this zip has that name
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir()
         except OSError as err:
-            raise BuildError(f"{root}: cannot create the directory ({err.strerror})",
+            raise BuildError(f"{self.tmp}: cannot create the directory ({err.strerror})",
                              hint="check that DIR is writable") from err
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _mkdirs(self, rel: str) -> None:
         if rel and rel not in self._dirs:
@@ -470,13 +535,14 @@ class _Tree:
 
     def open(self, member: ZipMember) -> _File:
         self._mkdirs(member.name.rpartition("/")[0])
-        return _File(self.root / member.name, member)
+        self._count += 1
+        return _File(self.root / member.name, self.tmp / str(self._count), member)
 
 
 class _File:
-    def __init__(self, path: Path, member: ZipMember) -> None:
+    def __init__(self, path: Path, tmp: Path, member: ZipMember) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + TMP_SUFFIX)
+        self.tmp = tmp
         self.member = member
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -651,7 +717,7 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
             if a < b:
                 yield a, tail[a - directory.tail_offset: b - directory.tail_offset]
 
-    writer = _Tree(tree, url)
+    writer = _Tree(tree, url, frozenset(m.name.split("/", 1)[0] for m in directory.members))
     cur = _Cursor(windows(), ranges[0][0] if ranges else 0, hasher)
     written = refetched = extra = 0
     scratch = memoryview(bytearray(1024 * 1024))
@@ -678,6 +744,7 @@ def stream_extract(store, directory: ZipDirectory, etag: str, tree: Path, settin
             cur.skip_to(directory.size)
         digest = hasher.hexdigest() if hasher is not None else ""
     finally:
+        writer.close()
         if hasher is not None:
             hasher.close()
     return StreamResult(digest, len(todo), written, fetcher.stats.bytes_received + extra, refetched)
@@ -725,7 +792,7 @@ def _again(store, url: str, etag: str, member: ZipMember, tree: _Tree | None, ha
             pieces.close()  # the connection goes back to the pool, or is closed now
         if hasher is not None and mark is not None:
             hasher.restore(mark)
-        time.sleep(random.uniform(0, min(settings.backoff_max_s, settings.backoff_base_s * 2 ** attempt)))
+        time.sleep(backoff_s(settings, attempt))
     raise BuildError(f"{url}: member {member.name} (bytes {member.offset:,}-{member.span_end - 1:,}) failed its "
                      f"check in {MEMBER_ATTEMPTS} fetches: {why}",
                      hint="the zip is damaged at the source, or the network corrupts it: try again later or "

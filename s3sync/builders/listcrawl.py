@@ -7,6 +7,7 @@ Output, in ``DIR``::
     captions.json             COCO model (s3sync.captions): one image per stored item, id = index
     failures.tsv              index<TAB>url<TAB>reason, one line per failed item, after a header
     .s3sync/build-journal.jsonl   the resume journal (publish leaves .s3sync/ out)
+    .s3sync/build.json        the build state record (``buildstate``): publish refuses DIR until it says complete
     .s3sync/tmp/              images being written (renamed into place when whole)
 
 Resume is at URL granularity. The journal gets one JSON line per finished item, appended
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import buildstate
 from .. import captions as coco
 from ..crawl import Crawler, CrawlSettings, Failed, Fetched, crawl
 from ..errors import BuildError, Interrupted
@@ -209,7 +211,10 @@ class _Journal:
 
     def add(self, rec: dict[str, Any]) -> None:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
-        self._file.write(line)
+        try:
+            self._file.write(line)
+        except OSError as err:
+            raise self._error(err) from err
         self._index(rec, self._size)
         self._size += len(line)
         self._pending += 1
@@ -230,10 +235,17 @@ class _Journal:
                 if rec is not None:
                     yield rec
 
+    def _error(self, err: OSError) -> BuildError:
+        return BuildError(f"{self.path}: cannot write the build journal ({err.strerror or err})",
+                          hint="free some space or fix the permissions, then run the same command again; it resumes")
+
     def flush(self, sync: bool = False) -> None:
-        self._file.flush()
-        if sync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            raise self._error(err) from err
         self._pending = 0
         self._last_flush = time.monotonic()
 
@@ -295,7 +307,8 @@ def select(items: Iterable[ListItem], first: int = 0, count: int | None = None) 
 
 def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, description: str,
                     settings: CrawlSettings | None = None, url_field: str = "flickr_url",
-                    retry_failed: bool = False, placeholders: Collection[str] = PLACEHOLDER_MD5S,
+                    retry_failed: bool = False, builder: str = "list",
+                    placeholders: Collection[str] = PLACEHOLDER_MD5S,
                     progress: Progress | None = None, stop: threading.Event | None = None) -> ListBuildResult:
     """Crawl ``items`` into ``dest``; see the module docstring for the layout and resume rules.
 
@@ -306,6 +319,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         description: ``info.description`` of ``captions.json``.
         settings: the crawler's settings (default ``CrawlSettings()``).
         url_field: the images' field that holds the source URL (``flickr_url`` as COCO's).
+        builder: the builder's name for the build state record (``sbu``, ``imagenet``).
         retry_failed: fetch again the items whose failure was not permanent.
         placeholders: MD5 digests of bodies refused as placeholders (``images.check_image``).
         progress: stages ``crawl`` and ``failed``, counted in items (``progress.ITEM_STAGES``).
@@ -315,7 +329,8 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         The run's tally.
 
     Raises:
-        BuildError: ``dest`` cannot be written, or another build holds its journal.
+        BuildError: ``dest`` cannot be written, another build holds its journal, or it holds
+            a ``captions.json`` or ``failures.tsv`` no build of ``dest`` wrote.
         CaptionsError: the captions document does not hold together (a bug, or files removed
             from ``dest`` during the build).
         KeyboardInterrupt: after flushing the journal; ``captions.json`` is not written.
@@ -334,6 +349,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
                          hint="check the path and its permissions") from err
     journal = _Journal(meta / JOURNAL_NAME)  # locks DIR against a second build
     try:
+        state = buildstate.begin(dest, builder, (coco.CAPTIONS_NAME, FAILURES_NAME))
         try:
             for leftover in tmp.iterdir():  # a killed run's half-written images
                 leftover.unlink()
@@ -390,6 +406,7 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         progress.finish(FAILED_STAGE)
         images, failures = _write_outputs(dest, journal.records(), description, url_field)
         journal.flush(sync=True)
+        buildstate.finish(state)
     finally:
         journal.close()
     return ListBuildResult(dest, requested, tally.stored, tally.recovered, dict(sorted(tally.failed.items())),

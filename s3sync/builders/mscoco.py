@@ -11,6 +11,8 @@ overrides; the server's ETag, where it is a plain MD5, must agree). Then ``DIR/c
 
 Layout of DIR while building (``.s3sync/mscoco/`` stays, holding the completion records)::
 
+    DIR/.s3sync/build.json                  the build state record (``buildstate``): complete or not,
+                                           which root files builds of DIR wrote
     DIR/.s3sync/mscoco/lock                 flock: one build per DIR at a time
     DIR/.s3sync/mscoco/NAME.zip.json        completion record: url, size, ETag, digest, evidence,
                                            members [[name, size], ...], top-level entries
@@ -48,16 +50,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import captions
+from .. import buildstate, captions
 from ..archive import METADATA_DIR
 from ..config import TransferSettings
-from ..errors import BuildError, DestinationError
+from ..engine import with_retries
+from ..errors import BuildError, CaptionsError, DestinationError, S3SyncError
 from ..fsutil import write_atomic
 from ..pieces import Claim, etag_md5
 from ..progress import NullProgress, Progress
 from ..pull import fetch_settings
 from ..zipstream import (
-    TMP_SUFFIX,
     ExtractedMember,
     ZipDirectory,
     read_bytes,
@@ -73,6 +75,8 @@ NEURALTALK2_NAME = "neuraltalk2.json"
 ZIP_ATTEMPTS = 2
 """Whole passes over a zip whose digest differs before the build fails."""
 RECORD_VERSION = 1
+RERUN_HINT = ("the source or the network failed for now (after retries): run the same build command again "
+              "later; it resumes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +230,12 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
     Raises:
         BuildError: a zip's digest differs after ``ZIP_ATTEMPTS``, its size or ETag
             disagrees with the expected one, a member still fails its CRC-32, DIR holds
-            an entry s3sync did not make where a zip's would go.
+            an entry s3sync did not make where a zip's would go, or a ``captions.json`` or
+            ``neuraltalk2.json`` no build of DIR wrote.
         CaptionsError: the captions files do not hold together.
         DestinationError: DIR cannot be written, or another build holds it.
-        S3SyncError: a download failed for good.
+        S3SyncError: a download failed for good (a transient failure, after the retries,
+            carries the hint to run the build again: it resumes).
     """
     if year not in YEARS:
         raise BuildError(f"no COCO build for year {year}", hint="use --year 2014 or --year 2017")
@@ -239,12 +245,19 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
     fetch = fetch_settings(settings, settings.chunk_size)
     outcomes = []
     with _locked(dest) as meta:
+        state = buildstate.begin(dest, "mscoco", (captions.CAPTIONS_NAME, NEURALTALK2_NAME))
         for path in zip_paths(year):
             url = f"{base_url.rstrip('/')}/{path}"
-            outcome = _build_zip(dest, meta, path, url, expected[path], store, fetch, progress)
+            try:
+                outcome = _build_zip(dest, meta, path, url, expected[path], store, fetch, progress)
+            except S3SyncError as err:
+                if err.retriable:  # retried already: the store's hint (about --endpoint-url) does not fit a build
+                    err.hint = RERUN_HINT
+                raise
             outcomes.append(outcome)
             on_zip(outcome)
         counts = write_captions(dest, year)
+        buildstate.finish(state)
     return MscocoResult(dest, year, tuple(outcomes), sum(o.fetched for o in outcomes),
                         sum(not o.fetched for o in outcomes), sum(o.bytes_received for o in outcomes),
                         sum(o.members for o in outcomes), counts.images, counts.annotations,
@@ -293,7 +306,7 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                          "(something removed or changed it)",
                          hint=f"remove {record_path} and the directories {name} made "
                               f"({', '.join(record['tops'])} in {dest}), then run the same command again")
-    info = store.head(url)
+    info = with_retries(lambda: store.head(url), settings, _retrying(progress, f"HEAD {url}"))
     known = KNOWN.get(path)
     if known is not None and expected.digest == known.md5 and info.size != known.size:
         raise BuildError(f"{url} is {info.size:,} bytes, but the official {name} is {known.size:,} bytes "
@@ -308,7 +321,10 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
     verified = _load_json(staging / "verified.json")
     if verified is not None and _load_json(staging / "state.json") == state:
         return _commit(dest, staging, record_path, name, url, verified, progress)
-    if info.size and not store.accepts_ranges(url):
+    if verified is not None:
+        _take_back(dest, staging, name, verified, progress)
+    if info.size and not with_retries(lambda: store.accepts_ranges(url), settings,
+                                      _retrying(progress, f"the range probe of {url}")):
         raise BuildError(f"{url}: the server does not answer ranged GETs (Range), which extracting while "
                          "downloading needs: a zip's central directory is at its end",
                          hint="use a --mirror that answers them (the COCO site does), or download the zip and "
@@ -334,11 +350,19 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
             progress.message(f"{name}: {len(done):,} of {len(directory.members):,} members were extracted by an "
                              "earlier run; " + ("fetching only the others" if not full else
                                                "reading the whole zip again to compute its digest"))
-        with open(staging / "members.jsonl", "a", encoding="utf-8") as journal:
+        journal_path = staging / "members.jsonl"
+        try:
+            journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        except OSError as err:
+            raise _write_error(journal_path, err) from err
+        with journal:
 
             def record_member(m: ExtractedMember) -> None:
-                journal.write(json.dumps([m.name, m.size, m.crc]) + "\n")
-                journal.flush()  # a kill after this line keeps the member; before it, the member is redone
+                try:
+                    journal.write(json.dumps([m.name, m.size, m.crc]) + "\n")
+                    journal.flush()  # a kill after this line keeps the member; before it, the member is redone
+                except OSError as err:
+                    raise _write_error(journal_path, err) from err
 
             result = stream_extract(store, directory, info.etag, staging / "tree", settings, full=full,
                                     skip=frozenset(done), algorithm=expected.algorithm, on_member=record_member,
@@ -371,7 +395,7 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                 "tops": tops, "size": info.size, "etag": info.etag, "bytes_received": received,
                 "written": written, "refetched": refetched, "mode": "full" if full else "partial"}
     _sync()
-    write_atomic(staging / "verified.json", json.dumps(verified).encode())
+    _write(staging / "verified.json", json.dumps(verified).encode())
     return _commit(dest, staging, record_path, name, url, verified, progress)
 
 
@@ -390,12 +414,50 @@ def _commit(dest: Path, staging: Path, record_path: Path, name: str, url: str, v
                                  hint=f"remove {target} if s3sync did not make it, then run the same command "
                                       "again") from err
     record = {"version": RECORD_VERSION, "url": url, **verified}
-    write_atomic(record_path, json.dumps(record).encode())
+    _write(record_path, json.dumps(record).encode())
     shutil.rmtree(staging, ignore_errors=True)
     progress.message(f"{name}: verified ({verified['evidence']})")
     return ZipOutcome(name, url, verified["size"], True, verified["mode"], verified["bytes_received"],
                       len(verified["members"]), verified["written"], verified["refetched"], verified["algorithm"],
                       verified["digest"], verified["evidence"])
+
+
+def _take_back(dest: Path, staging: Path, name: str, verified: dict, progress: Progress) -> None:
+    """Remove from DIR what a killed ``_commit`` of an older version of the zip moved there.
+
+    ``verified.json`` in the staging area says the build was moving these top-level
+    entries into DIR when it stopped (no completion record yet); the zip at the source is
+    another one now (size, ETag or expected digest changed), so they are not the zip's to
+    keep and are built again. ``verified.json`` is removed only once they are gone, so a
+    kill during the removal is resumed the same way.
+
+    Raises:
+        DestinationError: an entry cannot be removed.
+    """
+    tree = staging / "tree"
+    tops = [top for top in verified.get("tops") or [] if isinstance(top, str) and "/" not in top
+            and top not in ("", ".", "..", METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME)]
+    moved = [top for top in tops if os.path.lexists(dest / top) and not os.path.lexists(tree / top)]
+    if moved:
+        progress.message(f"{name}: changed at the source since an interrupted run verified it; removing what that "
+                         f"run had moved into place ({', '.join(moved)}) to build it again")
+    for top in moved:
+        target = dest / top
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except OSError as err:
+            raise DestinationError(f"{target}: cannot remove the old {name}'s {top} ({err.strerror or err})",
+                                   hint=f"remove {target} yourself, then run the same command again") from err
+    (staging / "verified.json").unlink(missing_ok=True)
+
+
+def _retrying(progress: Progress, what: str) -> Callable[[S3SyncError, float], None]:
+    def say(err: S3SyncError, delay_s: float) -> None:
+        progress.message(f"retrying {what} in {delay_s:.1f}s: {err}")
+    return say
 
 
 def _resume_state(staging: Path, state: dict) -> dict[str, int]:
@@ -445,13 +507,32 @@ def _missing(dest: Path, members: list) -> str | None:
 def _check_tops(dest: Path, directory: ZipDirectory, name: str) -> None:
     """Refuse a zip whose top-level entries would replace something in DIR that no build made."""
     for top in sorted({m.name.split("/", 1)[0] for m in directory.members}):
-        if top in (METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME) or top.endswith(TMP_SUFFIX):
+        if top in (METADATA_DIR, captions.CAPTIONS_NAME, NEURALTALK2_NAME):
             raise BuildError(f"{directory.url}: its member {top!r} would overwrite what the build writes",
                              hint="the zip is not a COCO zip: check --mirror")
         if os.path.lexists(dest / top):
             raise BuildError(f"{dest / top} exists, but no build of {name} made it",
                              hint=f"remove or move {dest / top} (or build into another DIR), then run the same "
                                   "command again")
+
+
+def _write_error(path: Path, err: OSError) -> DestinationError:
+    """A failed write of one of the build's files (ENOSPC, EFBIG, EACCES...) as one line naming it."""
+    return DestinationError(f"{path}: cannot write ({err.strerror or err})",
+                            hint="free some space or fix the permissions, then run the same command again; "
+                                 "it resumes")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """``fsutil.write_atomic`` of one of the build's files; its OSError as ``DestinationError``.
+
+    Raises:
+        DestinationError: naming ``path``.
+    """
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise _write_error(path, err) from err
 
 
 def _load_json(path: Path) -> dict | None:
@@ -481,6 +562,7 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
     Raises:
         BuildError: a captions file is missing.
         CaptionsError: a captions file does not parse, or the merged one does not hold together.
+        DestinationError: ``captions.json`` or ``neuraltalk2.json`` cannot be written (a full disk).
     """
     images: list[dict] = []
     annotations: list[dict] = []
@@ -494,6 +576,10 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
             raise BuildError(f"{path}: cannot read ({err.strerror})",
                              hint=f"annotations_trainval{year}.zip should hold it: check --mirror") from err
         doc = captions.parse(data, str(path))
+        for i, image in enumerate(doc["images"]):
+            if not isinstance(image, dict):
+                raise CaptionsError(f"{path}: images[{i}] is a JSON {type(image).__name__}, not an object",
+                                    hint="the annotations zip is damaged or not COCO's: check --mirror")
         images += [{**image, "file_name": f"{folder}/{image.get('file_name')}"} for image in doc["images"]]
         annotations += doc["annotations"]
         known = {lic.get("id") for lic in licenses}
@@ -501,8 +587,8 @@ def write_captions(dest: Path, year: int) -> captions.CaptionCounts:
     merged = captions.new_document(f"MS COCO {year} captions, train{year} and val{year} (built by s3sync)",
                                    images, annotations, licenses)
     counts = captions.check(merged, str(dest / captions.CAPTIONS_NAME), exists=lambda n: (dest / n).is_file())
-    write_atomic(dest / captions.CAPTIONS_NAME, captions.dumps(merged))
-    write_atomic(dest / NEURALTALK2_NAME, captions.dumps(captions.to_neuraltalk2(merged)))
+    _write(dest / captions.CAPTIONS_NAME, captions.dumps(merged))
+    _write(dest / NEURALTALK2_NAME, captions.dumps(captions.to_neuraltalk2(merged)))
     return counts
 
 

@@ -115,7 +115,7 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
     requested = max(0, min(lines - first, count if count is not None else lines))
     items = _items(urls_path, captions_path, first, requested, per_dir)
     result = build_from_list(dest, items, requested, description=DESCRIPTION, settings=settings,
-                             url_field="flickr_url", retry_failed=retry_failed, placeholders=placeholders,
+                             url_field="flickr_url", retry_failed=retry_failed, builder="sbu", placeholders=placeholders,
                              progress=progress, stop=stop)
     return SbuBuildResult(result, lines, urls_name, captions_name)
 

@@ -81,7 +81,7 @@ def test_build_extracts_the_zips_and_writes_the_captions(http_server, tmp_path, 
                        "captions": ["train image 9, caption 0: a caf\u00e9 on a street.",
                                     "train image 9, caption 1: a caf\u00e9 on a street."]}
     assert [t["id"] for t in talk] == [im["id"] for im in want_images]
-    assert not list(dest.rglob("*.s3sync-tmp"))
+    assert not list(dest.rglob("*.s3sync-tmp*"))
     assert sorted(p.name for p in (dest / BUILD_DIR).iterdir()) == sorted(
         ["lock"] + [f"{Path(p).name}.json" for p in site.paths])
 
@@ -143,6 +143,30 @@ def test_a_zip_whose_md5_differs_fails_and_leaves_nothing_complete(http_server, 
     assert not (dest / BUILD_DIR / "val2014.zip.json").exists()
     assert (dest / BUILD_DIR / "train2014.zip.json").exists()  # the zip before it was fine
     assert not (dest / "annotations").exists()
+
+
+def test_a_source_that_keeps_failing_before_the_download_says_to_run_the_build_again(http_server, tmp_path):
+    """503 on every HEAD: retried (settings.retries), then an error whose hint fits a build
+    (run it again; it resumes), not a pull's --endpoint-url."""
+    from s3sync.builders.mscoco import build_mscoco
+    from s3sync.config import TransferSettings
+    from s3sync.errors import TransientStoreError
+    from s3sync.stores.http import HttpStore
+
+    settings = TransferSettings(concurrency=2, chunk_size=64 * 1024, window=4, retries=2, backoff_base_s=0.01,
+                                backoff_max_s=0.02)
+    site = make_site(tmp_path / "site")
+    server = http_server(site.root)
+    server.fault(site.paths[0], *[Fault(status=503)] * 3)
+    store = HttpStore(settings)
+    try:
+        with pytest.raises(TransientStoreError) as err:
+            build_mscoco(tmp_path / "coco", store, settings, base_url=server.url,
+                         checksums=parse_checksums(site.checksums.read_text(), str(site.checksums)))
+    finally:
+        store.close()
+    assert "--endpoint-url" not in err.value.hint and "run the same build command again" in err.value.hint
+    assert len(server.requests_for(site.paths[0], "HEAD")) == 3  # the first try and settings.retries more
 
 
 def test_an_etag_that_disagrees_with_the_checksums_is_refused_before_downloading(http_server, tmp_path, capsys):

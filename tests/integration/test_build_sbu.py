@@ -330,3 +330,25 @@ def test_a_build_stopped_by_its_event_writes_no_captions(flickr: Flickr, tmp_pat
     with pytest.raises(Interrupted):
         build(flickr, tmp_path / "sbu", flickr.write_lists(tmp_path), stop=stop)
     assert not (tmp_path / "sbu" / "captions.json").exists()
+
+
+def test_the_build_record_says_complete_only_after_captions_json(flickr: Flickr, tmp_path: Path) -> None:
+    from s3sync import buildstate
+
+    dest = tmp_path / "sbu"
+    build(flickr, dest, flickr.write_lists(tmp_path))
+    state = buildstate.read(dest)
+    assert state is not None and state.builder == "sbu" and state.complete
+    assert state.outputs == ("captions.json", "failures.tsv")
+    buildstate.check_publishable(dest)
+
+
+@pytest.mark.parametrize("name", ["captions.json", "failures.tsv"])
+def test_a_users_own_output_file_is_refused_not_overwritten(flickr: Flickr, tmp_path: Path, name: str) -> None:
+    dest = tmp_path / "sbu"
+    dest.mkdir()
+    (dest / name).write_text("mine")
+    with pytest.raises(BuildError, match=name):
+        build(flickr, dest, flickr.write_lists(tmp_path))
+    assert (dest / name).read_text() == "mine"
+    assert flickr.gets() == []  # refused before anything was fetched

@@ -258,7 +258,7 @@ def test_a_member_corrupt_at_the_source_fails_after_its_retries(http_server, www
     with pytest.raises(BuildError, match=r"member rotten .*failed its check in 4 fetches: CRC-32"):
         Reader(http_server(www)).extract("bad.zip", tmp_path / "out")
     assert not (tmp_path / "out" / "rotten").exists()
-    assert not list((tmp_path / "out").glob("*.s3sync-tmp"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok"]  # no temporary file or directory
 
 
 def test_partial_pass_fetches_only_the_members_asked_for(http_server, www, tmp_path):
@@ -279,3 +279,62 @@ def test_partial_pass_fetches_only_the_members_asked_for(http_server, www, tmp_p
     first_wanted = min(m.offset for m in directory.members if m.name not in skip)
     starts = [int(r.headers["Range"].split("=")[1].split("-")[0]) for r in server.requests_for("a.zip")]
     assert starts and min(starts) >= first_wanted - first_wanted % SETTINGS.chunk_size
+
+
+def _zip_with_raw_names(path: Path, members: list[tuple[bytes, bytes, bytes]]) -> Path:
+    """A zip whose member names are the given raw bytes, flag bit 11 clear (as Info-ZIP and
+    old tools write them): each (raw name, extra field, data). zipfile writes an ASCII
+    placeholder of the same length, patched to the raw bytes in both headers."""
+    placeholders = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, (raw, extra, data) in enumerate(members):
+            ph = (f"{i:03d}" + "q" * len(raw))[: len(raw)].encode()
+            assert len(ph) == len(raw) >= 3
+            info = zipfile.ZipInfo(ph.decode())
+            info.extra = extra
+            zf.writestr(info, data)
+            placeholders.append(ph)
+    blob = path.read_bytes()
+    for ph, (raw, _extra, _data) in zip(placeholders, members, strict=True):
+        assert blob.count(ph) == 2
+        blob = blob.replace(ph, raw)
+    path.write_bytes(blob)
+    return path
+
+
+def _unicode_path_field(name: str, raw: bytes, crc: int | None = None) -> bytes:
+    import struct
+    import zlib
+
+    body = b"\x01" + struct.pack("<L", zlib.crc32(raw) if crc is None else crc) + name.encode("utf-8")
+    return struct.pack("<2H", 0x7075, len(body)) + body
+
+
+def test_names_without_the_utf8_flag_are_decoded_as_unzip_does(http_server, www, tmp_path):
+    _zip_with_raw_names(www / "names.zip", [
+        ("top/caf\u00e9.txt".encode(), b"", b"utf-8 bytes, no flag"),           # Info-ZIP zip on Linux
+        (b"top/caf\x82.cp", _unicode_path_field("top/ca\u00ef.cp", b"top/caf\x82.cp"), b"unicode path field"),
+        (b"top/old\x82.dos", b"", b"cp437: not UTF-8"),
+        (b"top/stale.txt", _unicode_path_field("top/other.txt", b"top/stale.txt", crc=1), b"stale field ignored"),
+    ])
+    Reader(http_server(www)).extract("names.zip", tmp_path / "out")
+    assert tree_of(tmp_path / "out") == {
+        "top": None, "top/caf\u00e9.txt": b"utf-8 bytes, no flag", "top/ca\u00ef.cp": b"unicode path field",
+        "top/old\u00e9.dos": b"cp437: not UTF-8", "top/stale.txt": b"stale field ignored"}
+
+
+def test_names_that_decode_to_the_same_name_are_refused_as_listed_twice(http_server, www):
+    raw = "top/\u00e9.txt".encode()
+    path = www / "twice.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("q" * len(raw), b"raw")  # patched to the raw UTF-8 bytes, bit 11 clear
+        zf.writestr("top/\u00e9.txt", b"flagged")  # bit 11 set: the same final name
+    path.write_bytes(path.read_bytes().replace(b"q" * len(raw), raw))
+    with pytest.raises(DamagedArchiveError, match="listed twice"):
+        Reader(http_server(www)).directory("twice.zip")
+
+
+def test_an_unsafe_name_in_a_unicode_path_field_is_refused(http_server, www):
+    _zip_with_raw_names(www / "evil.zip", [(b"top/ok.txt", _unicode_path_field("../evil.txt", b"top/ok.txt"), b"x")])
+    with pytest.raises(UnsafeArchiveError, match=r"'\.\./evil.txt'"):
+        Reader(http_server(www)).directory("evil.zip")

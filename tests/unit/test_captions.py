@@ -100,3 +100,38 @@ def test_neuraltalk2_list() -> None:
     assert out == [{"file_path": "images/0.jpg", "captions": ["a photo 0", "another"], "id": 10},
                    {"file_path": "images/1.jpg", "captions": ["a photo 1"], "id": 11}]
     json.dumps(out)
+
+
+def test_parse_refuses_json_nested_too_deeply_naming_the_file():
+    with pytest.raises(CaptionsError, match="deep.json: its JSON is nested too deeply"):
+        captions.parse(b'{"images": [], "annotations": [], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                       "deep.json")
+
+
+def test_lone_surrogates_are_refused_naming_where_and_pairs_are_kept():
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}],
+           "annotations": [{"id": 1, "image_id": 1, "caption": "x \\ud800 y"}]}
+    data = json.dumps(doc).replace("\\\\ud800", "\\ud800").encode()
+    with pytest.raises(CaptionsError, match=r"c.json: annotations\[0\].caption holds a lone UTF-16 surrogate"):
+        captions.parse(data, "c.json")
+    paired = captions.parse(data.replace(b"\\ud800", b"\\ud83d\\ude00"), "c.json")
+    assert paired["annotations"][0]["caption"] == "x \U0001F600 y"
+    built = {"images": [{"id": 1, "file_name": "a.jpg"}],
+             "annotations": [{"id": 1, "image_id": 1, "caption": "bad \udcff"}]}  # as surrogateescape makes
+    with pytest.raises(CaptionsError, match=r"annotations\[0\].caption"):
+        captions.check(built, "mem.json")
+
+
+def test_merge_leaves_a_licence_value_that_names_no_licence_as_it_is():
+    doc = {"licenses": [{"id": [1], "name": "odd"}, {"id": 3, "name": "cc"}],
+           "images": [{"id": 1, "file_name": "a.jpg", "license": [1, 2]}, {"id": 2, "file_name": "b.jpg", "license": 3}],
+           "annotations": [{"id": 1, "image_id": 1, "caption": "a"}, {"id": 2, "image_id": 2, "caption": "b"}]}
+    merged = captions.merge([captions.MergeInput("x", doc)])
+    assert [im["license"] for im in merged["images"]] == [[1, 2], 1]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_parse_refuses_nan_and_infinity(constant):
+    data = ('{"images": [{"id": 1, "width": %s}], "annotations": []}' % constant).encode()
+    with pytest.raises(CaptionsError, match=f"n.json: not valid JSON: it holds {constant}"):
+        captions.parse(data, "n.json")
