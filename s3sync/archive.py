@@ -79,7 +79,9 @@ class _Entry:
 
 
 def scan_tree(src: Path) -> list[_Entry]:
-    """Walk ``src`` in deterministic order and validate every entry.
+    """Walk ``src`` in deterministic order and validate every entry. ``.s3sync`` directories
+    (s3sync's own state: ``src``'s, and that of datasets pulled or built inside it) are left
+    out, at any depth.
 
     Raises:
         SourceError: ``src`` is not a readable directory, or holds a special file,
@@ -105,6 +107,10 @@ def scan_tree(src: Path) -> list[_Entry]:
             except OSError as err:
                 raise SourceError(f"{path}: cannot stat ({err.strerror})") from err
             if stat.S_ISDIR(st.st_mode):
+                if name == METADATA_DIR:
+                    # s3sync's own state in a dataset inside SRC_DIR (a pulled or built one:
+                    # build journals, downloaded source lists): never part of a dataset.
+                    continue
                 entries.append(_Entry(rel, path, st, None))
                 walk(path, rel)
             elif stat.S_ISREG(st.st_mode):

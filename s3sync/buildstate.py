@@ -116,6 +116,10 @@ def begin(dest: Path, builder: str, outputs: Sequence[str]) -> BuildState:
         DestinationError: the record cannot be written.
     """
     earlier = read(dest)
+    if earlier is not None and earlier.builder and earlier.builder != builder:
+        raise BuildError(f"{dest} was built by 's3sync build {earlier.builder}' ({earlier.path}): a {builder} build "
+                         "would mix two datasets and replace its outputs",
+                         hint=f"build {builder} into another DIR (combine captions with 's3sync captions merge')")
     owned = set(earlier.outputs) if earlier is not None else set()
     for name in outputs:
         target = dest / name

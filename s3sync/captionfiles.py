@@ -250,7 +250,16 @@ def merge_files(out: Path, sources: Sequence[MergeSource], *, force: bool = Fals
             raise UsageError(f"{out} is also an input: merge never overwrites an input",
                              hint="write the merged file under another name")
     if out_abs.exists() and not force:
-        raise UsageError(f"{out} exists: not overwritten", hint="pass --force to replace it, or choose another OUT")
+        raise DestinationError(f"{out} exists: not overwritten", hint="pass --force to replace it, or choose another OUT")
+    seen: dict[Path, Path] = {}
+    tags: dict[str, Path] = {}
+    for src in sources:
+        if (first := seen.setdefault(src.path.resolve(), src.path)) is not src.path:
+            raise UsageError(f"{src.path} is given twice (also as {first}): its images would be counted twice",
+                             hint="give each input once")
+        if (other := tags.setdefault(src.dataset, src.path)) is not src.path:
+            raise UsageError(f"{other} and {src.path} would both tag their images {src.dataset!r}: the merged "
+                             "file could not tell them apart", hint="give one a tag of its own as IN.json:TAG")
     inputs: list[MergeInput] = []
     done: list[MergedInput] = []
     progress.start("merge", sum(_size(s.path) for s in sources))

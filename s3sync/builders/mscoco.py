@@ -246,6 +246,17 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
     outcomes = []
     with _locked(dest) as meta:
         state = buildstate.begin(dest, "mscoco", (captions.CAPTIONS_NAME, NEURALTALK2_NAME))
+        # Every zip still to fetch is checked before the first is downloaded: a mirror or a
+        # --checksums file that does not fit one zip is said at once, not after 20 GB.
+        for path in zip_paths(year):
+            if not _recorded(meta, path):
+                url = f"{base_url.rstrip('/')}/{path}"
+                try:
+                    _check_served(store, url, path, expected[path], fetch, progress)
+                except S3SyncError as err:
+                    if err.retriable:
+                        err.hint = RERUN_HINT
+                    raise
         for path in zip_paths(year):
             url = f"{base_url.rstrip('/')}/{path}"
             try:
@@ -262,6 +273,34 @@ def build_mscoco(dest: Path, store, settings: TransferSettings, *, year: int = 2
                         sum(not o.fetched for o in outcomes), sum(o.bytes_received for o in outcomes),
                         sum(o.members for o in outcomes), counts.images, counts.annotations,
                         time.monotonic() - started)
+
+
+def _recorded(meta: Path, path: str) -> bool:
+    """Whether the zip at ``path`` has a completion record (it is not fetched again)."""
+    record = _load_json(meta / f"{path.rsplit('/', 1)[1]}.json")
+    return record is not None and record.get("version") == RECORD_VERSION
+
+
+def _check_served(store, url: str, path: str, expected: Expected, settings: TransferSettings,
+                  progress: Progress):
+    """HEAD ``url`` and check what it serves against what is expected of ``path``: the size of
+    the official file when the built-in MD5 applies, and an ETag that is an MD5. Returns the
+    ``ObjectInfo``.
+
+    Raises:
+        BuildError: the size or the ETag disagrees.
+    """
+    name = path.rsplit("/", 1)[1]
+    info = with_retries(lambda: store.head(url), settings, _retrying(progress, f"HEAD {url}"))
+    known = KNOWN.get(path)
+    if known is not None and expected.digest == known.md5 and info.size != known.size:
+        raise BuildError(f"{url} is {info.size:,} bytes, but the official {name} is {known.size:,} bytes "
+                         f"(MD5 {known.md5})", hint="check --mirror, or pass --checksums listing the files it serves")
+    served_md5 = etag_md5(info.etag)
+    if served_md5 is not None and expected.algorithm == "md5" and served_md5 != expected.digest:
+        raise BuildError(f"{url}: the server's ETag says its MD5 is {served_md5}, but {expected.source} says "
+                         f"{expected.digest}: two sources disagree", hint="check --mirror and --checksums")
+    return info
 
 
 @contextlib.contextmanager
@@ -295,7 +334,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
     if record is not None and record.get("version") == RECORD_VERSION and record.get("digest") != expected.digest:
         raise BuildError(f"{dest} holds {name} built with {record.get('algorithm', '').upper()} {record.get('digest')}, "
                          f"but {expected.source} says {expected.digest}",
-                         hint=f"build into another DIR, or remove {record_path} and the directories {name} made "
+                         hint=f"pass the --checksums (or --year, --mirror) the build of {dest} used; or, to build "
+                              f"this {name}, use another DIR or remove {record_path} and the directories it made "
                               f"({', '.join(record.get('tops', []))})")
     if record is not None and record.get("version") == RECORD_VERSION:
         missing = _missing(dest, record["members"])
@@ -306,15 +346,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                          "(something removed or changed it)",
                          hint=f"remove {record_path} and the directories {name} made "
                               f"({', '.join(record['tops'])} in {dest}), then run the same command again")
-    info = with_retries(lambda: store.head(url), settings, _retrying(progress, f"HEAD {url}"))
-    known = KNOWN.get(path)
-    if known is not None and expected.digest == known.md5 and info.size != known.size:
-        raise BuildError(f"{url} is {info.size:,} bytes, but the official {name} is {known.size:,} bytes "
-                         f"(MD5 {known.md5})", hint="check --mirror, or pass --checksums for the files it serves")
+    info = _check_served(store, url, path, expected, settings, progress)
     served_md5 = etag_md5(info.etag)
-    if served_md5 is not None and expected.algorithm == "md5" and served_md5 != expected.digest:
-        raise BuildError(f"{url}: the server's ETag says its MD5 is {served_md5}, but {expected.source} says "
-                         f"{expected.digest}: two sources disagree", hint="check --mirror and --checksums")
     staging = meta / name
     state = {"version": RECORD_VERSION, "url": url, "size": info.size, "etag": info.etag,
              "algorithm": expected.algorithm, "expected": expected.digest}
@@ -327,8 +360,8 @@ def _build_zip(dest: Path, meta: Path, path: str, url: str, expected: Expected, 
                                       _retrying(progress, f"the range probe of {url}")):
         raise BuildError(f"{url}: the server does not answer ranged GETs (Range), which extracting while "
                          "downloading needs: a zip's central directory is at its end",
-                         hint="use a --mirror that answers them (the COCO site does), or download the zip and "
-                              "unzip it yourself")
+                         hint="use a --mirror that answers them (the COCO site, S3, nginx, Apache and "
+                              "'rclone serve http' do; 'python -m http.server' does not)")
     done = _resume_state(staging, state)
     etag_evidence = served_md5 is not None and served_md5 == expected.digest
     stage = _Stage(progress, name)

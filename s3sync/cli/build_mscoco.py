@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         getattr(progress, "close", lambda: None)()
         store.close()
     if ui.as_json:
-        ui.emit_json({"command": "build", "dataset": "mscoco", "dest": str(result.dest), "year": result.year,
+        ui.emit_json({"command": "build", "dataset": "mscoco", "dir": str(result.dest), "year": result.year,
                       "zips_fetched": result.zips_fetched, "zips_skipped": result.zips_skipped,
                       "bytes_received": result.bytes_received, "members": result.members,
                       "images": result.images, "captions": result.captions, "elapsed_s": round(result.elapsed_s, 3),

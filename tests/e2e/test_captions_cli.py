@@ -103,7 +103,7 @@ def test_captions_merge_command(run, tmp_path: Path) -> None:
     assert all((out.parent / im["file_name"]).is_file() for im in merged["images"])
 
     again = run("captions", "merge", out, sbu, coco)
-    assert_error(again, 2)
+    assert_error(again, 1)  # the destination exists: exit 1, as for pull (README, exit codes)
     assert "exists: not overwritten" in again.stderr and "--force" in again.stderr
     forced = run("captions", "merge", out, coco, sbu, "--force", "--json")
     assert forced.code == 0, forced.describe()

@@ -112,9 +112,10 @@ def test_a_zip_corrupted_in_transit_is_fetched_again(http_server, tmp_path, caps
     site = make_site(tmp_path / "site", train=10, val=3, size=(200, 150))
     server = http_server(site.root)
     train, val = site.paths[0], site.paths[1]
-    # train: HEAD, the tail's GET, then a flipped byte in the first chunk; val: a body cut short.
-    server.fault(train, Fault(), Fault(), Fault(corrupt_at=5000))
-    server.fault(val, Fault(), Fault(), Fault(cut_after=1000))
+    # train: the preflight's HEAD, the zip's HEAD, the tail's GET, then a flipped byte in the
+    # first chunk; val: a body cut short.
+    server.fault(train, Fault(), Fault(), Fault(), Fault(corrupt_at=5000))
+    server.fault(val, Fault(), Fault(), Fault(), Fault(cut_after=1000))
     assert site.zip("train").stat().st_size > 2 * 64 * 1024
     dest = tmp_path / "coco"
     code, doc, err = build(capsys, server, dest, "--checksums", str(site.checksums), "--concurrency", "1")
@@ -357,3 +358,17 @@ def test_kill_9_mid_download_then_rerun_fetches_only_what_is_missing(http_server
         assert z["mode"] == "full" and "computed in this run" in z["evidence"]
         assert again == size + 1  # and the one byte of the probe for ranged GETs
     assert first_run + again >= size
+
+
+def test_a_mirror_that_does_not_fit_one_zip_is_refused_before_any_download(http_server, tmp_path, capsys):
+    """A --checksums file that lacks the annotations zip: that zip falls back to the table of
+    the official files, whose size the mirror's does not have. Said before the other zips are
+    fetched (20 GB for 2014), not after."""
+    site = make_site(tmp_path / "www")
+    server = http_server(site.root)
+    lines = site.checksums.read_text().splitlines(keepends=True)
+    site.checksums.write_text("".join(line for line in lines if "annotations" not in line))
+    code, _, err = build(capsys, server, tmp_path / "coco", "--checksums", str(site.checksums))
+    assert code == 1
+    assert "but the official annotations_trainval2014.zip is 252,872,794 bytes" in err
+    assert [r for r in server.requests if r.method == "GET"] == []

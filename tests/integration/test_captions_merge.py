@@ -13,7 +13,7 @@ import pytest
 
 from s3sync import captions
 from s3sync.captionfiles import MergeSource, default_tag, merge_files
-from s3sync.errors import CaptionsError, UsageError
+from s3sync.errors import CaptionsError, DestinationError, UsageError
 
 
 def sbu_like(root: Path, n: int = 5) -> Path:
@@ -92,7 +92,7 @@ def test_merge_refuses_to_overwrite_unless_forced_and_never_an_input(tmp_path: P
     sbu = sbu_like(tmp_path / "sbu")
     out = tmp_path / "captions.json"
     out.write_text("keep me")
-    with pytest.raises(UsageError, match="exists: not overwritten"):
+    with pytest.raises(DestinationError, match="exists: not overwritten"):
         merge_files(out, [MergeSource(sbu, "sbu")])
     assert out.read_text() == "keep me"
     merge_files(out, [MergeSource(sbu, "sbu")], force=True)
@@ -120,4 +120,16 @@ def test_a_broken_input_is_named_and_nothing_is_written(tmp_path: Path) -> None:
         merge_files(out, [MergeSource(sbu, "sbu"), MergeSource(coco, "coco")])
     with pytest.raises(CaptionsError, match="cannot read"):
         merge_files(out, [MergeSource(tmp_path / "nope.json", "x")])
+    assert not out.exists()
+
+
+def test_an_input_given_twice_or_two_inputs_with_one_tag_are_refused(tmp_path: Path) -> None:
+    sbu = sbu_like(tmp_path / "sbu")
+    out = tmp_path / "captions.json"
+    with pytest.raises(UsageError, match="is given twice"):
+        merge_files(out, [MergeSource(sbu, "sbu"), MergeSource(tmp_path / "sbu" / ".." / "sbu" / sbu.name, "x")])
+    other = sbu_like(tmp_path / "b" / "sbu")
+    with pytest.raises(UsageError, match="would both tag their images 'sbu'") as err:
+        merge_files(out, [MergeSource(sbu, "sbu"), MergeSource(other, "sbu")])
+    assert "IN.json:TAG" in err.value.hint
     assert not out.exists()

@@ -57,3 +57,15 @@ def test_begin_removes_temporary_files_killed_writes_of_its_outputs_left(tmp_pat
     other.write_text("keep")
     buildstate.begin(tmp_path, "mscoco", ("captions.json",))
     assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_a_dir_built_by_another_builder_is_refused(tmp_path):
+    """A copy of a built mscoco DIR, then `build sbu` into it: sbu would replace mscoco's
+    captions.json (which a build, just not this one, wrote) and mix two datasets."""
+    buildstate.finish(buildstate.begin(tmp_path, "mscoco", ("captions.json", "neuraltalk2.json")))
+    (tmp_path / "captions.json").write_text("mscoco's")
+    with pytest.raises(BuildError, match="built by 's3sync build mscoco'") as err:
+        buildstate.begin(tmp_path, "sbu", ("captions.json", "failures.tsv"))
+    assert "another DIR" in err.value.hint
+    assert (tmp_path / "captions.json").read_text() == "mscoco's"
+    assert buildstate.read(tmp_path).builder == "mscoco" and buildstate.read(tmp_path).complete
