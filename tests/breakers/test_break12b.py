@@ -128,8 +128,6 @@ def fetch_bounded(url: str, settings: CrawlSettings = FAST):
 
 # --- hangs: a URL that holds a thread far past the per-URL bound -----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="slowloris headers: the deadline is only checked between body reads; a "
-                   "header line trickled one byte per 0.1 s holds fetch() until http.client's 64 KiB line limit")
 def test_headers_trickled_one_byte_at_a_time_stop_at_the_deadline(raw) -> None:
     def handler(conn, request, stopped):
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -141,8 +139,6 @@ def test_headers_trickled_one_byte_at_a_time_stop_at_the_deadline(raw) -> None:
     assert isinstance(got, Failed) and got.reason == "timeout"
 
 
-@pytest.mark.xfail(strict=True, reason="an error page with a small Content-Length whose body trickles: drain_conn() "
-                   "(connection reuse) reads it with no deadline")
 def test_a_404_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
     def handler(conn, request, stopped):
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 60000\r\n\r\n")
@@ -154,7 +150,6 @@ def test_a_404_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
     assert isinstance(got, Failed) and got.reason == "http 404"
 
 
-@pytest.mark.xfail(strict=True, reason="a redirect whose short body trickles: drain_conn() reads it with no deadline")
 def test_a_302_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
     def handler(conn, request, stopped):
         if b"GET /next" in request:
@@ -168,8 +163,6 @@ def test_a_302_whose_short_body_trickles_stops_at_the_deadline(raw) -> None:
     assert got is not None, f"fetch still running {HANG_BOUND_S}s after start (deadline {FAST.deadline_s}s)"
 
 
-@pytest.mark.xfail(strict=True, reason="Content-Encoding: gzip whose header (FCOMMENT) trickles: urllib3's read1 "
-                   "loops until the decoder yields a byte, so _read_body never gets to check the deadline")
 def test_a_gzip_body_that_decodes_to_nothing_while_it_trickles_stops_at_the_deadline(raw) -> None:
     def handler(conn, request, stopped):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n")
