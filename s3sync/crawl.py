@@ -410,7 +410,7 @@ class Crawler:
                 # (hosts answer many 404s in a row); a long or unsized one is not read.
                 reuse = length.isdigit() and int(length) <= _REUSE_BODY_MAX
                 if status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-                    return _Redirect(resp.headers["Location"])
+                    return _Redirect(_header_text(resp.headers["Location"]))
                 transient = status in (408, 429) or status >= 500
                 wait = retry_after_s(resp.headers.get("Retry-After")) if transient else None
                 return _Failure(f"http {status}", not transient, wait)
@@ -473,6 +473,19 @@ class _Failure:
     reason: str
     permanent: bool
     retry_after_s: float | None = None
+
+
+def _header_text(value: str) -> str:
+    """A header value as the server meant it: http.client decodes header bytes as Latin-1
+    (RFC 9110 section 5.5 allows only ASCII in practice), but servers send non-ASCII file
+    names in ``Location`` as raw UTF-8 (curl and browsers read them so); a value whose
+    Latin-1 bytes are valid UTF-8 is read as UTF-8, any other is kept as it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def _wire_failure(err: BaseException) -> _Failure:

@@ -624,9 +624,6 @@ def _redirecting(raw, routes: dict[bytes, bytes]):
     return raw(handler)
 
 
-@pytest.mark.xfail(strict=True, reason="a Location sent as raw UTF-8 bytes (common for non-ASCII file names) is "
-                   "read as Latin-1 by http.client and percent-encoded again: /caf%C3%83%C2%A9.jpg, a 404 "
-                   "(curl and browsers ask for /caf%C3%A9.jpg)")
 def test_a_raw_utf8_location_is_followed_as_utf8(raw) -> None:
     server = _redirecting(raw, {b"/a.jpg": "/café.jpg".encode()})
     got = Crawler(FAST).fetch(server.url + "/a.jpg")
