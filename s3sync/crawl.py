@@ -117,6 +117,10 @@ class Fetched:
         data: the body (Content-Encoding undone, nothing else).
         redirects: the Location of each redirect followed, in order.
         attempts: requests sent, retries and redirects included.
+        framed: the transfer's end was known (Content-Length, or chunked encoding), so a
+            body that arrived whole at the HTTP level is all the server meant to send;
+            False for a body that ended when the connection closed (HTTP/1.0 style): a cut
+            by the network then looks the same as the end.
     """
 
     url: str
@@ -124,6 +128,7 @@ class Fetched:
     data: bytes
     redirects: tuple[str, ...] = ()
     attempts: int = 1
+    framed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,8 +358,8 @@ class Crawler:
                 return Failed(url, REASON_TIMEOUT, False, tuple(redirects), attempts)
             attempts += 1
             outcome = self._attempt(current, min(s.timeout_s, remaining), deadline)
-            if isinstance(outcome, bytes):
-                return Fetched(url, current, outcome, tuple(redirects), attempts)
+            if isinstance(outcome, _Body):
+                return Fetched(url, current, outcome.data, tuple(redirects), attempts, outcome.framed)
             if isinstance(outcome, _Redirect):
                 if len(redirects) >= s.max_redirects:
                     return Failed(url, REASON_REDIRECTS, True, tuple(redirects), attempts)
@@ -380,7 +385,7 @@ class Crawler:
             if self.stop.wait(wait):
                 raise Cancelled
 
-    def _attempt(self, url: str, timeout_s: float, deadline: float) -> bytes | _Redirect | _Failure:
+    def _attempt(self, url: str, timeout_s: float, deadline: float) -> _Body | _Redirect | _Failure:
         """One request: the body, a redirect to follow, or why it failed. The watchdog
         shuts the socket down at ``deadline``, whatever the request is waiting for."""
         watch = self._watchdog.arm(deadline)
@@ -392,7 +397,7 @@ class Crawler:
             watch.disarm()
         return outcome
 
-    def _exchange(self, url: str, timeout_s: float, deadline: float, watch: _Watch) -> bytes | _Redirect | _Failure:
+    def _exchange(self, url: str, timeout_s: float, deadline: float, watch: _Watch) -> _Body | _Redirect | _Failure:
         try:
             resp = self._pool.request("GET", url, headers=self._headers, preload_content=False,
                                       redirect=False, retries=False,
@@ -419,8 +424,11 @@ class Crawler:
             body = self._read_body(resp, deadline)
             if watch.fired:  # the socket was shut down: the body may end early without an error
                 return _Failure(REASON_TIMEOUT, False)
-            reuse = isinstance(body, bytes)
-            return body
+            if isinstance(body, _Failure):
+                return body
+            reuse = True
+            chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+            return _Body(body, length.isdigit() or chunked)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
             reuse = False
             return _Failure(REASON_TIMEOUT, False) if watch.fired else _wire_failure(err)
@@ -461,6 +469,12 @@ class Crawler:
             if time.monotonic() > deadline:
                 return _Failure(REASON_TIMEOUT, False)
         return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    data: bytes
+    framed: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from .. import captions as coco
 from ..crawl import Crawler, CrawlSettings, Failed, Fetched, crawl
 from ..errors import BuildError, Interrupted
 from ..fsutil import write_atomic
-from ..images import PLACEHOLDER_MD5S, ImageInfo, check_image
+from ..images import PLACEHOLDER_MD5S, REASON_TRUNCATED, ImageInfo, check_image
 from ..progress import NullProgress, Progress
 
 META_DIR = ".s3sync"  # archive.METADATA_DIR: left out of a publish
@@ -430,8 +430,10 @@ def _keep(dest: Path, tmp: Path, item: ListItem, got: Fetched,
     info = check_image(got.data, placeholders)
     if not isinstance(info, ImageInfo):
         # Served as it is on purpose (an HTML page, a placeholder, a cut file): asking again
-        # gets the same body, so the failure is permanent.
-        return _Failure(item.index, item.url, info.reason, True)
+        # gets the same body, so the failure is permanent; except a cut image whose transfer
+        # had no known end (no Content-Length, not chunked): the network may have cut it.
+        cut_in_transit = info.reason == REASON_TRUNCATED and not got.framed
+        return _Failure(item.index, item.url, info.reason, not cut_in_transit)
     name = f"{item.stem}.{info.extension}"
     target = dest / name
     part = tmp / f"{item.index}.part"

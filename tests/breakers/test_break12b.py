@@ -383,8 +383,6 @@ def test_crlf_blank_lines_and_trailing_blanks_keep_lines_aligned(photos, tmp_pat
 JPEG = make_jpeg(64, 48)
 
 
-@pytest.mark.xfail(strict=True, reason="an HTTP/1.0 body without Content-Length cut by the network (FIN) is filed as "
-                   "'truncated' and permanent: --retry-failed never asks again, though the second request serves it whole")
 def test_an_unsized_body_cut_by_the_network_is_not_a_permanent_failure(raw, tmp_path: Path) -> None:
     served: list[int] = []
 
