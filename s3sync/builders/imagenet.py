@@ -385,8 +385,10 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
         BuildError: a source cannot be read or downloaded, an archive holds no URL list, a
             ``wnids`` or ``words`` file is not what it should be, ``dest`` cannot be written.
     """
-    if first < 0 or (count is not None and count < 0):
-        raise UsageError(f"--first {first} --count {count}: must be 0 or more")
+    if first < 0:
+        raise UsageError(f"--first {first}: must be 0 or more")
+    if count is not None and count < 0:
+        raise UsageError(f"--count {count}: must be 0 or more")
     settings = settings or CrawlSettings()
     sources = dest / META_DIR / SOURCES_DIR
     try:

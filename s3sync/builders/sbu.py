@@ -91,8 +91,10 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
     """
     if (urls is None) != (captions is None):
         raise UsageError("give both --urls and --captions (line-aligned lists), or neither to use the SBU archive")
-    if first < 0 or (count is not None and count < 0):
-        raise UsageError(f"--first {first} --count {count}: must be 0 or more")
+    if first < 0:
+        raise UsageError(f"--first {first}: must be 0 or more")
+    if count is not None and count < 0:
+        raise UsageError(f"--count {count}: must be 0 or more")
     settings = settings or CrawlSettings()
     sources = dest / META_DIR / SOURCES_DIR
     try:
