@@ -61,7 +61,14 @@ from ..errors import BuildError, UsageError
 from ..fsutil import write_atomic
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
-from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
+from .listcrawl import (
+    META_DIR,
+    UTF8_BOM,
+    ListBuildResult,
+    ListItem,
+    build_from_list,
+    without_bom,
+)
 
 PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
@@ -180,7 +187,7 @@ def scan(path: Path, name: str) -> Scan:
     scattered: set[str] = set()  # synsets with more than one run
     try:
         with open(path, "rb") as f:
-            for index, raw in enumerate(f):
+            for index, raw in enumerate(without_bom(f)):
                 lines += 1
                 parsed = parse_line(raw)
                 if parsed is None:
@@ -210,7 +217,7 @@ def _scattered_duplicates(f: BinaryIO, scattered: set[str]) -> set[int]:
     f.seek(0)
     numbers: dict[str, set[str]] = {wnid: set() for wnid in scattered}
     duplicates: set[int] = set()
-    for index, raw in enumerate(f):
+    for index, raw in enumerate(without_bom(f)):
         parsed = parse_line(raw)
         if parsed is None or parsed[0] not in numbers:
             continue
@@ -232,7 +239,7 @@ def cached_scan(path: Path, name: str, sources: Path) -> Scan:
         st = path.stat()
     except OSError as err:
         raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
-    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": 1}
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": 2}
     cache = sources / SCAN_NAME
     try:
         doc = json.loads(cache.read_text(encoding="utf-8"))
@@ -261,7 +268,7 @@ def count_selected(path: Path, name: str, first: int, end: int | None, wnids: fr
     selected = 0
     try:
         with open(path, "rb") as f:
-            for raw in itertools.islice(f, first, end):
+            for raw in itertools.islice(without_bom(f), first, end):
                 if wnids is None:
                     selected += 1
                     continue
@@ -286,7 +293,7 @@ def _items(path: Path, first: int, end: int | None, wnids: frozenset[bytes] | No
            scanned: Scan, per_dir: int, report: _Report) -> Iterator[ListItem]:
     """The selected lines as items, in line order (bad lines and duplicates as failed items)."""
     with open(path, "rb") as f:
-        for index, raw in enumerate(itertools.islice(f, first, end), start=first):
+        for index, raw in enumerate(itertools.islice(without_bom(f), first, end), start=first):
             wnid_bytes = _synset_of(raw)
             if wnids is not None and wnid_bytes is not None and wnid_bytes not in wnids:
                 continue
@@ -318,7 +325,7 @@ def read_wnids(path: Path, name: str) -> frozenset[str]:
     """
     found = set()
     try:
-        text = path.read_bytes().decode("utf-8", "replace")
+        text = path.read_bytes().removeprefix(UTF8_BOM).decode("utf-8", "replace")
     except OSError as err:
         raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
     for number, line in enumerate(text.splitlines(), start=1):
@@ -344,7 +351,7 @@ def read_words(path: Path, name: str) -> dict[str, str]:
     words: dict[str, str] = {}
     try:
         with open(path, "rb") as f:
-            for raw in f:
+            for raw in without_bom(f):
                 wnid, tab, text = raw.decode("utf-8", "replace").rstrip("\r\n").partition("\t")
                 if tab and _WNID.fullmatch(wnid.strip()) and text.strip():
                     words[wnid.strip()] = text.strip()

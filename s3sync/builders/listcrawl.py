@@ -500,3 +500,14 @@ def _write_outputs(dest: Path, records: Iterable[dict[str, Any]], description: s
     return len(images), len(lines) - 1
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a file, the first without a leading UTF-8 byte order mark (which some
+    editors write, Notepad for one: it is not part of the first line's URL or caption)."""
+    it = iter(lines)
+    for first in it:
+        yield first.removeprefix(UTF8_BOM)
+        break
+    yield from it

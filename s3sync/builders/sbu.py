@@ -27,7 +27,7 @@ from ..crawl import CrawlSettings, download
 from ..errors import BuildError, UsageError
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
-from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
+from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list, without_bom
 
 ARCHIVE_URL = "http://www.cs.virginia.edu/~vicente/sbucaptions/SBUCaptionedPhotoDataset.tar.gz"
 ARCHIVE_MD5 = "9aec147b3488753cf758b4d493422285"
@@ -124,9 +124,10 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
 
 def _items(urls: Path, captions: Path, first: int, count: int, per_dir: int) -> Iterator[ListItem]:
     """The selected lines as items (URL stripped; caption stripped of its line end, decoded as
-    UTF-8 with undecodable bytes replaced)."""
+    UTF-8 with undecodable bytes replaced; a UTF-8 byte order mark at the start of either
+    file dropped)."""
     with open(urls, "rb") as u, open(captions, "rb") as c:
-        pairs = itertools.islice(zip(u, c), first, first + count)
+        pairs = itertools.islice(zip(without_bom(u), without_bom(c)), first, first + count)
         for index, (url, caption) in enumerate(pairs, start=first):
             yield ListItem(index, url.decode("utf-8", "replace").strip(),
                            (caption.decode("utf-8", "replace").rstrip("\r\n").strip(),), image_stem(index, per_dir))

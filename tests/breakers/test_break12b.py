@@ -346,8 +346,6 @@ def test_a_line_whose_new_url_has_another_format_leaves_no_stale_image(photos, t
     assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
 
 
-@pytest.mark.xfail(strict=True, reason="a UTF-8 BOM at the start of the URL list is kept in line 0's URL: "
-                   "line 0 fails for good as 'bad url' (and a BOM'd caption keeps U+FEFF)")
 def test_a_utf8_bom_does_not_cost_line_0(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     urls, caps = _lists(tmp_path, [photos.url_of(f"p/{i}.jpg") for i in range(2)])
