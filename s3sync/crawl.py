@@ -625,7 +625,22 @@ def crawl(jobs: Iterable[J], work: Callable[[J], R], threads: int, stop: threadi
             w.done.wait(max(0.0, end - time.monotonic()))
 
 
-def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Event | None = None) -> int:
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """What ``download`` wrote.
+
+    Attributes:
+        size: bytes written.
+        etag: the answer's ``ETag`` ("" if none).
+        last_modified: its ``Last-Modified`` ("" if none).
+    """
+
+    size: int
+    etag: str = ""
+    last_modified: str = ""
+
+
+def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Event | None = None) -> Downloaded:
     """Stream the body at ``url`` to ``path`` (a temporary file beside it, then a rename):
     a builder's source (a URL list, a distribution archive), not a crawled image.
 
@@ -634,7 +649,7 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
     ``settings.timeout_s``; no size limit.
 
     Returns:
-        The bytes written.
+        The bytes written, with the answer's validators.
 
     Raises:
         BuildError: the URL is not http(s), answers an error status, or the transfer failed
@@ -652,12 +667,14 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
                                                                        read=settings.timeout_s))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     written = 0
+    etag = last_modified = ""
     try:
         resp = pool.request("GET", target, headers={"User-Agent": settings.user_agent}, preload_content=False)
         try:
             if resp.status != 200:
                 raise BuildError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip(),
                                  hint="check the URL, or download the file and give its path")
+            etag, last_modified = resp.headers.get("ETag", ""), resp.headers.get("Last-Modified", "")
             with open(tmp, "wb") as out:
                 for block in resp.stream(1024 * 1024):
                     out.write(block)
@@ -679,4 +696,4 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
     finally:
         tmp.unlink(missing_ok=True)
         pool.clear()
-    return written
+    return Downloaded(written, etag, last_modified)

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import archive
-from ..crawl import CrawlSettings, download
+from ..crawl import CrawlSettings
 from ..errors import BuildError, UsageError
 from ..fsutil import write_atomic
 from ..images import PLACEHOLDER_MD5S
@@ -69,6 +69,7 @@ from .listcrawl import (
     build_from_list,
     without_bom,
 )
+from .sourcefiles import source_file
 
 PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
@@ -452,18 +453,10 @@ def unpack_list(path: Path, name: str, sources: Path) -> Path:
 
 
 def source_path(source: str, sources: Path, settings: CrawlSettings, stop: threading.Event | None) -> Path:
-    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns).
+    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns,
+    under a name that depends on the whole URL: ``sourcefiles.source_file``).
 
     Raises:
         BuildError: a local file that does not exist, or a failed download.
     """
-    if not source.startswith(("http://", "https://")):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise BuildError(f"{source}: no such file", hint="give a local file or an http(s):// URL")
-        return path
-    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "list.txt"
-    path = sources / name
-    if not path.is_file():  # a download lands whole (temp + rename) or not at all
-        download(source, path, settings, stop)
-    return path
+    return source_file(source, sources, settings, stop)

@@ -291,8 +291,6 @@ def _doc(dest: Path) -> dict:
     return json.loads((dest / "captions.json").read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason="--urls and --captions URLs with the same last path segment are both "
-                   "'downloaded' to .s3sync/sources/<name>: the captions become the URLs")
 def test_list_urls_with_the_same_file_name_keep_their_own_contents(photos, tmp_path: Path) -> None:
     www = photos.root_dir
     (www / "u").mkdir()
@@ -305,8 +303,6 @@ def test_list_urls_with_the_same_file_name_keep_their_own_contents(photos, tmp_p
     assert [a["caption"] for a in doc["annotations"]] == ["a red car", "a blue sky", "a green tree"]
 
 
-@pytest.mark.xfail(strict=True, reason="a list URL whose query differs (?v=2) or that names a newer list is "
-                   "not downloaded again: the stale download in .s3sync/sources/ is used without a word")
 def test_a_different_list_url_is_not_served_from_an_old_download(photos, tmp_path: Path) -> None:
     www = photos.root_dir
     (www / "v1").mkdir()
