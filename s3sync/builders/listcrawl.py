@@ -209,7 +209,10 @@ class _Journal:
 
     def add(self, rec: dict[str, Any]) -> None:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
-        self._file.write(line)
+        try:
+            self._file.write(line)
+        except OSError as err:
+            raise self._write_error(err) from err
         self._index(rec, self._size)
         self._size += len(line)
         self._pending += 1
@@ -231,9 +234,17 @@ class _Journal:
                     yield rec
 
     def flush(self, sync: bool = False) -> None:
-        self._file.flush()
-        if sync:
-            os.fsync(self._file.fileno())
+        """Hand the buffered lines to the OS (and to the disk with ``sync``).
+
+        Raises:
+            BuildError: the journal cannot grow (ENOSPC, EFBIG, EIO...).
+        """
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            raise self._write_error(err) from err
         self._pending = 0
         self._last_flush = time.monotonic()
 
@@ -241,7 +252,15 @@ class _Journal:
         try:
             self.flush()
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same failure, already raised by flush()
+
+    def _write_error(self, err: OSError) -> BuildError:
+        return BuildError(f"{self.path}: cannot write the build journal ({err.strerror or err})",
+                          hint="free some space (or raise the file size limit), then run the same command "
+                               "again: it resumes")
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

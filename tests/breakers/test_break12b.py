@@ -552,8 +552,6 @@ def test_an_absurd_timeout_is_a_usage_error(photos, tmp_path: Path) -> None:
     assert proc.returncode in (0, 2) and "internal error" not in err.decode(), err.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="a journal write that fails (disk full, file size limit) surfaces as "
-                   "'internal error: OSError' (a bug report) instead of a one-line error naming the journal")
 def test_a_journal_that_cannot_grow_is_a_one_line_error(tmp_path: Path, http_server) -> None:
     import resource
     import signal
