@@ -158,6 +158,7 @@ class _Journal:
         self.path = path
         self._entries: dict[int, int] = {}  # index -> url_key << _URL_SHIFT | offset << 2 | state
         self._size = 0
+        self.damaged = 0  # whole lines that are not records (skipped)
         self._load()
         self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
         try:
@@ -185,6 +186,8 @@ class _Journal:
                 rec = _parse(line)
                 if rec is not None:
                     self._index(rec, offset)
+                else:
+                    self.damaged += 1
                 offset += len(line)
         self._size = offset
         if offset < self.path.stat().st_size:
@@ -264,14 +267,27 @@ class _Journal:
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
-    """A journal line's record, or None if it is not one of ours (damaged: done again)."""
+    """A journal line's record, or None if it is not one of ours (damaged or edited by hand:
+    the index is then as if that line were absent, and is fetched again unless an earlier
+    line covers it). A stored record has ``file``, ``width``, ``height`` and ``captions``;
+    a failure ``reason`` and ``permanent``."""
     try:
         rec = json.loads(line)
-        if isinstance(rec, dict) and isinstance(rec.get("index"), int) and isinstance(rec.get("url"), str):
-            return rec
     except ValueError:
-        pass
-    return None
+        return None
+    if not (isinstance(rec, dict) and _is_int(rec.get("index")) and rec["index"] >= 0
+            and isinstance(rec.get("url"), str)):
+        return None
+    if "file" in rec:
+        ok = (isinstance(rec["file"], str) and _is_int(rec.get("width")) and _is_int(rec.get("height"))
+              and isinstance(rec.get("captions"), list) and all(isinstance(c, str) for c in rec["captions"]))
+    else:
+        ok = isinstance(rec.get("reason"), str) and isinstance(rec.get("permanent"), bool)
+    return rec if ok else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _OnDisk:
@@ -353,6 +369,9 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
                          hint="check the path and its permissions") from err
     journal = _Journal(meta / JOURNAL_NAME)  # locks DIR against a second build
     try:
+        if journal.damaged:
+            progress.message(f"{journal.path}: {journal.damaged:,} damaged line(s) ignored (their items are "
+                             f"fetched again unless an earlier line covers them)")
         try:
             for leftover in tmp.iterdir():  # a killed run's half-written images
                 leftover.unlink()

@@ -532,8 +532,6 @@ def test_an_image_planted_in_a_fresh_dir_is_not_adopted(photos, tmp_path: Path) 
     assert (dest / "images/0000/0000001.jpg").read_bytes() == (photos.root_dir / "p/1.jpg").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="a journal line edited by hand (a failure without 'reason') passes _parse, "
-                   "then every run ends in 'internal error: KeyError: reason': the DIR is stuck")
 def test_a_hand_edited_journal_line_is_not_an_internal_error(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     urls, caps = _lists(tmp_path, [photos.url_of(f"p/{i}.jpg") for i in range(3)])
