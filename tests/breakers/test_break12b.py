@@ -316,8 +316,6 @@ def test_a_different_list_url_is_not_served_from_an_old_download(photos, tmp_pat
     assert _doc(dest)["images"][0]["flickr_url"] == photos.url_of("p/1.jpg")
 
 
-@pytest.mark.xfail(strict=True, reason="a line whose URL changed and now fails keeps its old image in DIR/images: "
-                   "a file that neither captions.json nor anything else accounts for (publish uploads it)")
 def test_a_line_whose_new_url_fails_leaves_no_stale_image(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     urls, caps = _lists(tmp_path / "l1", [photos.url_of(f"p/{i}.jpg") for i in range(3)])
@@ -329,8 +327,6 @@ def test_a_line_whose_new_url_fails_leaves_no_stale_image(photos, tmp_path: Path
     assert {im["file_name"] for im in doc["images"]} == _on_disk_images(dest)
 
 
-@pytest.mark.xfail(strict=True, reason="a line whose URL changed and now serves a PNG gets images/.../I.png, and "
-                   "the old I.jpg stays beside it, in no output")
 def test_a_line_whose_new_url_has_another_format_leaves_no_stale_image(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     urls, caps = _lists(tmp_path / "l1", [photos.url_of(f"p/{i}.jpg") for i in range(3)])
@@ -519,9 +515,6 @@ def test_kill_9_five_times_at_random_moments_then_rerun(tmp_path: Path, http_ser
     assert _tree(dest) == _tree(ref)
 
 
-@pytest.mark.xfail(strict=True, reason="a whole JPEG planted in a fresh DIR (no journal: say, a DIR whose .s3sync/ "
-                   "was removed to start over with a newer list) is adopted as line 1's photo without fetching it: "
-                   "caption 1 describes another picture")
 def test_an_image_planted_in_a_fresh_dir_is_not_adopted(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     stranger = make_jpeg(99, 77)
@@ -668,9 +661,7 @@ class _StopAfter:
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="a second selection interrupted mid-crawl leaves the first selection's "
-                   "captions.json in place, which passes for complete (publish accepts it) while DIR/images holds "
-                   "images it does not list")
+@pytest.mark.xfail(strict=True, reason="fixed by the build record (fix12a)")
 def test_an_interrupted_second_selection_leaves_no_complete_looking_captions(photos, tmp_path: Path) -> None:
     from s3sync.errors import Interrupted
 
@@ -693,8 +684,7 @@ def test_an_interrupted_second_selection_leaves_no_complete_looking_captions(pho
         assert failed.isdisjoint(im["id"] for im in doc["images"])
 
 
-@pytest.mark.xfail(strict=True, reason="--retry-failed interrupted over a complete DIR: the images it fetched are "
-                   "in DIR/images while failures.tsv still lists their lines as failed and captions.json omits them")
+@pytest.mark.xfail(strict=True, reason="fixed by the build record (fix12a)")
 def test_an_interrupted_retry_leaves_outputs_that_agree_with_dir(tmp_path: Path, http_server) -> None:
     from httpserver import Fault
 
@@ -744,9 +734,6 @@ def _transient_then_retried(tmp_path: Path, http_server):
     return server, urls, caps, dest
 
 
-@pytest.mark.xfail(strict=True, reason="an image stored by a --retry-failed run killed before its journal batch is "
-                   "invisible to the next plain run (the index is 'known' as failed, so no orphan check): captions.json "
-                   "omits 6 images that are in DIR/images and failures.tsv calls them failed")
 def test_images_of_a_killed_retry_are_not_lost_by_the_next_run(tmp_path: Path, http_server) -> None:
     server, urls, caps, dest = _transient_then_retried(tmp_path, http_server)
     build_sbu(dest, urls=str(urls), captions=str(caps), settings=FAST)
@@ -754,8 +741,6 @@ def test_images_of_a_killed_retry_are_not_lost_by_the_next_run(tmp_path: Path, h
     assert (dest / "failures.tsv").read_text().splitlines()[1:] == []
 
 
-@pytest.mark.xfail(strict=True, reason="the same, rerun with --retry-failed: every stored image is fetched again "
-                   "(the orphan check is skipped for an index the journal knows)")
 def test_images_of_a_killed_retry_are_not_fetched_again(tmp_path: Path, http_server) -> None:
     server, urls, caps, dest = _transient_then_retried(tmp_path, http_server)
     asked = len(server.requests)
@@ -763,8 +748,6 @@ def test_images_of_a_killed_retry_are_not_fetched_again(tmp_path: Path, http_ser
     assert [r.path for r in server.requests[asked:]] == []
 
 
-@pytest.mark.xfail(strict=True, reason="as above with a real kill -9 of `build sbu --retry-failed` once its first "
-                   "images are in place: the next run's captions.json omits them, failures.tsv lists them as failed")
 def test_kill_9_during_retry_failed_then_plain_rerun(tmp_path: Path, http_server) -> None:
     import signal
 
@@ -782,7 +765,7 @@ def test_kill_9_during_retry_failed_then_plain_rerun(tmp_path: Path, http_server
     args = ("build", "sbu", dest, "--urls", urls, "--captions", caps, "--threads", "2", "--timeout", "5")
     build_sbu(dest, urls=str(urls), captions=str(caps), settings=CrawlSettings(threads=4, retries=3, backoff_s=0.001,
                                                                                 backoff_max_s=0.002))
-    assert len(_journal(dest)) == n and not _on_disk_images(dest)
+    assert len([r for r in _journal(dest) if "index" in r]) == n and not _on_disk_images(dest)
     proc = _cli(*args, "--retry-failed")
     deadline = time.monotonic() + 30
     while not ((dest / "images").is_dir() and _on_disk_images(dest)) and proc.poll() is None:
@@ -796,9 +779,6 @@ def test_kill_9_during_retry_failed_then_plain_rerun(tmp_path: Path, http_server
     assert {im["file_name"] for im in _doc(dest)["images"]} == _on_disk_images(dest)
 
 
-@pytest.mark.xfail(strict=True, reason="a rerun with a corrected caption list (same URLs) keeps the first run's "
-                   "captions: the journal records captions but only the URL is compared, so the misaligned captions "
-                   "of run 1 stay attached to the images for good")
 def test_a_corrected_caption_list_replaces_the_old_captions(photos, tmp_path: Path) -> None:
     dest = tmp_path / "sbu"
     urls = [photos.url_of(f"p/{i}.jpg") for i in range(3)]
