@@ -5,9 +5,12 @@ own small object on its own host, most hosts answer once, many not at all. ``Cra
 gets one URL with
 
 - a per-request timeout (connect, then each read) and a deadline per URL across every
-  attempt, redirect and a slowly trickling body, so one stalled host never holds a thread
-  for long (the deadline is checked between reads: it can be overrun by at most one read
-  timeout);
+  attempt, redirect, header and body, so one stalled host never holds a thread for long:
+  a watchdog thread shuts the socket of a request down when its URL's deadline passes
+  (a status line or header trickled one byte at a time, an error page read for connection
+  reuse, a gzip body that never yields a byte would otherwise each hold the thread for as
+  long as the server likes); a URL fails as ``timeout`` within about its deadline (DNS
+  resolution and the TCP connect are bounded by the connect timeout only);
 - retries with exponential backoff and full jitter (AWS Architecture Blog, "Exponential
   Backoff And Jitter") for 5xx, 408, 429 and connection failures, honouring ``Retry-After``
   (RFC 9110 section 10.2.3: seconds or an HTTP date; capped);
@@ -15,7 +18,12 @@ gets one URL with
   containing ``photo_unavailable`` (Flickr's answer for a deleted photo) is refused as a
   placeholder without downloading it;
 - a maximum body size; URLs with spaces or non-ASCII characters percent-quoted
-  (``quote_url``).
+  (``quote_url``). ``Content-Encoding`` gzip and deflate are undone by urllib3, whose
+  decoders (2.6 and later) yield at most the amount asked for each read, so a compression
+  bomb stops at the size limit; a body that decodes to nothing for long is cut by the
+  watchdog;
+- error and redirect bodies are read (for connection reuse) only when they announce at
+  most ``_REUSE_BODY_MAX`` bytes; otherwise the connection is closed unread.
 
 ``download`` streams one big source file (a URL list, an archive) to disk.
 
@@ -30,10 +38,12 @@ pipelines or Pillow.
 from __future__ import annotations
 
 import email.utils
+import heapq
 import http.client
 import os
 import queue
 import random
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +54,8 @@ from typing import Generic, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 
 from .errors import BuildError
@@ -62,6 +74,8 @@ REASON_BAD_URL = "bad url"
 REASON_TLS = "tls"
 
 _READ_STEP = 64 * 1024
+_REUSE_BODY_MAX = 4 * 1024
+"""Largest error or redirect body (by its Content-Length) read to keep the connection."""
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"  # RFC 3986 pchar and "/" (and "%", so escapes stay as they are)
 _SAFE_QUERY = _SAFE_PATH + "?"
 
@@ -103,6 +117,10 @@ class Fetched:
         data: the body (Content-Encoding undone, nothing else).
         redirects: the Location of each redirect followed, in order.
         attempts: requests sent, retries and redirects included.
+        framed: the transfer's end was known (Content-Length, or chunked encoding), so a
+            body that arrived whole at the HTTP level is all the server meant to send;
+            False for a body that ended when the connection closed (HTTP/1.0 style): a cut
+            by the network then looks the same as the end.
     """
 
     url: str
@@ -110,6 +128,7 @@ class Fetched:
     data: bytes
     redirects: tuple[str, ...] = ()
     attempts: int = 1
+    framed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +195,113 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when - (time.time() if now is None else now))
 
 
+class _Watch:
+    """One request's deadline: ``fire`` shuts its socket down (reads then end at once)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._done = False
+        self._lock = threading.Lock()
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            if self._done or sock is None:
+                return
+            self._sock = sock
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+    def disarm(self) -> bool:
+        """Stop watching; return whether it fired (then the connection must not be reused)."""
+        with self._lock:
+            self._done = True
+            self._sock = None
+            return self.fired
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _Watchdog:
+    """A thread that fires each ``_Watch`` when its deadline passes (a heap of deadlines)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float) -> _Watch:
+        watch = _Watch(deadline)
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="crawl-watchdog", daemon=True)
+                self._thread.start()
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, watch))
+            self._cond.notify()
+        return watch
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    heapq.heappop(self._heap)[2].fire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+
+
+_current = threading.local()
+"""``_current.watch``: the ``_Watch`` of the request this thread is making, if any."""
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """Hands its socket to the current thread's ``_Watch`` before waiting for the answer."""
+
+    def getresponse(self):  # type: ignore[no-untyped-def]
+        watch = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self):  # type: ignore[no-untyped-def]
+        watch = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 class Crawler:
     """Fetches URLs for many threads at once through one urllib3 ``PoolManager``.
 
@@ -196,12 +322,15 @@ class Crawler:
         self._rng_lock = threading.Lock()
         self._pool = urllib3.PoolManager(num_pools=max(16, 4 * settings.threads), maxsize=settings.threads,
                                          block=False, retries=False)
+        self._pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        self._watchdog = _Watchdog()
         self._headers = {"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.5",
                          "Accept-Encoding": "gzip, deflate"}
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection; stop the watchdog."""
         self._pool.clear()
+        self._watchdog.close()
 
     def fetch(self, url: str) -> Fetched | Failed:
         """GET ``url`` (see the module docstring for retries, deadline and redirects).
@@ -229,8 +358,8 @@ class Crawler:
                 return Failed(url, REASON_TIMEOUT, False, tuple(redirects), attempts)
             attempts += 1
             outcome = self._attempt(current, min(s.timeout_s, remaining), deadline)
-            if isinstance(outcome, bytes):
-                return Fetched(url, current, outcome, tuple(redirects), attempts)
+            if isinstance(outcome, _Body):
+                return Fetched(url, current, outcome.data, tuple(redirects), attempts, outcome.framed)
             if isinstance(outcome, _Redirect):
                 if len(redirects) >= s.max_redirects:
                     return Failed(url, REASON_REDIRECTS, True, tuple(redirects), attempts)
@@ -256,8 +385,19 @@ class Crawler:
             if self.stop.wait(wait):
                 raise Cancelled
 
-    def _attempt(self, url: str, timeout_s: float, deadline: float) -> bytes | _Redirect | _Failure:
-        """One request: the body, a redirect to follow, or why it failed."""
+    def _attempt(self, url: str, timeout_s: float, deadline: float) -> _Body | _Redirect | _Failure:
+        """One request: the body, a redirect to follow, or why it failed. The watchdog
+        shuts the socket down at ``deadline``, whatever the request is waiting for."""
+        watch = self._watchdog.arm(deadline)
+        _current.watch = watch
+        try:
+            outcome = self._exchange(url, timeout_s, deadline, watch)
+        finally:
+            _current.watch = None
+            watch.disarm()
+        return outcome
+
+    def _exchange(self, url: str, timeout_s: float, deadline: float, watch: _Watch) -> _Body | _Redirect | _Failure:
         try:
             resp = self._pool.request("GET", url, headers=self._headers, preload_content=False,
                                       redirect=False, retries=False,
@@ -265,37 +405,45 @@ class Crawler:
         except urllib3.exceptions.LocationValueError:
             return _Failure(REASON_BAD_URL, True)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
-            return _wire_failure(err)
+            return _Failure(REASON_TIMEOUT, False) if watch.fired else _wire_failure(err)
         reuse = False  # whether the connection may serve the next request
         try:
             status = resp.status
             length = resp.headers.get("Content-Length", "").strip()
             if status != 200:
                 # A short error or redirect body is read so that the connection is reused
-                # (hosts answer many 404s in a row); a long or unsized one is not waited for.
-                reuse = length.isdigit() and int(length) <= _READ_STEP
+                # (hosts answer many 404s in a row); a long or unsized one is not read.
+                reuse = length.isdigit() and int(length) <= _REUSE_BODY_MAX
                 if status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-                    return _Redirect(resp.headers["Location"])
+                    return _Redirect(_header_text(resp.headers["Location"]))
                 transient = status in (408, 429) or status >= 500
                 wait = retry_after_s(resp.headers.get("Retry-After")) if transient else None
                 return _Failure(f"http {status}", not transient, wait)
             if length.isdigit() and int(length) > self.settings.max_body:
                 return _Failure(REASON_TOO_LARGE, True)
             body = self._read_body(resp, deadline)
-            reuse = isinstance(body, bytes)
-            return body
+            if watch.fired:  # the socket was shut down: the body may end early without an error
+                return _Failure(REASON_TIMEOUT, False)
+            if isinstance(body, _Failure):
+                return body
+            reuse = True
+            chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+            return _Body(body, length.isdigit() or chunked)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
             reuse = False
-            return _wire_failure(err)
+            return _Failure(REASON_TIMEOUT, False) if watch.fired else _wire_failure(err)
         finally:
             if reuse:
                 try:
                     resp.drain_conn()  # nothing left of a 200 read whole; a few bytes of an error page
-                    resp.release_conn()
                 except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
-                    resp.close()
-            else:
+                    reuse = False
+            # Disarmed before the connection goes back to the pool: the watchdog must never
+            # shut down a connection that another request is using.
+            if watch.disarm() or not reuse:
                 resp.close()
+                resp.release_conn()
+            else:
                 resp.release_conn()
 
     def _read_body(self, resp: urllib3.BaseHTTPResponse, deadline: float) -> bytes | _Failure:
@@ -324,6 +472,12 @@ class Crawler:
 
 
 @dataclass(frozen=True, slots=True)
+class _Body:
+    data: bytes
+    framed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Redirect:
     location: str
 
@@ -333,6 +487,19 @@ class _Failure:
     reason: str
     permanent: bool
     retry_after_s: float | None = None
+
+
+def _header_text(value: str) -> str:
+    """A header value as the server meant it: http.client decodes header bytes as Latin-1
+    (RFC 9110 section 5.5 allows only ASCII in practice), but servers send non-ASCII file
+    names in ``Location`` as raw UTF-8 (curl and browsers read them so); a value whose
+    Latin-1 bytes are valid UTF-8 is read as UTF-8, any other is kept as it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def _wire_failure(err: BaseException) -> _Failure:
@@ -458,7 +625,22 @@ def crawl(jobs: Iterable[J], work: Callable[[J], R], threads: int, stop: threadi
             w.done.wait(max(0.0, end - time.monotonic()))
 
 
-def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Event | None = None) -> int:
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """What ``download`` wrote.
+
+    Attributes:
+        size: bytes written.
+        etag: the answer's ``ETag`` ("" if none).
+        last_modified: its ``Last-Modified`` ("" if none).
+    """
+
+    size: int
+    etag: str = ""
+    last_modified: str = ""
+
+
+def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Event | None = None) -> Downloaded:
     """Stream the body at ``url`` to ``path`` (a temporary file beside it, then a rename):
     a builder's source (a URL list, a distribution archive), not a crawled image.
 
@@ -467,7 +649,7 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
     ``settings.timeout_s``; no size limit.
 
     Returns:
-        The bytes written.
+        The bytes written, with the answer's validators.
 
     Raises:
         BuildError: the URL is not http(s), answers an error status, or the transfer failed
@@ -485,12 +667,14 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
                                                                        read=settings.timeout_s))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     written = 0
+    etag = last_modified = ""
     try:
         resp = pool.request("GET", target, headers={"User-Agent": settings.user_agent}, preload_content=False)
         try:
             if resp.status != 200:
                 raise BuildError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip(),
                                  hint="check the URL, or download the file and give its path")
+            etag, last_modified = resp.headers.get("ETag", ""), resp.headers.get("Last-Modified", "")
             with open(tmp, "wb") as out:
                 for block in resp.stream(1024 * 1024):
                     out.write(block)
@@ -512,4 +696,4 @@ def download(url: str, path: Path, settings: CrawlSettings, stop: threading.Even
     finally:
         tmp.unlink(missing_ok=True)
         pool.clear()
-    return written
+    return Downloaded(written, etag, last_modified)

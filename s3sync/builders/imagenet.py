@@ -56,12 +56,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import archive
-from ..crawl import CrawlSettings, download
+from ..crawl import CrawlSettings
 from ..errors import BuildError, UsageError
 from ..fsutil import write_atomic
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
-from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
+from .listcrawl import (
+    META_DIR,
+    UTF8_BOM,
+    ListBuildResult,
+    ListItem,
+    build_from_list,
+    without_bom,
+)
+from .sourcefiles import source_file
 
 PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
@@ -180,7 +188,7 @@ def scan(path: Path, name: str) -> Scan:
     scattered: set[str] = set()  # synsets with more than one run
     try:
         with open(path, "rb") as f:
-            for index, raw in enumerate(f):
+            for index, raw in enumerate(without_bom(f)):
                 lines += 1
                 parsed = parse_line(raw)
                 if parsed is None:
@@ -210,7 +218,7 @@ def _scattered_duplicates(f: BinaryIO, scattered: set[str]) -> set[int]:
     f.seek(0)
     numbers: dict[str, set[str]] = {wnid: set() for wnid in scattered}
     duplicates: set[int] = set()
-    for index, raw in enumerate(f):
+    for index, raw in enumerate(without_bom(f)):
         parsed = parse_line(raw)
         if parsed is None or parsed[0] not in numbers:
             continue
@@ -232,7 +240,7 @@ def cached_scan(path: Path, name: str, sources: Path) -> Scan:
         st = path.stat()
     except OSError as err:
         raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
-    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": 1}
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": 2}
     cache = sources / SCAN_NAME
     try:
         doc = json.loads(cache.read_text(encoding="utf-8"))
@@ -261,7 +269,7 @@ def count_selected(path: Path, name: str, first: int, end: int | None, wnids: fr
     selected = 0
     try:
         with open(path, "rb") as f:
-            for raw in itertools.islice(f, first, end):
+            for raw in itertools.islice(without_bom(f), first, end):
                 if wnids is None:
                     selected += 1
                     continue
@@ -286,7 +294,7 @@ def _items(path: Path, first: int, end: int | None, wnids: frozenset[bytes] | No
            scanned: Scan, per_dir: int, report: _Report) -> Iterator[ListItem]:
     """The selected lines as items, in line order (bad lines and duplicates as failed items)."""
     with open(path, "rb") as f:
-        for index, raw in enumerate(itertools.islice(f, first, end), start=first):
+        for index, raw in enumerate(itertools.islice(without_bom(f), first, end), start=first):
             wnid_bytes = _synset_of(raw)
             if wnids is not None and wnid_bytes is not None and wnid_bytes not in wnids:
                 continue
@@ -318,7 +326,7 @@ def read_wnids(path: Path, name: str) -> frozenset[str]:
     """
     found = set()
     try:
-        text = path.read_bytes().decode("utf-8", "replace")
+        text = path.read_bytes().removeprefix(UTF8_BOM).decode("utf-8", "replace")
     except OSError as err:
         raise BuildError(f"{name}: cannot read ({err.strerror})", hint="check the path") from err
     for number, line in enumerate(text.splitlines(), start=1):
@@ -344,7 +352,7 @@ def read_words(path: Path, name: str) -> dict[str, str]:
     words: dict[str, str] = {}
     try:
         with open(path, "rb") as f:
-            for raw in f:
+            for raw in without_bom(f):
                 wnid, tab, text = raw.decode("utf-8", "replace").rstrip("\r\n").partition("\t")
                 if tab and _WNID.fullmatch(wnid.strip()) and text.strip():
                     words[wnid.strip()] = text.strip()
@@ -385,8 +393,10 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
         BuildError: a source cannot be read or downloaded, an archive holds no URL list, a
             ``wnids`` or ``words`` file is not what it should be, ``dest`` cannot be written.
     """
-    if first < 0 or (count is not None and count < 0):
-        raise UsageError(f"--first {first} --count {count}: must be 0 or more")
+    if first < 0:
+        raise UsageError(f"--first {first}: must be 0 or more")
+    if count is not None and count < 0:
+        raise UsageError(f"--count {count}: must be 0 or more")
     settings = settings or CrawlSettings()
     sources = dest / META_DIR / SOURCES_DIR
     try:
@@ -443,18 +453,10 @@ def unpack_list(path: Path, name: str, sources: Path) -> Path:
 
 
 def source_path(source: str, sources: Path, settings: CrawlSettings, stop: threading.Event | None) -> Path:
-    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns).
+    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns,
+    under a name that depends on the whole URL: ``sourcefiles.source_file``).
 
     Raises:
         BuildError: a local file that does not exist, or a failed download.
     """
-    if not source.startswith(("http://", "https://")):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise BuildError(f"{source}: no such file", hint="give a local file or an http(s):// URL")
-        return path
-    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "list.txt"
-    path = sources / name
-    if not path.is_file():  # a download lands whole (temp + rename) or not at all
-        download(source, path, settings, stop)
-    return path
+    return source_file(source, sources, settings, stop)

@@ -16,9 +16,20 @@ place; lines are flushed in batches (every ``JOURNAL_BATCH`` items or ``JOURNAL_
 seconds) and on every exit, Ctrl-C included. So after ``kill -9`` the journal names only
 images that are in place, and an image in place may lack its line (its batch was not yet
 flushed): a rerun checks such a file again with ``images.check_image`` and keeps it (or
-deletes it and fetches its URL again), never trusting it blindly. A torn last line is
-dropped. A rerun fetches no URL already stored or already failed (``retry_failed`` fetches
-again the failures that were not permanent); a line whose URL changed since is fetched again.
+deletes it and fetches its URL again), never trusting it blindly. It does so only for an
+index that an earlier run *claimed*: before handing out an item, the build appends (and
+flushes) a ``{"claim": [lo, hi]}`` line covering the next ``CLAIM_SPAN`` indexes, so a file
+at an image's place that no run claimed was not written by the build (a stranger planted in
+a fresh DIR): it is moved to ``.s3sync/displaced/`` (with a warning) and the URL is fetched.
+The same check runs for an index whose last line is a non-permanent failure (a killed
+``--retry-failed`` run may have stored its image), with or without ``retry_failed``. A torn
+last line is dropped; a whole line that is not a valid record is ignored (counted, shown with
+-v). A rerun fetches no URL already stored or already failed (``retry_failed`` fetches
+again the failures that were not permanent); a line whose URL changed since is fetched again,
+and once its new result is in the journal the old URL's image is removed if it has another
+name (another format) or the line now fails. A stored line whose captions changed (a
+corrected caption list) is recorded again with the new captions after its image on disk is
+checked again, without fetching it.
 The journal protects against the process dying, not against the OS losing unsynced data
 (as the pull's journal). In memory it costs about 110 bytes a line (a million-line journal
 loads in about 4 s); the records are read back from the file only to write the outputs.
@@ -31,6 +42,7 @@ could pass for complete.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import os
@@ -48,12 +60,14 @@ from .. import captions as coco
 from ..crawl import Crawler, CrawlSettings, Failed, Fetched, crawl
 from ..errors import BuildError, Interrupted
 from ..fsutil import write_atomic
-from ..images import PLACEHOLDER_MD5S, ImageInfo, check_image
+from ..images import PLACEHOLDER_MD5S, REASON_TRUNCATED, ImageInfo, check_image
 from ..progress import NullProgress, Progress
 
 META_DIR = ".s3sync"  # archive.METADATA_DIR: left out of a publish
 JOURNAL_NAME = "build-journal.jsonl"
 TMP_DIR = "tmp"
+DISPLACED_DIR = "displaced"
+"""Under ``.s3sync/``: files found where the build writes an image, that it did not write."""
 FAILURES_NAME = "failures.tsv"
 FAILURES_HEADER = "index\turl\treason"
 JOURNAL_BATCH = 256
@@ -128,6 +142,16 @@ class _Stored:
 
 
 @dataclass(frozen=True, slots=True)
+class _Job:
+    """An item to do; ``orphan``: an image on disk without a journal line (relative to
+    DIR), adopted after a check if ``adopt``, else moved aside (not this build's)."""
+
+    item: ListItem
+    orphan: str | None = None
+    adopt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _Failure:
     index: int
     url: str
@@ -139,6 +163,16 @@ _STORED, _FAILED_FOR_GOOD, _FAILED_FOR_NOW = 0, 1, 2
 _URL_BITS = 28
 _OFFSET_BITS = 38  # a journal of up to 256 GiB
 _URL_SHIFT = _OFFSET_BITS + 2
+_CAPTIONS_SHIFT = _URL_SHIFT + _URL_BITS
+_KEY_MASK = (1 << _URL_BITS) - 1
+CLAIM_SPAN = 256
+"""Indexes claimed by one ``claim`` line (see ``_Journal.claim``)."""
+
+
+def _captions_key(captions: Iterable[str]) -> int:
+    """28 bits of the captions' CRC-32: enough to notice that a caption list changed."""
+    text = "\x1f".join(captions)
+    return zlib.crc32(text.encode("utf-8", "surrogateescape")) & _KEY_MASK
 
 
 def _url_key(url: str) -> int:
@@ -158,9 +192,14 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[int, int] = {}  # index -> url_key << _URL_SHIFT | offset << 2 | state
+        # index -> captions_key << _CAPTIONS_SHIFT | url_key << _URL_SHIFT | offset << 2 | state
+        self._entries: dict[int, int] = {}
+        self._claims: list[tuple[int, int]] = []  # [lo, hi) ranges, sorted, merged
+        self._lock = threading.RLock()  # claims are written from the crawl's worker threads
         self._size = 0
+        self.damaged = 0  # whole lines that are not records (skipped)
         self._load()
+        self._earlier_claims = self._claims  # what runs before this one claimed
         self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,9 +223,19 @@ class _Journal:
             for line in f:
                 if not line.endswith(b"\n"):
                     break  # torn
+                if line.startswith(b'{"claim":'):
+                    claim = _parse_claim(line)
+                    if claim is not None:
+                        self._add_claim(*claim)
+                    else:
+                        self.damaged += 1
+                    offset += len(line)
+                    continue
                 rec = _parse(line)
                 if rec is not None:
                     self._index(rec, offset)
+                else:
+                    self.damaged += 1
                 offset += len(line)
         self._size = offset
         if offset < self.path.stat().st_size:
@@ -194,32 +243,88 @@ class _Journal:
 
     def _index(self, rec: dict[str, Any], offset: int) -> None:
         state = _STORED if "file" in rec else _FAILED_FOR_GOOD if rec.get("permanent") else _FAILED_FOR_NOW
-        self._entries[rec["index"]] = _url_key(rec["url"]) << _URL_SHIFT | offset << 2 | state
+        captions = _captions_key(rec["captions"]) if state == _STORED else 0
+        self._entries[rec["index"]] = (captions << _CAPTIONS_SHIFT | _url_key(rec["url"]) << _URL_SHIFT
+                                       | offset << 2 | state)
+
+    def lookup(self, item: ListItem) -> tuple[int, bool, bool] | None:
+        """``(state, same URL, same captions)`` of the item's last line, or None if it has none."""
+        entry = self._entries.get(item.index)
+        if entry is None:
+            return None
+        same_url = entry >> _URL_SHIFT & _KEY_MASK == _url_key(item.url)
+        return entry & 3, same_url, entry >> _CAPTIONS_SHIFT == _captions_key(item.captions)
+
+    def claim(self, index: int) -> None:
+        """Record (in the file, before returning) that this build may write the image of
+        ``index``: a rerun adopts an image found on disk without a journal line only for a
+        claimed index (one this build wrote just before a kill), never a file it did not
+        write. One line claims ``CLAIM_SPAN`` indexes from ``index``.
+
+        Raises:
+            BuildError: the journal cannot grow.
+        """
+        if self.claimed(index):
+            return
+        with self._lock:
+            line = b'{"claim":[%d,%d]}\n' % (index, index + CLAIM_SPAN)
+            try:
+                self._file.write(line)
+            except OSError as err:
+                raise self._write_error(err) from err
+            self._size += len(line)
+            self.flush()  # in the file before any image of these indexes is renamed into place
+            self._add_claim(index, index + CLAIM_SPAN)
+
+    def claimed(self, index: int, earlier: bool = False) -> bool:
+        """Whether a ``claim`` line covers ``index`` (with ``earlier``: one written before
+        this run: only an earlier run can have left an image without its journal line)."""
+        claims = self._earlier_claims if earlier else self._claims
+        at = bisect.bisect_right(claims, (index, 1 << 62)) - 1
+        return at >= 0 and claims[at][0] <= index < claims[at][1]
+
+    def _add_claim(self, lo: int, hi: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted([*self._claims, (lo, hi)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._claims = merged
+
+    def stored_file(self, index: int) -> str | None:
+        """The file of the index's last line if that line says stored (read back from the
+        file: main thread only), else None."""
+        entry = self._entries.get(index)
+        if entry is None or entry & 3 != _STORED:
+            return None
+        self.flush()
+        with open(self.path, "rb") as f:
+            f.seek(entry >> 2 & (1 << _OFFSET_BITS) - 1)
+            rec = _parse(f.readline())
+        return None if rec is None else rec["file"]
 
     def done(self, index: int, url: str, retry_failed: bool) -> bool:
         """Whether the item needs no fetch: stored, or failed (for good, or at all unless
         ``retry_failed``), under the same URL."""
         entry = self._entries.get(index)
-        if entry is None or entry >> _URL_SHIFT != _url_key(url):
+        if entry is None or entry >> _URL_SHIFT & _KEY_MASK != _url_key(url):
             return False
         state = entry & 3
         return state != _FAILED_FOR_NOW or not retry_failed
 
-    def known(self, index: int) -> bool:
-        """Whether the journal has a line for ``index``."""
-        return index in self._entries
-
     def add(self, rec: dict[str, Any]) -> None:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
-        try:
-            self._file.write(line)
-        except OSError as err:
-            raise self._error(err) from err
-        self._index(rec, self._size)
-        self._size += len(line)
-        self._pending += 1
-        if self._pending >= JOURNAL_BATCH or time.monotonic() - self._last_flush >= JOURNAL_INTERVAL_S:
-            self.flush()
+        with self._lock:
+            try:
+                self._file.write(line)
+            except OSError as err:
+                raise self._write_error(err) from err
+            self._index(rec, self._size)
+            self._size += len(line)
+            self._pending += 1
+            if self._pending >= JOURNAL_BATCH or time.monotonic() - self._last_flush >= JOURNAL_INTERVAL_S:
+                self.flush()
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The last record of every index, in index order, read back from the file one line
@@ -235,36 +340,69 @@ class _Journal:
                 if rec is not None:
                     yield rec
 
-    def _error(self, err: OSError) -> BuildError:
-        return BuildError(f"{self.path}: cannot write the build journal ({err.strerror or err})",
-                          hint="free some space or fix the permissions, then run the same command again; it resumes")
-
     def flush(self, sync: bool = False) -> None:
-        try:
-            self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
-        except OSError as err:
-            raise self._error(err) from err
-        self._pending = 0
-        self._last_flush = time.monotonic()
+        """Hand the buffered lines to the OS (and to the disk with ``sync``).
+
+        Raises:
+            BuildError: the journal cannot grow (ENOSPC, EFBIG, EIO...).
+        """
+        with self._lock:
+            try:
+                self._file.flush()
+                if sync:
+                    os.fsync(self._file.fileno())
+            except OSError as err:
+                raise self._write_error(err) from err
+            self._pending = 0
+            self._last_flush = time.monotonic()
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same failure, already raised by flush()
+
+    def _write_error(self, err: OSError) -> BuildError:
+        return BuildError(f"{self.path}: cannot write the build journal ({err.strerror or err})",
+                          hint="free some space (or raise the file size limit), then run the same command "
+                               "again: it resumes")
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
-    """A journal line's record, or None if it is not one of ours (damaged: done again)."""
+    """A journal line's record, or None if it is not one of ours (damaged or edited by hand:
+    the index is then as if that line were absent, and is fetched again unless an earlier
+    line covers it). A stored record has ``file``, ``width``, ``height`` and ``captions``;
+    a failure ``reason`` and ``permanent``."""
     try:
         rec = json.loads(line)
-        if isinstance(rec, dict) and isinstance(rec.get("index"), int) and isinstance(rec.get("url"), str):
-            return rec
     except ValueError:
-        pass
-    return None
+        return None
+    if not (isinstance(rec, dict) and _is_int(rec.get("index")) and rec["index"] >= 0
+            and isinstance(rec.get("url"), str)):
+        return None
+    if "file" in rec:
+        ok = (isinstance(rec["file"], str) and _is_int(rec.get("width")) and _is_int(rec.get("height"))
+              and isinstance(rec.get("captions"), list) and all(isinstance(c, str) for c in rec["captions"]))
+    else:
+        ok = isinstance(rec.get("reason"), str) and isinstance(rec.get("permanent"), bool)
+    return rec if ok else None
+
+
+def _parse_claim(line: bytes) -> tuple[int, int] | None:
+    """A ``{"claim": [lo, hi]}`` line's range, or None."""
+    try:
+        rec = json.loads(line)
+        lo, hi = rec["claim"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return (lo, hi) if _is_int(lo) and _is_int(hi) and 0 <= lo < hi else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _OnDisk:
@@ -275,6 +413,12 @@ class _OnDisk:
         self._dest = dest
         self._lock = threading.Lock()
         self._dirs: dict[str, dict[str, str]] = {}
+
+    def put_back(self, stem: str, name: str) -> None:
+        """Undo ``take`` (the file stays where it is, unused)."""
+        parent, _, base = stem.rpartition("/")
+        with self._lock:
+            self._dirs.setdefault(parent, {})[base] = name.rpartition("/")[2]
 
     def take(self, stem: str) -> str | None:
         """The file (relative to ``dest``) named ``stem.EXT``, if any; each stem is asked once."""
@@ -350,6 +494,18 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
     journal = _Journal(meta / JOURNAL_NAME)  # locks DIR against a second build
     try:
         state = buildstate.begin(dest, builder, (coco.CAPTIONS_NAME, FAILURES_NAME))
+        # While a run is under way DIR holds no captions.json or failures.tsv: an earlier run's
+        # would look complete beside images it does not list. They are written again, from the
+        # whole journal, at the end; the earlier ones stay in .s3sync/ as previous-*.
+        for name in (coco.CAPTIONS_NAME, FAILURES_NAME):
+            try:
+                if os.path.lexists(dest / name):
+                    os.replace(dest / name, meta / f"previous-{name}")
+            except OSError as err:
+                raise BuildError(f"{dest / name}: cannot move aside ({err.strerror})") from err
+        if journal.damaged:
+            progress.message(f"{journal.path}: {journal.damaged:,} damaged line(s) ignored (their items are "
+                             f"fetched again unless an earlier line covers them)")
         try:
             for leftover in tmp.iterdir():  # a killed run's half-written images
                 leftover.unlink()
@@ -361,28 +517,67 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         progress.start(FAILED_STAGE, 0)
         crawler = Crawler(settings, stop)
 
-        def todo() -> Iterator[ListItem]:
+        def plan(item: ListItem) -> _Job | None:
+            """What to do for an item: None if nothing (done by an earlier run)."""
+            if item.failure:
+                return None if journal.done(item.index, item.url, retry_failed) else _Job(item)
+            seen = journal.lookup(item)
+            if seen is not None:
+                state, same_url, same_captions = seen
+                if not same_url:
+                    # Fetched again; the old URL's image is removed when the new result is
+                    # recorded (main loop).
+                    journal.claim(item.index)
+                    return _Job(item)
+                if state == _STORED:
+                    if same_captions:
+                        return None
+                    # The captions changed (a corrected list): the image on disk is checked
+                    # again and recorded with them, not fetched (unless it is gone or bad).
+                    return _Job(item, on_disk.take(item.stem), adopt=True)
+                if state == _FAILED_FOR_GOOD:
+                    return None
+                # Failed for now: a --retry-failed run killed before its journal batch may have
+                # left the image in place (claimed): adopt it, whatever this run's options.
+                orphan = on_disk.take(item.stem)
+                if orphan is not None and journal.claimed(item.index, earlier=True):
+                    return _Job(item, orphan, adopt=True)
+                if not retry_failed:
+                    if orphan is not None:
+                        on_disk.put_back(item.stem, orphan)
+                    return None
+                journal.claim(item.index)
+                return _Job(item, orphan, adopt=False)
+            orphan = on_disk.take(item.stem)
+            adopt = journal.claimed(item.index, earlier=True)  # else the file is not this build's: moved aside
+            journal.claim(item.index)
+            return _Job(item, orphan, adopt)
+
+        def todo() -> Iterator[_Job]:
             for item in items:
-                if journal.done(item.index, item.url, retry_failed):
+                job = plan(item)
+                if job is None:
                     tally.skipped += 1
                     continue
                 if tally.skipped != tally.reported_skips:
                     tally.reported_skips = tally.skipped
                     progress.start(STAGE, requested - tally.skipped)
-                yield item
+                yield job
             if tally.skipped != tally.reported_skips:
                 progress.start(STAGE, requested - tally.skipped)
 
-        def work(item: ListItem) -> _Stored | _Failure:
+        def work(job: _Job) -> _Stored | _Failure:
+            item, orphan = job.item, job.orphan
             if item.failure:
                 return _Failure(item.index, item.url, item.failure, True)
-            # Only an index the journal has never seen can have an unrecorded image on disk
-            # (a journaled one whose URL changed has the old URL's image there).
-            orphan = None if journal.known(item.index) else on_disk.take(item.stem)
             if orphan is not None:
-                kept = _recover(dest, item, orphan, placeholders)
-                if kept is not None:
-                    return kept
+                if job.adopt:
+                    kept = _recover(dest, item, orphan, placeholders)
+                    if kept is not None:
+                        return kept
+                else:
+                    moved = _move_aside(dest, meta / DISPLACED_DIR, orphan)
+                    progress.message(f"warning: {dest / orphan} was not written by this build: moved to {moved}")
             got = crawler.fetch(item.url)
             if isinstance(got, Failed):
                 return _Failure(item.index, item.url, got.reason, got.permanent)
@@ -391,7 +586,13 @@ def build_from_list(dest: Path, items: Iterable[ListItem], requested: int, *, de
         try:
             with closing(crawl(todo(), work, settings.threads, stop)) as results:
                 for result in results:
+                    old = journal.stored_file(result.index)
                     journal.add(_record(result))
+                    if old is not None and old != getattr(result, "file_name", None):
+                        # The line's new result replaces an image of another name (its URL
+                        # changed): removed once the new line is in the journal file.
+                        journal.flush()
+                        (dest / old).unlink(missing_ok=True)
                     tally.count(result)
                     progress.advance(STAGE, 1)
                     if isinstance(result, _Failure):
@@ -447,8 +648,10 @@ def _keep(dest: Path, tmp: Path, item: ListItem, got: Fetched,
     info = check_image(got.data, placeholders)
     if not isinstance(info, ImageInfo):
         # Served as it is on purpose (an HTML page, a placeholder, a cut file): asking again
-        # gets the same body, so the failure is permanent.
-        return _Failure(item.index, item.url, info.reason, True)
+        # gets the same body, so the failure is permanent; except a cut image whose transfer
+        # had no known end (no Content-Length, not chunked): the network may have cut it.
+        cut_in_transit = info.reason == REASON_TRUNCATED and not got.framed
+        return _Failure(item.index, item.url, info.reason, not cut_in_transit)
     name = f"{item.stem}.{info.extension}"
     target = dest / name
     part = tmp / f"{item.index}.part"
@@ -483,6 +686,27 @@ def _recover(dest: Path, item: ListItem, orphan: str, placeholders: Collection[s
     return None
 
 
+def _move_aside(dest: Path, displaced: Path, name: str) -> Path:
+    """Move ``dest/name`` (a file this build did not write, where it would write one) to
+    ``displaced/name``, keeping any earlier one there; return where it went.
+
+    Raises:
+        BuildError: it cannot be moved.
+    """
+    target = displaced / name
+    n = 1
+    while target.exists():
+        target = displaced / f"{name}.{n}"
+        n += 1
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(dest / name, target)
+    except OSError as err:
+        raise BuildError(f"{dest / name}: cannot move it aside to {target} ({err.strerror})",
+                         hint="move or remove the file yourself, then run the same command again") from err
+    return target
+
+
 def _write_outputs(dest: Path, records: Iterable[dict[str, Any]], description: str,
                    url_field: str) -> tuple[int, int]:
     """Write ``captions.json`` and ``failures.tsv`` from the journal's records; return their
@@ -515,3 +739,14 @@ def _write_outputs(dest: Path, records: Iterable[dict[str, Any]], description: s
     return len(images), len(lines) - 1
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a file, the first without a leading UTF-8 byte order mark (which some
+    editors write, Notepad for one: it is not part of the first line's URL or caption)."""
+    it = iter(lines)
+    for first in it:
+        yield first.removeprefix(UTF8_BOM)
+        break
+    yield from it

@@ -5,7 +5,7 @@ The distribution (Ordonez, Kulkarni, Berg, "Im2Text", NIPS 2011; vicente.cs.virg
 ``dataset/SBU_captioned_photo_dataset_urls.txt`` (one Flickr URL a line) and
 ``dataset/SBU_captioned_photo_dataset_captions.txt`` (one caption a line). Line ``i`` of
 both describes image ``i``. Either file may also be given on its own (a local path or an
-http(s) URL, downloaded once into ``DIR/.s3sync/sources/``).
+http(s) URL, downloaded once into ``DIR/.s3sync/sources/``, see ``builders.sourcefiles``).
 
 Layout: ``DIR/images/NNNN/IIIIIII.EXT``: image of line ``I`` (seven digits) in directory
 ``I // PER_DIR`` (four digits), so that no directory holds more than ``PER_DIR`` files;
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import archive
-from ..crawl import CrawlSettings, download
+from ..crawl import CrawlSettings
 from ..errors import BuildError, UsageError
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
-from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list
+from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list, without_bom
+from .sourcefiles import cached_name, is_url, source_file
 
 ARCHIVE_URL = "http://www.cs.virginia.edu/~vicente/sbucaptions/SBUCaptionedPhotoDataset.tar.gz"
 ARCHIVE_MD5 = "9aec147b3488753cf758b4d493422285"
@@ -91,8 +92,10 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
     """
     if (urls is None) != (captions is None):
         raise UsageError("give both --urls and --captions (line-aligned lists), or neither to use the SBU archive")
-    if first < 0 or (count is not None and count < 0):
-        raise UsageError(f"--first {first} --count {count}: must be 0 or more")
+    if first < 0:
+        raise UsageError(f"--first {first}: must be 0 or more")
+    if count is not None and count < 0:
+        raise UsageError(f"--count {count}: must be 0 or more")
     settings = settings or CrawlSettings()
     sources = dest / META_DIR / SOURCES_DIR
     try:
@@ -103,8 +106,8 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
         urls_path, captions_path = _from_archive(archive_url, archive_md5, sources, settings, stop)
         urls_name, captions_name = f"{archive_url}#{URLS_MEMBER}", f"{archive_url}#{CAPTIONS_MEMBER}"
     else:
-        urls_path, urls_name = _local(urls, sources, settings, stop), urls
-        captions_path, captions_name = _local(captions, sources, settings, stop), captions
+        urls_path, urls_name = source_file(urls, sources, settings, stop), urls
+        captions_path, captions_name = source_file(captions, sources, settings, stop), captions
     lines = _count_lines(urls_path, urls_name)
     caption_lines = _count_lines(captions_path, captions_name)
     if lines != caption_lines:
@@ -122,9 +125,10 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
 
 def _items(urls: Path, captions: Path, first: int, count: int, per_dir: int) -> Iterator[ListItem]:
     """The selected lines as items (URL stripped; caption stripped of its line end, decoded as
-    UTF-8 with undecodable bytes replaced)."""
+    UTF-8 with undecodable bytes replaced; a UTF-8 byte order mark at the start of either
+    file dropped)."""
     with open(urls, "rb") as u, open(captions, "rb") as c:
-        pairs = itertools.islice(zip(u, c), first, first + count)
+        pairs = itertools.islice(zip(without_bom(u), without_bom(c)), first, first + count)
         for index, (url, caption) in enumerate(pairs, start=first):
             yield ListItem(index, url.decode("utf-8", "replace").strip(),
                            (caption.decode("utf-8", "replace").rstrip("\r\n").strip(),), image_stem(index, per_dir))
@@ -144,47 +148,33 @@ def _count_lines(path: Path, name: str) -> int:
     return n + (last != b"\n")
 
 
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-def _local(source: str, sources: Path, settings: CrawlSettings, stop: threading.Event | None) -> Path:
-    """A local path for ``source``: itself, or its download in ``sources`` (kept for reruns)."""
-    if not _is_url(source):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise BuildError(f"{source}: no such file", hint="give a local file or an http(s):// URL")
-        return path
-    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "list.txt"
-    path = sources / name
-    if not path.is_file():  # a download lands whole (temp + rename) or not at all
-        download(source, path, settings, stop)
-    return path
-
-
 def _from_archive(url: str, md5: str, sources: Path, settings: CrawlSettings,
                   stop: threading.Event | None) -> tuple[Path, Path]:
-    """Download the distribution archive (once), check its MD5, take out the two lists."""
-    urls_path, captions_path = sources / URLS_MEMBER, sources / CAPTIONS_MEMBER
+    """Download the distribution archive (once), check its MD5, take out the two lists (once,
+    into a directory named after the archive's download, or after a local archive's path,
+    size and modification time: another archive never reuses them)."""
+    path = source_file(url, sources, settings, stop, default="sbu.tar.gz")
+    if is_url(url):
+        unpacked = sources / f"{path.name}.d"
+    else:
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise BuildError(f"{url}: cannot read ({err.strerror})") from err
+        unpacked = sources / f"{cached_name(f'{path.resolve()}:{st.st_size}:{st.st_mtime_ns}', path.name)}.d"
+    urls_path, captions_path = unpacked / URLS_MEMBER, unpacked / CAPTIONS_MEMBER
     if urls_path.is_file() and captions_path.is_file():
         return urls_path, captions_path
-    if _is_url(url):
-        path = sources / (url.rstrip("/").rsplit("/", 1)[-1] or "sbu.tar.gz")
-        if not path.is_file():
-            download(url, path, settings, stop)
-    else:
-        path = Path(url).expanduser()
-        if not path.is_file():
-            raise BuildError(f"{url}: no such file")
     if md5:
         got = _md5(path)
         if got != md5:
-            if _is_url(url):
+            if is_url(url):
                 path.unlink(missing_ok=True)  # fetched again by the next run
             raise BuildError(f"{url}: MD5 {got}, expected {md5} (the download is damaged or the file changed)",
                              hint="run the same command again to download it again, or give --urls and --captions")
     try:
-        found = archive.extract_named(path, (URLS_MEMBER, CAPTIONS_MEMBER), sources)
+        unpacked.mkdir(parents=True, exist_ok=True)
+        found = archive.extract_named(path, (URLS_MEMBER, CAPTIONS_MEMBER), unpacked)
     except OSError as err:
         raise BuildError(f"{url}: cannot read the archive ({err.strerror or err})") from err
     except Exception as err:

@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import UsageError
 from ..ui import UI
-from .build_sbu import DEADLINE_FACTOR, DEFAULT_TIMEOUT_S, MIN_DEADLINE_S
+from .build_sbu import DEADLINE_FACTOR, DEFAULT_TIMEOUT_S, MIN_DEADLINE_S, check_timeout
 from .common import EXIT_OK, plural
 
 
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    check_timeout(args.timeout)
     if args.per_dir is not None and args.per_dir < 1:
         raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
     crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,

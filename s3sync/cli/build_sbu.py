@@ -16,6 +16,18 @@ DEADLINE_FACTOR = 6
 """A URL may take ``DEADLINE_FACTOR * --timeout`` seconds in all (retries, redirects, a slow
 body), at least ``MIN_DEADLINE_S``."""
 MIN_DEADLINE_S = 30.0
+MAX_TIMEOUT_S = 3600.0
+"""The longest ``--timeout`` accepted (an hour per read is already no timeout at all)."""
+
+
+def check_timeout(timeout_s: float) -> None:
+    """Refuse a ``--timeout`` that is not a positive, finite number of at most ``MAX_TIMEOUT_S``.
+
+    Raises:
+        UsageError: it is not.
+    """
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise UsageError(f"--timeout {timeout_s:g}: must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds")
 
 
 def register(builds: Any, common: argparse.ArgumentParser) -> None:
@@ -53,8 +65,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    check_timeout(args.timeout)
     if args.per_dir is not None and args.per_dir < 1:
         raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
     crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,

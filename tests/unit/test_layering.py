@@ -38,7 +38,7 @@ LAYER = {
     "captionfiles": 2, "builders": 2, "builders.mscoco": 2,
     "ui": 3, "cli": 3, "cli.common": 3, "cli.publish": 3, "cli.pull": 3, "cli.adopt": 3, "cli.verify": 3,
     "cli.ls": 3, "cli.captions": 3, "cli.build": 3, "cli.build_mscoco": 3, "cli.build_sbu": 3, "cli.build_imagenet": 3,
-    "__main__": 3, "builders.listcrawl": 2, "builders.sbu": 2, "builders.imagenet": 2,
+    "__main__": 3, "builders.listcrawl": 2, "builders.sbu": 2, "builders.imagenet": 2, "builders.sourcefiles": 2,
 }
 
 
