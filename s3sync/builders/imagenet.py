@@ -69,11 +69,10 @@ from .listcrawl import (
     build_from_list,
     without_bom,
 )
-from .sourcefiles import source_file
+from .sourcefiles import check_selection, source_file, sources_dir
 
 PER_DIR = 10_000
 """Most images in one directory; a synset with more lines than this gets sub-directories."""
-SOURCES_DIR = "sources"
 SCAN_NAME = "imagenet-scan.json"
 """The scan's result, kept in ``DIR/.s3sync/sources/`` for reruns over the same list."""
 DESCRIPTION = "ImageNet (image-net.org) images from its URL list, built by s3sync build imagenet"
@@ -393,16 +392,9 @@ def build_imagenet(dest: Path, *, urls: str, wnids: str | None = None, words: st
         BuildError: a source cannot be read or downloaded, an archive holds no URL list, a
             ``wnids`` or ``words`` file is not what it should be, ``dest`` cannot be written.
     """
-    if first < 0:
-        raise UsageError(f"--first {first}: must be 0 or more")
-    if count is not None and count < 0:
-        raise UsageError(f"--count {count}: must be 0 or more")
+    check_selection(first, count)
     settings = settings or CrawlSettings()
-    sources = dest / META_DIR / SOURCES_DIR
-    try:
-        sources.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})") from err
+    sources = sources_dir(dest, META_DIR)
     urls_path = unpack_list(source_path(urls, sources, settings, stop), urls, sources)
     keep = read_wnids(source_path(wnids, sources, settings, stop), wnids) if wnids else None
     captions = read_words(source_path(words, sources, settings, stop), words) if words else {}

@@ -28,7 +28,7 @@ from ..errors import BuildError, UsageError
 from ..images import PLACEHOLDER_MD5S
 from ..progress import Progress
 from .listcrawl import META_DIR, ListBuildResult, ListItem, build_from_list, without_bom
-from .sourcefiles import cached_name, is_url, source_file
+from .sourcefiles import cached_name, check_selection, is_url, source_file, sources_dir
 
 ARCHIVE_URL = "http://www.cs.virginia.edu/~vicente/sbucaptions/SBUCaptionedPhotoDataset.tar.gz"
 ARCHIVE_MD5 = "9aec147b3488753cf758b4d493422285"
@@ -36,7 +36,6 @@ URLS_MEMBER = "SBU_captioned_photo_dataset_urls.txt"
 CAPTIONS_MEMBER = "SBU_captioned_photo_dataset_captions.txt"
 PER_DIR = 10_000
 """Most image files in one directory of ``DIR/images/``."""
-SOURCES_DIR = "sources"
 DESCRIPTION = "SBU Captioned Photo Dataset (Stony Brook University), built by s3sync build sbu"
 
 
@@ -92,16 +91,9 @@ def build_sbu(dest: Path, *, urls: str | None = None, captions: str | None = Non
     """
     if (urls is None) != (captions is None):
         raise UsageError("give both --urls and --captions (line-aligned lists), or neither to use the SBU archive")
-    if first < 0:
-        raise UsageError(f"--first {first}: must be 0 or more")
-    if count is not None and count < 0:
-        raise UsageError(f"--count {count}: must be 0 or more")
+    check_selection(first, count)
     settings = settings or CrawlSettings()
-    sources = dest / META_DIR / SOURCES_DIR
-    try:
-        sources.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})") from err
+    sources = sources_dir(dest, META_DIR)
     if urls is None or captions is None:
         urls_path, captions_path = _from_archive(archive_url, archive_md5, sources, settings, stop)
         urls_name, captions_name = f"{archive_url}#{URLS_MEMBER}", f"{archive_url}#{CAPTIONS_MEMBER}"

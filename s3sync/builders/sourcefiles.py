@@ -18,10 +18,38 @@ import threading
 from pathlib import Path
 
 from ..crawl import CrawlSettings, download
-from ..errors import BuildError
+from ..errors import BuildError, UsageError
 from ..fsutil import write_atomic
 
 RECORD_SUFFIX = ".source.json"
+SOURCES_DIR = "sources"
+"""Where downloads are kept, inside ``DIR/.s3sync/``."""
+
+
+def check_selection(first: int, count: int | None) -> None:
+    """Refuse a negative ``--first`` or ``--count``.
+
+    Raises:
+        UsageError: naming the option.
+    """
+    if first < 0:
+        raise UsageError(f"--first {first}: must be 0 or more")
+    if count is not None and count < 0:
+        raise UsageError(f"--count {count}: must be 0 or more")
+
+
+def sources_dir(dest: Path, meta_dir: str) -> Path:
+    """``DIR/<meta_dir>/sources``, created.
+
+    Raises:
+        BuildError: it cannot be created.
+    """
+    sources = dest / meta_dir / SOURCES_DIR
+    try:
+        sources.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BuildError(f"{dest}: cannot create the build directory ({err.strerror})") from err
+    return sources
 
 
 def is_url(source: str) -> bool:

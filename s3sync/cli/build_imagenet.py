@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import UsageError
 from ..ui import UI
-from .build_sbu import DEADLINE_FACTOR, DEFAULT_TIMEOUT_S, MIN_DEADLINE_S, check_timeout
+from . import crawlopts
 from .common import EXIT_OK, plural
 
 
@@ -29,29 +28,14 @@ def register(builds: Any, common: argparse.ArgumentParser) -> None:
                    help="keep only these synsets, one WNID a line (e.g. the 1,000 ILSVRC-2012 classes)")
     p.add_argument("--words", metavar="F|URL",
                    help="words.txt (WNID<TAB>words): each image's caption (default: its WNID)")
-    p.add_argument("--first", type=int, default=0, metavar="N", help="first line to build, 0-based (default: 0)")
-    p.add_argument("--count", type=int, metavar="M", help="lines to build from --first (default: to the end)")
-    p.add_argument("--threads", type=int, default=10, metavar="N", help="parallel downloads (default: 10)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"seconds to connect and to wait for each read (default: {DEFAULT_TIMEOUT_S:g}); one URL "
-                        f"takes at most {DEADLINE_FACTOR}x this in all, retries included")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="fetch again the URLs whose failure was not permanent (timeouts, 5xx, connection)")
-    p.add_argument("--per-dir", type=int, default=None, help=argparse.SUPPRESS)  # tests: a small directory limit
+    crawlopts.add(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from ..builders.imagenet import PER_DIR, REASON_BAD_LINE, build_imagenet
-    from ..crawl import CrawlSettings
 
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    check_timeout(args.timeout)
-    if args.per_dir is not None and args.per_dir < 1:
-        raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
-    crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,
-                          deadline_s=max(MIN_DEADLINE_S, DEADLINE_FACTOR * args.timeout))
+    crawl = crawlopts.settings(args)
     progress = ui.progress()
     try:
         built = build_imagenet(args.dir.expanduser(), urls=args.urls, wnids=args.wnids, words=args.words,

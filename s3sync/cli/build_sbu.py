@@ -7,27 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import UsageError
 from ..ui import UI
+from . import crawlopts
 from .common import EXIT_OK, plural
-
-DEFAULT_TIMEOUT_S = 10.0
-DEADLINE_FACTOR = 6
-"""A URL may take ``DEADLINE_FACTOR * --timeout`` seconds in all (retries, redirects, a slow
-body), at least ``MIN_DEADLINE_S``."""
-MIN_DEADLINE_S = 30.0
-MAX_TIMEOUT_S = 3600.0
-"""The longest ``--timeout`` accepted (an hour per read is already no timeout at all)."""
-
-
-def check_timeout(timeout_s: float) -> None:
-    """Refuse a ``--timeout`` that is not a positive, finite number of at most ``MAX_TIMEOUT_S``.
-
-    Raises:
-        UsageError: it is not.
-    """
-    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses nan and inf
-        raise UsageError(f"--timeout {timeout_s:g}: must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds")
 
 
 def register(builds: Any, common: argparse.ArgumentParser) -> None:
@@ -47,29 +29,14 @@ def register(builds: Any, common: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--archive-md5", metavar="HEX", default=ARCHIVE_MD5,
                    help="the archive's MD5, checked after download ('' to skip; default: the official one)")
-    p.add_argument("--first", type=int, default=0, metavar="N", help="first line to build, 0-based (default: 0)")
-    p.add_argument("--count", type=int, metavar="M", help="lines to build from --first (default: to the end)")
-    p.add_argument("--threads", type=int, default=10, metavar="N", help="parallel downloads (default: 10)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"seconds to connect and to wait for each read (default: {DEFAULT_TIMEOUT_S:g}); one URL "
-                        f"takes at most {DEADLINE_FACTOR}x this in all, retries included")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="fetch again the URLs whose failure was not permanent (timeouts, 5xx, connection)")
-    p.add_argument("--per-dir", type=int, default=None, help=argparse.SUPPRESS)  # tests: a small directory limit
+    crawlopts.add(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from ..builders.sbu import PER_DIR, build_sbu
-    from ..crawl import CrawlSettings
 
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    check_timeout(args.timeout)
-    if args.per_dir is not None and args.per_dir < 1:
-        raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
-    crawl = CrawlSettings(threads=args.threads, timeout_s=args.timeout,
-                          deadline_s=max(MIN_DEADLINE_S, DEADLINE_FACTOR * args.timeout))
+    crawl = crawlopts.settings(args)
     progress = ui.progress()
     try:
         built = build_sbu(args.dir.expanduser(), urls=args.urls, captions=args.captions, first=args.first,

@@ -37,7 +37,7 @@ LAYER = {
     "publish": 2, "pull": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2,
     "captionfiles": 2, "builders": 2, "builders.mscoco": 2,
     "ui": 3, "cli": 3, "cli.common": 3, "cli.publish": 3, "cli.pull": 3, "cli.adopt": 3, "cli.verify": 3,
-    "cli.ls": 3, "cli.captions": 3, "cli.build": 3, "cli.build_mscoco": 3, "cli.build_sbu": 3, "cli.build_imagenet": 3,
+    "cli.ls": 3, "cli.captions": 3, "cli.build": 3, "cli.build_mscoco": 3, "cli.build_sbu": 3, "cli.build_imagenet": 3, "cli.crawlopts": 3,
     "__main__": 3, "builders.listcrawl": 2, "builders.sbu": 2, "builders.imagenet": 2, "builders.sourcefiles": 2,
 }
 
