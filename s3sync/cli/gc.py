@@ -20,9 +20,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "gc", parents=[common], help="delete old generations of a dataset and what dead publishes left",
-        description="Delete the history generations of a dataset beyond the newest N (the current one counts "
-                    "first and is never deleted), and what dead publishes left. A generation that stopped being "
-                    "current less than --grace seconds ago is kept, so that pulls started on it finish.",
+        description="Delete the history generations of a dataset beyond the newest N (the current one\n"
+                    "counts first and is never deleted), and what dead publishes left. A generation that\n"
+                    "stopped being current less than --grace seconds ago is kept, so that pulls started\n"
+                    "on it finish. Exit codes: 0 done, 1 the server refused some keys (named), 2 usage.",
         epilog="examples:\n  s3sync gc s3://my-bucket/sbu --keep 2 --dry-run\n  s3sync gc sbu --keep 1 --grace 0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="dataset name or s3://BUCKET/PREFIX")

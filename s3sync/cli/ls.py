@@ -76,7 +76,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                "members": m.members,
                "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts],
                "version": m.version, "compression": m.compression, "tar_size": m.tar_stream_size,
-               "adopted": m.adopted.source if m.adopted else None, "captions": summary_json(m.captions)}
+               "adopted": m.adopted.source if m.adopted else None, "captions": summary_json(m.captions),
+               "index": {"key": m.index.key, "size": m.index.size, "digest": m.index.digest} if m.index else None}
         if found is not None:
             doc.update(_survey_json(found))
         ui.emit_json(doc)
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                           f"{plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
                ("hash", m.hash)]
               + ([("captions", describe(m.captions))] if m.captions else [])
+              + ([("member index", f"{m.index.key} ({format_size(m.index.size)})")] if m.index else [])
               + ([("adopted", f"from {m.adopted.source} (format version {m.version}; pieces in place)"),
                   ("compression", m.compression)] if m.adopted else []))
         if found is not None:

@@ -46,6 +46,7 @@ def test_ls_of_a_bucket_lists_its_datasets(run, s3_server, bucket, tmp_path: Pat
         plain.describe()
     single = run("ls", f"s3://{bucket}/one", *ep, "--json")  # one dataset: its summary, as before
     assert single.code == 0 and single.json()["name"] == "one" and "parts" in single.json(), single.describe()
+    assert single.json()["index"]["key"].endswith("/index.jsonl.zst") and single.json()["index"]["size"] > 0
 
     gens = run("ls", f"s3://{bucket}/one", "--generations", *ep, "--json")
     assert gens.code == 0, gens.describe()
