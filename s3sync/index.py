@@ -113,6 +113,8 @@ def header_line(generation: str, members: int) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+_DIGEST = re.compile(r"[0-9a-f]{%d}" % hashing.DIGEST_HEX_LENGTH)
+"""``hashing.is_digest`` as one regular expression (a generator per line cost 2.5 us)."""
 _PLAIN = re.compile(r'[ !#-\[\]-~]*')
 """Printable ASCII but ``"`` and ``\\``: what JSON writes as it is between quotes."""
 
@@ -137,10 +139,12 @@ def member_span(size: int) -> int:
     return TAR_BLOCK + size + -size % TAR_BLOCK
 
 
-def _sort_key(path: str) -> list[bytes]:
+def _sort_key(path: str) -> bytes:
     """The order publish writes members in: depth-first, each directory's entries sorted by the
-    bytes of their names, which is the lexicographic order of the paths' component lists."""
-    return [c.encode("utf-8", "surrogateescape") for c in path.split("/")]
+    bytes of their names, which is the lexicographic order of the paths' component lists. With
+    each ``/`` made a NUL (which no name holds, and which sorts before every byte of a name),
+    comparing the bytes gives that order in one step."""
+    return path.encode("utf-8", "surrogateescape").replace(b"/", b"\0")
 
 
 def _check_path(path: str) -> bool:
@@ -184,16 +188,16 @@ def parse(lines: Iterable[bytes], manifest: Manifest, source: str = "member inde
         raise fail(1, f"members {head.get('members')!r} is not the manifest's {manifest.members}")
     tar_size = manifest.tar_stream_size
     end = 0  # the least offset the next member may start at
-    prev: list[bytes] | None = None
+    prev: bytes | None = None
     members = files = data = 0
     for lineno, line in enumerate(it, start=2):
         value = _load(line, lineno, fail)
         if not isinstance(value, list) or len(value) != 8:
             raise fail(lineno, "not an array of 8 values [offset, path, kind, size, mode, mtime, digest, link]")
         offset, path, kind, size, mode, mtime, digest, link = value
-        if not all(type(x) is int for x in (offset, size, mode, mtime)):
+        if not (type(offset) is int and type(size) is int and type(mode) is int and type(mtime) is int):
             raise fail(lineno, "offset, size, mode and mtime must be integers")
-        if not all(isinstance(x, str) for x in (path, kind, digest, link)):
+        if not (type(path) is str and type(kind) is str and type(digest) is str and type(link) is str):
             raise fail(lineno, "path, kind, digest and link must be strings")
         if not _check_path(path):
             raise fail(lineno, f"path {path!r} is not a relative path inside the dataset")
@@ -209,7 +213,7 @@ def parse(lines: Iterable[bytes], manifest: Manifest, source: str = "member inde
             raise fail(lineno, f"mode {mode} is not permission bits (0 to 0o7777)")
         if not -2**63 <= mtime < 2**63:
             raise fail(lineno, f"mtime {mtime} is out of range")
-        if kind == "file" and not hashing.is_digest(digest):
+        if kind == "file" and not _DIGEST.fullmatch(digest):
             raise fail(lineno, f"digest {digest!r} is not a {hashing.ALGORITHM} digest")
         if kind != "file" and digest:
             raise fail(lineno, f"a {kind} has no digest")

@@ -111,3 +111,13 @@ def test_encode_writes_what_json_dumps_writes(path: str, link: str, offset: int,
     expect = (json.dumps((offset, r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link), ensure_ascii=False,
                          separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape")
     assert encode(offset, r) == expect
+
+
+@given(st.lists(st.lists(names, min_size=1, max_size=3).map("/".join), max_size=20))
+def test_the_one_step_order_is_the_order_of_component_lists(paths: list[str]) -> None:
+    from s3sync.index import _sort_key
+
+    def components(p: str) -> list[bytes]:
+        return [c.encode("utf-8", "surrogateescape") for c in p.split("/")]
+
+    assert sorted(paths, key=_sort_key) == sorted(paths, key=components)
