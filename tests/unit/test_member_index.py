@@ -13,7 +13,15 @@ import pytest
 from s3sync import hashing, indexfile
 from s3sync.codecs import ZstdWriter
 from s3sync.errors import ManifestError, MemberIndexError
-from s3sync.index import MAX_LINE, IndexEntry, MemberRecord, encode, header_line, member_span, parse
+from s3sync.index import (
+    MAX_LINE,
+    IndexEntry,
+    MemberRecord,
+    encode,
+    header_line,
+    member_span,
+    parse,
+)
 from s3sync.manifest import IndexRef, Manifest, PartEntry
 
 D = hashing.digest(b"x")
