@@ -291,3 +291,19 @@ def test_a_foreign_directory_under_the_prefix_is_never_touched(store: S3Store, t
     store.put(loc.key("20260101T000000Z-00000abc/notes.txt"), b"mine")
     collect(store, loc, 1, grace_s=0)
     assert keys(store, loc)["20260101T000000Z-00000abc"] == {"notes.txt"}
+
+
+def test_gc_on_a_versioned_bucket_says_the_versions_remain(store: S3Store, tmp_path: Path, s3_server) -> None:
+    if s3_server.name != "moto":
+        pytest.skip("rclone serve s3 has no bucket versioning")
+    client = store.client
+    client.put_bucket_versioning(Bucket=store.bucket, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        publish_n(store, tmp_path, 2)
+        result = collect(store, Location(store.bucket, "ds"), 1, grace_s=0)
+        assert result.deleted and result.versioned is True
+        assert any("noncurrent versions" in n for n in result.notes)
+    finally:  # the bucket fixture deletes current objects only
+        versions = client.list_object_versions(Bucket=store.bucket)
+        for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+            client.delete_object(Bucket=store.bucket, Key=v["Key"], VersionId=v["VersionId"])
