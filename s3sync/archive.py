@@ -39,6 +39,9 @@ from .errors import (
     SourceError,
     UnsafeArchiveError,
 )
+from .index import MemberRecord, symlink_target_ok
+
+# MemberRecord and symlink_target_ok are defined with the member index (core) and re-exported here.
 
 COPY_BUFSIZE = 1024 * 1024
 WRITE_STEP = 1024 * 1024
@@ -146,27 +149,6 @@ def owner_unreadable_warning(entries: list[_Entry], show: int = 3) -> str | None
     more = f" and {len(closed) - show} more" if len(closed) > show else ""
     return (f"warning: {len(closed)} entr{'y' if len(closed) == 1 else 'ies'} published with no owner read "
             f"permission ({', '.join(map(repr, closed[:show]))}{more}); a non-root pull cannot read them back")
-
-
-def symlink_target_ok(rel: str, target: str) -> bool:
-    """True if a symlink at ``rel`` pointing to ``target`` provably stays inside the tree.
-
-    The target must be relative, go up (``..``) only at its start, and not climb above
-    the root. Going up only at the start means it climbs through the link's own
-    parents, which extraction guarantees are real directories; a ``..`` after another
-    component could climb out through a symlink created later by another member
-    (``x -> d/..`` followed by ``d -> .``).
-    """
-    if not target or os.path.isabs(target) or "\x00" in target:
-        return False
-    parts = [p for p in target.split("/") if p not in ("", ".")]
-    ups = 0
-    while ups < len(parts) and parts[ups] == "..":
-        ups += 1
-    if ".." in parts[ups:]:
-        return False
-    depth = len([p for p in rel.split("/") if p]) - 1
-    return ups <= depth
 
 
 def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
@@ -457,7 +439,7 @@ def _read_ahead(entries: list[_Entry], readers: int) -> Iterator[tuple[_Entry, b
 
 
 def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int], None],
-              readers: int = 4) -> TreeStats:
+              readers: int = 4, on_member: Callable[[int, MemberRecord], None] | None = None) -> TreeStats:
     """Write ``entries`` (from ``scan_tree``) as one POSIX.1-2001 (PAX) tar stream to ``out``.
 
     Headers come from tarfile (``member_header``); a small file's header, data and
@@ -466,7 +448,9 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
 
     ``out`` needs ``write``. ``before_member(span)`` is called before each member with
     the bytes the member will take, so the caller can cut a part at the member
-    boundary. ``readers`` threads read small files ahead.
+    boundary. ``readers`` threads read small files ahead. ``on_member(offset, record)``, if
+    given, is called after each member with the stream offset of its first header block and
+    its record (file data hashed as it is written, so nothing is read twice): the member index.
 
     Raises:
         SourceError: a file vanished, was replaced, became unreadable, or changed (size,
@@ -484,10 +468,13 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                     raise data
                 if data is not None:
                     out.write(header + data + _padding(info.size))
+                    digest = hashing.digest(data) if on_member is not None else ""
                 else:
                     out.write(header)
-                    _copy_exact(entry.path, entry.st, out)
+                    hasher = hashing.Hasher() if on_member is not None else None
+                    _copy_exact(entry.path, entry.st, out, hasher)
                     out.write(_padding(info.size))
+                    digest = hasher.hexdigest() if hasher is not None else ""
             except SourceChanged as err:
                 # Publish streams as it reads: the parts sent so far are abandoned, and
                 # nothing is committed (GNU tar only warns and exits 1 after writing it).
@@ -500,8 +487,13 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
                                   "the file changed or vanished while publishing; publish again") from err
             files += 1
             size += info.size
+            if on_member is not None:
+                on_member(written, MemberRecord(entry.rel, "file", info.size, info.mode, info.mtime, digest))
         else:
             out.write(header)
+            if on_member is not None:
+                on_member(written, MemberRecord(entry.rel, "symlink" if info.issym() else "dir", 0, info.mode,
+                                                info.mtime, link=info.linkname))
         written += span
     end = 2 * tarfile.BLOCKSIZE
     end += -(written + end) % tarfile.RECORDSIZE
@@ -509,9 +501,10 @@ def write_tar(entries: list[_Entry], out: BinaryIO, before_member: Callable[[int
     return TreeStats(files, size, len(entries))
 
 
-def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO) -> None:
+def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO, hasher: hashing.Hasher | None = None) -> None:
     """Copy the file at ``path``, exactly its scanned size (``expect.st_size`` bytes), to
-    ``out``, while the file stays as scanned (``check_unchanged`` at open and at the end).
+    ``out``, while the file stays as scanned (``check_unchanged`` at open and at the end),
+    and to ``hasher`` if given.
 
     Raises:
         SourceChanged: the file changed since the scan or while being read.
@@ -526,6 +519,8 @@ def _copy_exact(path: str, expect: os.stat_result, out: BinaryIO) -> None:
             if not block:
                 raise SourceChanged(f"size changed: ended {left} bytes early")
             out.write(block)
+            if hasher is not None:
+                hasher.update(block)
             left -= len(block)
         if f.read(1):
             raise SourceChanged(f"size changed: more than {size} bytes")
@@ -541,29 +536,6 @@ class ForwardReader(Protocol):
     def views(self, n: int) -> Iterator[memoryview]: ...
 
     before_next_chunk: Callable[[], None] | None
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """One extracted member, as ``verify`` later checks it.
-
-    Attributes:
-        path: relative POSIX path inside the dataset.
-        kind: ``file``, ``dir``, ``symlink`` or ``hardlink``.
-        size: bytes of file data (0 for others).
-        mode: permission bits as extracted.
-        mtime: seconds since the epoch (integer).
-        digest: digest of the file data (``file`` and ``hardlink``), else "".
-        link: symlink target or hard link target path, else "".
-    """
-
-    path: str
-    kind: str
-    size: int
-    mode: int
-    mtime: int
-    digest: str = ""
-    link: str = ""
 
 
 GNU_VOLUME_LABEL = b"V"

@@ -24,7 +24,8 @@ the module that calls the library, with ``raise ... from err``.
     ├── IntegrityError           retriable    short body or digest mismatch of a chunk
     │   └── PieceDigestError                  a whole piece's digest differs from its evidence
     ├── ManifestError                         manifest not JSON, unknown version, inconsistent
-    │   └── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
+    │   ├── DamagedDatasetError               a part is missing, or the stream is not what the manifest promises
+    │   └── MemberIndexError                  the member index is damaged, cut short, or disagrees with the manifest
     ├── UnsafeArchiveError                    tar member escapes or is a device
     ├── DamagedArchiveError                   a split archive's bytes are not a whole tar (or compressed tar)
     ├── CaptionsError                         a COCO-model captions file does not parse or does not hold together
@@ -208,6 +209,13 @@ class DamagedDatasetError(ManifestError):
     counts, its end-of-archive marker or its digests."""
 
     hint = "the published dataset is damaged: republish it (or pull an intact copy of it)"
+
+
+class MemberIndexError(ManifestError):
+    """A generation's member index (``<generation>/index.jsonl.zst``) is missing, does not
+    match the digest its manifest gives, cannot be decompressed, or holds a bad line."""
+
+    hint = "the published dataset's member index is damaged: republish the dataset"
 
 
 class UnsafeArchiveError(S3SyncError):

@@ -23,10 +23,13 @@ from . import lease as leases
 from .config import Location
 from .errors import NotFoundError, S3SyncError
 from .lease import LEASE_NAME, Identity, Lease, LeaseSettings
-from .manifest import GENERATION_RE, MANIFEST_NAME
+from .manifest import GENERATION_RE, INDEX_NAME, MANIFEST_NAME
 from .stores.base import DeleteFailure, ObjectInfo, Store, UploadInfo
 
 _PART_NAME = "part-"
+OWN_NAMES = (LEASE_NAME, MANIFEST_NAME, INDEX_NAME)
+"""Objects of a generation besides its ``part-*``: an s3sync older than the member index takes
+a generation holding ``index.jsonl.zst`` for a user's directory and leaves it alone (safe)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,7 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
     """List the generations under ``location`` and judge every leftover's lease.
 
     Only directories whose name is a valid generation and whose objects are all s3sync's own
-    (``part-*``, ``lease.json``, ``manifest.json``) are considered: anything else a user
+    (``part-*``, ``index.jsonl.zst``, ``lease.json``, ``manifest.json``) are considered: anything else a user
     stored under the prefix is not ours to judge.
 
     Args:
@@ -121,7 +124,7 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
         if not sep:
             continue
         if not GENERATION_RE.match(gen) or "/" in rest or not (
-                rest in (LEASE_NAME, MANIFEST_NAME) or rest.startswith(_PART_NAME)):
+                rest in OWN_NAMES or rest.startswith(_PART_NAME)):
             foreign.add(gen)
         by_gen.setdefault(gen, []).append(obj)
     uploads: dict[str, list[UploadInfo]] = {}

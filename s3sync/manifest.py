@@ -35,6 +35,8 @@ METADATA_DIR = ".s3sync"
 """``archive.METADATA_DIR``: the directory a pull keeps beside the data (repeated: core does not
 import machinery; a test checks that they agree). A ``--no-extract`` pull stores each piece
 under its own name beside it, so no piece may take that name."""
+INDEX_NAME = "index.jsonl.zst"
+"""The member index's object name under ``<generation>/`` (``index.py`` owns its format)."""
 MAX_KEY_BYTES = 1024
 """S3's longest object key (UTF-8 bytes): a piece name cannot be longer."""
 
@@ -117,6 +119,22 @@ class CaptionsSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexRef:
+    """Where a generation's member index is and how to check it (optional manifest field
+    ``index``, docs/manifest.md section 10).
+
+    Attributes:
+        key: object key relative to the dataset prefix: ``<generation>/index.jsonl.zst``.
+        size: bytes of the (compressed) object.
+        digest: digest of those bytes.
+    """
+
+    key: str
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A published (version 1) or adopted (version 2) dataset.
 
@@ -143,6 +161,8 @@ class Manifest:
         captions: the counts of the dataset's ``captions.json`` as checked by the publish, or
             None (no captions file, or a publish before the field existed). Optional, no
             version bump: readers that predate it ignore it.
+        index: the generation's member index, or None (a publish before issue 13, an adopted
+            archive). Optional, no version bump: readers that predate it ignore it.
     """
 
     name: str
@@ -162,6 +182,7 @@ class Manifest:
     tar_size: int = 0
     adopted: Adoption | None = None
     captions: CaptionsSummary | None = None
+    index: IndexRef | None = None
 
     @property
     def tar_stream_size(self) -> int:
@@ -199,6 +220,8 @@ class Manifest:
         if self.captions is not None:
             doc["captions"] = {"path": self.captions.path, "images": self.captions.images,
                                "annotations": self.captions.annotations}
+        if self.index is not None:
+            doc["index"] = {"key": self.index.key, "size": self.index.size, "digest": self.index.digest}
         if self.version >= ADOPTED_VERSION:
             doc["compression"] = self.compression
             doc["tar_size"] = self.tar_stream_size
@@ -255,6 +278,7 @@ class Manifest:
         extracted_size = v.integer(dataset, "dataset.extracted_size")
         members = v.integer(dataset, "dataset.members")
         captions = _captions(v, doc) if "captions" in doc else None
+        index = _index(v, doc, generation) if "index" in doc else None
         raw_parts = doc.get("parts")
         if not isinstance(raw_parts, list) or not raw_parts:
             raise ManifestError(f"{source}: field 'parts' must be a non-empty list")
@@ -295,7 +319,8 @@ class Manifest:
                     f"{source}: dataset.extracted_size {extracted_size} exceeds stream.size {stream_size}")
             _check_consistency(source, stream_size, stream_digest, files, extracted_size, members, parts)
             return cls(name, generation, created, chunk_size, stream_size, stream_digest,
-                       files, extracted_size, members, tuple(parts), previous=previous, captions=captions)
+                       files, extracted_size, members, tuple(parts), previous=previous, captions=captions,
+                       index=index)
         compression = doc.get("compression")
         if not isinstance(compression, str) or compression not in COMPRESSIONS:
             raise ManifestError(f"{source}: field 'compression' is {compression!r}, not one of "
@@ -308,7 +333,7 @@ class Manifest:
         _check_adopted(source, stream_size, stream_digest, tar_size, files, extracted_size, members, parts)
         return cls(name, generation, created, chunk_size, stream_size, stream_digest,
                    files, extracted_size, members, tuple(parts), previous=previous, version=version,
-                   compression=compression, tar_size=tar_size, adopted=adopted, captions=captions)
+                   compression=compression, tar_size=tar_size, adopted=adopted, captions=captions, index=index)
 
 
 TAR_BLOCK = 512
@@ -418,6 +443,21 @@ def _captions(v: _Validator, doc: dict[str, Any]) -> CaptionsSummary:
             or len(path.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise ManifestError(f"{v.source}: field 'captions.path' {path!r} is not a relative path inside the dataset")
     return CaptionsSummary(path, v.integer(raw, "captions.images"), v.integer(raw, "captions.annotations"))
+
+
+def _index(v: _Validator, doc: dict[str, Any], generation: str) -> IndexRef:
+    """The optional ``index`` object: ``key`` exactly ``<generation>/index.jsonl.zst`` (a hostile
+    manifest cannot make a reader fetch another object as the index), ``size`` an integer >= 1,
+    ``digest`` a digest.
+
+    Raises:
+        ManifestError: naming the field and what is wrong.
+    """
+    raw = v.obj(doc, "index")
+    key = v.string(raw, "index.key")
+    if key != f"{generation}/{INDEX_NAME}":
+        raise ManifestError(f"{v.source}: field 'index.key' {key!r} is not '{generation}/{INDEX_NAME}'")
+    return IndexRef(key, v.integer(raw, "index.size", 1), v.digest(raw, "index.digest"))
 
 
 def _adoption(v: _Validator, doc: dict[str, Any], source: str, parts: int) -> Adoption:

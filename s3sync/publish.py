@@ -10,9 +10,10 @@ published one.
 
 Commit protocol (docs/manifest.md, "Publishing"): read the current manifest (the base);
 remove what dead publishes left; write ``<generation>/lease.json``, refreshed while the
-publish runs; upload the parts; write the base's history copy; re-read the manifest and
-give up if it is no longer the base; swap it with a conditional PUT (``If-Match`` the
-base's ETag, ``If-None-Match: *`` if there was none); read back what the server holds.
+publish runs; upload the parts, then the member index (``<generation>/index.jsonl.zst``);
+write the base's history copy; re-read the manifest and give up if it is no longer the
+base; swap it with a conditional PUT (``If-Match`` the base's ETag, ``If-None-Match: *`` if
+there was none); read back what the server holds.
 Nothing of this publish is deleted once the manifest PUT may have been applied and its
 outcome is unknown: a later publish removes it if it never became current.
 """
@@ -43,6 +44,7 @@ from .errors import (
     StoreError,
     TransientStoreError,
 )
+from .indexfile import IndexWriter
 from .lease import LEASE_NAME, Lease, LeaseSettings
 from .leftovers import Cleanup, safe_clean, survey
 from .manifest import MANIFEST_NAME, Manifest, PartEntry, claims_format
@@ -317,13 +319,17 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     for worker in uploaders:
         worker.start()
     progress.start("upload", estimate)
+    # The member index is built as the tar is written (file data hashed as it streams by,
+    # never read twice) and uploaded before the manifest names it: it is one of the
+    # generation's own objects (docs/manifest.md section 10).
+    member_index = IndexWriter(generation, len(entries))
     writer = PartWriter(settings.part_size, settings.chunk_size,
                         start_part=lambda i, pipe: work.put((i, pipe)),
                         end_part=lambda i, size, dig, chunks: parts.__setitem__(i, (size, dig, chunks)),
                         failed=failed, progress=progress)
     try:
         try:
-            stats = archive.write_tar(entries, writer, writer.before_member)
+            stats = archive.write_tar(entries, writer, writer.before_member, on_member=member_index.add)
             writer.close()
         except BaseException as err:
             failed.set()
@@ -348,19 +354,20 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         progress.finish("upload")
 
         entries_out = []
-        for index in sorted(parts):
-            size, dig, chunks = parts[index]
-            info = uploaded[index].result()
+        for number in sorted(parts):
+            size, dig, chunks = parts[number]
+            info = uploaded[number].result()
             if info.size != size:
-                raise StoreError(f"{location.url(key(index))}: server reports {info.size} bytes, {size} were sent")
-            entries_out.append(PartEntry(key(index), size, info.etag, dig, tuple(chunks)))
+                raise StoreError(f"{location.url(key(number))}: server reports {info.size} bytes, {size} were sent")
+            entries_out.append(PartEntry(key(number), size, info.etag, dig, tuple(chunks)))
+        index_ref = member_index.upload(store, location)
         manifest = Manifest(
             name=name, generation=generation,
             created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             chunk_size=settings.chunk_size, stream_size=writer.tell(),
             stream_digest=writer.stream_hasher.hexdigest(), files=stats.files,
             extracted_size=stats.extracted_size, members=stats.members, parts=tuple(entries_out),
-            previous=base.generation, captions=captions,
+            previous=base.generation, captions=captions, index=index_ref,
         )
         if base.generation is not None and base.data is not None:
             # The base's history copy, before it stops being current (if its own publish
@@ -369,7 +376,7 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
                 store.put(location.key(f"{base.generation}/{MANIFEST_NAME}"), base.data, if_none_match=True)
             except PartChangedError:
                 pass  # already there
-        _check_own(store, location, generation, [p.key for p in entries_out])
+        _check_own(store, location, generation, [p.key for p in entries_out] + [index_ref.key])
         latest = read_current(store, location)
         if latest.etag != base.etag:
             raise _Lost(latest.generation)
@@ -383,12 +390,14 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         except KeyboardInterrupt:
             pass  # a second signal: ``err`` is already on its way out; the waits went on
         heads.shutdown(wait=True, cancel_futures=True)
+        member_index.close()
         for line in _remove_own(store, location, generation):
             progress.message(line)
         if isinstance(err, _Lost):
             raise _conflict(location, err.winner, generation, removed=True) from None
         raise
     heads.shutdown()
+    member_index.close()
     result = _swap(store, location, manifest, base, keeper, progress, started, cleanup, notes)
     if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
         progress.message(warning)

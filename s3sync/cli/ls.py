@@ -8,45 +8,47 @@ from typing import Any
 from .. import catalog
 from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
-from ..errors import NotFoundError
+from ..errors import NotFoundError, UsageError
 from ..ui import UI
 from .common import EXIT_OK, plural, store_for
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``ls`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("ls", parents=[common], help="list dataset names, or summarise one manifest "
+    p = sub.add_parser("ls", parents=[common], help="list catalog names (and whether each is published), the "
+                                                    "datasets in s3://BUCKET[/PREFIX], or summarise one dataset "
                                                     "(-v: also history generations and leftovers of publishes)")
-    p.add_argument("source", metavar="SOURCE", nargs="?")
+    p.add_argument("source", metavar="SOURCE", nargs="?",
+                   help="a dataset name or s3://BUCKET/PREFIX of one dataset (its summary), or s3://BUCKET[/PREFIX] "
+                        "above datasets (those published one or two levels down)")
+    p.add_argument("--generations", action="store_true",
+                   help="list the generations of SOURCE still stored: current, history copies, leftovers")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.source is None:
-        rows = []
-        docs = []
-        for name, entry, loc in catalog.names(settings):
-            rows.append([name, entry.title if entry else "", format_size(entry.approx_size) if entry and entry.approx_size else "",
-                         f"{entry.approx_files:,}" if entry and entry.approx_files else "",
-                         loc.url() if loc else "(set S3SYNC_BUCKET)", entry.licence if entry else ""])
-            docs.append({"name": name, "title": entry.title if entry else None,
-                         "url": loc.url() if loc else None, "licence": entry.licence if entry else None,
-                         "approx_size": (entry.approx_size or None) if entry else None,
-                         "approx_files": (entry.approx_files or None) if entry else None})
-        if ui.as_json:
-            ui.emit_json({"command": "ls", "datasets": docs})
-        else:
-            ui.table("datasets", ["name", "title", "size", "files", "location", "licence"], rows)
-        return EXIT_OK
+        if args.generations:
+            raise UsageError("--generations needs a SOURCE", hint="s3sync ls s3://BUCKET/PREFIX --generations")
+        return _ls_catalog(settings, ui)
     from ..pull import fetch_manifest
 
     resolved = catalog.resolve(args.source, settings)
     store = store_for(settings, resolved.location.bucket)
+    if args.generations:
+        try:
+            return _ls_generations(store, resolved.location, settings, ui)
+        finally:
+            store.close()
     found = None
     try:
         try:
             m, _ = fetch_manifest(store, resolved.location)
         except NotFoundError as err:
+            if err.manifest_missing and resolved.name is None:
+                listing = catalog.discover(store, resolved.location, concurrency=settings.transfer.concurrency)
+                if listing.datasets:  # s3://BUCKET[/PREFIX] above datasets
+                    return _ls_bucket(resolved.location, listing, ui)
             if err.manifest_missing:
                 from ..sources import from_s3
 
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                "members": m.members,
                "parts": [{"key": p.key, "size": p.size, "chunks": len(p.chunks)} for p in m.parts],
                "version": m.version, "compression": m.compression, "tar_size": m.tar_stream_size,
-               "adopted": m.adopted.source if m.adopted else None, "captions": summary_json(m.captions)}
+               "adopted": m.adopted.source if m.adopted else None, "captions": summary_json(m.captions),
+               "index": {"key": m.index.key, "size": m.index.size, "digest": m.index.digest} if m.index else None}
         if found is not None:
             doc.update(_survey_json(found))
         ui.emit_json(doc)
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                           f"{plural(sum(len(p.chunks) for p in m.parts), 'chunk')} of {format_size(m.chunk_size)}"),
                ("hash", m.hash)]
               + ([("captions", describe(m.captions))] if m.captions else [])
+              + ([("member index", f"{m.index.key} ({format_size(m.index.size)})")] if m.index else [])
               + ([("adopted", f"from {m.adopted.source} (format version {m.version}; pieces in place)"),
                   ("compression", m.compression)] if m.adopted else []))
         if found is not None:
@@ -173,3 +177,81 @@ def _survey_lines(found: Any) -> list[str]:
     return lines
 
 
+
+
+def _ls_catalog(settings: Settings, ui: UI) -> int:
+    """``ls`` without SOURCE: every catalog name, and whether it is published at its location
+    (one HEAD per name, in parallel; "unknown" without a bucket or credentials)."""
+    names = catalog.names(settings)
+    found = catalog.presence([loc for _, _, loc in names], lambda bucket: store_for(settings, bucket),
+                             settings.transfer.concurrency)
+    rows = []
+    docs = []
+    for (name, entry, loc), here in zip(names, found, strict=True):
+        state = here.state + (f" ({here.detail})" if here.detail and here.state != catalog.UNKNOWN else "")
+        rows.append([name, entry.title if entry else "", format_size(entry.approx_size) if entry and entry.approx_size else "",
+                     f"{entry.approx_files:,}" if entry and entry.approx_files else "",
+                     loc.url() if loc else "(set S3SYNC_BUCKET)", state, entry.licence if entry else ""])
+        docs.append({"name": name, "title": entry.title if entry else None,
+                     "url": loc.url() if loc else None, "licence": entry.licence if entry else None,
+                     "approx_size": (entry.approx_size or None) if entry else None,
+                     "approx_files": (entry.approx_files or None) if entry else None,
+                     "published": {catalog.PUBLISHED: True, catalog.NOT_PUBLISHED: False}.get(here.state),
+                     "published_detail": here.detail or None})
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "datasets": docs})
+    else:
+        ui.table("datasets", ["name", "title", "size", "files", "location", "published", "licence"], rows)
+        unknown = [h.detail for h in found if h.state == catalog.UNKNOWN and h.detail]
+        if unknown and not all(d.startswith("no bucket configured") for d in unknown):
+            ui.info(f"published: unknown for {plural(len(unknown), 'name')}: "
+                    f"{next(d for d in unknown if not d.startswith('no bucket configured'))}")
+    return EXIT_OK
+
+
+def _ls_bucket(location: Any, listing: Any, ui: UI) -> int:
+    """``ls s3://BUCKET[/PREFIX]`` above datasets: one row per dataset found."""
+    docs = []
+    rows = []
+    for d in listing.datasets:
+        m = d.manifest
+        if m is None:
+            docs.append({"url": d.location.url(), "error": d.error})
+            rows.append(["?", d.location.url(), "", "", "", "", f"damaged: {d.error}"])
+            continue
+        docs.append({"url": d.location.url(), "name": m.name, "generation": m.generation, "created": m.created,
+                     "files": m.files, "extracted_size": m.extracted_size, "stream_size": m.stream_size,
+                     "version": m.version, "captions": summary_json(m.captions)})
+        rows.append([m.name, d.location.url(), m.generation, m.created, f"{m.files:,}", format_size(m.extracted_size),
+                     describe(m.captions) if m.captions else ""])
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": location.url(), "datasets": docs, "complete": listing.complete})
+        return EXIT_OK
+    ui.table(f"datasets in {location.url() or 's3://' + location.bucket}",
+             ["name", "url", "generation", "published", "files", "size", "captions"], rows)
+    if not listing.complete:
+        ui.info(f"stopped after listing {catalog.MAX_DIRECTORIES:,} directories: some datasets may be missing; "
+                "give a longer prefix")
+    return EXIT_OK
+
+
+def _ls_generations(store: Any, location: Any, settings: Settings, ui: UI) -> int:
+    """``ls SOURCE --generations``: every generation stored, newest first."""
+    from ..gc import stored
+
+    view = stored(store, location, concurrency=settings.transfer.concurrency)
+    if not view.generations:
+        raise NotFoundError(f"no generation stored at {location.url()}", manifest_missing=True,
+                            hint="check the name with 's3sync ls', the bucket and --endpoint-url")
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": location.url(), "generations": [
+            {"generation": g.name, "kind": g.kind, "created": g.created or None, "files": g.files,
+             "extracted_size": g.extracted_size, "objects": g.objects, "size": g.size, "state": g.state or None,
+             "superseded_s_ago": round(view.now - g.superseded, 1) if g.superseded is not None else None}
+            for g in view.generations]})
+        return EXIT_OK
+    rows = [[g.name, g.kind + (f" ({g.state})" if g.state else ""), g.created, f"{g.files:,}" if g.files is not None
+             else "", format_size(g.extracted_size) if g.extracted_size is not None else "",
+             f"{plural(g.objects, 'object')}, {format_size(g.size)}"] for g in view.generations]
+    ui.table(f"generations of {location.url()}", ["generation", "kind", "published", "files", "size", "stored"], rows)
+    return EXIT_OK

@@ -132,6 +132,11 @@ class Store(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
 
+    def list_dir(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        """One level below ``prefix`` (ListObjectsV2 with ``Delimiter='/'``): the objects whose key
+        has no ``/`` after ``prefix``, and the sub-prefixes ("directories", ending in ``/``) below
+        it, each once, whatever the number of keys under them."""
+
     def delete(self, keys: list[str]) -> list[DeleteFailure]:
         """Delete ``keys`` (missing keys are not an error); return the keys the server
         refused, one ``DeleteFailure`` each (DeleteObjects answers 200 with per-key errors)."""

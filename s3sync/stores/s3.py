@@ -729,6 +729,22 @@ class S3Store:
         except Exception as err:
             raise translate(err, self.url(prefix)) from err
 
+    def list_dir(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        try:
+            objects: list[ObjectInfo] = []
+            prefixes: list[str] = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                          Delimiter="/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    modified = obj.get("LastModified")
+                    objects.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", ""),
+                                              modified.timestamp() if modified is not None else None))
+                prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", []) if p.get("Prefix")]
+            return objects, prefixes
+        except Exception as err:
+            raise translate(err, self.url(prefix)) from err
+
     def delete(self, keys: list[str]) -> list[DeleteFailure]:
         # DeleteObjects answers 200 even when some keys were refused: with Quiet the answer
         # lists only those, under "Errors" (S3 API reference, DeleteObjects).

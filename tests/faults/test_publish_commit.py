@@ -111,7 +111,7 @@ def current(kit: Kit, loc: Location) -> Manifest:
 
 def assert_nothing_orphaned(kit: Kit, loc: Location) -> None:
     """Only the current generation and history entries (each with its manifest copy, all its
-    parts, no lease) remain; no incomplete multipart upload."""
+    parts and its member index, no lease) remain; no incomplete multipart upload."""
     keys = bucket_keys(kit)
     gens: dict[str, set[str]] = {}
     for key in keys:
@@ -125,7 +125,8 @@ def assert_nothing_orphaned(kit: Kit, loc: Location) -> None:
         assert "manifest.json" in names, f"generation {gen} is neither current nor history: {sorted(names)}"
         copy = Manifest.from_json(kit.client.get_object(
             Bucket=kit.bucket, Key=loc.key(f"{gen}/manifest.json"))["Body"].read())
-        assert {p.key.split("/", 1)[1] for p in copy.parts} == names - {"manifest.json"}, gen
+        own = {p.key for p in copy.parts} | ({copy.index.key} if copy.index else set())  # parts, member index
+        assert {k.split("/", 1)[1] for k in own} == names - {"manifest.json"}, gen
     assert cur.generation in gens
     assert uploads(kit) == []
 
@@ -147,7 +148,7 @@ def test_crash_points_are_counted(kit: Kit) -> None:
     store = FaultStore(kit.store(kit.server.endpoint_url))
     publish(tree(kit, "two", 2), "ds", loc, store, SMALL, lease_settings=SLOW_LEASE)
     assert store.calls.count("upload") == 3
-    assert store.calls.count("put") == 4  # lease, base's history copy, manifest, own history copy
+    assert store.calls.count("put") == 5  # lease, member index, base's history copy, manifest, own history copy
     assert_nothing_orphaned(kit, loc)
 
 
