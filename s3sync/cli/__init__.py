@@ -11,15 +11,12 @@ import argparse
 import os
 import signal
 import sys
-import tomllib
 import traceback
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .. import interrupts
-from ..config import Settings, resolve
+from .. import configfile, interrupts
+from ..config import Settings
 from ..errors import (
-    ConfigError,
     Interrupted,
     NotFoundError,
     S3SyncError,
@@ -94,34 +91,19 @@ def _version() -> str:
 
 
 def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
-    """Resolve settings from the config file, ``S3SYNC_*`` variables and flags.
-
-    The config file is ``$S3SYNC_CONFIG`` or ``$XDG_CONFIG_HOME/s3sync/config.toml``
-    (``~/.config/...``); a missing default file is not an error.
+    """Resolve settings from the config file, ``S3SYNC_*`` variables and flags, as the
+    Python API does (``configfile.load``).
 
     Raises:
         ConfigError: the file is unreadable or not valid TOML.
     """
-    explicit = env.get("S3SYNC_CONFIG")
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    path = Path(explicit) if explicit else Path(base) / "s3sync" / "config.toml"
-    doc: dict[str, Any] = {}
-    if explicit or path.exists():
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from err
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML (not UTF-8: byte {err.object[err.start]:#04x} "
-                              f"at offset {err.start})") from err
     flags = {
-        "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
-        "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,
+        "endpoint_url": getattr(args, "endpoint_url", None), "profile": getattr(args, "profile", None),
+        "region": getattr(args, "region", None), "no_sign_request": getattr(args, "no_sign_request", False) or None,
+        "concurrency": getattr(args, "concurrency", None),
         "chunk_size": getattr(args, "chunk_size", None), "part_size": getattr(args, "part_size", None),
     }
-    return resolve(doc, env, flags, str(path), cpus=os.cpu_count())
+    return configfile.load(env, flags)
 
 
 _INTERRUPTED_HINTS = {
