@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import configfile, interrupts
 from .config import Settings
-from .errors import NotFoundError, SourceError, UsageError
+from .errors import DestinationBusyError, NotFoundError, SourceError, UsageError
 from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -150,6 +150,7 @@ def _path(value: str | os.PathLike[str], what: str) -> Path:
 
 
 def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None = None, extract: bool = True,
+         wait: bool = False,
          endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
          no_sign_request: bool = False, concurrency: int | None = None,
          progress: Progress | ProgressCallback | None = None, env: Mapping[str, str] | None = None) -> PullResult:
@@ -161,6 +162,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
         dest_parent: the directory that receives the dataset directory.
         name: the dataset directory's name (default: the manifest's).
         extract: False stores the verified parts as ``NAME/part-NNNNN.tar`` (``--no-extract``).
+        wait: if another pull is writing the same directory, wait for it to finish, then go on
+            (usually finding the dataset complete); False raises ``DestinationBusyError``.
         endpoint_url, profile, region, no_sign_request, concurrency: as the CLI's flags.
         progress: a ``Progress`` object or a ``callback(stage, done, total)``.
         env: the environment to resolve settings from (None: ``os.environ``).
@@ -172,12 +175,14 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
     Raises:
         UsageError: a bad name, URL or option (also ``ConfigError``).
         NotFoundError: no bucket, or no manifest at the source (``err.manifest_missing``).
-        DestinationError: the destination holds something else, or another pull holds its lock.
+        DestinationError: the destination holds something else, or is not writable.
+        DestinationBusyError: another pull is writing it (``holder_pid``), and ``wait`` is False.
         InsufficientSpaceError, StoreError, IntegrityError, ManifestError, UnsafeArchiveError:
             as the pipeline says (``s3sync.pull.pull``); a rerun resumes.
         KeyboardInterrupt: Ctrl-C; the resume state is flushed and a rerun resumes.
     """
     from . import catalog
+    from .journal import wait_for_lock
     from .manifest import NAME_RULE, valid_name
     from .pull import pull as run
 
@@ -191,8 +196,15 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
     store = _store(settings, resolved.location.bucket)
     try:
         with _interruptible():
-            return run(resolved.location, name or resolved.name, dest, store, settings.transfer,
-                       extract=extract, progress=sink)
+            while True:
+                try:
+                    return run(resolved.location, name or resolved.name, dest, store, settings.transfer,
+                               extract=extract, progress=sink)
+                except DestinationBusyError as err:
+                    if not wait:
+                        raise
+                    sink.message(f"{err}; waiting for it to finish")
+                    wait_for_lock(err.staging)
     finally:
         store.close()
 
