@@ -7,8 +7,10 @@ resolved as the CLI resolves them (``env``), and nothing printed (capsys stays e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ import pytest
 
 import s3sync
 from s3sync.errors import (
+    DestinationBusyError,
     DestinationError,
     NotFoundError,
     S3SyncError,
@@ -162,3 +165,40 @@ def test_import_is_lazy_and_names_are_the_api() -> None:
             "assert s3sync.errors.NotFoundError.exit_code == 1\n")
     env = {**os.environ, "PYTHONPATH": str(Path(s3sync.__file__).parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_a_pull_held_by_another_fails_naming_it_or_waits(s3_server, bucket, tmp_path, capsys) -> None:
+    """The staging directory's lock is held here, as a running pull holds it. Without ``wait``
+    the call raises ``DestinationBusyError`` naming this process; with ``wait=True`` it says so
+    through ``progress.message`` (where this test releases the lock) and then completes."""
+    from s3sync.journal import staging_dir
+
+    net = {"endpoint_url": s3_server.endpoint_url}
+    url = f"s3://{bucket}/held"
+    s3sync.publish(make_dataset(tmp_path / "held", n=2), to=url, **net)
+    staging = staging_dir(tmp_path / "data", "held")
+    staging.mkdir(parents=True)
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(DestinationBusyError) as busy:
+            s3sync.pull(url, tmp_path / "data", **net)
+        assert busy.value.holder_pid == os.getpid() and busy.value.staging == staging
+
+        class ReleaseWhenWaiting(Recorder):
+            def message(self, text: str) -> None:
+                self.messages = [*getattr(self, "messages", []), text]
+                os.close(fd)  # the other "pull" finishes
+
+        progress = ReleaseWhenWaiting()
+        result = s3sync.pull(url, tmp_path / "data", wait=True, progress=progress, **net)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    assert len(progress.messages) == 1 and "waiting for it to finish" in progress.messages[0]
+    assert result.manifest.files == 3 and not staging.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the call put it back
+    assert capsys.readouterr() == ("", "")
