@@ -1,1 +1,58 @@
-"""s3sync: publish ML datasets to S3 as verified tar parts and pull them back, extracted while downloading."""
+"""s3sync: publish ML datasets to S3 as verified tar parts and pull them back, extracted while downloading.
+
+The Python API (``s3sync/api.py``)::
+
+    import s3sync
+
+    result = s3sync.pull("sbu", "/data")               # -> s3sync.pull.PullResult
+    s3sync.publish("/data/sbu", to="s3://bucket/sbu")  # -> PublishResult
+    s3sync.verify("/data/sbu").problems                # -> VerifyResult
+    s3sync.ls("s3://bucket/sbu").files                 # -> Manifest
+
+Errors are ``s3sync.errors.S3SyncError`` subclasses. The functions are imported on first
+use, so that ``import s3sync`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from .progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from .api import CatalogListing, ls, publish, pull, verify
+
+__all__ = ["CatalogListing", "NullProgress", "Progress", "errors", "ls", "publish", "pull", "verify"]
+
+_API = frozenset({"CatalogListing", "ls", "publish", "pull", "verify"})
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the API module (and through it the pipelines) is imported on first use.
+    if name in _API:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 's3sync' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``s3sync.pull``, ``publish`` and ``verify`` are the API's functions, though submodules
+    of the same names exist (the pipelines): importing a submodule binds it on its package
+    (importlib's ``setattr(parent, child, module)``), which would replace the function. That
+    binding is dropped here; the submodules stay importable by their full names
+    (``from s3sync.pull import PullResult``, ``importlib.import_module("s3sync.pull")``), but
+    ``from s3sync import pull`` and ``import s3sync.pull as m`` give the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -13,7 +13,8 @@ the module that calls the library, with ``raise ... from err``.
     ├── SplitArchiveError                     the objects at a source are not one split archive
     ├── PublishConflictError                  another publish of the same prefix won the swap
     ├── DestinationError                      pull: destination exists, not writable
-    │   └── InsufficientSpaceError            preflight or ENOSPC: names path and bytes
+    │   ├── InsufficientSpaceError            preflight or ENOSPC: names path and bytes
+    │   └── DestinationBusyError              another pull holds the staging directory's lock
     ├── StoreError                            object store failures
     │   ├── NotFoundError                     bucket, key or manifest missing
     │   ├── AccessDeniedError                 403 / bad signature
@@ -104,6 +105,23 @@ class DestinationError(S3SyncError):
     # Not "remove the directory": most of these are a path that cannot be written (permissions,
     # a read-only file system); the few about an existing destination give their own hint.
     hint = "check that the path named above is writable (permissions, read-only file system), or choose another DEST_PARENT"
+
+
+class DestinationBusyError(DestinationError):
+    """Another pull is writing the same destination (it holds the lock of its staging directory).
+
+    Attributes:
+        staging: the staging directory whose lock is held.
+        holder_pid: the process holding it as the kernel reports it, None if unknown.
+    """
+
+    hint = "wait for it to finish (or stop it), or run the command again with --wait"
+
+    def __init__(self, message: str, *, staging: object, holder_pid: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.staging = staging
+        self.holder_pid = holder_pid
 
 
 class InsufficientSpaceError(DestinationError):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import hashing
 from .archive import METADATA_DIR, MemberRecord, NotRegularFile, open_regular_for_write, translate_os_error
-from .errors import DestinationError
+from .errors import DestinationBusyError, DestinationError
 
 JOURNAL_VERSION = 1
 JOURNAL_NAME = "journal.json"
@@ -129,9 +129,11 @@ class Journal:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = lock_holder(self._lock_fd)
             self._unlock()
-            raise DestinationError(f"another s3sync pull is already writing {self.staging}",
-                                   hint="wait for it to finish (or stop it), then run the command again") from None
+            who = f" (pid {holder})" if holder is not None else ""
+            raise DestinationBusyError(f"another s3sync pull{who} is already writing {self.staging}",
+                                       staging=self.staging, holder_pid=holder) from None
         try:
             return self._load()
         except OSError as err:
@@ -657,3 +659,39 @@ def load_index(path: Path) -> dict[str, MemberRecord]:
         ValueError: a line is not a valid record.
     """
     return {rec.path: rec for rec in iter_index(path)}
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a flock on the file open at ``fd``, from Linux's ``/proc/locks`` (lines
+    ``N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF``, proc(5)); None elsewhere or if not
+    found. The pid is as the kernel's namespace of /proc sees it."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+                    return int(fields[4])
+    except OSError:
+        pass
+    return None
+
+
+def wait_for_lock(staging: Path) -> None:
+    """Block until no pull holds the lock of ``staging`` (returns at once if it is gone:
+    the pull that held it committed or removed it).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C while waiting (the wait is a blocking flock, which a signal
+            interrupts, PEP 475).
+    """
+    try:
+        fd = os.open(staging, _DIR_FLAGS)
+    except OSError:
+        return  # renamed into place, or removed: nothing to wait for
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

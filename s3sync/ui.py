@@ -36,7 +36,6 @@ class RichProgress:
             ProgressColumn,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
         from rich.progress import Progress as RichBar
         from rich.text import Text
@@ -57,14 +56,13 @@ class RichProgress:
         class Rate(ProgressColumn):
             """Bytes per second, or items per second for the stages of ``ITEM_STAGES``."""
 
-            def __init__(self) -> None:
-                super().__init__()
-                self._bytes = TransferSpeedColumn()
-
             def render(self, task: Any) -> Any:
-                if not task.fields.get("items"):
-                    return self._bytes.render(task)
                 speed = task.finished_speed or task.speed
+                if not task.fields.get("items"):
+                    # rich's TransferSpeedColumn counts in powers of 1000 (MB/s) beside the
+                    # binary amounts (MiB): the rate uses the same units as the amounts and
+                    # as the summaries (config.format_size).
+                    return Text("?" if speed is None else f"{format_size(speed)}/s", style="progress.data.speed")
                 return Text("?" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
 
         self._verbose = verbose
@@ -183,6 +181,7 @@ class UI:
         self.quiet = quiet
         self.as_json = as_json
         self.verbose = verbose
+        self._emitted = False
 
     @cached_property
     def out(self) -> Console:
@@ -215,10 +214,16 @@ class UI:
             print(text, file=sys.stderr, flush=True)
 
     def error(self, err: S3SyncError) -> None:
-        """``error: ...`` and ``hint: ...`` on stderr."""
+        """``error: ...`` and ``hint: ...`` on stderr; with ``--json`` also one document
+        ``{"error": {"type", "message", "hint", "exit_code"}}`` on stdout, unless the command
+        already printed its result there (verify's ``"ok": false``): stdout holds one
+        document."""
         print(f"error: {err}", file=sys.stderr, flush=True)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr, flush=True)
+        if self.as_json and not self._emitted:
+            self.emit_json({"error": {"type": type(err).__name__, "message": str(err),
+                                      "hint": err.hint or None, "exit_code": err.exit_code}})
 
     def line(self, text: str) -> None:
         """One line of data on stdout, exactly as given (tabs kept, for scripts)."""
@@ -231,6 +236,7 @@ class UI:
         can carry: the document is then written with ASCII escapes, where such a byte is
         ``\\udcXX`` (valid JSON; ``json.loads`` and ``os.fsencode`` give the byte back).
         """
+        self._emitted = True
         text = json.dumps(doc, indent=2, ensure_ascii=False)
         try:
             text.encode(sys.stdout.encoding or "utf-8")

@@ -11,15 +11,12 @@ import argparse
 import os
 import signal
 import sys
-import tomllib
 import traceback
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .. import interrupts
-from ..config import Settings, resolve
+from .. import configfile, interrupts
+from ..config import Settings
 from ..errors import (
-    ConfigError,
     Interrupted,
     NotFoundError,
     S3SyncError,
@@ -28,6 +25,7 @@ from ..errors import (
 )
 from ..ui import UI
 from . import adopt, build, captions, gc, ls, publish, pull, verify
+from .common import S3_ENVIRONMENT, help_text, options
 from .verify import escape_field
 
 __all__ = ["build_parser", "escape_field", "load_settings", "main", "on_interrupt", "run"]
@@ -40,33 +38,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, hint=f"run '{self.prog} --help' for usage")
 
 
-def _common(suppress: bool) -> argparse.ArgumentParser:
-    """Options accepted before and after the command (``s3sync -q ls`` and ``s3sync ls -q``).
-
-    The copies on the sub-commands default to SUPPRESS so that they do not overwrite a
-    value given before the command (an argparse pitfall).
-    """
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("common options")
-    d = {"default": argparse.SUPPRESS} if suppress else {}
-    flag = {"default": argparse.SUPPRESS} if suppress else {"default": False}
-    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL_S3)", **d)
-    g.add_argument("--profile", help="AWS profile from ~/.aws/config", **d)
-    g.add_argument("--region", help="AWS region", **d)
-    g.add_argument("--no-sign-request", action="store_true", help="anonymous requests (public buckets)", **flag)
-    g.add_argument("--concurrency", type=int, metavar="N", help="parallel requests (default: 2 per CPU, 4 to 32)", **d)
-    g.add_argument("-q", "--quiet", action="store_true", help="print errors only", **flag)
-    g.add_argument("-v", "--verbose", action="store_true", help="more detail: retries and resume points (pull), history and leftovers (ls)", **flag)
-    g.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout", **flag)
-    g.add_argument("--debug", action="store_true", help="show tracebacks", **flag)
-    return p
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``s3sync`` command."""
-    common = _common(suppress=True)
-    parser = _Parser(prog="s3sync", parents=[_common(suppress=False)],
-                     description="Publish and pull ML datasets through S3, verified and resumable.")
+    # The shared options go after the command's name or before it (``s3sync --profile p pull``,
+    # as ``aws --profile p s3 ls``); ``check_applies`` refuses one given before a command
+    # that does not take it.
+    common = options()  # all the shared options: the commands that use S3 and run in parallel
+    parser = _Parser(prog="s3sync", parents=[options(network=False, concurrency=False, suppress=False),
+                                             options(output=False)],
+                     **help_text("Publish and pull ML datasets through S3, verified and resumable.\n\n"
+                                 "'s3sync COMMAND --help' lists the options of a command. The options below, and "
+                                 "the network options and --concurrency of the commands that take them, may come "
+                                 "before or after the command's name.",
+                                 ["s3sync publish /data/sbu --to s3://my-bucket/sbu",
+                                  "s3sync pull s3://my-bucket/sbu /data",
+                                  "s3sync verify /data/sbu",
+                                  "s3sync ls s3://my-bucket"],
+                                 environment=S3_ENVIRONMENT))
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -94,34 +82,45 @@ def _version() -> str:
 
 
 def load_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
-    """Resolve settings from the config file, ``S3SYNC_*`` variables and flags.
-
-    The config file is ``$S3SYNC_CONFIG`` or ``$XDG_CONFIG_HOME/s3sync/config.toml``
-    (``~/.config/...``); a missing default file is not an error.
+    """Resolve settings from the config file, ``S3SYNC_*`` variables and flags, as the
+    Python API does (``configfile.load``).
 
     Raises:
         ConfigError: the file is unreadable or not valid TOML.
     """
-    explicit = env.get("S3SYNC_CONFIG")
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    path = Path(explicit) if explicit else Path(base) / "s3sync" / "config.toml"
-    doc: dict[str, Any] = {}
-    if explicit or path.exists():
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from err
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML (not UTF-8: byte {err.object[err.start]:#04x} "
-                              f"at offset {err.start})") from err
     flags = {
-        "endpoint_url": args.endpoint_url, "profile": args.profile, "region": args.region,
-        "no_sign_request": args.no_sign_request or None, "concurrency": args.concurrency,
+        "endpoint_url": getattr(args, "endpoint_url", None), "profile": getattr(args, "profile", None),
+        "region": getattr(args, "region", None), "no_sign_request": getattr(args, "no_sign_request", False) or None,
+        "concurrency": getattr(args, "concurrency", None),
         "chunk_size": getattr(args, "chunk_size", None), "part_size": getattr(args, "part_size", None),
     }
-    return resolve(doc, env, flags, str(path), cpus=os.cpu_count())
+    return configfile.load(env, flags)
+
+
+_SHARED = {"endpoint_url": "--endpoint-url", "profile": "--profile", "region": "--region",
+           "no_sign_request": "--no-sign-request", "concurrency": "--concurrency"}
+
+
+def check_applies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a network option or --concurrency given before a command that does not take it
+    (``s3sync --endpoint-url URL verify DIR``: verify reads nothing from S3); after the
+    command, argparse itself refuses it.
+
+    Raises:
+        UsageError: naming the option and the command.
+    """
+    leaf, names = parser, ["s3sync"]
+    while True:  # down to the parser of the (sub-)command that runs
+        subs = [a for a in leaf._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+        if not subs:
+            break
+        names.append(getattr(args, subs[0].dest))
+        leaf = subs[0].choices[names[-1]]
+    takes = {a.dest for a in leaf._actions}  # noqa: SLF001
+    for dest, flag in _SHARED.items():
+        if dest in vars(args) and dest not in takes:
+            raise UsageError(f"{flag} does not apply to '{' '.join(names)}'",
+                             hint=f"run '{' '.join(names)} --help' for its options")
 
 
 _INTERRUPTED_HINTS = {
@@ -153,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; return its exit code (0 ok, 1 failure, 2 usage, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    ui = UI()
+    ui = UI(as_json="--json" in argv)  # a usage error says so as JSON too, before parsing succeeds
     command: str | None = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         command = args.command
+        check_applies(parser, args)
         ui = UI(quiet=args.quiet, as_json=args.json, verbose=args.verbose)
         settings = load_settings(args, dict(os.environ))
         return args.func(args, settings, ui)

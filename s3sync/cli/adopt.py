@@ -9,19 +9,22 @@ from ..config import Settings, format_size, parse_s3_url
 from ..errors import UsageError
 from ..manifest import NAME_RULE, valid_name
 from ..ui import UI
-from .common import EXIT_OK, plural, store_for
+from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``adopt`` sub-command to ``sub`` (argparse sub-parsers)."""
     p = sub.add_parser("adopt", parents=[common], help="write a manifest for a split archive already in S3, "
                                                        "naming its pieces in place",
-                       description="Read the split archive at SOURCE once (every piece checked against its sidecar "
+                       **help_text("Read the split archive at SOURCE once (every piece checked against its sidecar "
                                    "or ETag, every member checked as a pull would), then write "
                                    "PREFIX/manifest.json (format version 2) naming the pieces where they are: no "
                                    "piece is uploaded again, changed or deleted. For one object s3://B/DIR/KEY the "
                                    "manifest goes at s3://B/DIR/manifest.json and names that one piece. Only s3:// "
-                                   "sources: adopt writes a manifest beside the pieces.")
+                                   "sources: adopt writes a manifest beside the pieces.",
+                                   ["s3sync adopt s3://my-bucket/archives/laion-part",
+                                    "s3sync adopt s3://my-bucket/dumps/data.tar.zst --name data --replace"],
+                                   environment=S3_ENVIRONMENT))
     p.add_argument("source", metavar="SOURCE", help="s3://BUCKET/PREFIX holding the pieces, or s3://BUCKET/KEY (one "
                                                     "archive)")
     p.add_argument("--name", help="dataset name (default: the prefix's last component, or the object's name less "

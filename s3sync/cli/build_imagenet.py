@@ -9,18 +9,20 @@ from typing import Any
 from ..config import Settings
 from ..ui import UI
 from . import crawlopts
-from .common import EXIT_OK, plural
+from .common import EXIT_OK, help_text, plural
 
 
 def register(builds: Any, common: argparse.ArgumentParser) -> None:
     """Add ``imagenet`` to the ``build`` sub-parsers."""
     p = builds.add_parser(
         "imagenet", parents=[common], help="crawl ImageNet images from its URL list (WNID_N<TAB>URL a line)",
-        description="Crawl the images of an ImageNet URL list (fall11_urls.txt: WNID_N<TAB>URL a line) into "
+        **help_text("Crawl the images of an ImageNet URL list (fall11_urls.txt: WNID_N<TAB>URL a line) into "
                     "DIR/WNID/WNID_N.jpg, with DIR/captions.json (COCO model; caption: the synset's words) and "
                     "DIR/failures.tsv. Lines that cannot be decoded or parsed are skipped and reported ('bad line' "
                     "in failures.tsv). Run the same command again to resume: no URL already stored or already "
-                    "failed is fetched again.")
+                    "failed is fetched again.",
+                    ["s3sync build imagenet /data/imagenet --urls fall11_urls.txt --words words.txt",
+                     "s3sync build imagenet /data/in1k --urls imagenet_fall11_urls.tgz --wnids ilsvrc2012_wnids.txt"]))
     p.add_argument("dir", metavar="DIR", type=Path, help="the dataset directory (created if missing)")
     p.add_argument("--urls", metavar="F|URL", required=True,
                    help="the URL list (fall11_urls.txt, or the imagenet_fall11_urls.tgz holding it), a file or a URL")

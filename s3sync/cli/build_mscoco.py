@@ -9,16 +9,19 @@ from typing import Any
 from ..config import Settings, format_size
 from ..errors import S3SyncError, UsageError
 from ..ui import UI
-from .common import EXIT_OK, plural
+from .common import CONCURRENCY_ENVIRONMENT, EXIT_OK, help_text, plural
 
 
 def register(builds: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``mscoco`` sub-command to ``builds`` (the ``build`` command's sub-parsers)."""
     # builders.mscoco is imported by ``run`` only: every command parses this parser.
     p = builds.add_parser("mscoco", parents=[common], help="MS COCO: images, captions annotations, captions.json",
-                          description="Download the COCO zips of a year (train and val images, annotations), check "
+                          **help_text("Download the COCO zips of a year (train and val images, annotations), check "
                                       "their MD5s, extract them while downloading into DIR, and write "
-                                      "DIR/captions.json and DIR/neuraltalk2.json. A rerun resumes.")
+                                      "DIR/captions.json and DIR/neuraltalk2.json. A rerun resumes.",
+                                      ["s3sync build mscoco /data/mscoco",
+                                       "s3sync build mscoco /data/coco2017 --year 2017 --mirror http://mirror.local/coco"],
+                                      environment=CONCURRENCY_ENVIRONMENT))
     p.add_argument("dest", metavar="DIR", type=Path, help="where the dataset is built (created if missing)")
     p.add_argument("--year", type=int, choices=(2014, 2017), default=2014, help="which release (default: 2014)")
     p.add_argument("--mirror", metavar="URL",

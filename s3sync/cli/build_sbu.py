@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Settings
 from ..ui import UI
 from . import crawlopts
-from .common import EXIT_OK, plural
+from .common import EXIT_OK, help_text, plural
 
 
 def register(builds: Any, common: argparse.ArgumentParser) -> None:
@@ -18,9 +18,12 @@ def register(builds: Any, common: argparse.ArgumentParser) -> None:
 
     p = builds.add_parser(
         "sbu", parents=[common], help="crawl the SBU Captioned Photo Dataset (about 1M Flickr URLs, one caption each)",
-        description="Crawl the images of the SBU Captioned Photo Dataset into DIR/images/, with DIR/captions.json "
+        **help_text("Crawl the images of the SBU Captioned Photo Dataset into DIR/images/, with DIR/captions.json "
                     "(COCO model) and DIR/failures.tsv. Run the same command again to resume: no URL already stored "
-                    "or already failed is fetched again.")
+                    "or already failed is fetched again.",
+                    ["s3sync build sbu /data/sbu --threads 32",
+                     "s3sync build sbu /data/sbu-test --first 0 --count 1000",
+                     "s3sync build sbu /data/sbu --retry-failed"]))
     p.add_argument("dir", metavar="DIR", type=Path, help="the dataset directory (created if missing)")
     p.add_argument("--urls", metavar="F|URL", help="the URL list, one a line (default: from the SBU archive)")
     p.add_argument("--captions", metavar="F|URL", help="the caption list, line-aligned with --urls")

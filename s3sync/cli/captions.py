@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Settings, format_size
 from ..errors import UsageError
 from ..ui import UI
-from .common import EXIT_OK, plural
+from .common import EXIT_OK, help_text, options, plural
 
 _MERGE_HELP = """\
 Each IN.json is read and checked (it parses; every image has a caption; every caption points
@@ -21,20 +21,24 @@ every input must lie under it), and every image tagged "dataset": TAG.
 TAG is the name of IN.json's directory (/data/sbu/captions.json -> sbu) unless given as
 IN.json:TAG (split at the last ':' when IN.json:TAG is not itself an existing file).
 
-OUT is written atomically; an existing OUT is replaced only with --force, an input never.
-
-example: s3sync captions merge /data/captions.json /data/sbu/captions.json /data/mscoco/captions.json:coco
-"""
+OUT is written atomically; an existing OUT is replaced only with --force, an input never."""
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``captions`` command and its ``merge`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("captions", parents=[common], help="work on COCO-model captions files (merge)")
+    # Local files only: no network options, nothing in parallel.
+    common = options(network=False, concurrency=False)
+    p = sub.add_parser("captions", parents=[common], help="work on COCO-model captions files (merge)",
+                       **help_text("Work on COCO-model captions files (images, annotations with captions).",
+                                   ["s3sync captions merge OUT.json IN.json..."]))
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
     actions.required = True
     m = actions.add_parser("merge", parents=[common], help="combine captions files into one (ids unique, "
                                                            "file_names relative to OUT, images tagged)",
-                           description=_MERGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           **help_text(_MERGE_HELP, [
+                               "s3sync captions merge /data/captions.json /data/sbu/captions.json "
+                               "/data/mscoco/captions.json:coco",
+                               "s3sync captions merge all.json a/captions.json b/captions.json --force"]))
     m.add_argument("out", metavar="OUT.json", type=Path, help="the merged file to write")
     m.add_argument("inputs", metavar="IN.json[:TAG]", nargs="+", help="captions files to merge, in order")
     m.add_argument("--force", action="store_true", help="replace OUT.json if it exists")

@@ -8,7 +8,7 @@ from typing import Any
 from .. import catalog
 from ..config import Settings, format_size
 from ..ui import UI
-from .common import EXIT_OK, plural, store_for
+from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 
 EXIT_PARTIAL = 1
 """Some keys could not be deleted (the server refused them): the rest was done."""
@@ -20,12 +20,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "gc", parents=[common], help="delete old generations of a dataset and what dead publishes left",
+        **help_text(
         description="Delete the history generations of a dataset beyond the newest N (the current one\n"
                     "counts first and is never deleted), and what dead publishes left. A generation that\n"
                     "stopped being current less than --grace seconds ago is kept, so that pulls started\n"
-                    "on it finish. Exit codes: 0 done, 1 the server refused some keys (named), 2 usage.",
-        epilog="examples:\n  s3sync gc s3://my-bucket/sbu --keep 2 --dry-run\n  s3sync gc sbu --keep 1 --grace 0",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "on it finish.",
+        examples=["s3sync gc s3://my-bucket/sbu --keep 2 --dry-run", "s3sync gc sbu --keep 1 --grace 0"],
+        environment=S3_ENVIRONMENT,
+        exit_codes=((0, "done"), (1, "the server refused some keys (named)"), (2, "usage"), (130, "interrupted"))))
     p.add_argument("source", metavar="SOURCE", help="dataset name or s3://BUCKET/PREFIX")
     p.add_argument("--keep", type=int, required=True, metavar="N",
                    help="generations to keep, the current one included (N >= 1)")

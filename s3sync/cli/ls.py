@@ -10,14 +10,25 @@ from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
 from ..errors import NotFoundError, UsageError
 from ..ui import UI
-from .common import EXIT_OK, plural, store_for
+from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``ls`` sub-command to ``sub`` (argparse sub-parsers)."""
     p = sub.add_parser("ls", parents=[common], help="list catalog names (and whether each is published), the "
                                                     "datasets in s3://BUCKET[/PREFIX], or summarise one dataset "
-                                                    "(-v: also history generations and leftovers of publishes)")
+                                                    "(-v: also history generations and leftovers of publishes)",
+                       **help_text(
+                           "Without SOURCE: the catalog's names, where each lives and whether it is published.\n"
+                           "With a dataset: its summary (generation, files, sizes, parts, captions); -v adds the\n"
+                           "history generations and what dead publishes left. With s3://BUCKET[/PREFIX] above\n"
+                           "datasets: the datasets published there. With the pieces of an archive s3sync did not\n"
+                           "publish: the pieces and the evidence a pull would check them against.",
+                           ["s3sync ls",
+                            "s3sync ls sbu -v",
+                            "s3sync ls s3://my-bucket                     # every dataset in the bucket",
+                            "s3sync ls s3://my-bucket/sbu --generations --json"],
+                           environment=S3_ENVIRONMENT))
     p.add_argument("source", metavar="SOURCE", nargs="?",
                    help="a dataset name or s3://BUCKET/PREFIX of one dataset (its summary), or s3://BUCKET[/PREFIX] "
                         "above datasets (those published one or two levels down)")

@@ -12,12 +12,22 @@ from ..config import Settings, format_size
 from ..errors import SourceError, UsageError
 from ..manifest import NAME_RULE, valid_name
 from ..ui import UI
-from .common import EXIT_OK, plural, store_for
+from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``publish`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("publish", parents=[common], help="pack a directory and upload it as a dataset")
+    p = sub.add_parser("publish", parents=[common], help="pack a directory and upload it as a dataset",
+                       **help_text(
+                           "Pack SRC_DIR into one tar stream cut into parts of about --part-size, upload them as a\n"
+                           "new generation with a digest for every chunk, and swap the manifest last: a pull in\n"
+                           "progress never mixes two generations, and an interrupted publish leaves the dataset\n"
+                           "as it was. A captions.json in SRC_DIR is checked first and its counts recorded.",
+                           ["s3sync publish /data/sbu                       # to s3://$S3SYNC_BUCKET/sbu",
+                            "s3sync publish /data/coco --to s3://my-bucket/datasets/coco-2014 --name coco-2014",
+                            "s3sync publish /data/sbu --part-size 1GiB --chunk-size 64MiB --endpoint-url http://127.0.0.1:9000"],
+                           environment=S3_ENVIRONMENT + (("S3SYNC_PART_SIZE, S3SYNC_CHUNK_SIZE",
+                                                          "as --part-size, --chunk-size"),)))
     p.add_argument("src", metavar="SRC_DIR", type=Path)
     p.add_argument("--to", metavar="s3://BUCKET/PREFIX", help="destination (default s3://$S3SYNC_BUCKET/NAME)")
     p.add_argument("--name", help="dataset name (default: SRC_DIR's basename)")

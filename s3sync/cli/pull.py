@@ -9,15 +9,28 @@ from typing import Any
 from .. import catalog
 from ..captionfiles import describe, summary_json
 from ..config import Settings, format_size
-from ..errors import NotFoundError, UsageError
+from ..errors import DestinationBusyError, NotFoundError, UsageError
 from ..manifest import NAME_RULE, valid_name
 from ..ui import UI
-from .common import EXIT_OK, plural, store_for
+from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``pull`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("pull", parents=[common], help="download, verify and extract a dataset, or a split archive")
+    p = sub.add_parser("pull", parents=[common], help="download, verify and extract a dataset, or a split archive",
+                       **help_text(
+                           "Download a dataset (or the pieces of an archive s3sync did not publish), verify every\n"
+                           "chunk against the manifest's digest, and extract it while downloading into\n"
+                           "DEST_PARENT/NAME. Work happens in a staging directory renamed into place at the end:\n"
+                           "an interrupted pull resumes where it stopped when run again, and a finished one is\n"
+                           "never mixed with a partial one. A second pull into the same directory is refused at\n"
+                           "once (naming the process that holds it) unless --wait is given.",
+                           ["s3sync pull sbu /data                          # S3SYNC_BUCKET=my-bucket: s3://my-bucket/sbu",
+                            "s3sync pull s3://my-bucket/coco-2014 /data --concurrency 16",
+                            "s3sync pull s3://public-bucket/ds /data --no-sign-request --region us-west-2",
+                            "s3sync pull s3://my-bucket/ds /data --json      # the result as JSON on stdout",
+                            "s3sync pull https://host/a.tar.gz.00 https://host/a.tar.gz.01 /data --name a"],
+                           environment=S3_ENVIRONMENT))
     p.add_argument("source", metavar="SOURCE", nargs="+",
                    help="dataset name, s3://BUCKET/PREFIX (a dataset, or the pieces of an archive), s3://BUCKET/KEY "
                         "(one archive), or the http(s):// URLs of an archive's pieces")
@@ -27,10 +40,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--strip-components", type=int, default=0, metavar="N",
                    help="archives: drop N leading components of member names, as GNU tar does")
     p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another pull is writing the same directory, wait for it to finish, then go on "
+                        "(default: fail at once, naming it)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    """Pull; with --wait, a pull that finds another one writing the same directory waits for
+    its lock, then starts again (and usually finds the dataset complete)."""
+    from ..journal import wait_for_lock
+
+    while True:
+        try:
+            return _run(args, settings, ui)
+        except DestinationBusyError as err:
+            if not args.wait:
+                raise
+            ui.info(f"{err}; waiting for it to finish (--wait)")
+            wait_for_lock(err.staging)
+
+
+def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from ..pull import pull
 
     if args.name is not None and not valid_name(args.name):

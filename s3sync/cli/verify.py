@@ -9,12 +9,23 @@ from typing import Any
 from ..config import Settings, format_size
 from ..errors import VerifyFailed, VerifyIncomplete
 from ..ui import UI
-from .common import EXIT_OK, plural
+from .common import CONCURRENCY_ENVIRONMENT, EXIT_OK, help_text, options, plural
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``verify`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("verify", parents=[common], help="re-hash a pulled dataset and name what differs")
+    # No S3: verify reads the local copy only.
+    p = sub.add_parser("verify", parents=[options(network=False)], help="re-hash a pulled dataset and name what differs",
+                       **help_text(
+                           "Re-hash every file of a dataset 'pull' extracted into DIR against the member index the\n"
+                           "pull recorded (DIR/.s3sync/), and print one line per difference:\n"
+                           "KIND<TAB>PATH<TAB>DETAIL (kinds: missing, changed, type, mode, mtime, link, extra,\n"
+                           "unreadable, unverifiable, incomplete, captions). Reads nothing from S3.",
+                           ["s3sync verify /data/sbu",
+                            "s3sync verify /data/sbu --json | jq '.problems[] | .path'"],
+                           environment=CONCURRENCY_ENVIRONMENT,
+                           exit_codes=((0, "every entry matches"), (1, "differences (listed on stdout), or DIR is not "
+                                       "a pulled dataset"), (2, "usage"), (130, "interrupted"))))
     p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
     p.set_defaults(func=run)
 

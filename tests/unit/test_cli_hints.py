@@ -7,12 +7,11 @@ S3 client is built but never sends a request).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
 
-import s3sync.publish
-import s3sync.pull
 from s3sync import cli
 from s3sync.errors import Interrupted, NotFoundError, TransientStoreError
 
@@ -23,8 +22,9 @@ def run_raising(monkeypatch, capsys, tmp_path: Path, command: str, exc: BaseExce
     def raise_it(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(s3sync.pull, "pull", raise_it)
-    monkeypatch.setattr(s3sync.publish, "publish", raise_it)
+    # By full name: ``s3sync.pull`` and ``s3sync.publish`` are the API's functions.
+    monkeypatch.setattr(importlib.import_module("s3sync.pull"), "pull", raise_it)
+    monkeypatch.setattr(importlib.import_module("s3sync.publish"), "publish", raise_it)
     (tmp_path / "ds").mkdir(exist_ok=True)
     argv = (["pull", "s3://bucket/ds", str(tmp_path / "dest")] if command == "pull"
             else ["publish", str(tmp_path / "ds"), "--to", "s3://bucket/ds"])

@@ -22,7 +22,9 @@ def test_escape_field(text: str, shown: str) -> None:
 
 def test_extra_entries_are_counted_apart_from_the_checked_ones(monkeypatch, capsys, tmp_path) -> None:
     """'9 of 7 entries differ' counted extra files among the dataset's entries."""
-    from s3sync import verify as verify_mod
+    import importlib
+
+    verify_mod = importlib.import_module("s3sync.verify")  # s3sync.verify is the API's function
 
     problems = tuple(verify_mod.Problem(path, kind, "x") for path, kind in [
         ("g", "changed"), ("g", "mtime"), ("sub/f", "missing"), ("new1", "extra"), ("new2", "extra")])
