@@ -10,6 +10,7 @@ never followed. ``kill -9`` of the command mid-repair, then the same command, co
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -18,14 +19,14 @@ import time
 
 import pytest
 
-from s3sync.errors import NotFoundError
+from s3sync.errors import DestinationError, NotFoundError, UsageError
 from s3sync.gc import collect
 from s3sync.publish import publish
 from s3sync.pull import read_marker
 from s3sync.repair import repair, source_of
 from s3sync.verify import verify
 
-from .conftest import FAST_TRANSFER, KiB, Kit, MiB, standard_files
+from .conftest import FAST_TRANSFER, REPORT, KiB, Kit, MiB, standard_files
 
 SMALL_CHUNK = 64 * KiB
 
@@ -80,6 +81,8 @@ def test_repair_fetches_only_what_verify_flags(kit):
     # Each member costs at most its bytes plus a chunk at either end; the index is small.
     assert wanted <= sent <= wanted + 2 * 3 * SMALL_CHUNK, (wanted, sent)
     assert sent < stream / 4, (sent, stream)
+    REPORT[f"repair/{kit.server.name}"] = (f"3 damaged files of {wanted} B: {sent} B of parts fetched of a {stream} B "
+                                           f"stream; {result.bytes_received} B received with the index")
     assert result.bytes_received == sent + kit.sent("index.jsonl.zst")
     assert [(p.path, p.kind) for p in verify(dest).problems] == [("d0/extra.txt", "extra")]
 
@@ -102,6 +105,7 @@ def test_repair_of_an_intact_dataset_fetches_nothing(kit):
 def test_repair_remakes_directories_and_symlinks_and_replaces_planted_symlinks(kit):
     src = kit.tree(standard_files(512 * KiB, 12))
     os.symlink("f000.bin", src / "d0" / "link")
+    (src / "top.bin").write_bytes(os.urandom(3000))
     os.chmod(src / "d2", 0o555)
     pub = kit.publish(src, chunk_size=SMALL_CHUNK)
     kit.pull(pub)
@@ -119,6 +123,7 @@ def test_repair_remakes_directories_and_symlinks_and_replaces_planted_symlinks(k
     (dest / "d1").rmdir()
     os.symlink(outside, dest / "d1")
     (dest / "d2/f002.bin").unlink()  # in a read-only directory
+    (dest / "top.bin").unlink()  # at the top
     result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
     assert (outside / "victim").read_bytes() == b"keep me"
     assert (outside / "f001.bin").read_bytes() == b"keep me too"
@@ -192,3 +197,35 @@ def test_repair_cli_reports_and_exits(kit, tmp_path):
     proc = kit.cli("repair", tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and err.decode().startswith("error: ") and "Traceback" not in err.decode()
+
+
+def test_a_directory_where_a_file_belongs_is_replaced_only_with_delete_extra(kit):
+    pub, dest = pulled(kit, count=4, total=64 * KiB)
+    (dest / "d0/f000.bin").unlink()
+    (dest / "d0/f000.bin").mkdir()
+    (dest / "d0/f000.bin/inner").write_text("someone's")
+    result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
+    assert [(p.path, p.kind) for p in result.unrepaired] == [("d0/f000.bin", "type")]
+    assert "--delete-extra" in result.unrepaired[0].detail
+    assert (dest / "d0/f000.bin/inner").read_text() == "someone's"
+    result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER, delete_extra=True)
+    assert result.unrepaired == () and result.fetched == ("d0/f000.bin",)
+    assert verify(dest).problems == ()
+    kit.assert_same_tree(pub.src, dest)
+
+
+def test_a_second_repair_at_once_is_refused_and_an_old_pull_is_named(kit):
+    pub, dest = pulled(kit, count=4, total=64 * KiB)
+    fd = os.open(dest / ".s3sync" / "repair.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(DestinationError, match="another repair of it is running"):
+            repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
+    finally:
+        os.close(fd)
+    marker = dest / ".s3sync" / "complete.json"
+    doc = json.loads(marker.read_text())
+    del doc["url"]
+    marker.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match="did not record where it came from"):
+        source_of(dest)
