@@ -146,6 +146,12 @@ def test_repair_of_a_generation_removed_by_gc_says_so(kit):
     assert f"generation {pub.manifest.generation} is no longer in the bucket" in message
     assert f"the current generation is {second.generation}" in message
     assert "\n" not in message and "pull the current generation" in info.value.hint
+    proc = kit.cli("repair", dest, "--endpoint-url", kit.proxy.url, "-q")
+    _, err = proc.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 1 and len(lines) == 2, lines
+    assert lines[0].startswith("error: ") and "is no longer in the bucket" in lines[0]
+    assert lines[1].startswith("hint: pull the current generation")
 
 
 def test_repair_cli_kill_9_then_rerun_completes(kit):
