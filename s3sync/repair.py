@@ -461,7 +461,7 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
              store: Store, settings: TransferSettings, progress: Progress) -> int:
     """Fetch the ``wanted`` file members and rename each into place; return bytes received."""
     tree = work.tree
-    _check_generation(store, location, manifest)
+    _check_generation(store, location, manifest, [manifest.index.key] if manifest.index else [])
     scratch = tree.scratch()
     index_path = Path(f"/proc/self/fd/{scratch}") / "index.jsonl.zst"
     indexfile.fetch(store, location, manifest, index_path)
@@ -481,6 +481,7 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
     order: list[ChunkJob] = []
     for need in needs:
         order.extend(j for j in need if not order or j.stream_offset > order[-1].stream_offset)
+    _check_generation(store, location, manifest, sorted({j.key for j in order}))
     progress.start("download", sum(j.length for j in order))
     progress.message(f"fetching {len(spans)} member(s): {len(order)} chunk(s) of {len(jobs)}")
     fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
@@ -516,13 +517,13 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
     return received + fetcher.stats.bytes_received
 
 
-def _check_generation(store: Store, location: Location, manifest: Manifest) -> None:
-    """Fail in one line if the generation's index or parts are gone (``gc`` removed them).
+def _check_generation(store: Store, location: Location, manifest: Manifest, keys: list[str]) -> None:
+    """Fail in one line if one of the generation's objects ``keys`` (relative to the prefix:
+    its index, the parts a repair needs) is gone (``gc`` removed it): one HEAD each.
 
     Raises:
         NotFoundError: naming the generation and, if it can be read, the current one.
     """
-    keys = ([manifest.index.key] if manifest.index else []) + [p.key for p in manifest.parts]
     for key in keys:
         try:
             store.head(location.key(key))
