@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -235,3 +236,13 @@ def test_a_second_repair_at_once_is_refused_and_an_old_pull_is_named(kit):
     marker.write_text(json.dumps(doc))
     with pytest.raises(UsageError, match="did not record where it came from"):
         source_of(dest)
+
+
+def test_a_deleted_directory_is_made_again_with_its_files(kit):
+    pub, dest = pulled(kit, count=12, total=512 * KiB)
+    inside = sorted(p.name for p in (dest / "d2").iterdir())
+    shutil.rmtree(dest / "d2")
+    result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
+    assert result.remade == ("d2",) and sorted(result.fetched) == [f"d2/{name}" for name in inside]
+    assert verify(dest).problems == ()
+    kit.assert_same_tree(pub.src, dest)
