@@ -186,7 +186,7 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         else:
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
-        _commit(journal, dest, manifest, manifest_bytes)
+        _commit(journal, dest, manifest, manifest_bytes, location)
         if root is not None:
             # As GNU tar gives the archive's './' member's mode and mtime to the directory of
             # -C DIR (an adopted archive made by `tar -C SRC .`): after the rename, through the
@@ -659,11 +659,13 @@ def _check_part_files(manifest: Manifest, directory: Path, shown: Path) -> None:
                                  f"{manifest.stream_digest}")
 
 
-def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: bytes) -> None:
-    """Write the manifest and the completion marker, then rename the tree into place."""
+def _commit(journal: Journal, dest: Path, manifest: Manifest, manifest_bytes: bytes, location: Location) -> None:
+    """Write the manifest and the completion marker, then rename the tree into place. The
+    marker's ``url`` records where the dataset was pulled from (``s3://BUCKET/PREFIX``), so
+    that ``repair`` can fetch from the same place later."""
     commit(journal, dest, {MANIFEST_NAME: manifest_bytes}, {
         "generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
-        "mode": journal.mode, "name": manifest.name})
+        "mode": journal.mode, "name": manifest.name, "url": location.url()})
 
 
 def commit(journal: Journal, dest: Path, metadata: dict[str, bytes], marker: dict[str, object]) -> None:

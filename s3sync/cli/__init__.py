@@ -24,7 +24,7 @@ from ..errors import (
     UsageError,
 )
 from ..ui import UI
-from . import adopt, build, captions, gc, ls, publish, pull, verify
+from . import adopt, build, captions, gc, ls, publish, pull, repair, verify
 from .common import S3_ENVIRONMENT, help_text, options
 from .verify import escape_field
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    for module in (publish, pull, adopt, verify, ls, gc, build, captions):
+    for module in (publish, pull, adopt, verify, repair, ls, gc, build, captions):
         module.register(sub, common)
     return parser
 

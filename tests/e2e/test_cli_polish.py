@@ -23,6 +23,7 @@ moto = pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
 def error_doc(result, code: int, kind: str) -> dict:
     """``--json`` on an error: one JSON document on stdout, the human lines on stderr."""
     assert result.code == code, result.describe()
+    assert result.stdout, result.describe()
     doc = json.loads(result.stdout)
     assert set(doc) == {"error"} and set(doc["error"]) == {"type", "message", "hint", "exit_code"}, doc
     assert doc["error"]["type"] == kind and doc["error"]["exit_code"] == code, doc
@@ -56,9 +57,9 @@ def test_json_errors_are_one_document_on_stdout(run, s3_server, bucket, tmp_path
     assert "big.bin" in {p["path"] for p in doc["problems"]}
 
 
-COMMANDS = [["publish"], ["pull"], ["adopt"], ["verify"], ["ls"], ["gc"], ["build"], ["build", "mscoco"],
+COMMANDS = [["publish"], ["pull"], ["adopt"], ["verify"], ["repair"], ["ls"], ["gc"], ["build"], ["build", "mscoco"],
             ["build", "sbu"], ["build", "imagenet"], ["captions"], ["captions", "merge"]]
-S3 = {"publish", "pull", "adopt", "ls", "gc"}
+S3 = {"publish", "pull", "adopt", "repair", "ls", "gc"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
