@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import archive, hashing
 from .codecs import DecodedReader
@@ -46,6 +47,9 @@ from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
 from .stores.base import Store
 
+if TYPE_CHECKING:
+    from .update import UpdateResult
+
 MARKER = "complete.json"
 SPACE_MARGIN = 64 * 1024 * 1024
 """Bytes kept free beyond the data itself (file-system metadata, journal)."""
@@ -63,6 +67,7 @@ class PullResult:
         retries: chunk attempts that were retried.
         up_to_date: the destination already held this generation; nothing was fetched.
         elapsed_s: wall time in seconds.
+        updated: what an update in place of an older generation did (``update``), else None.
     """
 
     manifest: Manifest
@@ -72,6 +77,7 @@ class PullResult:
     retries: int
     up_to_date: bool
     elapsed_s: float
+    updated: UpdateResult | None = None
 
 
 MEMORY_BUDGET = 256 * 1024 * 1024
@@ -114,6 +120,19 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
     return manifest, data
 
 
+def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes) -> str | None:
+    """The generation of the complete, extracted pull of another generation of the same
+    dataset at ``dest`` (which a pull updates in place), or None."""
+    if dest.is_symlink() or not dest.is_dir():
+        return None
+    marker = read_marker(dest)
+    if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
+            or marker.get("name") != manifest.name or marker.get("manifest_digest") == hashing.digest(manifest_bytes)
+            or not (dest / archive.METADATA_DIR / "index.jsonl").is_file()):
+        return None
+    return str(marker.get("generation", "?"))
+
+
 def read_marker(dest: Path) -> dict[str, str] | None:
     """The completion marker of a pulled dataset, or None if ``dest`` is not a complete pull."""
     try:
@@ -140,7 +159,21 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     name = name or manifest.name
     dest = dest_parent / name
     mode = "extract" if extract else "parts"
-    if prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+    replace = None  # the older generation a full pull replaces at its commit
+    if extract:
+        from . import update  # imported here: update imports this module
+
+        update.recover(dest_parent, name, progress)
+        older = older_pull(dest, manifest, manifest_bytes)
+        if older is not None and manifest.index is not None and manifest.version == 1 and not manifest.compressed:
+            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress)
+            return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
+                              time.monotonic() - started, done)
+        if older is not None:
+            progress.message(f"generation {manifest.generation} has no member index: pulling it whole, then "
+                             f"replacing generation {older} in {dest}")
+            replace = older
+    if replace is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
         return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
@@ -186,7 +219,12 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         else:
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
-        _commit(journal, dest, manifest, manifest_bytes)
+        if replace is not None:
+            from .update import swap
+
+            swap(dest, lambda: _commit(journal, dest, manifest, manifest_bytes))
+        else:
+            _commit(journal, dest, manifest, manifest_bytes)
         if root is not None:
             # As GNU tar gives the archive's './' member's mode and mtime to the directory of
             # -C DIR (an adopted archive made by `tar -C SRC .`): after the rename, through the
