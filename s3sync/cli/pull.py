@@ -70,13 +70,22 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.strip_components:
         ui.info("warning: --strip-components applies only to archives; ignored for an s3sync dataset")
     m = result.manifest
+    u = result.updated
     if ui.as_json:
         ui.emit_json({"command": "pull", "url": resolved.location.url(), "dest": str(result.dest),
                       "generation": m.generation, "files": m.files, "extracted_size": m.extracted_size,
                       "stream_size": m.stream_size, "bytes_received": result.bytes_received,
                       "resumed_from": result.resumed_from, "retries": result.retries,
                       "up_to_date": result.up_to_date, "captions": summary_json(m.captions),
+                      "updated": None if u is None else {
+                          "from_generation": u.old_generation, "fetched": u.fetched,
+                          "fetched_size": u.fetched_size, "reused": u.reused, "removed": u.removed},
                       "elapsed_s": round(result.elapsed_s, 3)})
+    elif u is not None:
+        ui.info(f"updated {result.dest.name} in {result.dest} from generation {u.old_generation} to {m.generation}: "
+                f"{plural(u.fetched, 'file')} new or changed ({format_size(u.fetched_size)}), {u.reused} unchanged, "
+                f"{u.removed} removed; {format_size(result.bytes_received)} received of a "
+                f"{format_size(m.stream_size)} stream, {result.elapsed_s:.1f}s")
     elif result.up_to_date:
         ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
     else:
