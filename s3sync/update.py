@@ -96,6 +96,9 @@ def recover(dest_parent: Path, name: str, progress: Progress) -> None:
         DestinationError: the old tree cannot be renamed back or removed.
     """
     dest, old = dest_parent / name, old_dir(dest_parent, name)
+    staging = update_dir(dest_parent, name)
+    if _real_dir(staging):
+        _remove_unlocked(staging)
     if not _real_dir(old):
         return
     try:
@@ -107,6 +110,22 @@ def recover(dest_parent: Path, name: str, progress: Progress) -> None:
     except OSError as err:
         raise DestinationError(f"{old}: left by an interrupted update; cannot clean up ({err.strerror})",
                                hint=f"if {dest} is complete ('s3sync verify'), remove {old}") from err
+
+
+def _remove_unlocked(staging: Path) -> None:
+    """Remove a staging directory an interrupted update left, unless an update running now
+    holds its lock. Never raises: ``update`` removes it anyway before it stages again."""
+    try:
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove(staging)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -230,13 +249,15 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     from .pull import fetch_settings  # pull imports this module lazily: no import cycle
 
     staging = update_dir(dest.parent, dest.name)
-    if os.path.lexists(staging):
-        if _real_dir(staging):
-            _remove(staging)
-        else:
-            os.unlink(staging)
+    if _real_dir(staging):
+        _remove_unlocked(staging)  # left by an interrupted update; one running now keeps it
+    elif os.path.lexists(staging):
+        os.unlink(staging)  # not ours: a symlink or a file is never followed
     try:
         os.mkdir(staging, 0o700)
+    except FileExistsError as err:
+        raise DestinationError(f"{dest}: another s3sync is updating it ({staging} is in use)",
+                               hint="wait for it to finish") from err
     except OSError as err:
         raise DestinationError(f"{staging}: cannot create ({err.strerror})") from err
     lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

@@ -5,18 +5,25 @@ hold them, verified), removed members go, and the result verifies as the new gen
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from s3sync import archive, cli, update
 from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync.manifest import MANIFEST_NAME
 from s3sync.publish import publish
 from s3sync.pull import pull
 from s3sync.stores.s3 import S3Store, make_client
 from s3sync.verify import verify
+from tests.faults.proxy import FaultProxy, Rule
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
 
@@ -137,3 +144,134 @@ def test_no_index_falls_back_to_a_full_pull(store: S3Store, tmp_path: Path) -> N
     assert any("no member index: pulling it whole" in m for m in messages)
     assert tree_of(dest) == tree_of(src)
     assert verify(dest).problems == ()
+
+
+# Interrupted updates: the old generation stays intact (or the new one is complete), the same
+# pull again finishes it, and verify passes on whichever is in place. Ctrl-C is a real SIGINT
+# sent to this process (signal.raise_signal) at the k-th call of each step, with the CLI's
+# handler installed; a kill -9 between the two renames of the swap (no handler runs) is
+# reproduced by making that state; a real kill -9 of the command lands while it updates.
+
+
+def two_generations(store: S3Store, tmp_path: Path):
+    """Generation A pulled into tmp/data/ds, generation B published; the sources of both."""
+    src = make_tree(tmp_path / "src" / "ds")
+    loc = Location(store.bucket, "ds")
+    a = publish(src, "ds", loc, store, SMALL).manifest
+    dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
+    tree_a = tree_of(dest)
+    change(src)
+    b = publish(src, "ds", loc, store, SMALL).manifest
+    return loc, dest, a, b, tree_a, tree_of(src)
+
+
+def hook(monkeypatch, owner, attr: str, k: int, fired: list) -> None:
+    real = getattr(owner, attr)
+    calls = itertools.count(1)
+
+    def hooked(*args, **kwargs):
+        if next(calls) == k and not fired:
+            fired.append(attr)
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, hooked)
+
+
+STEPS = [(os, "link", 1), (os, "link", 30), (os, "mkdir", 4), (archive.SafeExtractor, "extract", 1),
+         (archive.SafeExtractor, "finish_dirs", 1), (update, "_write_metadata", 1), (os, "rename", 1),
+         (os, "rename", 2), (update, "_remove", 1), (update, "_remove", 2)]
+
+
+@pytest.mark.parametrize(("owner", "attr", "k"), STEPS, ids=[f"{a}-{k}" for _, a, k in STEPS])
+def test_ctrl_c_at_each_step_then_rerun(store: S3Store, tmp_path: Path, monkeypatch, s3_server,
+                                        owner, attr: str, k: int) -> None:
+    if s3_server.name != "moto":
+        pytest.skip("the crash points are the client's; one server is enough")
+    loc, dest, a, b, tree_a, tree_b = two_generations(store, tmp_path)
+    fired: list = []
+    saved = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, cli.on_interrupt)
+    try:
+        with monkeypatch.context() as m:
+            hook(m, owner, attr, k, fired)
+            try:
+                pull(loc, None, tmp_path / "data", store, SMALL)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    assert fired, f"{attr} #{k} was never reached"
+    now = verify(dest)
+    assert now.problems == ()
+    assert (now.generation, tree_of(dest)) in ((a.generation, tree_a), (b.generation, tree_b))
+
+    again = pull(loc, None, tmp_path / "data", store, SMALL)
+    assert again.up_to_date or again.updated is not None
+    assert verify(dest).generation == b.generation and verify(dest).problems == ()
+    assert tree_of(dest) == tree_b
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
+
+
+def test_killed_between_the_renames(store: S3Store, tmp_path: Path) -> None:
+    """kill -9 after NAME went aside and before the new tree took its name: the next pull
+    puts the old generation back, then updates it."""
+    loc, dest, a, b, tree_a, tree_b = two_generations(store, tmp_path)
+    os.rename(dest, update.old_dir(dest.parent, "ds"))
+    update.update_dir(dest.parent, "ds").mkdir()  # a staged tree a kill left behind
+    (update.update_dir(dest.parent, "ds") / "tree").mkdir()
+
+    result = pull(loc, None, tmp_path / "data", store, SMALL)
+
+    assert result.updated is not None and result.updated.old_generation == a.generation
+    assert tree_of(dest) == tree_b and verify(dest).problems == ()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
+
+
+def test_killed_before_the_old_tree_was_removed(store: S3Store, tmp_path: Path) -> None:
+    """kill -9 after the swap, before the old tree was removed: the dataset is complete (B);
+    the next pull removes the leftover and finds nothing else to do."""
+    loc, dest, a, b, tree_a, tree_b = two_generations(store, tmp_path)
+    pull(loc, None, tmp_path / "data", store, SMALL)
+    old = update.old_dir(dest.parent, "ds")
+    (old / "x").mkdir(parents=True)
+    assert verify(dest).problems == ()
+
+    again = pull(loc, None, tmp_path / "data", store, SMALL)
+
+    assert again.up_to_date
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
+
+
+def test_kill_9_while_fetching(store: S3Store, tmp_path: Path, s3_server) -> None:
+    """A real kill -9 of ``s3sync pull`` while its update waits for the chunks of the changed
+    members (a proxy holds back every GET of generation B's parts): the old generation is
+    intact; the same command again finishes the update, and the proxy's counters show it
+    fetched only those chunks (well below the stream size)."""
+    loc, dest, a, b, tree_a, tree_b = two_generations(store, tmp_path)
+    parts = f"{b.generation}/part-"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.add(Rule("hang", key=parts, stall_s=60))
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        cmd = [sys.executable, "-m", "s3sync", "pull", f"s3://{store.bucket}/ds", str(tmp_path / "data"),
+               "--endpoint-url", proxy.url, "-q"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proxy.stats(parts).requests == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+        now = verify(dest)
+        assert now.problems == () and now.generation == a.generation and tree_of(dest) == tree_a
+        assert update.update_dir(dest.parent, "ds").exists()  # the staged tree the kill left
+
+        proxy.clear()
+        proxy.reset_stats()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        received = proxy.bytes_sent(parts)
+    assert 0 < received <= 4 * SMALL.chunk_size < b.stream_size // 5
+    assert tree_of(dest) == tree_b and verify(dest).generation == b.generation and verify(dest).problems == ()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
