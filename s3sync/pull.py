@@ -36,6 +36,7 @@ from .errors import (
     DestinationError,
     InsufficientSpaceError,
     IntegrityError,
+    ManifestError,
     NotFoundError,
     PartChangedError,
     UsageError,
@@ -115,8 +116,47 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
         # live beside it, not under PREFIX/<generation>/<generation>/.
         raise UsageError(f"{location.url()} holds the history copy of generation {manifest.generation} of "
                          f"{Location(location.bucket, parent).url()}, not a dataset",
-                         hint=f"use {Location(location.bucket, parent).url()} (its current generation); "
-                              "pulling an older generation is not supported yet")
+                         hint=f"use {Location(location.bucket, parent).url()} (its current generation), or "
+                              f"--generation {manifest.generation} with it")
+    return manifest, data
+
+
+def fetch_generation(store: Store, location: Location, generation: str) -> tuple[Manifest, bytes]:
+    """The manifest of ``generation`` of the dataset at ``location``: the current manifest if
+    it is that generation, else the history copy ``PREFIX/<generation>/manifest.json`` that
+    publish keeps (docs/manifest.md).
+
+    Raises:
+        UsageError: ``generation`` is not a generation id (empty, or holds ``/``).
+        NotFoundError: no such generation stored; the message lists those that are.
+        ManifestError: the copy is damaged, or names another generation.
+    """
+    if not generation or "/" in generation or generation in (".", ".."):
+        raise UsageError(f"--generation {generation!r} is not a generation id",
+                         hint=f"list them with 's3sync ls {location.url()} --generations'")
+    try:
+        manifest, data = fetch_manifest(store, location)
+        if manifest.generation == generation:
+            return manifest, data
+    except NotFoundError as err:
+        if err.bucket_missing:
+            raise
+    key = f"{generation}/{MANIFEST_NAME}"
+    try:
+        data = store.get(location.key(key))
+    except NotFoundError as err:
+        if err.bucket_missing:
+            raise
+        from .gc import stored  # only for this message
+
+        names = [g.name for g in stored(store, location).generations if g.kind in ("current", "history")]
+        raise NotFoundError(f"{location.url()}: generation {generation} is not stored; stored: "
+                            f"{', '.join(names) if names else 'none'}",
+                            hint=f"see them with 's3sync ls {location.url()} --generations'") from err
+    manifest = Manifest.from_json(data, location.url(key))
+    if manifest.generation != generation:
+        raise ManifestError(f"{location.url(key)}: names generation {manifest.generation}, not {generation}",
+                            hint="the history copy is damaged: pull another generation")
     return manifest, data
 
 
@@ -143,8 +183,11 @@ def read_marker(dest: Path) -> dict[str, str] | None:
 
 
 def pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
-         *, extract: bool = True, progress: Progress | None = None) -> PullResult:
+         *, extract: bool = True, progress: Progress | None = None, generation: str | None = None) -> PullResult:
     """Pull the dataset at ``location`` into ``dest_parent / name`` (``name`` None: the manifest's).
+
+    ``generation``: pull that generation (still stored: current or history) instead of the
+    current one (see ``fetch_generation``).
 
     Raises:
         NotFoundError, ManifestError: see ``fetch_manifest``.
@@ -155,7 +198,8 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     """
     progress = progress or NullProgress()
     started = time.monotonic()
-    manifest, manifest_bytes = fetch_manifest(store, location)
+    manifest, manifest_bytes = (fetch_manifest(store, location) if generation is None
+                                else fetch_generation(store, location, generation))
     name = name or manifest.name
     dest = dest_parent / name
     mode = "extract" if extract else "parts"

@@ -27,6 +27,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--strip-components", type=int, default=0, metavar="N",
                    help="archives: drop N leading components of member names, as GNU tar does")
     p.add_argument("--no-extract", action="store_true", help="store the verified parts as NAME/part-NNNNN.tar")
+    p.add_argument("--generation", metavar="G", help="pull generation G (still stored: see 'ls SOURCE --generations') "
+                                                     "instead of the current one")
     p.set_defaults(func=run)
 
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if len(web) != len(args.source):
             raise UsageError("give either http(s):// URLs of pieces or one dataset name or s3:// URL",
                              hint="run 's3sync pull --help' for usage")
+        if args.generation is not None:
+            raise UsageError("--generation applies only to s3sync datasets, not to http(s) archives")
         return _pull_split_urls(args, settings, ui)
     if len(args.source) > 1:
         raise UsageError(f"{len(args.source)} sources given: pull takes one dataset name or s3:// URL "
@@ -53,9 +57,10 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     try:
         try:
             result = pull(resolved.location, args.name or resolved.name, args.dest_parent.expanduser(), store,
-                          settings.transfer, extract=not args.no_extract, progress=progress)
+                          settings.transfer, extract=not args.no_extract, progress=progress,
+                          generation=args.generation)
         except NotFoundError as err:
-            if not err.manifest_missing:
+            if not err.manifest_missing or args.generation is not None:
                 raise
             if args.no_extract:
                 raise UsageError(f"{resolved.location.url()} holds no s3sync manifest: --no-extract applies only to "
