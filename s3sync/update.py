@@ -42,6 +42,7 @@ from .journal import INDEX_NAME, iter_index, rmtree_at
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, Manifest
 from .planning import ChunkJob, plan_pull
 from .progress import Progress
+from .selection import Selection
 from .stores.base import Store
 
 MARKER = "complete.json"
@@ -63,13 +64,16 @@ class UpdateResult:
     """What an update did.
 
     Attributes:
-        old_generation: the generation the destination held before.
+        old_generation: the generation the destination held before ("" if none: a fresh
+            partial pull).
         fetched: members fetched (new or changed files).
         fetched_size: bytes of file data in them.
         reused: files taken from the old tree (hard-linked or copied).
         removed: members of the old generation that the new one no longer has.
         bytes_received: bytes received from the store.
         retries: chunk attempts that were retried.
+        resumed: files an interrupted run of the same pull had fetched already.
+        partial: only the members an ``--include``/``--exclude`` selection picks were pulled.
     """
 
     old_generation: str
@@ -79,6 +83,8 @@ class UpdateResult:
     removed: int
     bytes_received: int
     retries: int
+    resumed: int = 0
+    partial: bool = False
 
 
 def _real_dir(path: Path) -> bool:
@@ -88,7 +94,7 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
-def recover(dest_parent: Path, name: str, progress: Progress) -> None:
+def recover(dest_parent: Path, name: str, progress: Progress, ident: bytes | None = None) -> None:
     """Finish or undo a swap that an interrupted update left half done (see the module
     docstring); do nothing if there is none.
 
@@ -97,10 +103,18 @@ def recover(dest_parent: Path, name: str, progress: Progress) -> None:
     """
     dest, old = dest_parent / name, old_dir(dest_parent, name)
     staging = update_dir(dest_parent, name)
+    if _real_dir(old):
+        _put_back(dest, old, name, progress)
     if _real_dir(staging):
-        _remove_unlocked(staging)
-    if not _real_dir(old):
-        return
+        try:
+            mine = ident is not None and (staging / IDENTITY).read_bytes() == ident
+        except OSError:
+            mine = False
+        if not mine:  # another pull's (or a finished one's): this pull would not resume it
+            _remove_unlocked(staging)
+
+
+def _put_back(dest: Path, old: Path, name: str, progress: Progress) -> None:
     try:
         if not os.path.lexists(dest):
             os.rename(old, dest)
@@ -166,18 +180,23 @@ class _SpanReader(WindowedReader):
     """The tar stream a ``SafeExtractor`` reads: the fetched members' spans, back to back,
     then an end-of-archive marker. Offsets are in this made-up stream."""
 
-    def __init__(self, pieces: Iterator[memoryview]) -> None:
+    def __init__(self, pieces: Iterator[memoryview], ready) -> None:
         self._pieces = pieces
+        self._ready = ready
         self._pos = 0
         self._cur: memoryview = memoryview(b"")
         self._cur_start = 0
-        self.before_next_chunk = None  # nothing to resume: the extractor may batch freely
+        self.before_next_chunk = None
+        """As ``OrderedReader``'s: before waiting for the next chunk, the extractor writes and
+        records the small files it holds, so that a kill while waiting loses none of them."""
 
     def _window(self) -> memoryview:
         while True:
             rel = self._pos - self._cur_start
             if rel < len(self._cur):
                 return self._cur[rel:]
+            if self.before_next_chunk is not None and not self._ready():
+                self.before_next_chunk()
             piece = next(self._pieces, None)
             if piece is None:
                 return memoryview(b"")
@@ -233,31 +252,54 @@ def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path
     return stat.S_ISREG(st.st_mode) and st.st_size == new.size and st.st_mtime_ns // 1_000_000_000 == old.mtime
 
 
+IDENTITY = "identity.json"
+"""In the staging directory: what it is being built for (manifest digest, selection, the
+tree it started from), so that a rerun of the same pull resumes it and any other removes it."""
+DONE = "done.jsonl"
+"""In the staging directory: the fetched members completely written into ``tree/`` so far,
+one ``journal.iter_index`` record a line, appended after each (a rerun takes them as they are
+after checking type and size, as ``pull.read_back`` does)."""
+
+
+def identity(manifest_bytes: bytes, selection: Selection | None, dest: Path) -> bytes:
+    """What a staging directory is built for (see ``IDENTITY``)."""
+    marker = dest / archive.METADATA_DIR / MARKER
+    try:
+        before = hashing.digest(marker.read_bytes()) if not dest.is_symlink() else ""
+    except OSError:
+        before = ""
+    return json.dumps({"manifest_digest": hashing.digest(manifest_bytes), "from": before,
+                       "selection": selection.to_json() if selection else None}, sort_keys=True).encode()
+
+
 def update(location: Location, dest: Path, store: Store, settings: TransferSettings, manifest: Manifest,
-           manifest_bytes: bytes, old_generation: str, progress: Progress) -> UpdateResult:
-    """Update the complete pull at ``dest`` (of ``old_generation``) to ``manifest``'s generation.
+           manifest_bytes: bytes, old_generation: str | None, progress: Progress,
+           selection: Selection | None = None) -> UpdateResult:
+    """Bring ``dest`` to ``manifest``'s generation (only the members ``selection`` picks, if given),
+    fetching only what ``dest`` does not hold already. ``old_generation``: the generation of the
+    pull at ``dest`` (complete or partial), or None if there is none (a fresh partial pull).
 
     The manifest must name a member index (``manifest.index``), be version 1 and uncompressed.
+    An interrupted run is resumed by the same pull (same manifest, selection and ``dest``):
+    members already fetched into the staged tree are kept.
 
     Raises:
         DestinationError: the staging directory is in use or cannot be written; a rename failed.
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
-        IntegrityError, StoreError: a chunk failed for good (a rerun starts the update again).
+        IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
         UnsafeArchiveError: a fetched member tried to escape.
     """
     from .pull import fetch_settings  # pull imports this module lazily: no import cycle
 
     staging = update_dir(dest.parent, dest.name)
-    if _real_dir(staging):
-        _remove_unlocked(staging)  # left by an interrupted update; one running now keeps it
-    elif os.path.lexists(staging):
+    ident = identity(manifest_bytes, selection, dest)
+    if os.path.lexists(staging) and not _real_dir(staging):
         os.unlink(staging)  # not ours: a symlink or a file is never followed
     try:
         os.mkdir(staging, 0o700)
-    except FileExistsError as err:
-        raise DestinationError(f"{dest}: another s3sync is updating it ({staging} is in use)",
-                               hint="wait for it to finish") from err
+    except FileExistsError:
+        pass
     except OSError as err:
         raise DestinationError(f"{staging}: cannot create ({err.strerror})") from err
     lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -265,32 +307,68 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         os.close(lock)
-        raise DestinationError(f"{dest}: another s3sync is updating it", hint="wait for it to finish") from err
+        raise DestinationError(f"{dest}: another s3sync is pulling it ({staging} is in use)",
+                               hint="wait for it to finish") from err
     try:
+        try:
+            resumed = (staging / IDENTITY).read_bytes() == ident and _real_dir(staging / TREE)
+        except OSError:
+            resumed = False
+        if not resumed:
+            for entry in os.listdir(staging):
+                _remove(staging / entry) if _real_dir(staging / entry) else os.unlink(staging / entry)
+            os.mkdir(staging / TREE, 0o700)
+            (staging / IDENTITY).write_bytes(ident)
         result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
-                        manifest_bytes, old_generation, progress)
+                        manifest_bytes, old_generation, progress, selection)
         tree = staging / TREE
-        swap(dest, lambda: os.rename(tree, dest))
+        if old_generation is not None:
+            swap(dest, lambda: os.rename(tree, dest))
+        else:
+            try:
+                os.rename(tree, dest)  # replaces an empty directory made beforehand, nothing else
+            except OSError as err:
+                raise DestinationError(f"{dest} appeared while pulling and is in the way; the pulled dataset "
+                                       f"stays in {tree}", hint="remove it, then run the command again") from err
         _remove(staging)
         return result
     finally:
         os.close(lock)
 
 
+def _done_records(staging: Path) -> dict[str, archive.MemberRecord]:
+    """Members an interrupted run of this pull fetched and wrote completely (``DONE``) that
+    are still in the staged tree as recorded (a regular file of that size)."""
+    out = {}
+    try:
+        for rec in iter_index(staging / DONE):
+            try:
+                st = os.lstat(staging / TREE / rec.path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == rec.size:
+                out[rec.path] = rec
+    except (ValueError, TypeError):
+        pass  # a line cut by the kill: what came before it stands
+    return out
+
+
 def _stage(location: Location, dest: Path, staging: Path, store: Store, settings: TransferSettings,
-           manifest: Manifest, manifest_bytes: bytes, old_generation: str, progress: Progress) -> UpdateResult:
+           manifest: Manifest, manifest_bytes: bytes, old_generation: str | None, progress: Progress,
+           selection: Selection | None) -> UpdateResult:
     """Build the new tree in ``staging/tree``, its metadata included; return the counts."""
     tree = staging / TREE
-    os.mkdir(tree, 0o700)
     meta = dest / archive.METADATA_DIR
-    old = {r.path: r for r in iter_index(meta / INDEX_NAME)}
+    old = {r.path: r for r in iter_index(meta / INDEX_NAME)} if old_generation is not None else {}
+    done = _done_records(staging)
     index_file = indexfile.fetch(store, location, manifest, staging / "index.zst")
     records: list[archive.MemberRecord | None] = []
     wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
     spans: list[tuple[int, int]] = []
-    dirs: list[archive.MemberRecord] = []
+    dirs: list[tuple[int, archive.MemberRecord]] = []
+    needed_dirs: set[str] = set()
     links: list[archive.MemberRecord] = []
-    reused = 0
+    reused = kept = 0
     seen: set[str] = set()
     prev_fetch = None  # offset of a fetched member whose span ends at the next entry
 
@@ -303,67 +381,106 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
                 spans.append((prev_fetch, end))
             prev_fetch = None
 
+    def need_parents(path: str) -> None:
+        while "/" in path:
+            path = path.rsplit("/", 1)[0]
+            if path in needed_dirs:
+                return
+            needed_dirs.add(path)
+
     for entry in indexfile.read(index_file, manifest, location.url(manifest.index.key)):
         close_span(entry.offset)
         rec = entry.record
-        seen.add(rec.path)
         mode = rec.mode & 0o777
-        target = tree / rec.path
         if rec.kind == "dir":
-            os.mkdir(target, 0o700)
-            dirs.append(archive.MemberRecord(rec.path, "dir", 0, mode, rec.mtime))
-            records.append(dirs[-1])
-        elif rec.kind == "symlink":
+            dirs.append((len(records), archive.MemberRecord(rec.path, "dir", 0, mode, rec.mtime)))
+            records.append(None)  # kept if selected or holding a selected member (below)
+            if selection is None or selection.selects(rec.path, True):
+                needed_dirs.add(rec.path)
+                need_parents(rec.path)
+            continue
+        if selection is not None and not selection.selects(rec.path):
+            continue
+        need_parents(rec.path)
+        seen.add(rec.path)
+        if rec.kind == "symlink":
             links.append(archive.MemberRecord(rec.path, "symlink", 0, 0o777, rec.mtime, link=rec.link))
             records.append(links[-1])
+            continue
+        new = archive.MemberRecord(rec.path, "file", rec.size, mode, rec.mtime, rec.digest)
+        target = tree / rec.path
+        if done.get(rec.path) == new:
+            records.append(new)  # fetched by an interrupted run of this pull
+            kept += 1
+            continue
+        source = dest / rec.path
+        if _same_file(old.get(rec.path), new, os.fspath(source)):
+            os.makedirs(target.parent, exist_ok=True)
+            if os.path.lexists(target):
+                os.unlink(target)
+            _reuse(source, target, old[rec.path], new)
+            records.append(new)
+            reused += 1
         else:
-            new = archive.MemberRecord(rec.path, "file", rec.size, mode, rec.mtime, rec.digest)
-            source = dest / rec.path
-            if _same_file(old.get(rec.path), new, os.fspath(source)):
-                _reuse(source, target, old[rec.path], new)
-                records.append(new)
-                reused += 1
-            else:
-                wanted.append((len(records), new))
-                records.append(None)
-                prev_fetch = entry.offset
+            wanted.append((len(records), new))
+            records.append(None)
+            prev_fetch = entry.offset
     close_span(manifest.tar_stream_size)
-    removed = sum(1 for path in old if path not in seen)
+    for pos, d in dirs:
+        if d.path in needed_dirs:
+            records[pos] = d
+            os.makedirs(tree / d.path, exist_ok=True)
+    removed = sum(1 for path, r in old.items() if r.kind != "dir" and path not in seen)
     fetched_size = sum(r.size for _, r in wanted)
-    progress.message(f"updating {dest.name} from generation {old_generation} to {manifest.generation}: "
-                     f"{len(wanted)} new or changed, {reused} unchanged, {removed} removed")
+    what = f"updating {dest.name} from generation {old_generation} to {manifest.generation}" \
+        if old_generation is not None else f"pulling {dest.name} (generation {manifest.generation})"
+    if selection is not None:
+        what += f", the members selected by {_describe(selection)}"
+    progress.message(f"{what}: {len(wanted)} files to fetch, {reused} unchanged, {removed} removed"
+                     + (f", {kept} fetched by the interrupted run" if kept else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress)
     jobs = _jobs_for(plan_pull(manifest, 0), spans)
     progress.start("download", sum(j.length for j in jobs))
     extractor = archive.SafeExtractor(tree)
     got = iter(wanted)
+    with open(staging / DONE, "a", encoding="utf-8", errors="surrogateescape") as log:
 
-    def on_member(_next: int, record: archive.MemberRecord) -> None:
-        pos, want = next(got, (None, None))
-        if want is None or record != want:
-            raise DamagedDatasetError(
-                f"dataset {manifest.name} (generation {manifest.generation}) is damaged: the member extracted "
-                f"from byte span of {want.path if want else 'nothing'!r} is {record.path!r} "
-                f"({record.kind}, {record.size} bytes, digest {record.digest}), not what the member index says")
-        records[pos] = record
+        def on_member(_next: int, record: archive.MemberRecord) -> None:
+            pos, want = next(got, (None, None))
+            if want is None or record != want:
+                raise DamagedDatasetError(
+                    f"dataset {manifest.name} (generation {manifest.generation}) is damaged: the member extracted "
+                    f"from the byte span of {want.path if want else 'nothing'!r} is {record.path!r} "
+                    f"({record.kind}, {record.size} bytes, digest {record.digest}), not what the member index says")
+            records[pos] = record
+            r = record
+            log.write(json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link), ensure_ascii=False,
+                                 separators=(",", ":")) + "\n")
+            log.flush()  # to the kernel: a kill -9 loses nothing written
 
-    if jobs:
-        chunks = fetcher.fetch(jobs)
-        try:
-            extractor.extract(_SpanReader(_pieces(chunks, spans)), on_member)
-        finally:
-            chunks.close()
+        if jobs:
+            chunks = fetcher.fetch(jobs)
+            try:
+                extractor.extract(_SpanReader(_pieces(chunks, spans), fetcher.next_ready), on_member)
+            finally:
+                chunks.close()
     if next(got, None) is not None:
         raise DamagedDatasetError(f"dataset {manifest.name} (generation {manifest.generation}) is damaged: "
                                   "fewer members in the fetched spans than the member index lists")
     progress.finish("download")
     for rec in links:
+        if os.path.lexists(tree / rec.path):
+            os.unlink(tree / rec.path)  # made by an interrupted run
         os.symlink(rec.link, tree / rec.path)
         os.utime(tree / rec.path, ns=(rec.mtime * 1_000_000_000,) * 2, follow_symlinks=False)
-    extractor.finish_dirs(dirs)
-    _write_metadata(tree, manifest, manifest_bytes, records, old_generation)
-    return UpdateResult(old_generation, len(wanted), fetched_size, reused, removed,
-                        fetcher.stats.bytes_received, fetcher.stats.retries)
+    extractor.finish_dirs([d for _, d in dirs if d.path in needed_dirs])
+    _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection)
+    return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
+                        fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None)
+
+
+def _describe(selection: Selection) -> str:
+    return " ".join([f"--include {p}" for p in selection.include] + [f"--exclude {p}" for p in selection.exclude])
 
 
 def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.MemberRecord) -> None:
@@ -382,20 +499,30 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
 
 
 def _write_metadata(tree: Path, manifest: Manifest, manifest_bytes: bytes,
-                    records: list[archive.MemberRecord | None], old_generation: str) -> None:
+                    records: list[archive.MemberRecord | None], old_generation: str | None,
+                    selection: Selection | None) -> None:
     """Write ``.s3sync/`` as a pull does (manifest, index, completion marker), fsynced."""
     meta = tree / archive.METADATA_DIR
-    meta.mkdir()
+    meta.mkdir(exist_ok=True)
     with open(meta / INDEX_NAME, "wb") as f:
         for r in records:
             if r is not None:  # every one is by now: _stage checked that each fetched member arrived
                 f.write((json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link), ensure_ascii=False,
                                     separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape"))
         os.fsync(f.fileno())
-    marker = {"generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
-              "mode": "extract", "name": manifest.name, "updated_from": old_generation,
-              "index_digest": archive.file_digest(meta / INDEX_NAME),
-              "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    kept = [r for r in records if r is not None]
+    marker: dict[str, object] = {"generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
+                                 "mode": "extract", "name": manifest.name}
+    if old_generation is not None:
+        marker["updated_from"] = old_generation
+    if selection is not None:
+        # verify checks the recorded members against these counts, not the manifest's
+        marker["selection"] = {**selection.to_json(), "members": len(kept),
+                               "files": sum(1 for r in kept if r.kind == "file"),
+                               "size": sum(r.size for r in kept if r.kind == "file")}
+    marker.update({
+                   "index_digest": archive.file_digest(meta / INDEX_NAME),
+                   "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     for name, data in ((MANIFEST_NAME, manifest_bytes), (MARKER, (json.dumps(marker) + "\n").encode())):
         with open(meta / name, "wb") as f:
             f.write(data)
