@@ -46,6 +46,7 @@ from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, TAR_BLOCK, Manifest
 from .partfiles import PartFiles
 from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
+from .selection import Selection
 from .stores.base import Store
 
 if TYPE_CHECKING:
@@ -160,17 +161,27 @@ def fetch_generation(store: Store, location: Location, generation: str) -> tuple
     return manifest, data
 
 
-def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes) -> str | None:
-    """The generation of the complete, extracted pull of another generation of the same
-    dataset at ``dest`` (which a pull updates in place), or None."""
+def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
+               selection: dict[str, list[str]] | None = None) -> str | None:
+    """The generation of the complete, extracted pull of the same dataset at ``dest`` that a
+    pull updates in place: of another generation, or with another ``--include``/``--exclude``
+    selection (``selection``: ``Selection.to_json()``, None for all members); else None."""
     if dest.is_symlink() or not dest.is_dir():
         return None
     marker = read_marker(dest)
     if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
-            or marker.get("name") != manifest.name or marker.get("manifest_digest") == hashing.digest(manifest_bytes)
+            or marker.get("name") != manifest.name
+            or (marker.get("manifest_digest") == hashing.digest(manifest_bytes)
+                and _selection_of(marker) == selection)
             or not (dest / archive.METADATA_DIR / "index.jsonl").is_file()):
         return None
     return str(marker.get("generation", "?"))
+
+
+def _selection_of(marker: dict) -> dict[str, list[str]] | None:
+    """The ``--include``/``--exclude`` patterns a completion marker records (None: all members)."""
+    sel = marker.get("selection")
+    return {"include": sel.get("include"), "exclude": sel.get("exclude")} if isinstance(sel, dict) else None
 
 
 def read_marker(dest: Path) -> dict[str, str] | None:
@@ -183,11 +194,13 @@ def read_marker(dest: Path) -> dict[str, str] | None:
 
 
 def pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
-         *, extract: bool = True, progress: Progress | None = None, generation: str | None = None) -> PullResult:
+         *, extract: bool = True, progress: Progress | None = None, generation: str | None = None,
+         selection: Selection | None = None) -> PullResult:
     """Pull the dataset at ``location`` into ``dest_parent / name`` (``name`` None: the manifest's).
 
     ``generation``: pull that generation (still stored: current or history) instead of the
-    current one (see ``fetch_generation``).
+    current one (see ``fetch_generation``). ``selection``: a partial pull of the members it
+    picks (``--include``/``--exclude``), through ``update`` (it needs the member index).
 
     Raises:
         NotFoundError, ManifestError: see ``fetch_manifest``.
@@ -204,13 +217,22 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     dest = dest_parent / name
     mode = "extract" if extract else "parts"
     replace = None  # the older generation a full pull replaces at its commit
+    if selection is not None and not extract:
+        raise UsageError("--include/--exclude select members to extract: not with --no-extract")
     if extract:
         from . import update  # imported here: update imports this module
 
-        update.recover(dest_parent, name, progress)
-        older = older_pull(dest, manifest, manifest_bytes)
-        if older is not None and manifest.index is not None and manifest.version == 1 and not manifest.compressed:
-            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress)
+        update.recover(dest_parent, name, progress, update.identity(manifest_bytes, selection, dest))
+        older = older_pull(dest, manifest, manifest_bytes, selection.to_json() if selection else None)
+        indexed = manifest.index is not None and manifest.version == 1 and not manifest.compressed
+        if selection is not None and not indexed:
+            raise UsageError(f"generation {manifest.generation} of {location.url()} has no member index: "
+                             "--include/--exclude need one", hint="pull it whole, or republish it with this s3sync")
+        if indexed and (older is not None or selection is not None):
+            if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+                return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
+            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
+                                 selection)
             return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
                               time.monotonic() - started, done)
         if older is not None:
