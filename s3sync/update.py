@@ -17,8 +17,12 @@ share its inodes, but nothing writes through them: a file whose mode or mtime ch
 copied). Between the two renames, ``NAME`` is missing and ``.NAME.s3sync-old`` holds the old
 generation: ``recover`` (run first by every pull) renames it back. After the second rename,
 ``NAME`` is the new generation, complete with its marker; a leftover ``.NAME.s3sync-old`` is
-removed by ``recover``. An interrupted update is not resumed member by member: a rerun
-stages again (hard links cost little) and fetches only the changed members again.
+removed by ``recover``. An interrupted update is resumed by the same pull (``IDENTITY``): the
+members it had fetched and written completely (``DONE``) are kept, the unchanged ones are
+linked again (cheap), and only the rest is fetched.
+
+The same machinery makes a partial pull (``--include``/``--exclude``, ``selection``): only the
+selected members are staged, into a fresh ``NAME`` or in place of an earlier pull.
 """
 
 from __future__ import annotations
