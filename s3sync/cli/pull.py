@@ -104,7 +104,9 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                 f"{plural(u.fetched, 'file')} fetched ({format_size(u.fetched_size)}), {u.reused} unchanged, "
                 f"{u.removed} removed; {format_size(result.bytes_received)} received, {result.elapsed_s:.1f}s")
     elif u is not None:
-        ui.info(f"updated {result.dest.name} in {result.dest} from generation {u.old_generation} to {m.generation}: "
+        change = (f"from generation {u.old_generation} to {m.generation}" if u.old_generation != m.generation
+                  else f"from a partial pull to all of generation {m.generation}")
+        ui.info(f"updated {result.dest.name} in {result.dest} {change}: "
                 f"{plural(u.fetched, 'file')} new or changed ({format_size(u.fetched_size)}), {u.reused} unchanged, "
                 f"{u.removed} removed; {format_size(result.bytes_received)} received of a "
                 f"{format_size(m.stream_size)} stream, {result.elapsed_s:.1f}s")
