@@ -382,7 +382,7 @@ def test_destination_holding_another_generation_is_updated(run, s3_server, bucke
     (src / "new.txt").write_text("v2\n")
     assert run("publish", src, "--to", url, *ep, *SMALL, "-q").code == 0
     updated = run("pull", url, dest, *ep)  # issue 13: updated in place, only the new member fetched
-    assert updated.code == 0, updated
+    assert updated.code == 0 and "updated ds in" in updated.stderr and "1 file new or changed" in updated.stderr, updated
     assert (dest / "ds" / "new.txt").read_text() == "v2\n"
     assert run("verify", dest / "ds", "-q").code == 0
     # An unrelated existing directory is not overwritten either (an empty one is taken over).
