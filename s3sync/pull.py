@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import archive, hashing
 from .codecs import DecodedReader
@@ -35,6 +36,7 @@ from .errors import (
     DestinationError,
     InsufficientSpaceError,
     IntegrityError,
+    ManifestError,
     NotFoundError,
     PartChangedError,
     UsageError,
@@ -44,7 +46,11 @@ from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, TAR_BLOCK, Manifest
 from .partfiles import PartFiles
 from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
+from .selection import Selection
 from .stores.base import Store
+
+if TYPE_CHECKING:
+    from .update import UpdateResult
 
 MARKER = "complete.json"
 SPACE_MARGIN = 64 * 1024 * 1024
@@ -63,6 +69,7 @@ class PullResult:
         retries: chunk attempts that were retried.
         up_to_date: the destination already held this generation; nothing was fetched.
         elapsed_s: wall time in seconds.
+        updated: what an update in place of an older generation did (``update``), else None.
     """
 
     manifest: Manifest
@@ -72,6 +79,7 @@ class PullResult:
     retries: int
     up_to_date: bool
     elapsed_s: float
+    updated: UpdateResult | None = None
 
 
 MEMORY_BUDGET = 256 * 1024 * 1024
@@ -109,9 +117,71 @@ def fetch_manifest(store: Store, location: Location) -> tuple[Manifest, bytes]:
         # live beside it, not under PREFIX/<generation>/<generation>/.
         raise UsageError(f"{location.url()} holds the history copy of generation {manifest.generation} of "
                          f"{Location(location.bucket, parent).url()}, not a dataset",
-                         hint=f"use {Location(location.bucket, parent).url()} (its current generation); "
-                              "pulling an older generation is not supported yet")
+                         hint=f"use {Location(location.bucket, parent).url()} (its current generation), or "
+                              f"--generation {manifest.generation} with it")
     return manifest, data
+
+
+def fetch_generation(store: Store, location: Location, generation: str) -> tuple[Manifest, bytes]:
+    """The manifest of ``generation`` of the dataset at ``location``: the current manifest if
+    it is that generation, else the history copy ``PREFIX/<generation>/manifest.json`` that
+    publish keeps (docs/manifest.md).
+
+    Raises:
+        UsageError: ``generation`` is not a generation id (empty, or holds ``/``).
+        NotFoundError: no such generation stored; the message lists those that are.
+        ManifestError: the copy is damaged, or names another generation.
+    """
+    if not generation or "/" in generation or generation in (".", ".."):
+        raise UsageError(f"--generation {generation!r} is not a generation id",
+                         hint=f"list them with 's3sync ls {location.url()} --generations'")
+    try:
+        manifest, data = fetch_manifest(store, location)
+        if manifest.generation == generation:
+            return manifest, data
+    except NotFoundError as err:
+        if err.bucket_missing:
+            raise
+    key = f"{generation}/{MANIFEST_NAME}"
+    try:
+        data = store.get(location.key(key))
+    except NotFoundError as err:
+        if err.bucket_missing:
+            raise
+        from .gc import stored  # only for this message
+
+        names = [g.name for g in stored(store, location).generations if g.kind in ("current", "history")]
+        raise NotFoundError(f"{location.url()}: generation {generation} is not stored; stored: "
+                            f"{', '.join(names) if names else 'none'}",
+                            hint=f"see them with 's3sync ls {location.url()} --generations'") from err
+    manifest = Manifest.from_json(data, location.url(key))
+    if manifest.generation != generation:
+        raise ManifestError(f"{location.url(key)}: names generation {manifest.generation}, not {generation}",
+                            hint="the history copy is damaged: pull another generation")
+    return manifest, data
+
+
+def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
+               selection: dict[str, list[str]] | None = None) -> str | None:
+    """The generation of the complete, extracted pull of the same dataset at ``dest`` that a
+    pull updates in place: of another generation, or with another ``--include``/``--exclude``
+    selection (``selection``: ``Selection.to_json()``, None for all members); else None."""
+    if dest.is_symlink() or not dest.is_dir():
+        return None
+    marker = read_marker(dest)
+    if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
+            or marker.get("name") != manifest.name
+            or (marker.get("manifest_digest") == hashing.digest(manifest_bytes)
+                and _selection_of(marker) == selection)
+            or not (dest / archive.METADATA_DIR / "index.jsonl").is_file()):
+        return None
+    return str(marker.get("generation", "?"))
+
+
+def _selection_of(marker: dict) -> dict[str, list[str]] | None:
+    """The ``--include``/``--exclude`` patterns a completion marker records (None: all members)."""
+    sel = marker.get("selection")
+    return {"include": sel.get("include"), "exclude": sel.get("exclude")} if isinstance(sel, dict) else None
 
 
 def read_marker(dest: Path) -> dict[str, str] | None:
@@ -124,8 +194,13 @@ def read_marker(dest: Path) -> dict[str, str] | None:
 
 
 def pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
-         *, extract: bool = True, progress: Progress | None = None) -> PullResult:
+         *, extract: bool = True, progress: Progress | None = None, generation: str | None = None,
+         selection: Selection | None = None) -> PullResult:
     """Pull the dataset at ``location`` into ``dest_parent / name`` (``name`` None: the manifest's).
+
+    ``generation``: pull that generation (still stored: current or history) instead of the
+    current one (see ``fetch_generation``). ``selection``: a partial pull of the members it
+    picks (``--include``/``--exclude``), through ``update`` (it needs the member index).
 
     Raises:
         NotFoundError, ManifestError: see ``fetch_manifest``.
@@ -136,11 +211,35 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     """
     progress = progress or NullProgress()
     started = time.monotonic()
-    manifest, manifest_bytes = fetch_manifest(store, location)
+    manifest, manifest_bytes = (fetch_manifest(store, location) if generation is None
+                                else fetch_generation(store, location, generation))
     name = name or manifest.name
     dest = dest_parent / name
     mode = "extract" if extract else "parts"
-    if prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+    replace = None  # the older generation a full pull replaces at its commit
+    if selection is not None and not extract:
+        raise UsageError("--include/--exclude select members to extract: not with --no-extract")
+    if extract:
+        from . import update  # imported here: update imports this module
+
+        update.recover(dest_parent, name, progress, update.identity(manifest_bytes, selection, dest))
+        older = older_pull(dest, manifest, manifest_bytes, selection.to_json() if selection else None)
+        indexed = manifest.index is not None and manifest.version == 1 and not manifest.compressed
+        if selection is not None and not indexed:
+            raise UsageError(f"generation {manifest.generation} of {location.url()} has no member index: "
+                             "--include/--exclude need one", hint="pull it whole, or republish it with this s3sync")
+        if indexed and (older is not None or selection is not None):
+            if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+                return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
+            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
+                                 selection)
+            return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
+                              time.monotonic() - started, done)
+        if older is not None:
+            progress.message(f"generation {manifest.generation} has no member index: pulling it whole, then "
+                             f"replacing generation {older} in {dest}")
+            replace = older
+    if replace is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
         return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
@@ -186,7 +285,12 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         else:
             _write_parts(manifest, fetcher, jobs, journal)
         progress.finish("download")
-        _commit(journal, dest, manifest, manifest_bytes, location)
+        if replace is not None:
+            from .update import swap
+
+            swap(dest, lambda: _commit(journal, dest, manifest, manifest_bytes, location))
+        else:
+            _commit(journal, dest, manifest, manifest_bytes, location)
         if root is not None:
             # As GNU tar gives the archive's './' member's mode and mtime to the directory of
             # -C DIR (an adopted archive made by `tar -C SRC .`): after the rename, through the

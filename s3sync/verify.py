@@ -111,10 +111,17 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
         except (ValueError, TypeError) as err:
             raise ManifestError(f"{index_path}: damaged record ({err})") from err
         problems, checked, nbytes = _verify_tree(dest, records, concurrency, progress)
-        if manifest is not None:
+        selection = marker.get("selection")
+        if isinstance(selection, dict):
+            # A partial pull (--include/--exclude): its members are checked against what the
+            # selection held when pulled, not the whole manifest; unselected ones are not missing.
+            problems += _unkept_selection(selection, records)
+        elif manifest is not None:
             problems += _unkept_promises(manifest, index_path)
     found = None
-    if manifest is not None and manifest.captions is not None and marker.get("mode") != "parts":
+    selected = {r.path for r in records} if isinstance(marker.get("selection"), dict) else None
+    if manifest is not None and manifest.captions is not None and marker.get("mode") != "parts" and (
+            selected is None or manifest.captions.path in selected):
         # The file's bytes were checked as a member above; this is the explicit count check.
         found, lines = recheck(dest, manifest.captions)
         problems += [Problem(manifest.captions.path, "captions", line) for line in lines]
@@ -304,6 +311,14 @@ def _cannot_check(rec: archive.MemberRecord, err: OSError, closed: dict[str, int
                                                          f"{closed[parent]:04o} (no read or search permission "
                                                          "for its owner): only root can read it")
     return Problem(rec.path, "unreadable", f"cannot read ({err.strerror or err})")
+
+
+def _unkept_selection(selection: dict, records: list[archive.MemberRecord]) -> list[Problem]:
+    """The recorded members against the counts a partial pull's marker records."""
+    files = [r for r in records if r.kind == "file"]
+    got = {"members": len(records), "files": len(files), "size": sum(r.size for r in files)}
+    return [Problem(".", "incomplete", f"the selection held {selection.get(what)} {what}, the pull recorded {n}")
+            for what, n in got.items() if selection.get(what) != n]
 
 
 def _unkept_promises(manifest: Manifest, index_path: Path) -> list[Problem]:

@@ -43,6 +43,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true",
                    help="if another pull is writing the same directory, wait for it to finish, then go on "
                         "(default: fail at once, naming it)")
+    p.add_argument("--generation", metavar="G", help="pull generation G (still stored: see 'ls SOURCE --generations') "
+                                                     "instead of the current one")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="pull only the members matching GLOB (repeatable; gitignore-style: 'captions.json', "
+                        "'images/0000/', '*.json', 'a/**/b'); a partial pull that verify checks as such")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out the members matching GLOB (repeatable; applied after --include)")
     p.set_defaults(func=run)
 
 
@@ -73,20 +80,27 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if len(web) != len(args.source):
             raise UsageError("give either http(s):// URLs of pieces or one dataset name or s3:// URL",
                              hint="run 's3sync pull --help' for usage")
+        if args.generation is not None or args.include or args.exclude:
+            raise UsageError("--generation, --include and --exclude apply only to s3sync datasets, not to "
+                             "http(s) archives")
         return _pull_split_urls(args, settings, ui)
     if len(args.source) > 1:
         raise UsageError(f"{len(args.source)} sources given: pull takes one dataset name or s3:// URL "
                          "(several sources only as http(s):// URLs of an archive's pieces)",
                          hint="run 's3sync pull --help' for usage")
+    from ..selection import Selection
+
+    selection = Selection.make(args.include, args.exclude) if args.include or args.exclude else None
     resolved = catalog.resolve(args.source[0], settings)
     store = store_for(settings, resolved.location.bucket)
     progress = ui.progress()
     try:
         try:
             result = pull(resolved.location, args.name or resolved.name, args.dest_parent.expanduser(), store,
-                          settings.transfer, extract=not args.no_extract, progress=progress)
+                          settings.transfer, extract=not args.no_extract, progress=progress,
+                          generation=args.generation, selection=selection)
         except NotFoundError as err:
-            if not err.manifest_missing:
+            if not err.manifest_missing or args.generation is not None or selection is not None:
                 raise
             if args.no_extract:
                 raise UsageError(f"{resolved.location.url()} holds no s3sync manifest: --no-extract applies only to "
@@ -101,13 +115,32 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.strip_components:
         ui.info("warning: --strip-components applies only to archives; ignored for an s3sync dataset")
     m = result.manifest
+    u = result.updated
     if ui.as_json:
         ui.emit_json({"command": "pull", "url": resolved.location.url(), "dest": str(result.dest),
                       "generation": m.generation, "files": m.files, "extracted_size": m.extracted_size,
                       "stream_size": m.stream_size, "bytes_received": result.bytes_received,
                       "resumed_from": result.resumed_from, "retries": result.retries,
                       "up_to_date": result.up_to_date, "captions": summary_json(m.captions),
+                      "updated": None if u is None else {
+                          "from_generation": u.old_generation, "fetched": u.fetched,
+                          "fetched_size": u.fetched_size, "reused": u.reused, "removed": u.removed,
+                          "resumed": u.resumed, "partial": u.partial},
+                      "selection": None if selection is None else selection.to_json(),
                       "elapsed_s": round(result.elapsed_s, 3)})
+    elif u is not None and u.partial:
+        ui.info(f"pulled the selected members of {result.dest.name} into {result.dest} (generation {m.generation}"
+                + (f", updated from {u.old_generation}" if u.old_generation else "")
+                + f"): {plural(u.fetched + u.reused + u.resumed, 'file')} selected of {m.files}, "
+                f"{plural(u.fetched, 'file')} fetched ({format_size(u.fetched_size)}), {u.reused} unchanged, "
+                f"{u.removed} removed; {format_size(result.bytes_received)} received, {result.elapsed_s:.1f}s")
+    elif u is not None:
+        change = (f"from generation {u.old_generation} to {m.generation}" if u.old_generation != m.generation
+                  else f"from a partial pull to all of generation {m.generation}")
+        ui.info(f"updated {result.dest.name} in {result.dest} {change}: "
+                f"{plural(u.fetched, 'file')} new or changed ({format_size(u.fetched_size)}), {u.reused} unchanged, "
+                f"{u.removed} removed; {format_size(result.bytes_received)} received of a "
+                f"{format_size(m.stream_size)} stream, {result.elapsed_s:.1f}s")
     elif result.up_to_date:
         ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
     else:

@@ -372,7 +372,7 @@ def test_bad_aws_checksum_setting_exits_2(run, s3_server, bucket, tmp_path: Path
 
 
 @pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
-def test_destination_holding_another_generation_exits_1(run, s3_server, bucket, tmp_path: Path) -> None:
+def test_destination_holding_another_generation_is_updated(run, s3_server, bucket, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "ds")
     url = f"s3://{bucket}/ds"
     ep = ["--endpoint-url", s3_server.endpoint_url]
@@ -381,8 +381,10 @@ def test_destination_holding_another_generation_exits_1(run, s3_server, bucket, 
     assert run("pull", url, dest, *ep, "-q").code == 0
     (src / "new.txt").write_text("v2\n")
     assert run("publish", src, "--to", url, *ep, *SMALL, "-q").code == 0
-    assert_error(run("pull", url, dest, *ep), 1)
-    assert not (dest / "ds" / "new.txt").exists()
+    updated = run("pull", url, dest, *ep)  # issue 13: updated in place, only the new member fetched
+    assert updated.code == 0 and "updated ds in" in updated.stderr and "1 file new or changed" in updated.stderr, updated
+    assert (dest / "ds" / "new.txt").read_text() == "v2\n"
+    assert run("verify", dest / "ds", "-q").code == 0
     # An unrelated existing directory is not overwritten either (an empty one is taken over).
     (tmp_path / "other" / "ds").mkdir(parents=True)
     (tmp_path / "other" / "ds" / "mine.txt").write_text("keep\n")

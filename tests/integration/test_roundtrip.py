@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from s3sync.config import Location, S3Settings, TransferSettings
-from s3sync.errors import DestinationError
 from s3sync.manifest import MANIFEST_NAME, Manifest
 from s3sync.planning import MiB
 from s3sync.publish import publish
@@ -285,10 +284,10 @@ def test_second_publish_makes_a_new_generation(store: S3Store, tmp_path: Path) -
     assert new.manifest.generation == second.generation
     assert_same_tree(src, new.dest)
 
-    # The destination pulled from the first generation is not silently mixed or replaced.
-    with pytest.raises(DestinationError):
-        pull(location, "ds", tmp_path / "old", store, SMALL)
-    assert (tmp_path / "old" / "ds" / "a.txt").read_text() == "first\n"
+    # The destination pulled from the first generation is updated in place (issue 13), never mixed.
+    updated = pull(location, "ds", tmp_path / "old", store, SMALL)
+    assert updated.updated is not None and updated.updated.old_generation == first.generation
+    assert_same_tree(src, updated.dest)
 
     # Pulling the current generation again into its complete destination is a no-op.
     again = pull(location, "ds", tmp_path / "new", store, SMALL)

@@ -1,0 +1,120 @@
+"""Which members a partial pull takes: ``--include GLOB`` / ``--exclude GLOB`` on member paths.
+
+Pure (no I/O). The globs are a documented subset of gitignore's pattern format (git-scm.com,
+gitignore(5), "PATTERN FORMAT"); no library for it is a dependency, so this is a small matcher:
+
+- ``*`` matches any run of characters but ``/``; ``?`` one character but ``/``; ``[abc]``,
+  ``[a-z]``, ``[!abc]`` one character of (or not of) a set.
+- ``**`` as a whole component matches any number of components: ``**/x`` (x at any depth),
+  ``a/**`` (everything under a), ``a/**/b`` (b at any depth under a).
+- A pattern with no ``/`` but a trailing one matches a name at any depth (``*.json``,
+  ``captions.json``); one with a ``/`` at its start or in its middle is anchored at the
+  dataset root (``/captions.json``, ``images/0000``).
+- A trailing ``/`` matches directories only.
+- A pattern that matches a directory matches everything under it.
+
+A member is selected when it matches an ``--include`` (or none is given) and no ``--exclude``.
+Directories are kept where they are selected themselves or hold a selected member.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+
+def _translate(glob: str) -> str:
+    """The regular expression (no anchors) for one glob's path part."""
+    out, i, n = [], 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = glob.find("]", i + 2 if glob[i + 1:i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1:j]
+                neg = body.startswith("!")
+                body = body[1:] if neg else body
+                out.append("[" + ("^/" if neg else "") + body.replace("\\", "\\\\").replace("^", "\\^") + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    text: str
+    regex: re.Pattern[str]
+    dir_only: bool
+
+
+def _compile(pattern: str, flag: str) -> _Pattern:
+    """Raises UsageError: an empty pattern, or one holding ``..`` or a NUL."""
+    p = pattern
+    if not p.strip("/") or "\x00" in p or ".." in p.split("/"):
+        raise UsageError(f"{flag} {pattern!r} is not a usable pattern",
+                         hint="a glob on member paths, e.g. 'captions.json', 'images/0000/', '*.json'")
+    dir_only = p.endswith("/")
+    p = p.rstrip("/")
+    anchored = "/" in p
+    p = p.lstrip("/")
+    parts = p.split("/")
+    pieces: list[str] = []
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        if part == "**":
+            pieces.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            pieces.append(_translate(part) + ("" if last else "/"))
+    body = "".join(pieces)
+    if not anchored:
+        body = "(?:[^/]+/)*" + body
+    return _Pattern(pattern, re.compile(body, re.DOTALL), dir_only)
+
+
+def _matches(pat: _Pattern, path: str, is_dir: bool) -> bool:
+    """The pattern matches ``path`` or one of its parent directories."""
+    if pat.regex.fullmatch(path) and (is_dir or not pat.dir_only):
+        return True
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        if pat.regex.fullmatch(path):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The ``--include`` and ``--exclude`` patterns of a partial pull (see module docstring).
+
+    Raises (``make``): UsageError for an unusable pattern.
+    """
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    _inc: tuple[_Pattern, ...] = ()
+    _exc: tuple[_Pattern, ...] = ()
+
+    @classmethod
+    def make(cls, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()) -> Selection:
+        return cls(tuple(include), tuple(exclude), tuple(_compile(p, "--include") for p in include),
+                   tuple(_compile(p, "--exclude") for p in exclude))
+
+    def selects(self, path: str, is_dir: bool = False) -> bool:
+        """True if the member at ``path`` (relative, ``/``-separated) is selected."""
+        if self._inc and not any(_matches(p, path, is_dir) for p in self._inc):
+            return False
+        return not any(_matches(p, path, is_dir) for p in self._exc)
+
+    def to_json(self) -> dict[str, list[str]]:
+        """The patterns, as recorded in ``complete.json``."""
+        return {"include": list(self.include), "exclude": list(self.exclude)}
