@@ -8,6 +8,7 @@ The Python API (``s3sync/api.py``)::
     s3sync.publish("/data/sbu", to="s3://bucket/sbu")  # -> PublishResult
     s3sync.verify("/data/sbu").problems                # -> VerifyResult
     s3sync.ls("s3://bucket/sbu").files                 # -> Manifest
+    s3sync.repair("/data/sbu").fetched                 # -> RepairResult
 
 Errors are ``s3sync.errors.S3SyncError`` subclasses. The functions are imported on first
 use, so that ``import s3sync`` stays fast.
@@ -23,11 +24,11 @@ from . import errors
 from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:
-    from .api import CatalogListing, ls, publish, pull, verify
+    from .api import CatalogListing, ls, publish, pull, repair, verify
 
-__all__ = ["CatalogListing", "NullProgress", "Progress", "errors", "ls", "publish", "pull", "verify"]
+__all__ = ["CatalogListing", "NullProgress", "Progress", "errors", "ls", "publish", "pull", "repair", "verify"]
 
-_API = frozenset({"CatalogListing", "ls", "publish", "pull", "verify"})
+_API = frozenset({"CatalogListing", "ls", "publish", "pull", "repair", "verify"})
 
 
 def __getattr__(name: str) -> Any:

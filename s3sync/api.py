@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from .manifest import Manifest
     from .publish import PublishResult
     from .pull import PullResult
+    from .repair import RepairResult
     from .verify import VerifyResult
 
-__all__ = ["CatalogListing", "ProgressCallback", "ls", "publish", "pull", "verify"]
+__all__ = ["CatalogListing", "ProgressCallback", "ls", "publish", "pull", "repair", "verify"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """``callback(stage, done, total)``: bytes (or items, for ``progress.ITEM_STAGES``) done in
@@ -150,7 +151,8 @@ def _path(value: str | os.PathLike[str], what: str) -> Path:
 
 
 def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None = None, extract: bool = True,
-         wait: bool = False,
+         wait: bool = False, generation: str | None = None, include: Sequence[str] = (),
+         exclude: Sequence[str] = (),
          endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
          no_sign_request: bool = False, concurrency: int | None = None,
          progress: Progress | ProgressCallback | None = None, env: Mapping[str, str] | None = None) -> PullResult:
@@ -164,6 +166,9 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
         extract: False stores the verified parts as ``NAME/part-NNNNN.tar`` (``--no-extract``).
         wait: if another pull is writing the same directory, wait for it to finish, then go on
             (usually finding the dataset complete); False raises ``DestinationBusyError``.
+        generation: pull this stored generation instead of the current one (``--generation``).
+        include, exclude: gitignore-style globs on member paths (``--include``/``--exclude``):
+            a partial pull of the matching members.
         endpoint_url, profile, region, no_sign_request, concurrency: as the CLI's flags.
         progress: a ``Progress`` object or a ``callback(stage, done, total)``.
         env: the environment to resolve settings from (None: ``os.environ``).
@@ -186,8 +191,11 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
     from .manifest import NAME_RULE, valid_name
     from .pull import pull as run
 
+    from .selection import Selection
+
     if name is not None and not valid_name(name):
         raise UsageError(f"name {name!r} is not a valid dataset name", hint=NAME_RULE)
+    selection = Selection.make(list(include), list(exclude)) if include or exclude else None
     sink = _progress(progress)
     dest = _path(dest_parent, "dest_parent")
     settings = _settings(env, endpoint_url=endpoint_url, profile=profile, region=region,
@@ -199,7 +207,7 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
             while True:
                 try:
                     return run(resolved.location, name or resolved.name, dest, store, settings.transfer,
-                               extract=extract, progress=sink)
+                               extract=extract, progress=sink, generation=generation, selection=selection)
                 except DestinationBusyError as err:
                     if not wait:
                         raise
@@ -293,6 +301,46 @@ def verify(directory: str | os.PathLike[str], *, concurrency: int | None = None,
     settings = _settings(env, concurrency=concurrency)
     with _interruptible():
         return run(_path(directory, "directory"), settings.transfer.concurrency, sink)
+
+
+def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, endpoint_url: str | None = None,
+           profile: str | None = None, region: str | None = None, no_sign_request: bool = False,
+           concurrency: int | None = None, progress: Progress | ProgressCallback | None = None,
+           env: Mapping[str, str] | None = None) -> RepairResult:
+    """Fetch again only what ``verify`` flags in a pulled dataset (``s3sync repair``), from
+    the source and generation recorded at pull time.
+
+    Args:
+        directory: a directory ``pull`` created (``DEST_PARENT/NAME``).
+        delete_extra: also delete entries that are not part of the dataset.
+        endpoint_url, profile, region, no_sign_request, concurrency: as the CLI's flags.
+        progress: a ``Progress`` object or a ``callback(stage, done, total)``.
+        env: the environment to resolve settings from (None: ``os.environ``).
+
+    Returns:
+        ``repair.RepairResult``: what was fetched, remade, fixed, found extra, deleted, and
+        what could not be repaired (``unrepaired``: empty when the dataset matches again).
+
+    Raises:
+        DestinationError: ``directory`` is not a completed pull, or another repair runs.
+        NotFoundError: the generation is no longer stored (removed by ``gc``).
+        ManifestError, MemberIndexError, DamagedDatasetError, StoreError, IntegrityError:
+            as ``s3sync.repair.repair`` says; a rerun does the rest.
+    """
+    from .repair import repair as run
+    from .repair import source_of
+
+    sink = _progress(progress)
+    dest = _path(directory, "directory")
+    settings = _settings(env, endpoint_url=endpoint_url, profile=profile, region=region,
+                         no_sign_request=no_sign_request, concurrency=concurrency)
+    location = source_of(dest)
+    store = _store(settings, location.bucket)
+    try:
+        with _interruptible():
+            return run(dest, location, store, settings.transfer, delete_extra=delete_extra, progress=sink)
+    finally:
+        store.close()
 
 
 def ls(source: str | None = None, *, endpoint_url: str | None = None, profile: str | None = None,

@@ -104,6 +104,16 @@ def test_publish_ls_pull_verify_as_a_script_calls_them(s3_server, bucket, tmp_pa
     changed = s3sync.verify(str(pulled.dest))  # a difference is in the result, not raised
     assert [(p.path, p.kind) for p in changed.problems if p.kind != "mtime"] == [("images/0002.jpg", "changed")]
 
+    repaired = s3sync.repair(pulled.dest, **net)  # fetches that file again, from the recorded source
+    assert "images/0002.jpg" in repaired.fetched and repaired.unrepaired == ()
+    assert repaired.bytes_received < m.stream_size
+    assert s3sync.verify(pulled.dest).problems == ()
+
+    part = s3sync.pull(url, tmp_path / "subset", include=["captions.json"], **net)  # a partial pull
+    assert sorted(p.name for p in part.dest.iterdir() if p.name != ".s3sync") == ["captions.json"]
+    old = s3sync.pull(url, tmp_path / "old", generation=m.generation, **net)
+    assert old.manifest.generation == m.generation
+
     assert capsys.readouterr() == ("", "")  # the API never prints
 
 
@@ -162,6 +172,8 @@ def test_import_is_lazy_and_names_are_the_api() -> None:
             "from s3sync.pull import PullResult\n"
             "assert callable(s3sync.pull) and s3sync.pull.__module__ == 's3sync.api', s3sync.pull\n"
             "assert s3sync.publish.__module__ == s3sync.verify.__module__ == 's3sync.api'\n"
+            "import s3sync.repair\n"
+            "assert s3sync.repair.__module__ == 's3sync.api', s3sync.repair\n"
             "assert s3sync.errors.NotFoundError.exit_code == 1\n")
     env = {**os.environ, "PYTHONPATH": str(Path(s3sync.__file__).parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
