@@ -24,6 +24,7 @@ import math
 import os
 import re
 import stat
+import struct
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -584,6 +585,77 @@ def strip_components(name: str, count: int) -> str | None:
     return "/".join(parts[count:])
 
 
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8x32s32s8s8s155s12x")
+"""The ustar header block's fields (POSIX.1-2017, pax, "ustar Interchange Format"): name,
+mode, uid, gid, size, mtime, chksum, typeflag, linkname, (magic, version), uname, gname,
+devmajor, devminor, prefix."""
+_CHKSUM_SPACES = 8 * 0x20
+"""The checksum field counts as eight spaces in the checksum."""
+
+
+def _octal(field: bytes) -> int:
+    """A numeric header field as tarfile's ``nti`` reads it when it is octal text.
+
+    Raises:
+        ValueError: not plain octal text (base-256, non-ASCII, junk): the caller lets
+            tarfile decide.
+    """
+    end = field.find(b"\0")
+    if end != -1:
+        field = field[:end]
+    return int(field.strip() or b"0", 8)
+
+
+class _FastTarInfo(tarfile.TarInfo):
+    """``tarfile.TarInfo`` whose ``frombuf`` parses the usual header in one ``struct`` call.
+
+    tarfile's ``frombuf`` cost ~20 us per member (two checksums over ``struct.unpack``
+    tuples, a function call per field): 40 % of the main thread of a pull of 50,000 files
+    of 100 bytes. This one computes the same result for headers whose numbers are octal
+    text and whose unsigned checksum matches, and hands everything else (base-256
+    numbers, signed checksums, bad headers, old GNU sparse members, end-of-archive
+    blocks) to tarfile's own ``frombuf``, which then returns or raises exactly as it does
+    without us. tests/property/test_fast_header_props.py pins both to the same result.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):  # noqa: D102 - tarfile's signature and contract
+        if len(buf) != tarfile.BLOCKSIZE or buf[156:157] == tarfile.GNUTYPE_SPARSE or not any(buf):
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, chksum, kind, linkname, uname, gname, devmajor, devminor,
+         prefix) = _HEADER.unpack(buf)
+        try:
+            if (mode[0] | uid[0] | gid[0] | size[0] | mtime[0] | chksum[0] | devmajor[0] | devminor[0]) & 0x80:
+                raise ValueError("base-256 number")
+            checked = _octal(chksum)
+            if checked != sum(buf) - sum(buf[148:156]) + _CHKSUM_SPACES:
+                raise ValueError("not the unsigned checksum")
+            numbers = (_octal(mode), _octal(uid), _octal(gid), _octal(size), _octal(mtime), _octal(devmajor),
+                       _octal(devminor))
+        except ValueError:
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.name = name.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.devmajor, obj.devminor = numbers
+        obj.chksum = checked
+        obj.type = kind
+        obj.linkname = linkname.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.uname = uname.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.gname = gname.split(b"\0", 1)[0].decode(encoding, errors)
+        prefix = prefix.split(b"\0", 1)[0].decode(encoding, errors)
+        # The rest as tarfile's frombuf: a V7 directory is a regular file named with a
+        # trailing slash; directories lose trailing slashes; a ustar prefix is joined.
+        if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):
+            obj.type = tarfile.DIRTYPE
+        if obj.isdir():
+            obj.name = obj.name.rstrip("/")
+        if prefix and obj.type not in tarfile.GNU_TYPES:
+            obj.name = prefix + "/" + obj.name
+        return obj
+
+
 class SafeExtractor:
     """Extract a tar stream into ``root``, refusing anything that would escape it.
 
@@ -668,7 +740,7 @@ class SafeExtractor:
             DestinationError: another write failure.
         """
         try:
-            tar = tarfile.TarFile(fileobj=stream, mode="r", encoding="utf-8",
+            tar = tarfile.TarFile(fileobj=stream, mode="r", tarinfo=_FastTarInfo, encoding="utf-8",
                                   errors="surrogateescape")
         except (tarfile.TarError, ValueError) as err:  # the first header is read here: as in the loop below
             raise UnsafeArchiveError(f"tar stream unreadable at byte {stream.tell()}: {err}") from err
