@@ -9,12 +9,13 @@ checksum recomputed (unsigned or signed, as Sun tar) or left wrong.
 
 from __future__ import annotations
 
+import json
 import tarfile
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from s3sync import archive
+from s3sync import archive, journal
 
 ATTRS = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname", "uname", "gname",
          "devmajor", "devminor", "_sparse_structs")
@@ -68,3 +69,17 @@ def header(draw) -> bytes:
 def test_fast_frombuf_agrees_with_tarfile(buf):
     assert parse(archive._FastTarInfo, buf) == parse(tarfile.TarInfo, buf)
 
+
+@given(path=st.text(min_size=1, max_size=30), kind=st.sampled_from(["file", "dir", "symlink", "hardlink", 'x"y']),
+       size=st.integers(0, 2**40), mode=st.integers(0, 0o7777), mtime=st.integers(-2**33, 2**34),
+       digest=st.one_of(st.just(""), st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), st.text(max_size=3)),
+       link=st.one_of(st.just(""), st.text(max_size=20)))
+@example(path='a"b', kind="file", size=1, mode=0o644, mtime=0, digest="", link="")
+@example(path="a\\b", kind="file", size=1, mode=0o644, mtime=0, digest="", link="x\udcff")
+@example(path="caf\u00e9\udce9", kind="file", size=1, mode=0o644, mtime=0, digest="", link="")
+def test_journal_record_line_is_json_dumps(path, kind, size, mode, mtime, digest, link):
+    r = archive.MemberRecord(path, kind, size, mode, mtime, digest, link)
+    want = (json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link), ensure_ascii=False,
+                       separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape")
+    assert journal.record_line(r) == want
+    assert archive.MemberRecord(*json.loads(want.decode("utf-8", "surrogateescape"))) == r
