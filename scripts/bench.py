@@ -1298,9 +1298,10 @@ def write_outputs(args, out: Path, stem: str, text: str, doc: dict, summary: dic
         chart(summary, info, out / "bench.png")
 
 
-SECTIONS = ("results", "rss", "scaling", "profile", "archive", "archive-profile")
+SECTIONS = ("results", "rss", "publish-rss", "scaling", "profile", "archive", "archive-profile")
 """Result files of each mode in --out, in the order docs/bench.md shows them."""
-SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against", "scaling": "### Scaling:",
+SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against",
+                    "publish-rss": "### Publish peak RSS against file count", "scaling": "### Scaling:",
                     "profile": "### Profile of one `s3sync ", "archive": "### Existing archives:",
                     "archive-profile": "### Profile of one split-archive pull"}
 """How each section's markdown begins: a section of docs/bench.md that --out has no result
@@ -1591,6 +1592,55 @@ def mode_rss(args, tools, env, out) -> int:
     return 0
 
 
+def build_many_files(out: Path, files: int, size: int = 100, per_dir: int = 1000) -> tuple[Path, dict]:
+    """``files`` files of ``size`` bytes (random, no captions.json) in directories of
+    ``per_dir``, cached: a million take ~1 minute (one open, write and close each)."""
+    def build(tree: Path) -> dict:
+        rnd = random.Random(files)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for d in range(0, files, per_dir):
+            sub = tree / f"{d // per_dir:05d}"
+            sub.mkdir(parents=True)
+            for i in range(d, min(files, d + per_dir)):
+                fd = os.open(sub / f"{i:08d}.bin", flags, 0o644)
+                os.write(fd, rnd.randbytes(size))
+                os.close(fd)
+        return {"files": files, "bytes": files * size}
+
+    return cached_dataset(out, f"many-{files}f-{size}B-{per_dir}pd", build)
+
+
+def mode_publish_rss(args, tools, env, out) -> int:
+    """Peak RSS (and time) of one ``s3sync publish`` of N small files, for each N: it should
+    stay flat (issue 13: <= 512 MiB for a million files)."""
+    counts = [int(float(x)) for x in args.publish_rss.split(",")]
+    rows, doc = [], {}
+    with rclone_server(tools, out, env) as endpoint:
+        bench = Bench(args, tools, env, endpoint, out, (out, "local"))
+        for files in counts:
+            src, meta = build_many_files(out, files)
+            prefix = f"publish-rss-{files}"
+            bench.delete_prefix(prefix + "/")
+            os.sync()
+            res = run(bench.publish_cmd(src, prefix), env, bench.log_stem(f"publish-rss-{files}"), timeout_s=3600)
+            bench.delete_prefix(prefix + "/")
+            doc[str(files)] = {"meta": meta, "wall_s": round(res.wall_s, 2), "rss_kib": res.rss_kib,
+                               "user_s": res.user_s, "sys_s": res.sys_s}
+            met = "met" if res.rss_kib <= RSS_TARGET_KIB else "**not met**"
+            rows.append(f"| {files:,} x 100 B | {res.wall_s:.1f} | {res.user_s + res.sys_s:.1f} | "
+                        f"{res.rss_kib / 1024:.0f} | {met} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    text = "\n".join(["### Publish peak RSS against file count (one run each)", "",
+                      f"`python scripts/bench.py {' '.join(sys.argv[1:])}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
+                      f"commit {git_commit()}, {os.cpu_count()} CPUs, source tree on the local disk (no captions.json), "
+                      "against `rclone serve s3` on loopback.", "",
+                      "| files | publish s | CPU s | peak RSS MiB | <= 512 MiB |", "|---|---:|---:|---:|---|", *rows, ""])
+    (out / "publish-rss.md").write_text(text)
+    (out / "publish-rss.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    return 0
+
+
 def check_archive_trees(bench: Bench) -> dict:
     """Extract once with h (s3sync, plain), i (GNU tar, the reference) and j (s3sync, gzip),
     untimed, and require the three trees to be identical (``tree_signature``).
@@ -1712,6 +1762,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="many tiny files vs a few large files")
     p.add_argument("--tiny-files", type=int, default=100_000, help="files of 4 KiB for --scaling (default 100000)")
     p.add_argument("--scaling-repeats", type=int, default=1)
+    p.add_argument("--publish-rss", metavar="N[,N...]",
+                   help="peak RSS of s3sync publish of N files of 100 B each, e.g. 100000,1000000")
     p.add_argument("--small-files", type=int, default=50_000, help="files of 100 B for --scaling (default 50000)")
     p.add_argument("--scaling-sets", default="small,tiny,large",
                    help="datasets for --scaling, comma-separated: small (100 B files), tiny (4 KiB), large")
@@ -1741,6 +1793,8 @@ def main(argv: list[str] | None = None) -> int:
         code = mode_archive(args, tools, env, out)
     elif args.scaling:
         code = mode_scaling(args, tools, env, out)
+    elif args.publish_rss:
+        code = mode_publish_rss(args, tools, env, out)
     elif args.rss_sizes:
         code = mode_rss(args, tools, env, out)
     elif args.profile:
