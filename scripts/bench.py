@@ -1504,6 +1504,11 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
+def each_size(n: float) -> str:
+    """A file size for the scaling table: bytes under 1 KiB, else KiB."""
+    return f"{n:,.0f} B" if n < KiB else f"{n / KiB:,.0f} KiB"
+
+
 def mode_scaling(args, tools, env, out) -> int:
     """Throughput for many tiny files against a few large ones."""
     wanted = args.scaling_sets.split(",")
@@ -1533,7 +1538,7 @@ def mode_scaling(args, tools, env, out) -> int:
             summ = summarise(recs, cases, bench.stream_size, SCALING_RATIOS)
             doc["datasets"][label] = {"meta": meta, "stream_size": bench.stream_size, "summary": summ, "records": recs}
             for c, s in summ["cases"].items():
-                rows.append(f"| {label} | {meta['files']:,} x {meta['bytes'] / meta['files'] / KiB:,.0f} KiB | {c}: "
+                rows.append(f"| {label} | {meta['files']:,} x {each_size(meta['bytes'] / meta['files'])} | {c}: "
                             f"{cell(s['label'])} | {s['median_s']:.2f} | {meta['bytes'] / 1e6 / s['median_s']:,.0f} | "
                             f"{fmt_rate(meta['files'] / s['median_s'])} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | "
                             f"{s['server_cpu_s']:.1f} | {s['peak_rss_mib']:.0f} |")
