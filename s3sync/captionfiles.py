@@ -14,7 +14,7 @@ import os
 import posixpath
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ _MAX_HOPS = 40  # symlinks followed in one name, as Linux's path resolution (pat
 # --------------------------------------------------------------------------- publish
 
 
-def check_tree(src: Path, entries: Sequence[archive._Entry]) -> CaptionsSummary | None:
+def check_tree(src: Path, entries: Iterable[archive._Entry],
+               checked: list[archive._Entry] | None = None) -> CaptionsSummary | None:
     """Check ``src/captions.json`` against the tree a publish scanned (``archive.scan_tree``).
 
     Every ``file_name`` must be a regular file among ``entries`` (or a symlink in the tree
@@ -43,7 +44,12 @@ def check_tree(src: Path, entries: Sequence[archive._Entry]) -> CaptionsSummary 
 
     Args:
         src: the directory being published.
-        entries: ``archive.scan_tree(src)``.
+        entries: ``archive.walk_tree(src)`` or ``archive.scan_tree(src)``: consumed to the
+            end (a publish passes its first walk through a ``TreeSurvey``). Only paths are
+            kept, and only when ``src/captions.json`` exists.
+        checked: if given, the scanned entry of the file whose bytes were checked is
+            appended: a publish that walks the tree again to write it checks that it is
+            unchanged then (``archive.check_unchanged``).
 
     Returns:
         The counts for the manifest, or None if there is no ``captions.json`` at the root.
@@ -54,18 +60,36 @@ def check_tree(src: Path, entries: Sequence[archive._Entry]) -> CaptionsSummary 
         SourceError: it cannot be read, or changed since the scan.
     """
     shown = os.path.join(os.fspath(src), CAPTIONS_NAME)
-    files = {e.rel: e for e in entries if e.link is None and stat.S_ISREG(e.st.st_mode)}
-    links = {e.rel: e.link for e in entries if e.link is not None}
-    kinds = {e.rel: e.st.st_mode for e in entries if e.rel == CAPTIONS_NAME}
+    if not os.path.lexists(shown):
+        for e in entries:  # the walk goes on (a publish counts the tree through it)
+            if e.rel == CAPTIONS_NAME:
+                raise SourceError(f"{shown}: appeared while the tree was being scanned",
+                                  hint="publish again when nothing is writing to SRC_DIR")
+        return None
+    # Paths only, not entries: a million files would hold ~1 GiB of stat results.
+    files: set[str] = set()
+    links: dict[str, str] = {}
+    kinds: dict[str, archive._Entry] = {}
+    for e in entries:
+        if e.link is not None:
+            links[e.rel] = e.link
+        elif stat.S_ISREG(e.st.st_mode):
+            files.add(e.rel)
+        if e.rel == CAPTIONS_NAME:
+            kinds[e.rel] = e
     if CAPTIONS_NAME not in kinds:
         return None
     target = resolve(CAPTIONS_NAME, links)
-    entry = files.get(target) if target is not None else None
+    entry = None
+    if target is not None and target in files:
+        entry = kinds[CAPTIONS_NAME] if target == CAPTIONS_NAME else _scan_one(src, target)
     if entry is None:
-        what = "a directory" if stat.S_ISDIR(kinds[CAPTIONS_NAME]) else "a symlink that ends at no regular file"
+        what = "a directory" if stat.S_ISDIR(kinds[CAPTIONS_NAME].st.st_mode) else "a symlink that ends at no regular file"
         raise CaptionsError(f"{shown}: {what}, not a COCO-model captions file",
                             hint="make captions.json a regular file at the dataset's root, or rename it")
     data = _read_scanned(entry)
+    if checked is not None:
+        checked.append(entry)
     doc = captions.parse(data, shown)
 
     def exists(name: str) -> bool:
@@ -82,6 +106,17 @@ def check_tree(src: Path, entries: Sequence[archive._Entry]) -> CaptionsSummary 
         raise CaptionsError(f"{err}; nothing was uploaded",
                             hint="fix or rebuild captions.json (or move it out of SRC_DIR), then publish again") from None
     return CaptionsSummary(CAPTIONS_NAME, got.images, got.annotations)
+
+
+def _scan_one(src: Path, rel: str) -> archive._Entry | None:
+    """The entry of the regular file ``rel`` in ``src`` (a symlinked captions.json's
+    target), as the walk would see it now, or None if it is not a regular file."""
+    path = os.path.join(os.fspath(src), *rel.split("/"))
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return archive._Entry(rel, path, st, None) if stat.S_ISREG(st.st_mode) else None
 
 
 def resolve(name: str, links: dict[str, str]) -> str | None:

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -262,10 +263,7 @@ class Journal:
     def add(self, record: MemberRecord) -> None:
         """Append an extracted member to the index (flushed with the next checkpoint)."""
         assert self._index_file is not None
-        r = record
-        line = json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link),
-                          ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = line.encode("utf-8", "surrogateescape")
+        data = record_line(record)
         self._index_file.write(data)
         # Counted here rather than asked of the file at each checkpoint: BufferedWriter.tell()
         # cost ~3.5 us per member (20,000 members: 90 -> 170 ms of bookkeeping).
@@ -634,6 +632,26 @@ def rmtree_at(parent_fd: int, name: str) -> None:
     finally:
         os.close(top)
     os.rmdir(name, dir_fd=parent_fd)
+
+
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')
+"""Printable ASCII but ``"`` and ``\\``: what JSON writes as it is between quotes."""
+
+
+_KINDS = frozenset({"file", "dir", "symlink", "hardlink"})
+
+
+def record_line(r: MemberRecord) -> bytes:
+    """A member's line in a pull's index (with its newline): the JSON array of its fields.
+
+    The usual member (printable ASCII path and link) is formatted directly, ~4x faster than
+    ``json.dumps`` (~2 us per member, 0.1 s of a pull of 50,000 small files); the bytes are
+    the same (tests/property/test_fast_header_props.py compares the two)."""
+    if (r.kind in _KINDS and type(r.size) is int and type(r.mode) is int and type(r.mtime) is int and _PLAIN.fullmatch(r.path)
+            and _PLAIN.fullmatch(r.digest) and (not r.link or _PLAIN.fullmatch(r.link))):
+        return f'["{r.path}","{r.kind}",{r.size},{r.mode},{r.mtime},"{r.digest}","{r.link}"]\n'.encode("ascii")
+    return (json.dumps((r.path, r.kind, r.size, r.mode, r.mtime, r.digest, r.link),
+                       ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape")
 
 
 def iter_index(path: Path) -> Iterator[MemberRecord]:

@@ -25,6 +25,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from .errors import (
     PartChangedError,
     PublishConflictError,
     S3SyncError,
+    SourceError,
     StoreError,
     TransientStoreError,
 )
@@ -244,11 +246,14 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     started = time.monotonic()
     buildstate.check_publishable(src)  # a build that failed or is still running: not a dataset yet
     store.check_bucket()
-    entries = archive.scan_tree(src)
+    # The tree is walked twice, never held whole (a million files' stat results took ~1 GiB):
+    # once here to count it and check the captions, once to write it (``_rewalk``).
+    tree = archive.TreeSurvey()
+    checked: list[archive._Entry] = []
     # Before anything is written to the bucket: a broken captions.json is refused here
     # (the ImageNet captions once lost 540k of 919k captions on S3 and nobody noticed).
-    captions = check_tree(src, entries)
-    estimate = sum(e.st.st_size for e in entries if e.link is None) + 1024 * len(entries)
+    captions = check_tree(src, tree.watch(archive.walk_tree(src)), checked)
+    estimate = tree.file_bytes + 1024 * tree.members
     generation = new_generation()
     up_size = upload_part_size(settings.part_size, max(settings.chunk_size, 8 * 1024 * 1024))
 
@@ -322,14 +327,15 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     # The member index is built as the tar is written (file data hashed as it streams by,
     # never read twice) and uploaded before the manifest names it: it is one of the
     # generation's own objects (docs/manifest.md section 10).
-    member_index = IndexWriter(generation, len(entries))
+    member_index = IndexWriter(generation, tree.members)
     writer = PartWriter(settings.part_size, settings.chunk_size,
                         start_part=lambda i, pipe: work.put((i, pipe)),
                         end_part=lambda i, size, dig, chunks: parts.__setitem__(i, (size, dig, chunks)),
                         failed=failed, progress=progress)
     try:
         try:
-            stats = archive.write_tar(entries, writer, writer.before_member, on_member=member_index.add)
+            stats = archive.write_tar(_rewalk(src, tree, checked), writer, writer.before_member,
+                                      on_member=member_index.add)
             writer.close()
         except BaseException as err:
             failed.set()
@@ -399,9 +405,38 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
     heads.shutdown()
     member_index.close()
     result = _swap(store, location, manifest, base, keeper, progress, started, cleanup, notes)
-    if (warning := archive.owner_unreadable_warning(entries)) is not None:  # said once it is true
+    if (warning := tree.unreadable_warning()) is not None:  # said once it is true
         progress.message(warning)
     return result
+
+
+def _rewalk(src: Path, tree: archive.TreeSurvey, checked: list[archive._Entry]) -> Iterator[archive._Entry]:
+    """The second walk of ``src``, which the tar is written from: it must meet the first
+    (``tree``: the member count the member index's header and the progress were given; the
+    captions file whose bytes were checked, ``checked``), or the publish stops before
+    anything is committed.
+
+    Raises:
+        SourceError: the tree changed between the walks.
+    """
+    hint = "publish again when nothing is writing to SRC_DIR"
+    want = {e.rel: e.st for e in checked}
+    members = 0
+    for entry in archive.walk_tree(src):
+        members += 1
+        if members > tree.members:
+            raise SourceError(f"{entry.path}: appeared while publishing (the tree has more than the "
+                              f"{tree.members} entries counted)", hint=hint)
+        if entry.rel in want:
+            try:
+                if (entry.st.st_dev, entry.st.st_ino) != (want[entry.rel].st_dev, want[entry.rel].st_ino):
+                    raise archive.SourceChanged("replaced by another file")
+                archive.check_unchanged(want[entry.rel], entry.st)
+            except archive.SourceChanged as err:
+                raise SourceError(f"{entry.path}: changed after its captions were checked ({err})", hint=hint) from err
+        yield entry
+    if members != tree.members:
+        raise SourceError(f"{src}: {tree.members - members} entries vanished while publishing", hint=hint)
 
 
 class _Lost(Exception):

@@ -153,10 +153,12 @@ CASES = {
     "e": "seed: s5cmd cp + cat | tar x",
     "f_s3sync": "s3sync publish",
     "f_aws": "tar c | aws s3 cp -",
+    "f_s5": "tar c | s5cmd pipe",
 }
 S3SYNC_CASES = {"a", "d", "f_s3sync"}
 CASE_TOOLS = {"a": ("s3sync",), "d": ("s3sync",), "f_s3sync": ("s3sync",), "b": ("s5cmd",),
-              "c": ("aws",), "e": ("s5cmd", "tar"), "g": ("s5cmd", "tar"), "f_aws": ("aws", "tar")}
+              "c": ("aws",), "e": ("s5cmd", "tar"), "g": ("s5cmd", "tar"), "f_aws": ("aws", "tar"),
+              "f_s5": ("s5cmd", "tar")}
 """The programs each case runs (warmed up by ``Bench.settle``)."""
 DOWNLOAD_CASES = {"a", "b", "c", "d", "e", "g", "h", "i", "j", "k"}
 
@@ -182,6 +184,11 @@ RATIOS = [
 ARCHIVE_RATIOS = [
     ("h/i", "h", "i", 1.0, "<= 1.0: verified split-archive pull vs the seed way"),
     ("j/k", "j", "k", None, "report: gzip pull (verified) vs unverified s5cmd cat | gzip -dc | tar x"),
+]
+SCALING_RATIOS = [
+    ("d/g", "d", "g", 1.2, "<= 1.2: verified pull vs s5cmd cat | tar x (issue 13)"),
+    ("f_s3sync/f_s5", "f_s3sync", "f_s5", 1.5, "<= 1.5: publish vs tar c | s5cmd pipe (issue 13)"),
+    ("f_s3sync/f_aws", "f_s3sync", "f_aws", None, "report: publish vs tar c | aws s3 cp -"),
 ]
 RSS_TARGET_KIB = 512 * 1024
 
@@ -576,6 +583,15 @@ def build_dataset(out: Path, files: int, min_kb: int, max_kb: int, seed: int, pe
     return cached_dataset(out, f"sbu2-{files}f-{min_kb}-{max_kb}k-{per_dir}pd-seed{seed}", build)
 
 
+def build_bytes_dataset(out: Path, files: int, size: int, seed: int, per_dir: int = 1000) -> tuple[Path, dict]:
+    """``make_dataset.py``'s tree with every image exactly ``size`` bytes, cached."""
+    def build(tree: Path) -> dict:
+        info = md.make_dataset(tree, files=files, min_bytes=size, max_bytes=size, per_dir=per_dir, seed=seed)
+        return {"files": info.files, "bytes": info.bytes}
+
+    return cached_dataset(out, f"sbu2-{files}f-{size}B-{per_dir}pd-seed{seed}", build)
+
+
 def build_large_dataset(out: Path, count: int, size: int) -> tuple[Path, dict]:
     """``count`` incompressible files of ``size`` bytes each, cached."""
     def build(tree: Path) -> dict:
@@ -962,6 +978,17 @@ class Bench:
             self.delete_prefix(prefix + "/")
         return res, None, {}
 
+    def case_f_s5(self, d: Path, stem: Path):
+        prefix = "publish-s5"
+        self.delete_prefix(prefix + "/")
+        try:
+            res = run(bash(f"{q(self.tools.tar)} -c -f - -C {q(self.src.parent)} {q(self.src.name)} | "
+                           f"{q(self.tools.s5cmd)} --endpoint-url {q(self.endpoint)} pipe "
+                           f"s3://{BUCKET}/{prefix}/{NAME}.tar"), self.env, stem)
+        finally:
+            self.delete_prefix(prefix + "/")
+        return res, None, {}
+
     def case_f_aws(self, d: Path, stem: Path):
         prefix = "publish-aws"
         self.delete_prefix(prefix + "/")
@@ -1229,7 +1256,7 @@ def case_order(cases: list[str], rep: int, seed: int) -> list[str]:
 def mode_bench(args, tools, env, out) -> int:
     from s3sync.pull import SPACE_MARGIN
 
-    cases = [c for c in CASES if c.split("_")[0] in args.only]
+    cases = [c for c in CASES if c.split("_")[0] in args.only and c != "f_s5"]  # f_s5: --scaling only
     src, meta = build_dataset(out, dataset_files(args), args.min_kb, args.max_kb, args.seed)
     started = time.perf_counter()
     records: list[dict] = []
@@ -1271,9 +1298,10 @@ def write_outputs(args, out: Path, stem: str, text: str, doc: dict, summary: dic
         chart(summary, info, out / "bench.png")
 
 
-SECTIONS = ("results", "rss", "scaling", "profile", "archive", "archive-profile")
+SECTIONS = ("results", "rss", "publish-rss", "scaling", "profile", "archive", "archive-profile")
 """Result files of each mode in --out, in the order docs/bench.md shows them."""
-SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against", "scaling": "### Scaling:",
+SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against",
+                    "publish-rss": "### Publish peak RSS against file count", "scaling": "### Scaling:",
                     "profile": "### Profile of one `s3sync ", "archive": "### Existing archives:",
                     "archive-profile": "### Profile of one split-archive pull"}
 """How each section's markdown begins: a section of docs/bench.md that --out has no result
@@ -1476,11 +1504,22 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
+def each_size(n: float) -> str:
+    """A file size for the scaling table: bytes under 1 KiB, else KiB."""
+    return f"{n:,.0f} B" if n < KiB else f"{n / KiB:,.0f} KiB"
+
+
 def mode_scaling(args, tools, env, out) -> int:
     """Throughput for many tiny files against a few large ones."""
-    datasets = [("tiny", *build_dataset(out, args.tiny_files, 4, 4, args.seed, per_dir=1000)),
-                ("large", *build_large_dataset(out, 4, 256 * MiB))]
-    rows, doc, profiles = [], {"datasets": {}}, []
+    wanted = args.scaling_sets.split(",")
+    unknown = set(wanted) - {"small", "tiny", "large"}
+    if unknown:
+        raise SystemExit(f"--scaling-sets: unknown {sorted(unknown)} (small, tiny, large)")
+    builders = {"small": lambda: build_bytes_dataset(out, args.small_files, 100, args.seed),
+                "tiny": lambda: build_dataset(out, args.tiny_files, 4, 4, args.seed, per_dir=1000),
+                "large": lambda: build_large_dataset(out, 4, 256 * MiB)}
+    datasets = [(label, *builders[label]()) for label in wanted]
+    rows, ratio_rows, doc, profiles = [], [], {"datasets": {}}, []
     biggest = max(meta["bytes"] for _, _, meta in datasets)
     with rclone_server(tools, out, env) as endpoint, dest_filesystem(args, out, biggest) as dest:
         bench = Bench(args, tools, env, endpoint, out, dest)
@@ -1489,20 +1528,24 @@ def mode_scaling(args, tools, env, out) -> int:
             bench.cleanup(wait=True)
             bench.setup(src, meta, prefix=label)
             recs = []
-            cases = ["f_s3sync", "f_aws", "a", "d", "g", "e"]
+            cases = [c for c in ["f_s3sync", "f_s5", "f_aws", "a", "d", "g", "e"] if c.split("_")[0] in args.only]
             for rep in range(args.scaling_repeats):
                 for case in case_order(cases, rep, args.seed):
                     rec = bench.run_case(case, rep)
                     recs.append(rec)
                     print(f"{label:5s} {case:9s} {rec['wall_s']:7.2f} s  rss {rec['rss_kib'] / 1024:5.0f} MiB",
                           file=sys.stderr, flush=True)
-            summ = summarise(recs, cases, bench.stream_size)
+            summ = summarise(recs, cases, bench.stream_size, SCALING_RATIOS)
             doc["datasets"][label] = {"meta": meta, "stream_size": bench.stream_size, "summary": summ, "records": recs}
             for c, s in summ["cases"].items():
-                rows.append(f"| {label} | {meta['files']:,} x {meta['bytes'] / meta['files'] / KiB:,.0f} KiB | {c}: "
+                rows.append(f"| {label} | {meta['files']:,} x {each_size(meta['bytes'] / meta['files'])} | {c}: "
                             f"{cell(s['label'])} | {s['median_s']:.2f} | {meta['bytes'] / 1e6 / s['median_s']:,.0f} | "
                             f"{fmt_rate(meta['files'] / s['median_s'])} | {s['cpu_s']:.1f} ({s['sys_s']:.1f}) | "
                             f"{s['server_cpu_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+            for name, r in summ["ratios"].items():
+                verdict = "" if r["target"] is None else (": met" if r["met"] else ": **not met**")
+                ratio_rows.append(f"| {label} | {name} | {r['ratio_of_medians']:.2f} | {r['median_paired']:.2f} | "
+                                  f"{cell(r['target_text'])}{verdict} |")
             if args.profile:
                 profiles.append(profile_pull(bench, out, f"scaling-{label}"))
             bench.delete_prefix(label + "/")
@@ -1513,7 +1556,9 @@ def mode_scaling(args, tools, env, out) -> int:
                       f"MB/s = extracted bytes (10^6) / median wall time.", "",
                       "| dataset | files | case | median s | MB/s | files/s | CPU s (sys) | server CPU s | "
                       "peak RSS MiB |",
-                      "|---|---|---|---:|---:|---:|---:|---:|---:|", *rows, ""] + profiles)
+                      "|---|---|---|---:|---:|---:|---:|---:|---:|", *rows, "",
+                      "| dataset | ratio | median / median | median of paired | target |",
+                      "|---|---|---:|---:|---|", *ratio_rows, ""] + profiles)
     (out / "scaling.md").write_text(text)
     (out / "scaling.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(text)
@@ -1548,6 +1593,55 @@ def mode_rss(args, tools, env, out) -> int:
                       "pull extra disk MiB | pull s |", "|---|---:|---:|---:|---:|---:|---:|", *rows, ""])
     (out / "rss.md").write_text(text)
     (out / "rss.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    return 0
+
+
+def build_many_files(out: Path, files: int, size: int = 100, per_dir: int = 1000) -> tuple[Path, dict]:
+    """``files`` files of ``size`` bytes (random, no captions.json) in directories of
+    ``per_dir``, cached: a million take ~1 minute (one open, write and close each)."""
+    def build(tree: Path) -> dict:
+        rnd = random.Random(files)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for d in range(0, files, per_dir):
+            sub = tree / f"{d // per_dir:05d}"
+            sub.mkdir(parents=True)
+            for i in range(d, min(files, d + per_dir)):
+                fd = os.open(sub / f"{i:08d}.bin", flags, 0o644)
+                os.write(fd, rnd.randbytes(size))
+                os.close(fd)
+        return {"files": files, "bytes": files * size}
+
+    return cached_dataset(out, f"many-{files}f-{size}B-{per_dir}pd", build)
+
+
+def mode_publish_rss(args, tools, env, out) -> int:
+    """Peak RSS (and time) of one ``s3sync publish`` of N small files, for each N: it should
+    stay flat (issue 13: <= 512 MiB for a million files)."""
+    counts = [int(float(x)) for x in args.publish_rss.split(",")]
+    rows, doc = [], {}
+    with rclone_server(tools, out, env) as endpoint:
+        bench = Bench(args, tools, env, endpoint, out, (out, "local"))
+        for files in counts:
+            src, meta = build_many_files(out, files)
+            prefix = f"publish-rss-{files}"
+            bench.delete_prefix(prefix + "/")
+            os.sync()
+            res = run(bench.publish_cmd(src, prefix), env, bench.log_stem(f"publish-rss-{files}"), timeout_s=3600)
+            bench.delete_prefix(prefix + "/")
+            doc[str(files)] = {"meta": meta, "wall_s": round(res.wall_s, 2), "rss_kib": res.rss_kib,
+                               "user_s": res.user_s, "sys_s": res.sys_s}
+            met = "met" if res.rss_kib <= RSS_TARGET_KIB else "**not met**"
+            rows.append(f"| {files:,} x 100 B | {res.wall_s:.1f} | {res.user_s + res.sys_s:.1f} | "
+                        f"{res.rss_kib / 1024:.0f} | {met} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    text = "\n".join(["### Publish peak RSS against file count (one run each)", "",
+                      f"`python scripts/bench.py {' '.join(sys.argv[1:])}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
+                      f"commit {git_commit()}, {os.cpu_count()} CPUs, source tree on the local disk (no captions.json), "
+                      "against `rclone serve s3` on loopback.", "",
+                      "| files | publish s | CPU s | peak RSS MiB | <= 512 MiB |", "|---|---:|---:|---:|---|", *rows, ""])
+    (out / "publish-rss.md").write_text(text)
+    (out / "publish-rss.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(text)
     return 0
 
@@ -1673,6 +1767,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="many tiny files vs a few large files")
     p.add_argument("--tiny-files", type=int, default=100_000, help="files of 4 KiB for --scaling (default 100000)")
     p.add_argument("--scaling-repeats", type=int, default=1)
+    p.add_argument("--publish-rss", metavar="N[,N...]",
+                   help="peak RSS of s3sync publish of N files of 100 B each, e.g. 100000,1000000")
+    p.add_argument("--small-files", type=int, default=50_000, help="files of 100 B for --scaling (default 50000)")
+    p.add_argument("--scaling-sets", default="small,tiny,large",
+                   help="datasets for --scaling, comma-separated: small (100 B files), tiny (4 KiB), large")
     p.add_argument("--rss-sizes", help="comma-separated sizes: peak RSS of one pull at each, e.g. 1GiB,8GiB")
     p.add_argument("--archive", action="store_true",
                    help="cases h-k: a split archive s3sync did not publish (12 pieces + .md5 sidecars, plain and "
@@ -1699,6 +1798,8 @@ def main(argv: list[str] | None = None) -> int:
         code = mode_archive(args, tools, env, out)
     elif args.scaling:
         code = mode_scaling(args, tools, env, out)
+    elif args.publish_rss:
+        code = mode_publish_rss(args, tools, env, out)
     elif args.rss_sizes:
         code = mode_rss(args, tools, env, out)
     elif args.profile:
