@@ -336,3 +336,80 @@ def test_two_updates_at_once_with_different_selections(store: S3Store, tmp_path:
         assert code == 0 or "internal error" not in err, err
     assert verify(dest, 2).problems == ()
     assert tree_of(dest) in (tree_of(src), {k: v for k, v in tree_of(src).items() if k == "d" or k.startswith("d/")})
+
+
+# --------------------------------------------------------------------------- repair after update / partial
+
+
+@pytest.mark.xfail(strict=True, reason="update and partial pull write complete.json without 'url': repair "
+                                       "refuses the tree ('the pull did not record where it came from (pulled by "
+                                       "an older s3sync)', exit 2)")
+@pytest.mark.parametrize("how", ["updated", "partial"])
+def test_repair_works_after_an_update_or_a_partial_pull(store: S3Store, tmp_path: Path, how: str, capsys) -> None:
+    src = base_tree(tmp_path / "src" / "ds")
+    loc = Location(store.bucket, "ds")
+    publish(src, "ds", loc, store, SMALL)
+    if how == "updated":
+        dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
+        (src / "x").write_bytes(b"new x")
+        publish(src, "ds", loc, store, SMALL)
+        pull(loc, None, tmp_path / "data", store, SMALL)
+    else:
+        dest = pull(loc, None, tmp_path / "data", store, SMALL, selection=Selection.make(["d/"])).dest
+    good = tree_of(dest)
+    (dest / "d" / "03.bin").write_bytes(b"damaged")
+    code = cli.main(["repair", str(dest), "--endpoint-url", store_url(store)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert tree_of(dest) == good
+
+
+def test_repair_does_not_follow_a_planted_scratch_symlink(store: S3Store, tmp_path: Path, capsys) -> None:
+    src = base_tree(tmp_path / "src" / "ds")
+    loc = Location(store.bucket, "ds")
+    publish(src, "ds", loc, store, SMALL)
+    dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    os.symlink(outside, dest / ".s3sync" / "repair")
+    (dest / "d" / "03.bin").write_bytes(b"damaged")
+    cli.main(["repair", str(dest), "--endpoint-url", store_url(store)])
+    capsys.readouterr()
+    assert sorted(os.listdir(outside)) == ["precious"] and (outside / "precious").read_text() == "keep"
+
+
+# --------------------------------------------------------------------------- gc against a running pull
+
+
+@pytest.mark.xfail(strict=True, reason="gc --keep 1 (default grace) deletes a history generation that a "
+                                       "'pull --generation G' is fetching right now: grace counts from when G "
+                                       "stopped being current, not from its use; the pull dies mid-way")
+def test_gc_spares_a_generation_a_running_pull_uses(store: S3Store, tmp_path: Path, s3_server) -> None:
+    from s3sync.gc import collect
+    from tests.faults.proxy import FaultProxy
+    src = base_tree(tmp_path / "src" / "ds")
+    for i in range(40):
+        (src / "big" / f"{i}").parent.mkdir(exist_ok=True)
+        (src / "big" / f"{i}").write_bytes(random.Random(i + 500).randbytes(50_000))
+    loc = Location(store.bucket, "ds")
+    a = publish(src, "ds", loc, store, SMALL).manifest
+    (src / "x").write_bytes(b"new x")
+    publish(src, "ds", loc, store, SMALL)
+    env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.throttle_bps = 500_000
+        proc = subprocess.Popen(_cmd(store, loc, tmp_path / "data", proxy.url, "--generation", a.generation),
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proxy.stats(f"{a.generation}/part-").requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # as if an hour and a bit had passed since A was superseded: the server clock cannot be moved,
+        # so a grace of 0 stands for it
+        collect(store, loc, 1, grace_s=0)
+        proxy.throttle_bps = None
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read()
+        proc.stderr.close()
+    print("PULL", code, err)
+    assert code == 0, err
