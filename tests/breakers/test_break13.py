@@ -441,3 +441,63 @@ def test_update_does_not_take_files_through_a_symlinked_directory(store: S3Store
         return  # refusing is fine
     assert verify(dest, 2).problems  # verify flags the files taken from outside
     assert tree_of(dest) == tree_of(src)
+
+
+# --------------------------------------------------------------------------- a member index that lies
+
+
+def _lying_index(store: S3Store, loc: Location, b, tmp_path: Path, path: str, record) -> None:
+    """Republish ``b``'s member index with ``path``'s record replaced by ``record``, and a manifest
+    naming it (as a buggy or hostile publisher would: the manifest's digests agree with the index)."""
+    import dataclasses
+
+    from s3sync import indexfile
+    from s3sync.manifest import MANIFEST_NAME
+    got = indexfile.fetch(store, loc, b, tmp_path / "b-index.zst")
+    entries = list(indexfile.read(got, b))
+    w = indexfile.IndexWriter(b.generation, len(entries))
+    for e in entries:
+        w.add(e.offset, record if e.record.path == path else e.record)
+    ref = w.upload(store, loc)
+    w.close()
+    m = dataclasses.replace(b, index=ref)
+    store.client.put_object(Bucket=store.bucket, Key=loc.key(MANIFEST_NAME), Body=m.to_json())
+    store.client.put_object(Bucket=store.bucket, Key=loc.key(f"{b.generation}/{MANIFEST_NAME}"), Body=m.to_json())
+
+
+@pytest.mark.xfail(strict=True, reason="an index that gives a changed member its old digest (same size, "
+                                       "mode, mtime) makes update keep the old bytes: the tree differs from the "
+                                       "stream the manifest digests, is marked complete, and verify passes")
+def test_an_index_claiming_a_changed_member_unchanged_is_caught(store: S3Store, tmp_path: Path) -> None:
+    from s3sync.journal import INDEX_NAME, iter_index
+    src = base_tree(tmp_path / "src" / "ds")
+    loc = Location(store.bucket, "ds")
+    publish(src, "ds", loc, store, SMALL)
+    dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
+    old = {r.path: r for r in iter_index(dest / ".s3sync" / INDEX_NAME)}
+    victim = src / "d" / "00.bin"
+    st = victim.stat()
+    victim.write_bytes(random.Random(999).randbytes(st.st_size))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (src / "x").write_bytes(b"new x")
+    b = publish(src, "ds", loc, store, SMALL).manifest
+    _lying_index(store, loc, b, tmp_path, "d/00.bin", old["d/00.bin"])
+    try:
+        pull(loc, None, tmp_path / "data", store, SMALL)
+    except S3SyncError:
+        return  # caught: fine
+    assert verify(dest, 2).problems or tree_of(dest) == tree_of(src)
+    assert tree_of(dest) == tree_of(src)
+
+
+def test_an_index_with_a_wrong_digest_for_a_fetched_member_is_caught(store: S3Store, tmp_path: Path) -> None:
+    import dataclasses
+    src, loc, dest, snap_a, b = _two_gens(store, tmp_path)
+    from s3sync import indexfile
+    entries = {e.record.path: e.record for e in indexfile.read(
+        indexfile.fetch(store, loc, b, tmp_path / "i.zst"), b)}
+    lie = dataclasses.replace(entries["d/02.bin"], digest="0" * 32)
+    _lying_index(store, loc, b, tmp_path, "d/02.bin", lie)
+    with pytest.raises(S3SyncError):
+        pull(loc, None, tmp_path / "data", store, SMALL)
+    assert tree_of(dest) == snap_a and not verify(dest, 2).problems
