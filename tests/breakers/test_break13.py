@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -102,6 +101,7 @@ def test_negation_re_includes_or_is_refused() -> None:
     assert sel.selects("keep.jpg")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.xfail(strict=True, reason="'[[:digit:]]' (a POSIX class, gitignore/wildmatch) is cut at the "
                                        "first ']': matches nothing it should, with a FutureWarning")
 def test_posix_class_in_a_glob_works_or_is_refused() -> None:
@@ -145,7 +145,6 @@ def test_type_changes_file_dir_symlink_and_back(store: S3Store, tmp_path: Path) 
     src = base_tree(tmp_path / "src" / "ds")
     loc = Location(store.bucket, "ds")
     publish(src, "ds", loc, store, SMALL)
-    snap_a = tree_of(src)
     dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
     # B: x file -> dir, y dir -> file, z symlink -> file, empty -> symlink, emptydir -> file
     rm(src / "x"); (src / "x").mkdir(); (src / "x" / "now").write_bytes(b"x is a dir")
@@ -167,7 +166,7 @@ def test_type_changes_file_dir_symlink_and_back(store: S3Store, tmp_path: Path) 
     shutil.rmtree(src); base_tree(src)
     publish(src, "ds", loc, store, SMALL)
     pull(loc, None, tmp_path / "data", store, SMALL)
-    assert tree_of(dest) == tree_of(src) == {**snap_a, **{k: v for k, v in tree_of(src).items()}}
+    assert tree_of(dest) == tree_of(src)
     assert not verify(dest, 2).problems
     assert tree_of(dest) == tree_of(fresh(store, loc, tmp_path, "c"))
 
@@ -384,9 +383,10 @@ def test_repair_does_not_follow_a_planted_scratch_symlink(store: S3Store, tmp_pa
 # --------------------------------------------------------------------------- gc against a running pull
 
 
-@pytest.mark.xfail(strict=True, reason="gc --keep 1 (default grace) deletes a history generation that a "
-                                       "'pull --generation G' is fetching right now: grace counts from when G "
-                                       "stopped being current, not from its use; the pull dies mid-way")
+@pytest.mark.xfail(strict=True, reason="gc --keep 1 deletes a history generation that a 'pull --generation G' "
+                                       "is fetching right now (grace counts from when G stopped being current, "
+                                       "not from its use; --grace 0 stands for that hour): the pull dies saying "
+                                       "'this dataset is damaged: part 1 ... is missing'")
 def test_gc_spares_a_generation_a_running_pull_uses(store: S3Store, tmp_path: Path, s3_server) -> None:
     from s3sync.gc import collect
     from tests.faults.proxy import FaultProxy
