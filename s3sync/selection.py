@@ -10,7 +10,9 @@ gitignore(5), "PATTERN FORMAT"); no library for it is a dependency, so this is a
 - A pattern with no ``/`` but a trailing one matches a name at any depth (``*.json``,
   ``captions.json``); one with a ``/`` at its start or in its middle is anchored at the
   dataset root (``/captions.json``, ``images/0000``).
-- A trailing ``/`` matches directories only.
+- A trailing ``/`` matches directories only; ``\\`` makes the next character literal.
+- Not supported, and refused rather than misread: negation (``!pattern``) and POSIX character
+  classes (``[[:digit:]]``).
 - A pattern that matches a directory matches everything under it.
 
 A member is selected when it matches an ``--include`` (or none is given) and no ``--exclude``.
@@ -34,12 +36,17 @@ def _translate(glob: str) -> str:
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
+        elif c == "\\" and i + 1 < n:  # gitignore: a backslash makes the next character literal
+            out.append(re.escape(glob[i + 1]))
+            i += 1
         elif c == "[":
             j = glob.find("]", i + 2 if glob[i + 1:i + 2] in ("!", "]") else i + 1)
             if j < 0:
                 out.append(re.escape(c))
             else:
                 body = glob[i + 1:j]
+                if "[:" in body:
+                    raise ValueError("POSIX character classes ([:digit:] ...) are not supported")
                 neg = body.startswith("!")
                 body = body[1:] if neg else body
                 out.append("[" + ("^/" if neg else "") + body.replace("\\", "\\\\").replace("^", "\\^") + "]")
@@ -63,6 +70,10 @@ def _compile(pattern: str, flag: str) -> _Pattern:
     if not p.strip("/") or "\x00" in p or ".." in p.split("/"):
         raise UsageError(f"{flag} {pattern!r} is not a usable pattern",
                          hint="a glob on member paths, e.g. 'captions.json', 'images/0000/', '*.json'")
+    if p.startswith("!"):
+        raise UsageError(f"{flag} {pattern!r}: gitignore's negation '!' is not supported",
+                         hint="select with --include and leave out with --exclude (write '\\!' for a name "
+                              "that starts with '!')")
     dir_only = p.endswith("/")
     p = p.rstrip("/")
     anchored = "/" in p
@@ -74,11 +85,18 @@ def _compile(pattern: str, flag: str) -> _Pattern:
         if part == "**":
             pieces.append(".*" if last else "(?:[^/]+/)*")
         else:
-            pieces.append(_translate(part) + ("" if last else "/"))
+            try:
+                pieces.append(_translate(part) + ("" if last else "/"))
+            except ValueError as err:
+                raise UsageError(f"{flag} {pattern!r}: {err}", hint="use a set such as [0-9]") from err
     body = "".join(pieces)
     if not anchored:
         body = "(?:[^/]+/)*" + body
-    return _Pattern(pattern, re.compile(body, re.DOTALL), dir_only)
+    try:
+        return _Pattern(pattern, re.compile(body, re.DOTALL), dir_only)
+    except re.error as err:  # e.g. a reversed range [z-a]
+        raise UsageError(f"{flag} {pattern!r} is not a usable pattern ({err.msg})",
+                         hint="a glob on member paths, e.g. 'captions.json', 'images/0000/', '*.json'") from err
 
 
 def _matches(pat: _Pattern, path: str, is_dir: bool) -> bool:

@@ -41,7 +41,7 @@ from pathlib import Path
 from . import archive, hashing, indexfile
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, WindowedReader
-from .errors import DamagedDatasetError, DestinationError, IntegrityError
+from .errors import DamagedDatasetError, DestinationError, IntegrityError, UsageError
 from .journal import INDEX_NAME, iter_index, rmtree_at
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, Manifest
 from .planning import ChunkJob, plan_pull
@@ -430,6 +430,12 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             records.append(None)
             prev_fetch = entry.offset
     close_span(manifest.tar_stream_size)
+    if selection is not None and not seen and not needed_dirs:
+        # A typo (captions.jsn) would otherwise be recorded as a complete, empty partial pull.
+        raise UsageError(f"{_describe(selection)} matches no member of {manifest.name} (generation "
+                         f"{manifest.generation})", hint="check the pattern against the member paths "
+                                                          "('s3sync ls SOURCE' shows the dataset; paths are relative "
+                                                          "to its root)")
     for pos, d in dirs:
         if d.path in needed_dirs:
             records[pos] = d
@@ -478,7 +484,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         os.symlink(rec.link, tree / rec.path)
         os.utime(tree / rec.path, ns=(rec.mtime * 1_000_000_000,) * 2, follow_symlinks=False)
     extractor.finish_dirs([d for _, d in dirs if d.path in needed_dirs])
-    _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection)
+    _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection, location)
     return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
                         fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None)
 
@@ -504,8 +510,9 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
 
 def _write_metadata(tree: Path, manifest: Manifest, manifest_bytes: bytes,
                     records: list[archive.MemberRecord | None], old_generation: str | None,
-                    selection: Selection | None) -> None:
-    """Write ``.s3sync/`` as a pull does (manifest, index, completion marker), fsynced."""
+                    selection: Selection | None, location: Location) -> None:
+    """Write ``.s3sync/`` as a pull does (manifest, index, completion marker with the source
+    ``url`` that ``repair`` reads), fsynced."""
     meta = tree / archive.METADATA_DIR
     meta.mkdir(exist_ok=True)
     with open(meta / INDEX_NAME, "wb") as f:
@@ -516,7 +523,7 @@ def _write_metadata(tree: Path, manifest: Manifest, manifest_bytes: bytes,
         os.fsync(f.fileno())
     kept = [r for r in records if r is not None]
     marker: dict[str, object] = {"generation": manifest.generation, "manifest_digest": hashing.digest(manifest_bytes),
-                                 "mode": "extract", "name": manifest.name}
+                                 "mode": "extract", "name": manifest.name, "url": location.url()}
     if old_generation is not None:
         marker["updated_from"] = old_generation
     if selection is not None:

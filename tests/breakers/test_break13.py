@@ -84,15 +84,11 @@ def fresh(store: S3Store, loc: Location, tmp: Path, tag: str, **kw) -> Path:
 # --------------------------------------------------------------------------- selection (pure)
 
 
-@pytest.mark.xfail(strict=True, reason="a reversed range '[z-a]' escapes as re.error: the CLI calls "
-                                       "it an internal error (exit 1), not a one-line usage error")
 def test_a_reversed_character_range_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         Selection.make(["[z-a].jpg"])
 
 
-@pytest.mark.xfail(strict=True, reason="gitignore negation '!keep.jpg' is taken as a literal name: "
-                                       "keep.jpg is silently excluded (neither re-included nor refused)")
 def test_negation_re_includes_or_is_refused() -> None:
     try:
         sel = Selection.make([], ["*.jpg", "!keep.jpg"])
@@ -102,8 +98,6 @@ def test_negation_re_includes_or_is_refused() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.xfail(strict=True, reason="'[[:digit:]]' (a POSIX class, gitignore/wildmatch) is cut at the "
-                                       "first ']': matches nothing it should, with a FutureWarning")
 def test_posix_class_in_a_glob_works_or_is_refused() -> None:
     try:
         sel = Selection.make(["[[:digit:]].jpg"])
@@ -112,8 +106,6 @@ def test_posix_class_in_a_glob_works_or_is_refused() -> None:
     assert sel.selects("1.jpg")
 
 
-@pytest.mark.xfail(strict=True, reason="'\\*' (gitignore escape of a literal '*') matches a backslash "
-                                       "and a star, never the name '*.jpg'")
 def test_backslash_escapes_a_special_character() -> None:
     assert Selection.make([r"\*.jpg"]).selects("*.jpg")
 
@@ -208,8 +200,6 @@ def test_update_does_not_carry_a_locally_altered_file(store: S3Store, tmp_path: 
     assert tree_of(dest) == tree_of(src)
 
 
-@pytest.mark.xfail(strict=True, reason="an --include matching no member (a typo: captions.jsn) exits 0 "
-                                       "with an empty tree recorded as a complete partial pull")
 def test_include_matching_nothing_is_refused(store: S3Store, tmp_path: Path) -> None:
     src = base_tree(tmp_path / "src" / "ds")
     loc = Location(store.bucket, "ds")
@@ -342,9 +332,6 @@ def test_two_updates_at_once_with_different_selections(store: S3Store, tmp_path:
 # --------------------------------------------------------------------------- repair after update / partial
 
 
-@pytest.mark.xfail(strict=True, reason="update and partial pull write complete.json without 'url': repair "
-                                       "refuses the tree ('the pull did not record where it came from (pulled by "
-                                       "an older s3sync)', exit 2)")
 @pytest.mark.parametrize("how", ["updated", "partial"])
 def test_repair_works_after_an_update_or_a_partial_pull(store: S3Store, tmp_path: Path, how: str, capsys) -> None:
     src = base_tree(tmp_path / "src" / "ds")
