@@ -243,6 +243,26 @@ def _pieces(chunks: Iterator[tuple[ChunkJob, memoryview]], spans: list[tuple[int
     yield memoryview(bytes(END_OF_ARCHIVE))
 
 
+def _real_parents(dest: Path, rel: str, real_dirs: set[str]) -> bool:
+    """True if every directory between ``dest`` and the member ``rel`` is a real directory,
+    not a symlink (one planted in the old tree could point outside it: its files must not be
+    hard-linked into the new generation). ``real_dirs`` caches the directories found real:
+    one ``lstat`` per directory of the tree."""
+    parts = rel.split("/")[:-1]
+    for k in range(1, len(parts) + 1):
+        sub = "/".join(parts[:k])
+        if sub in real_dirs:
+            continue
+        try:
+            st = os.lstat(dest / sub)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        real_dirs.add(sub)
+    return True
+
+
 def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path: str) -> bool:
     """True if the old tree's file at ``path`` can serve: recorded with the new digest and
     size, and still a regular file of that size and recorded mtime (not re-hashed: ``verify``
@@ -372,6 +392,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     dirs: list[tuple[int, archive.MemberRecord]] = []
     needed_dirs: set[str] = set()
     links: list[archive.MemberRecord] = []
+    real_dirs: set[str] = set()  # directories of the old tree found to be real (not symlinks)
     reused = kept = 0
     seen: set[str] = set()
     prev_fetch = None  # offset of a fetched member whose span ends at the next entry
@@ -418,7 +439,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             kept += 1
             continue
         source = dest / rec.path
-        if _same_file(old.get(rec.path), new, os.fspath(source)):
+        if _real_parents(dest, rec.path, real_dirs) and _same_file(old.get(rec.path), new, os.fspath(source)):
             os.makedirs(target.parent, exist_ok=True)
             if os.path.lexists(target):
                 os.unlink(target)
