@@ -46,26 +46,17 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     finally:
         getattr(progress, "close", lambda: None)()
     r = built.crawl
-    done = r.stored + r.failed_total
-    rate = done / max(r.elapsed_s, 1e-6)
-    overall = r.images + r.failures
-    yield_pct = 100 * r.images / overall if overall else 0.0
     if ui.as_json:
-        ui.emit_json({"command": "build", "dataset": "imagenet", "dir": str(r.dest), "urls": built.urls,
-                      "wnids": args.wnids, "words": built.words or None, "lines": built.lines, "first": args.first,
-                      "requested": r.requested, "synsets": built.synsets, "split_synsets": list(built.split_synsets),
+        ui.emit_json({"command": "build", "dataset": "imagenet", "urls": built.urls, "wnids": args.wnids,
+                      "words": built.words or None, "lines": built.lines, "first": args.first,
+                      "synsets": built.synsets, "split_synsets": list(built.split_synsets),
                       "bad_lines": built.bad_lines, "bad_line_numbers": list(built.bad_line_numbers),
-                      "stored": r.stored, "recovered": r.recovered, "failed": r.failed_total,
-                      "failed_by_reason": r.failed, "skipped": r.skipped, "images": r.images,
-                      "failures": r.failures, "yield_percent": round(yield_pct, 2),
-                      "elapsed_s": round(r.elapsed_s, 3), "items_per_s": round(rate, 1)})
+                      **crawlopts.report_json(r)})
         return EXIT_OK
-    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]))
-    skipped = f", {r.skipped:,} already done" if r.skipped else ""
-    ui.info(f"built imagenet in {r.dest}: {plural(r.stored, 'image')} stored, {r.failed_total:,} failed"
-            f"{f' ({reasons})' if reasons else ''}{skipped} of {plural(r.requested, 'line')} selected "
-            f"({plural(built.synsets, 'synset')}; the list has {plural(built.lines, 'line')}), "
-            f"{r.elapsed_s:.1f}s ({rate:,.1f}/s)")
+    run_line, state_line = crawlopts.report_lines(
+        r, "imagenet", f"{plural(r.requested, 'line')} selected ({plural(built.synsets, 'synset')}; the list has "
+                       f"{plural(built.lines, 'line')})")
+    ui.info(run_line)
     if built.bad_lines:
         more = ", ..." if built.bad_lines > len(built.bad_line_numbers) else ""
         ui.info(f"{plural(built.bad_lines, 'bad line')} skipped (not UTF-8 or not WNID_N<TAB>URL; 0-based line "
@@ -73,6 +64,5 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if built.split_synsets:
         ui.info(f"{plural(len(built.split_synsets), 'synset')} with more than {args.per_dir or PER_DIR:,} lines "
                 f"stored in sub-directories WNID/NNNN/")
-    ui.info(f"{r.dest}: {plural(r.images, 'image')} in captions.json, {plural(r.failures, 'failure')} in failures.tsv "
-            f"(yield {yield_pct:.1f}%)")
+    ui.info(state_line)
     return EXIT_OK

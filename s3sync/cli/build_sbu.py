@@ -49,23 +49,10 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     finally:
         getattr(progress, "close", lambda: None)()
     r = built.crawl
-    done = r.stored + r.failed_total
-    rate = done / max(r.elapsed_s, 1e-6)
-    overall = r.images + r.failures
-    yield_pct = 100 * r.images / overall if overall else 0.0
     if ui.as_json:
-        ui.emit_json({"command": "build", "dataset": "sbu", "dir": str(r.dest), "urls": built.urls,
-                      "captions": built.captions, "lines": built.lines, "first": args.first,
-                      "requested": r.requested, "stored": r.stored, "recovered": r.recovered,
-                      "failed": r.failed_total, "failed_by_reason": r.failed, "skipped": r.skipped,
-                      "images": r.images, "failures": r.failures, "yield_percent": round(yield_pct, 2),
-                      "elapsed_s": round(r.elapsed_s, 3), "items_per_s": round(rate, 1)})
+        ui.emit_json({"command": "build", "dataset": "sbu", "urls": built.urls, "captions": built.captions,
+                      "lines": built.lines, "first": args.first, **crawlopts.report_json(r)})
         return EXIT_OK
-    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]))
-    skipped = f", {r.skipped:,} already done" if r.skipped else ""
-    ui.info(f"built sbu in {r.dest}: {plural(r.stored, 'image')} stored, {r.failed_total:,} failed"
-            f"{f' ({reasons})' if reasons else ''}{skipped} of {plural(r.requested, 'line')}, "
-            f"{r.elapsed_s:.1f}s ({rate:,.1f}/s)")
-    ui.info(f"{r.dest}: {plural(r.images, 'image')} in captions.json, {plural(r.failures, 'failure')} in failures.tsv "
-            f"(yield {yield_pct:.1f}%)")
+    for line in crawlopts.report_lines(r, "sbu", plural(r.requested, "line")):
+        ui.info(line)
     return EXIT_OK

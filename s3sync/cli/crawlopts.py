@@ -1,5 +1,6 @@
-"""The options the crawling builders share (``build sbu``, ``build imagenet``): the selection
-of lines, the crawler's threads and timeouts, ``--retry-failed``."""
+"""What the crawling builders share (``build sbu``, ``build imagenet``): the options (the
+selection of lines, the crawler's threads and timeouts, ``--retry-failed``) and the report of
+a crawl (``listcrawl.ListBuildResult``): its ``--json`` fields and its summary lines."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from typing import Any
 
 from ..errors import UsageError
+from .common import plural
 
 DEFAULT_TIMEOUT_S = 10.0
 DEADLINE_FACTOR = 6
@@ -56,3 +58,32 @@ def settings(args: argparse.Namespace) -> Any:
         raise UsageError(f"--per-dir {args.per_dir}: must be 1 or more")
     return CrawlSettings(threads=args.threads, timeout_s=args.timeout,
                          deadline_s=max(MIN_DEADLINE_S, DEADLINE_FACTOR * args.timeout))
+
+
+def _rate_and_yield(r: Any) -> tuple[float, float]:
+    """Items done per second in this run, and the percentage of DIR's lines that are images."""
+    rate = (r.stored + r.failed_total) / max(r.elapsed_s, 1e-6)
+    overall = r.images + r.failures
+    return rate, (100 * r.images / overall if overall else 0.0)
+
+
+def report_json(r: Any) -> dict[str, Any]:
+    """The ``--json`` fields every crawl reports (a builder adds its own)."""
+    rate, yield_pct = _rate_and_yield(r)
+    return {"dir": str(r.dest), "requested": r.requested, "stored": r.stored, "recovered": r.recovered,
+            "failed": r.failed_total, "failed_by_reason": r.failed, "skipped": r.skipped, "images": r.images,
+            "failures": r.failures, "yield_percent": round(yield_pct, 2), "elapsed_s": round(r.elapsed_s, 3),
+            "items_per_s": round(rate, 1)}
+
+
+def report_lines(r: Any, dataset: str, of_what: str) -> tuple[str, str]:
+    """The summary of this run (``built DATASET in DIR: ... of OF_WHAT, time (rate)``) and the
+    state of DIR (images, failures, yield)."""
+    rate, yield_pct = _rate_and_yield(r)
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]))
+    skipped = f", {r.skipped:,} already done" if r.skipped else ""
+    run = (f"built {dataset} in {r.dest}: {plural(r.stored, 'image')} stored, {r.failed_total:,} failed"
+           f"{f' ({reasons})' if reasons else ''}{skipped} of {of_what}, {r.elapsed_s:.1f}s ({rate:,.1f}/s)")
+    state = (f"{r.dest}: {plural(r.images, 'image')} in captions.json, {plural(r.failures, 'failure')} in "
+             f"failures.tsv (yield {yield_pct:.1f}%)")
+    return run, state
