@@ -35,6 +35,7 @@ from .errors import (
     PartChangedError,
     S3SyncError,
 )
+from .manifest import TAR_BLOCK
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store, same_etag
@@ -279,7 +280,11 @@ class ChunkFetcher:
                 if write is None:
                     self.store.read_range_into(key, job.offset, buf, pinned, on_bytes, on_etag=on_etag)
                     got = hashing.digest(buf) if job.digest else ""
+                    if job.members:
+                        _check_members(job, buf, self.store.url(key))
                 else:
+                    if job.members:
+                        raise ValueError("fetch_to cannot check member ranges: use fetch")
                     hasher = hashing.Hasher()
                     pos = job.offset
                     pieces = self.store.read_range_pieces(key, job.offset, job.length, pinned, buf, on_etag=on_etag)
@@ -361,6 +366,30 @@ class ChunkFetcher:
         if new and not same_etag(etag, job.etag):
             self.progress.message(f"part {job.part_index} ({job.key}) has ETag {etag}, not the published {job.etag} "
                                   "(a copy?): its chunks are checked against the manifest's digests")
+
+
+def _check_members(job: ChunkJob, buf: memoryview, url: str) -> None:
+    """Check the data of each member a ranged job holds against its digest (``ChunkJob.members``).
+
+    Raises:
+        IntegrityError: (retriable) naming the bytes and both digests.
+    """
+    for rel, size, digest in job.members:
+        if rel < 0:  # the stream's last member: data after its header, then only zeros
+            if any(_found_last(buf, at, size, digest) for at in range(TAR_BLOCK, len(buf) - size + 1, TAR_BLOCK)):
+                continue
+            raise IntegrityError(f"{url}: bytes {job.offset}-{job.offset + job.length - 1} do not hold the last "
+                                 f"member's {size} bytes of data with digest {digest} (the member index's)")
+        got = hashing.digest(buf[rel:rel + size])
+        if got != digest:
+            raise IntegrityError(f"{url}: bytes {job.offset + rel}-{job.offset + rel + size - 1} (a member's data) "
+                                 f"have digest {got}, the member index says {digest}")
+
+
+def _found_last(buf: memoryview, at: int, size: int, digest: str) -> bool:
+    """True if ``buf`` holds the data at ``at`` (digest ``digest``) and only zeros after it."""
+    tail = buf[at + size:]
+    return bytes(tail).count(0) == len(tail) and hashing.digest(buf[at:at + size]) == digest
 
 
 _RERUN_HINT = ("run the same command again: it keeps the chunks already verified and checks the part's current "

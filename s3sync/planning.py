@@ -82,6 +82,11 @@ class ChunkJob:
 
     ``stream_offset`` is where the chunk's first byte sits in the logical tar stream
     (the parts concatenated in order).
+
+    A job is verified by ``digest`` (a chunk of the manifest: its XXH3-128), or, for a
+    range cut to fetch some members only (``spans.plan``: ``digest`` is ``""``), by
+    ``members``: ``(offset in the job, size, digest)`` of the data of every member it
+    holds, each checked against the member index's digest of that member's content.
     """
 
     part_index: int
@@ -92,6 +97,7 @@ class ChunkJob:
     length: int
     digest: str
     stream_offset: int
+    members: tuple[tuple[int, int, str], ...] = ()
 
 
 def plan_pull(manifest: Manifest, start: int = 0) -> list[ChunkJob]:

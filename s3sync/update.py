@@ -34,19 +34,18 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, hashing, indexfile
 from .config import Location, TransferSettings
-from .engine import ChunkFetcher, WindowedReader
-from .errors import DamagedDatasetError, DestinationError, IntegrityError, UsageError
+from .engine import ChunkFetcher
+from .errors import DamagedDatasetError, DestinationError, UsageError
 from .journal import INDEX_NAME, iter_index, rmtree_at
-from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, Manifest
-from .planning import ChunkJob, plan_pull
+from .manifest import MANIFEST_NAME, Manifest
 from .progress import Progress
 from .selection import Selection
+from .spans import MemberSpan, SpanReader, plan_ranges, span_bytes
 from .stores.base import Store
 
 MARKER = "complete.json"
@@ -178,69 +177,6 @@ def swap(dest: Path, move_new) -> None:
         _remove(old)
     except OSError:
         pass  # the next pull removes it (recover)
-
-
-class _SpanReader(WindowedReader):
-    """The tar stream a ``SafeExtractor`` reads: the fetched members' spans, back to back,
-    then an end-of-archive marker. Offsets are in this made-up stream."""
-
-    def __init__(self, pieces: Iterator[memoryview], ready) -> None:
-        self._pieces = pieces
-        self._ready = ready
-        self._pos = 0
-        self._cur: memoryview = memoryview(b"")
-        self._cur_start = 0
-        self.before_next_chunk = None
-        """As ``OrderedReader``'s: before waiting for the next chunk, the extractor writes and
-        records the small files it holds, so that a kill while waiting loses none of them."""
-
-    def _window(self) -> memoryview:
-        while True:
-            rel = self._pos - self._cur_start
-            if rel < len(self._cur):
-                return self._cur[rel:]
-            if self.before_next_chunk is not None and not self._ready():
-                self.before_next_chunk()
-            piece = next(self._pieces, None)
-            if piece is None:
-                return memoryview(b"")
-            self._cur_start += len(self._cur)
-            self._cur = piece
-
-
-def _jobs_for(jobs: list[ChunkJob], spans: list[tuple[int, int]]) -> list[ChunkJob]:
-    """The chunks that hold a byte of any span (``spans`` sorted, not overlapping)."""
-    out, i = [], 0
-    for job in jobs:
-        end = job.stream_offset + job.length
-        while i < len(spans) and spans[i][1] <= job.stream_offset:
-            i += 1
-        if i < len(spans) and spans[i][0] < end:
-            out.append(job)
-    return out
-
-
-def _pieces(chunks: Iterator[tuple[ChunkJob, memoryview]], spans: list[tuple[int, int]]) -> Iterator[memoryview]:
-    """The spans' bytes out of the verified chunks (in stream order), then two zero blocks.
-
-    Raises:
-        IntegrityError: the chunks ended before the last span.
-    """
-    it = iter(spans)
-    cur = next(it, None)
-    for job, data in chunks:
-        c0, c1 = job.stream_offset, job.stream_offset + len(data)
-        while cur is not None and cur[0] < c1:
-            s, e = max(cur[0], c0), min(cur[1], c1)
-            if s < e:
-                yield data[s - c0:e - c0]
-            if cur[1] <= c1:
-                cur = next(it, None)
-            else:
-                break
-    if cur is not None:
-        raise IntegrityError(f"the fetched chunks end before byte {cur[1]} of the stream")
-    yield memoryview(bytes(END_OF_ARCHIVE))
 
 
 def _real_parents(dest: Path, rel: str, real_dirs: set[str]) -> bool:
@@ -388,23 +324,20 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     index_file = indexfile.fetch(store, location, manifest, staging / "index.zst")
     records: list[archive.MemberRecord | None] = []
     wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
-    spans: list[tuple[int, int]] = []
+    spans: list[MemberSpan] = []
     dirs: list[tuple[int, archive.MemberRecord]] = []
     needed_dirs: set[str] = set()
     links: list[archive.MemberRecord] = []
     real_dirs: set[str] = set()  # directories of the old tree found to be real (not symlinks)
     reused = kept = 0
     seen: set[str] = set()
-    prev_fetch = None  # offset of a fetched member whose span ends at the next entry
+    pending: tuple[int, archive.MemberRecord] | None = None  # a fetched member whose span ends at the next entry
 
-    def close_span(end: int) -> None:
-        nonlocal prev_fetch
-        if prev_fetch is not None:
-            if spans and spans[-1][1] == prev_fetch:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((prev_fetch, end))
-            prev_fetch = None
+    def close_span(end: int, exact: bool = True) -> None:
+        nonlocal pending
+        if pending is not None:
+            spans.append(MemberSpan(pending[0], end, pending[1].size, pending[1].digest, exact))
+            pending = None
 
     def need_parents(path: str) -> None:
         while "/" in path:
@@ -449,8 +382,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         else:
             wanted.append((len(records), new))
             records.append(None)
-            prev_fetch = entry.offset
-    close_span(manifest.tar_stream_size)
+            pending = (entry.offset, new)
+    close_span(manifest.tar_stream_size, exact=False)
     if selection is not None and not seen and not needed_dirs:
         # A typo (captions.jsn) would otherwise be recorded as a complete, empty partial pull.
         raise UsageError(f"{_describe(selection)} matches no member of {manifest.name} (generation "
@@ -470,7 +403,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     progress.message(f"{what}: {len(wanted)} files to fetch, {reused} unchanged, {removed} removed"
                      + (f", {kept} fetched by the interrupted run" if kept else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress)
-    jobs = _jobs_for(plan_pull(manifest, 0), spans)
+    jobs = plan_ranges(manifest, spans)
     progress.start("download", sum(j.length for j in jobs))
     extractor = archive.SafeExtractor(tree)
     got = iter(wanted)
@@ -492,7 +425,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         if jobs:
             chunks = fetcher.fetch(jobs)
             try:
-                extractor.extract(_SpanReader(_pieces(chunks, spans), fetcher.next_ready), on_member)
+                extractor.extract(SpanReader(span_bytes(chunks, spans), fetcher.next_ready), on_member)
             finally:
                 chunks.close()
     if next(got, None) is not None:

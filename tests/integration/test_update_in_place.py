@@ -66,6 +66,33 @@ def change(src: Path) -> None:
     (src / "images" / "0000" / "000000007.jpg").unlink()
 
 
+def test_update_with_default_chunks_fetches_about_the_changed_bytes(store: S3Store, tmp_path: Path) -> None:
+    """With the default 16 MiB chunks the whole stream (~2 MB) is one chunk: the update must still
+    fetch only the byte ranges of the changed members (checked against the member index's
+    digests), not the chunks that hold them. The last member of the stream is changed too."""
+    src = make_tree(tmp_path / "src" / "ds")
+    (src / "zz-last.bin").write_bytes(os.urandom(5_000))
+    loc = Location(store.bucket, "ds")
+    settings = TransferSettings(concurrency=4)
+    publish(src, "ds", loc, store, settings)
+    dest = pull(loc, None, tmp_path / "data", store, settings).dest
+    change(src)
+    (src / "zz-last.bin").write_bytes(os.urandom(6_000))
+    b = publish(src, "ds", loc, store, settings).manifest
+    assert len(b.parts) == 1 and len(b.parts[0].chunks) == 1
+
+    second = pull(loc, None, tmp_path / "data", store, settings)
+
+    assert second.updated is not None and second.updated.fetched == 3
+    changed = 30_000 + 25_000 + 6_000
+    # each range: the members' headers and padding, the gaps (< spans.MAX_GAP) between close ones,
+    # and after the last member the end-of-archive marker and tar's record padding (< 11 KiB)
+    assert changed < second.bytes_received <= changed + 3 * 2048 + 11 * 1024 + 64 * 1024
+    assert second.bytes_received < b.stream_size // 10
+    assert tree_of(dest) == tree_of(src)
+    assert verify(dest).problems == ()
+
+
 def test_update_fetches_only_changed_members(store: S3Store, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src" / "ds")
     loc = Location(store.bucket, "ds")

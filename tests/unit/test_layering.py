@@ -33,7 +33,7 @@ OWNER = {
 LAYER = {
     "errors": 0, "selection": 0, "captions": 0, "pieces": 0, "hashing": 0, "interrupts": 0, "threads": 0, "planning": 0, "manifest": 0, "config": 0, "progress": 0,
     "index": 0,
-    "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
+    "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "spans": 1, "journal": 1, "partfiles": 1,
     "lease": 1, "configfile": 1, "partwriter": 1, "fsutil": 1, "buildstate": 1, "zipstream": 1, "images": 1, "crawl": 1, "indexfile": 1,
     "leftovers": 2, "gc": 2,
     "publish": 2, "pull": 2, "update": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2, "repair": 2,
