@@ -24,7 +24,6 @@ what is left. Must not import tarfile (``archive`` owns it) or boto3 (the stores
 
 from __future__ import annotations
 
-import bisect
 import errno
 import fcntl
 import os
@@ -35,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, indexfile
-from .config import Location, TransferSettings, parse_s3_url
-from .engine import ChunkFetcher, OrderedReader
+from .config import Location, TransferSettings, format_size, parse_s3_url
+from .engine import ChunkFetcher
 from .errors import (
     DamagedDatasetError,
     DestinationError,
-    IntegrityError,
     ManifestError,
     NotFoundError,
     S3SyncError,
@@ -49,9 +47,9 @@ from .errors import (
 from .index import IndexEntry, MemberRecord
 from .journal import INDEX_NAME, load_index, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
-from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
+from .spans import MemberSpan, SpanReader, plan_ranges, span_bytes
 from .stores.base import Store
 from .verify import SPLIT_ARCHIVE, Problem, verify
 
@@ -475,44 +473,45 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
                                                         f"{manifest.generation}"))
     if not spans:
         return received
-    jobs = plan_pull(manifest)
-    starts = [j.stream_offset for j in jobs]
-    needs = [_covering(jobs, starts, entry.offset, end) for entry, end in spans]
-    order: list[ChunkJob] = []
-    for need in needs:
-        order.extend(j for j in need if not order or j.stream_offset > order[-1].stream_offset)
-    _check_generation(store, location, manifest, sorted({j.key for j in order}))
-    progress.start("download", sum(j.length for j in order))
-    progress.message(f"fetching {len(spans)} member(s): {len(order)} chunk(s) of {len(jobs)}")
+    member_spans = [MemberSpan(entry.offset, end, entry.record.size, entry.record.digest,
+                               exact=end != manifest.tar_stream_size) for entry, end in spans]
+    jobs = plan_ranges(manifest, member_spans)
+    _check_generation(store, location, manifest, sorted({j.key for j in jobs}))
+    progress.start("download", sum(j.length for j in jobs))
+    progress.message(f"fetching {len(spans)} member(s): {len(jobs)} range(s), "
+                     f"{format_size(sum(j.length for j in jobs))} of a {format_size(manifest.tar_stream_size)} stream")
     fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
-    chunks = fetcher.fetch(order)
-    supply = _Supply(chunks)
+    chunks = fetcher.fetch(jobs)
     shown = tree.dest / archive.METADATA_DIR / SCRATCH
+    extractor = archive.SafeExtractor(f"/proc/self/fd/{scratch}", shown=shown)
+    expected = iter(spans)
+
+    def on_member(_next: int, got: MemberRecord) -> None:
+        entry, _end = next(expected)
+        rec = wanted[entry.record.path]
+        if got.path != rec.path or got.kind != "file":
+            raise DamagedDatasetError(f"{location.url()}: the member at stream offset {entry.offset} is not "
+                                      f"the file {rec.path!r} the member index names there")
+        if got.digest != entry.record.digest or got.digest != rec.digest:
+            raise DamagedDatasetError(
+                f"{location.url()}: member {rec.path!r} has digest {got.digest}; the member index says "
+                f"{entry.record.digest}, the pull recorded {rec.digest}")
+        sfd, _name = _scratch_parent(scratch, rec.path)
+        try:
+            work.place(sfd, rec)
+        finally:
+            os.close(sfd)
+        work.fetched.append(rec.path)
+
     try:
-        for (entry, end), need in zip(spans, needs, strict=True):
-            rec = wanted[entry.record.path]
-            reader = OrderedReader(supply.chunks(need, end), entry.offset, end)
-            extractor = archive.SafeExtractor(f"/proc/self/fd/{scratch}", shown=shown)
-            got: list[MemberRecord] = []
-            extractor.extract(reader, lambda _next, r: got.append(r))
-            reader.drain()
-            if [r.path for r in got] != [rec.path] or got[0].kind != "file":
-                raise DamagedDatasetError(f"{location.url()}: the member at stream offset {entry.offset} is not "
-                                          f"the file {rec.path!r} the member index names there")
-            if got[0].digest != entry.record.digest or got[0].digest != rec.digest:
-                raise DamagedDatasetError(
-                    f"{location.url()}: member {rec.path!r} has digest {got[0].digest}; the member index says "
-                    f"{entry.record.digest}, the pull recorded {rec.digest}")
-            sfd, name = _scratch_parent(scratch, rec.path)
-            try:
-                work.place(sfd, rec)
-            finally:
-                os.close(sfd)
-            work.fetched.append(rec.path)
+        extractor.extract(SpanReader(span_bytes(chunks, member_spans), fetcher.next_ready), on_member)
     except OSError as err:
         raise archive.translate_os_error(err, str(tree.dest)) from err
     finally:
         chunks.close()
+    if next(expected, None) is not None:
+        raise DamagedDatasetError(f"{location.url()}: fewer members in the fetched ranges than the member "
+                                  "index lists there")
     progress.finish("download")
     return received + fetcher.stats.bytes_received
 
@@ -559,13 +558,6 @@ def _spans(entries: Iterator[IndexEntry], wanted: dict[str, MemberRecord], tar_s
     return out
 
 
-def _covering(jobs: list[ChunkJob], starts: list[int], begin: int, end: int) -> list[ChunkJob]:
-    """The chunks holding stream bytes ``[begin, end)``, in order."""
-    first = bisect.bisect_right(starts, begin) - 1
-    last = bisect.bisect_left(starts, end)
-    return jobs[max(first, 0):last]
-
-
 def _scratch_parent(scratch: int, rel: str) -> tuple[int, str]:
     """A descriptor of the directory under the scratch directory that holds ``rel``."""
     *dirs, name = rel.split("/")
@@ -575,31 +567,3 @@ def _scratch_parent(scratch: int, rel: str) -> tuple[int, str]:
         os.close(fd)
         fd = nfd
     return fd, name
-
-
-class _Supply:
-    """Hands each member the chunks covering its span, from one in-order fetch of all of them.
-
-    Two members can share a chunk (the last of one, the first of the next): the last chunk
-    handed out is kept (copied: the fetch reuses its buffer) for the next member.
-    """
-
-    def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]]) -> None:
-        self._chunks = chunks
-        self._kept: tuple[ChunkJob, memoryview] | None = None
-
-    def chunks(self, need: list[ChunkJob], end: int) -> Iterator[tuple[ChunkJob, memoryview]]:
-        """The chunks ``need``, the last cut at stream offset ``end`` (``OrderedReader`` reads a
-        chunk to its end: the member must end where the next one starts)."""
-        for i, job in enumerate(need):
-            if self._kept is not None and self._kept[0].stream_offset == job.stream_offset:
-                got, data = self._kept
-            else:
-                got, data = next(self._chunks)
-                if got.stream_offset != job.stream_offset:
-                    raise IntegrityError(f"chunk at stream offset {got.stream_offset} arrived, expected "
-                                         f"{job.stream_offset}")
-                if i == len(need) - 1:
-                    self._kept = (got, memoryview(bytes(data)))
-                    data = self._kept[1]
-            yield got, data[:end - got.stream_offset]

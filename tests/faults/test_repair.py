@@ -95,6 +95,29 @@ def test_repair_fetches_only_what_verify_flags(kit):
     kit.assert_same_tree(pub.src, dest)
 
 
+def test_repair_with_default_chunks_fetches_about_the_damaged_bytes(kit):
+    """With 16 MiB chunks the whole 2 MiB stream is one chunk: repair must fetch the damaged
+    members' byte ranges only (checked against the member index's digests), not that chunk."""
+    pub = kit.publish(kit.tree(standard_files(2 * MiB, 40)), chunk_size=16 * MiB)
+    kit.pull(pub)
+    dest = kit.tmp / "dest" / pub.name
+    kit.idle()
+    kit.proxy.reset_stats()
+    victims = ["d0/f000.bin", "d2/f020.bin"]
+    for v in victims:
+        data = bytearray((dest / v).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (dest / v).write_bytes(bytes(data))
+    result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
+    kit.idle()
+    assert sorted(result.fetched) == victims
+    wanted = sum((pub.src / v).stat().st_size for v in victims)
+    # headers and padding only (two ranges: the two members are far apart)
+    assert wanted < kit.sent("part-") <= wanted + 2 * 2048 < pub.manifest.stream_size // 10
+    assert verify(dest).problems == ()
+    kit.assert_same_tree(pub.src, dest)
+
+
 def test_repair_of_an_intact_dataset_fetches_nothing(kit):
     pub, dest = pulled(kit, count=8, total=256 * KiB)
     result = repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
