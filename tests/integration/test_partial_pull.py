@@ -49,6 +49,21 @@ def files_of(root: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink() and ".s3sync" not in p.parts}
 
 
+def test_include_captions_with_default_chunks_fetches_only_its_bytes(store: S3Store, tmp_path: Path) -> None:
+    """The issue's example: only captions.json, from a dataset whose one 16 MiB chunk holds it all."""
+    src = make_tree(tmp_path / "src" / "ds")
+    (src / "captions.json").write_text(json.dumps({"images": [], "annotations": [], "info": "x" * 50_000}))
+    loc = Location(store.bucket, "ds")
+    settings = TransferSettings(concurrency=4)
+    m = publish(src, "ds", loc, store, settings).manifest
+    assert len(m.parts[0].chunks) == 1
+    size = (src / "captions.json").stat().st_size
+    part = pull(loc, None, tmp_path / "data", store, settings, selection=Selection.make(["captions.json"]))
+    assert files_of(part.dest) == {"captions.json": (src / "captions.json").read_bytes()}
+    assert size < part.bytes_received <= size + 2048 < m.stream_size // 10
+    assert verify(part.dest).problems == ()
+
+
 def test_include_one_file_then_the_rest(store: S3Store, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src" / "ds")
     loc = Location(store.bucket, "ds")
