@@ -6,8 +6,9 @@ generation pulled, with its chunk digests) -> ``verify`` -> sort the problems:
 - a file that is missing, changed (size or content), of another type, or no longer a hard
   link: its member is fetched again. The generation's published member index
   (``indexfile``; docs/manifest.md section 10) gives the member's offset in the tar stream;
-  the chunks covering its span are fetched by ranged GETs and checked against the manifest's
-  chunk digests (``engine.ChunkFetcher``), the member is extracted by ``archive.SafeExtractor``
+  its span is fetched by a ranged GET and its data checked against the index's digest
+  (``spans``; whole chunks checked against the manifest's chunk digests for a member larger
+  than a chunk), the member is extracted by ``archive.SafeExtractor``
   into ``DIR/.s3sync/repair/`` (the same file system), its digest is compared with the index
   and the pull's own record, and it is renamed into place (rename(2): atomic);
 - a directory or symlink that is missing or wrong: made again from the pull's record (no fetch);

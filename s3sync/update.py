@@ -6,8 +6,9 @@ Design (issue 13, section 2): a directory-level swap. The new generation's membe
 in ``DEST_PARENT/.NAME.s3sync-update/tree``: directories are made, unchanged files (same
 digest, size, mode and mtime) are hard-linked from the old tree (copied where a link is
 refused, or where only mode or mtime changed), symlinks are made from the index, and the new
-or changed files are fetched by ranged GETs of the chunks covering their byte spans (each
-chunk verified against its digest, as a pull does) and extracted by ``SafeExtractor`` from a
+or changed files are fetched by ranged GETs of their byte spans (``spans``: each member's data
+checked against the index's digest, or whole chunks against their digests for a member larger
+than a chunk) and extracted by ``SafeExtractor`` from a
 stream made of just those spans; each member's digest must then be the index's. Then the
 metadata (manifest, index, completion marker) is written into the staged tree, and the swap:
 rename(2) ``NAME`` -> ``.NAME.s3sync-old``, ``tree`` -> ``NAME``, then the old tree is removed.
