@@ -248,6 +248,11 @@ class Manifest:
             raise ManifestError(f"{source}: not valid JSON ({err})") from err
         except RecursionError as err:  # hostile nesting depth
             raise ManifestError(f"{source}: not valid JSON (nested too deeply)") from err
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ManifestError(f"{source}: holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                                "text") from err
         v = _Validator(source)
         if not isinstance(doc, dict):
             raise ManifestError(f"{source}: top level is not a JSON object")

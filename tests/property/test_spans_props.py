@@ -12,8 +12,8 @@ import tarfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from prop_helpers import DUMMY_DIGEST, deliver
+
 from s3sync import engine, hashing, planning
 from s3sync.errors import IntegrityError
 from s3sync.manifest import END_OF_ARCHIVE, Manifest, PartEntry
