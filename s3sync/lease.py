@@ -55,6 +55,8 @@ class Lease:
         pid_ns: the writer's PID namespace (``/proc/self/ns/pid``, e.g. ``pid:[4026531836]``;
             "" if unknown): containers sharing the host's name and kernel (``--network host``)
             see different process tables, so a pid means the same process only within one.
+        reader: "" for a publish's lease; for a reader lease (``readers``), the command
+            reading the generation (``pull``, ``repair``).
     """
 
     generation: str
@@ -65,11 +67,14 @@ class Lease:
     started: str
     ttl_s: float
     pid_ns: str = ""
+    reader: str = ""
 
     def to_json(self) -> bytes:
         doc = {"format": LEASE_FORMAT, "generation": self.generation, "host": self.host,
                "boot_id": self.boot_id, "pid": self.pid, "start_ticks": self.start_ticks,
                "started": self.started, "ttl_s": self.ttl_s, "pid_ns": self.pid_ns}
+        if self.reader:
+            doc["reader"] = self.reader
         return (json.dumps(doc, indent=1) + "\n").encode()
 
     @classmethod
@@ -84,7 +89,7 @@ class Lease:
         try:
             lease = cls(str(doc["generation"]), str(doc["host"]), str(doc["boot_id"]), int(doc["pid"]),
                         int(doc["start_ticks"]), str(doc["started"]), float(doc["ttl_s"]),
-                        str(doc.get("pid_ns", "")))
+                        str(doc.get("pid_ns", "")), str(doc.get("reader", "")))
         except (KeyError, TypeError, ValueError, OverflowError):  # 1e999 parses as inf: int(inf) overflows
             return None
         return lease if lease.ttl_s > 0 else None
