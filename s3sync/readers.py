@@ -156,14 +156,21 @@ class ReaderLease:
     checks the generation is still stored; ``__exit__`` removes it, and turns a missing part or
     index of a generation that ``gc`` deleted into ``generation_deleted`` (not "damaged").
 
-    ``current``: the generation is the current one (no lease is written). ``notes`` collects
-    one-line messages for the user (a lease that could not be written).
+    ``current``: the generation is the current one (no lease is written). ``require_copy``:
+    a missing history copy means gc deleted the generation (a pull found the copy a moment
+    ago); False for a repair, whose generation may predate history copies (then a missing
+    object is explained when it is met). ``notes`` collects one-line messages for the user
+    (a lease that could not be written).
+
+    Raises (``__enter__``):
+        NotFoundError: ``generation_deleted`` (the lease is removed first), or the bucket is gone.
     """
 
     def __init__(self, store: Store, location: Location, manifest: Manifest, *, current: bool, command: str,
-                 settings: LeaseSettings = LeaseSettings()) -> None:
+                 settings: LeaseSettings = LeaseSettings(), require_copy: bool = True) -> None:
         self.store, self.location, self.manifest = store, location, manifest
         self.current, self.command, self.settings = current, command, settings
+        self.require_copy = require_copy
         self.notes: list[str] = []
         self.key: str | None = None
         self._keeper: LeaseKeeper | None = None
@@ -183,10 +190,9 @@ class ReaderLease:
             self.store.put(key, body)
         except S3SyncError as err:
             # Read-only credentials (a public dataset) are normal for a reader: go on without.
-            self.notes.append(f"could not write a reader lease under {self.location.url(generation + '/')} "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): 's3sync gc' "
-                              f"cannot see this {self.command} and may delete generation {generation} while it "
-                              "runs")
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self.notes.append(f"no reader lease for this {self.command} ({first}): 's3sync gc' cannot see it "
+                              f"and may delete generation {generation} while it runs")
             key = None
         except BaseException:
             self._forget(key)
@@ -197,11 +203,12 @@ class ReaderLease:
         try:
             self.store.head(self.location.key(f"{generation}/{MANIFEST_NAME}"))
         except NotFoundError as err:
-            self._forget(key)
-            if err.bucket_missing:
-                raise
-            raise generation_deleted(self.location, generation, self.command,
-                                     _current(self.store, self.location)) from err
+            if err.bucket_missing or self.require_copy:
+                self._forget(key)
+                if err.bucket_missing:
+                    raise
+                raise generation_deleted(self.location, generation, self.command,
+                                         _current(self.store, self.location)) from err
         except BaseException:
             self._forget(key)
             raise
