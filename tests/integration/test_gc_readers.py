@@ -421,3 +421,29 @@ def test_ls_generations_and_gc_dry_run_show_the_readers(store: S3Store, tmp_path
     doc = json.loads(capsys.readouterr().out)
     assert doc["in_use"] == [{"generation": old.generation, "readers": 1}] and doc["deleted"] == []
     assert MANIFEST_NAME in under(store, loc, old.generation)
+
+
+def test_ctrl_c_of_a_reader_removes_its_lease(store: S3Store, tmp_path: Path, s3_server) -> None:
+    from tests.faults.proxy import FaultProxy
+
+    loc, old, new = two_generations(store, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.throttle_bps = 30_000
+        proc = subprocess.Popen([sys.executable, "-m", "s3sync", "pull", loc.url(), str(tmp_path / "data"),
+                                 "--endpoint-url", proxy.url, "-q", "--generation", old.generation],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            while proxy.stats(f"{old.generation}/part-").requests == 0 and proc.poll() is None:
+                time.sleep(0.02)  # polling the proxy's counters, no threshold
+            assert proc.poll() is None and len(readers_of(store, loc, old.generation)) == 1
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err = proc.stderr.read()
+            proc.stderr.close()
+    assert code == 130, err
+    assert readers_of(store, loc, old.generation) == []
