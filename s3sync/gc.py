@@ -350,7 +350,8 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     # the dead leases left in committed generations, by publish's rules.
     others = Survey(None, tuple(g.generation for g in view.generations if g.name not in handled or
                                 (g.kind == "current" and g.name == view.current.generation)))
-    return _delete(store, location, doomed, others, kept, tuple(young), busy, progress, settings, process_start)
+    return _delete(store, location, doomed, others, kept, tuple(young), busy, progress, settings, process_start,
+                   now)
 
 
 def _reader_key(key: str) -> bool:
@@ -361,7 +362,7 @@ def _reader_key(key: str) -> bool:
 def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneration, str]], others: Survey,
             kept: list[str], young: tuple[tuple[str, float], ...], busy: list[tuple[str, int]],
             progress: Progress, settings: LeaseSettings,
-            process_start: Callable[[int], int | None] | None) -> GcResult:
+            process_start: Callable[[int], int | None] | None, now: float) -> GcResult:
     """Delete in the documented order (module docstring); per-key refusals are collected and a
     generation whose history copy was refused is left whole."""
     failures: list[DeleteFailure] = []
@@ -369,10 +370,11 @@ def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneratio
     done: list[Doomed] = []
     notes: list[str] = []
     me = leases.local_identity()
+    clock = time.monotonic()
 
     def readers_now(name: str) -> int:
-        now = store.server_time() or time.time()
-        return len(live_readers(store, location, name, now, me=me, settings=settings, process_start=process_start))
+        at = now + (time.monotonic() - clock)  # the survey's server time, moved on by this machine's clock
+        return len(live_readers(store, location, name, at, me=me, settings=settings, process_start=process_start))
 
     for g, why in doomed:
         if why == "leftover":
