@@ -376,29 +376,50 @@ def test_read_only_credentials_pull_without_a_lease_and_say_so_once(
     assert readers_of(store, loc, old.generation) == []
 
 
+class Watching:
+    """A store that records, at every read of ``generation``'s parts or member index, the reader
+    leases it holds then."""
+
+    def __init__(self, inner: S3Store, loc: Location, generation: str) -> None:
+        self.inner, self.loc, self.generation, self.bucket = inner, loc, generation, inner.bucket
+        self.seen: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if name not in ("get", "read", "read_range_into", "read_range_pieces"):
+            return target
+
+        def call(key: str, *args: Any, **kwargs: Any) -> Any:
+            if key.startswith(self.loc.key(f"{self.generation}/")) and not key.endswith(MANIFEST_NAME):
+                self.seen.append(readers_of(self.inner, self.loc, self.generation))
+            return target(key, *args, **kwargs)
+        return call
+
+
 def test_a_repair_of_a_history_generation_holds_a_lease(store: S3Store, tmp_path: Path) -> None:
     loc, old, new = two_generations(store, tmp_path)
     dest = pull(loc, None, tmp_path / "data", store, SMALL, generation=old.generation).dest
     (dest / "f1.bin").write_bytes(b"broken")
-    seen: list[list[str]] = []
-
-    class Watching:
-        def __init__(self, inner: S3Store) -> None:
-            self.inner, self.bucket = inner, inner.bucket
-
-        def __getattr__(self, name: str) -> Any:
-            target = getattr(self.inner, name)
-            if name != "read_range_into":
-                return target
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                seen.append(readers_of(store, loc, old.generation))
-                return target(*args, **kwargs)
-            return call
-
-    result = repair(dest, loc, Watching(store), SMALL)
+    watching = Watching(store, loc, old.generation)
+    result = repair(dest, loc, watching, SMALL)
     assert result.fetched == ("f1.bin",) and result.notes == ()
-    assert seen and all(len(s) == 1 for s in seen)  # held while it fetched
+    assert watching.seen and all(len(s) == 1 for s in watching.seen)  # held while it fetched
+    assert readers_of(store, loc, old.generation) == []
+
+
+def test_an_update_in_place_and_a_partial_pull_to_a_history_generation_hold_a_lease(
+        store: S3Store, tmp_path: Path) -> None:
+    from s3sync.selection import Selection
+
+    loc, old, new = two_generations(store, tmp_path)
+    pull(loc, None, tmp_path / "data", store, SMALL)  # the current generation, no lease
+    watching = Watching(store, loc, old.generation)
+    back = pull(loc, None, tmp_path / "data", watching, SMALL, generation=old.generation)
+    assert back.updated is not None and (back.dest / "seed.txt").read_text() == "0"
+    part = pull(loc, None, tmp_path / "part", watching, SMALL, generation=old.generation,
+                selection=Selection.make(["f1.bin"], []))
+    assert part.updated is not None and part.updated.partial and (part.dest / "f1.bin").exists()
+    assert len(watching.seen) >= 4 and all(len(s) == 1 for s in watching.seen)  # index and parts, each time
     assert readers_of(store, loc, old.generation) == []
 
 
