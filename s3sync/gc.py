@@ -17,6 +17,7 @@ with its published time, file count and bytes, as ``s3sync ls SOURCE --generatio
 
 Never a generation with a live reader lease (``readers``: a pull, update or repair reading a
 generation that is no longer current), whatever its age: it is kept and listed as in use.
+Dead reader leases (a reader killed with kill -9) are deleted, also in generations that stay.
 
 When a generation stopped being current is not stored as such; it is bounded from above,
 so that the grace period is never cut short: the LastModified of its successor's manifest (the
@@ -350,8 +351,12 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     # the dead leases left in committed generations, by publish's rules.
     others = Survey(None, tuple(g.generation for g in view.generations if g.name not in handled or
                                 (g.kind == "current" and g.name == view.current.generation)))
+    # Dead reader leases (a reader killed with kill -9) in the generations that stay: removed.
+    dooming = {g.name for g, _ in doomed}
+    stale = [o for g in view.generations if g.name not in dooming
+             for r in g.generation.readers if not r.alive for o in g.generation.objects if o.key == r.key]
     return _delete(store, location, doomed, others, kept, tuple(young), busy, progress, settings, process_start,
-                   now)
+                   now, stale)
 
 
 def _reader_key(key: str) -> bool:
@@ -362,7 +367,8 @@ def _reader_key(key: str) -> bool:
 def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneration, str]], others: Survey,
             kept: list[str], young: tuple[tuple[str, float], ...], busy: list[tuple[str, int]],
             progress: Progress, settings: LeaseSettings,
-            process_start: Callable[[int], int | None] | None, now: float) -> GcResult:
+            process_start: Callable[[int], int | None] | None, now: float,
+            stale: list[ObjectInfo]) -> GcResult:
     """Delete in the documented order (module docstring); per-key refusals are collected and a
     generation whose history copy was refused is left whole."""
     failures: list[DeleteFailure] = []
@@ -415,6 +421,13 @@ def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneratio
         deleted_bytes += size
         done.append(Doomed(g.name, why, g.objects, g.size, len(gen.uploads)))
         progress.message(f"deleted generation {g.name} ({why}): {g.objects} object(s), {g.size} bytes")
+    if stale:
+        n, size, refused = _delete_objects(store, stale)
+        failures += refused
+        deleted += n
+        deleted_bytes += size
+        if n:
+            progress.message(f"deleted {n} dead reader lease(s) of generations kept")
     versioned: bool | None = False
     if any(g.state and not g.alive for g in others.generations):
         cleanup: Cleanup = clean(store, location, others)

@@ -316,6 +316,9 @@ def test_a_reader_lease_of_a_dead_process_does_not_hold_gc(store: S3Store, tmp_p
     store.put(loc.key(f"{old.generation}/{READERS_DIR}/a.json"), dead.to_json())
     view = {g.name: g for g in stored(store, loc).generations}
     assert view[old.generation].readers == 0
+    kept = collect(store, loc, 2, grace_s=0)  # kept by --keep: its dead reader lease is removed
+    assert kept.doomed == () and kept.deleted == 1 and readers_of(store, loc, old.generation) == []
+    store.put(loc.key(f"{old.generation}/{READERS_DIR}/a.json"), dead.to_json())
     store.put(loc.key(f"{old.generation}/{READERS_DIR}/b.json"), other.to_json())  # live for 600 s
     assert collect(store, loc, 1, grace_s=0).busy == ((old.generation, 1),)
     store.delete([loc.key(f"{old.generation}/{READERS_DIR}/b.json")])
