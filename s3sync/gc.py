@@ -15,6 +15,10 @@ with its published time, file count and bytes, as ``s3sync ls SOURCE --generatio
   generation that an s3sync without history copies superseded. ``publish`` never removes
   these (``lease.judge``): it is gc's decision.
 
+Never a generation with a live reader lease (``readers``: a pull, update or repair reading a
+generation that is no longer current), whatever its age: it is kept and listed as in use.
+Dead reader leases (a reader killed with kill -9) are deleted, also in generations that stay.
+
 When a generation stopped being current is not stored as such; it is bounded from above,
 so that the grace period is never cut short: the LastModified of its successor's manifest (the
 object whose ``previous`` names it: the current ``manifest.json``, or the successor's history
@@ -23,9 +27,14 @@ copy, written right after that successor committed), else the current manifest's
 the LastModified of its own history copy.
 
 Deletion order of one history generation, chosen so that gc dying at any point leaves nothing
-that looks whole and is not: (1) its history copy ``<generation>/manifest.json``, alone, so
-that no new pull of it can start and nothing lists it as a generation one can pull; (2) its
-incomplete multipart uploads; (3) its parts and member index; (4) a lease, if one is left, last.
+that looks whole and is not, and a reader starting meanwhile is either seen or stopped:
+(0) list its reader leases (a live one: keep it whole); (1) its history copy
+``<generation>/manifest.json``, alone, so that no new pull of it can start and nothing lists
+it as a generation one can pull; (1a) list its reader leases again (a live one: a reader wrote
+its lease before (1) and read the copy: stop, leaving the parts to a later gc, which finds an
+unleased leftover); (2) its incomplete multipart uploads; (3) its parts, member index and dead
+reader leases; (4) a lease, if one is left, last. A reader writes its lease before it reads
+the history copy again, so it is either listed at (1a) or finds the copy gone.
 Cut after (1), what remains is an unleased leftover, which the next gc removes; a concurrent gc
 deletes the same keys (deleting a missing key is not an error). The generation gc judged
 current, and any generation current when it re-reads the manifest just before deleting, is
@@ -46,6 +55,7 @@ from .lease import LEASE_NAME, LeaseSettings
 from .leftovers import Cleanup, Generation, Survey, clean, survey
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import NullProgress, Progress
+from .readers import is_reader_name, live_readers
 from .stores.base import DeleteFailure, ObjectInfo, Store
 
 DEFAULT_GRACE_S = 3600.0
@@ -69,7 +79,8 @@ class StoredGeneration:
             ``unleased``); "" otherwise.
         superseded: seconds since the epoch (server clock) at which it stopped being current, an
             upper bound (module docstring); None for the current one and leftovers.
-        generation: the survey's record (objects, uploads, lease).
+        generation: the survey's record (objects, uploads, lease, reader leases).
+        readers: live reader leases (pulls reading it now: ``readers``).
     """
 
     name: str
@@ -82,6 +93,7 @@ class StoredGeneration:
     state: str
     superseded: float | None
     generation: Generation
+    readers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,9 @@ class GcResult:
         kept: generations kept, newest first (current first).
         young: history generations beyond ``keep`` kept by the grace period, with the seconds
             left before gc may delete them.
+        busy: generations gc would delete but kept because readers hold them (pulls reading
+            them: live reader leases), with how many; also one whose history copy gc deleted
+            before a reader appeared (its parts are left for a later gc).
         deleted: objects deleted; ``deleted_bytes`` their bytes; ``aborted`` incomplete
             multipart uploads aborted (all 0 with ``dry_run``).
         failures: keys the server refused to delete.
@@ -135,6 +150,7 @@ class GcResult:
     versioned: bool | None = False
     notes: tuple[str, ...] = ()
     dry_run: bool = False
+    busy: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -237,7 +253,7 @@ def _describe(found: Survey, mans: _Manifests) -> tuple[StoredGeneration, ...]:
             superseded = max(stamps) if stamps else None
         out.append(StoredGeneration(
             gen.name, gen.kind, m.created if m else "", m.files if m else None, m.extracted_size if m else None,
-            len(gen.objects), gen.size, gen.state, superseded, gen))
+            len(gen.objects), gen.size, gen.state, superseded, gen, gen.live_readers))
     # Newest first: along the chain of ``previous`` links from the current manifest (publish
     # times have whole seconds: two publishes in one second would tie), then the generations
     # off the chain by publish time and name (generation ids start with their UTC time).
@@ -287,6 +303,7 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     kept = [g.name for g in committed[:keep]]
     doomed: list[tuple[StoredGeneration, str]] = []
     young: list[tuple[str, float]] = []
+    busy: list[tuple[str, int]] = []
     for g in committed[keep:]:
         if g.kind == "current":
             continue
@@ -297,14 +314,20 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
         if grace_s and now - since < grace_s:  # (0: no grace; the Date header has whole seconds)
             young.append((g.name, grace_s - (now - since)))
             continue
+        if g.readers:
+            kept.append(g.name)
+            busy.append((g.name, g.readers))
+            continue
         doomed.append((g, "history"))
     for g in view.generations:
         if g.kind != "leftover":
             continue
-        if not g.generation.alive:
+        if g.readers:  # e.g. a history copy gc deleted as a reader started: kept until it ends
+            busy.append((g.name, g.readers))
+        elif not g.generation.alive:
             doomed.append((g, "leftover"))
         elif g.state == "unleased":
-            stamps = [o.modified for o in g.generation.objects if o.modified is not None]
+            stamps = [o.modified for o in g.generation.objects if o.modified is not None and not _reader_key(o.key)]
             stamps += [u.initiated for u in g.generation.uploads]
             if view.current_modified is not None:  # superseded (if it ever was current) before this
                 stamps.append(view.current_modified)
@@ -317,7 +340,7 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     doomed.sort(key=lambda d: (d[1] != "history", -order[d[0].name]))  # history oldest first, then leftovers
     listed = tuple(Doomed(g.name, why, g.objects, g.size, len(g.generation.uploads)) for g, why in doomed)
     if dry_run:
-        return GcResult(listed, tuple(kept), tuple(young), dry_run=True)
+        return GcResult(listed, tuple(kept), tuple(young), dry_run=True, busy=tuple(busy))
     # Just before deleting: whatever is current now is never touched, even if it was history
     # when surveyed (it cannot be: a publish names a new generation; but a hand-made manifest may).
     latest, _, _ = _read_current(store, location)
@@ -328,21 +351,47 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     # the dead leases left in committed generations, by publish's rules.
     others = Survey(None, tuple(g.generation for g in view.generations if g.name not in handled or
                                 (g.kind == "current" and g.name == view.current.generation)))
-    return _delete(store, location, doomed, others, tuple(kept), tuple(young), progress)
+    # Dead reader leases (a reader killed with kill -9) in the generations that stay: removed.
+    dooming = {g.name for g, _ in doomed}
+    stale = [o for g in view.generations if g.name not in dooming
+             for r in g.generation.readers if not r.alive for o in g.generation.objects if o.key == r.key]
+    return _delete(store, location, doomed, others, kept, tuple(young), busy, progress, settings, process_start,
+                   now, stale)
+
+
+def _reader_key(key: str) -> bool:
+    parts = key.rsplit("/", 3)
+    return len(parts) >= 3 and is_reader_name("/".join(parts[-2:]))
 
 
 def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneration, str]], others: Survey,
-            kept: tuple[str, ...], young: tuple[tuple[str, float], ...], progress: Progress) -> GcResult:
+            kept: list[str], young: tuple[tuple[str, float], ...], busy: list[tuple[str, int]],
+            progress: Progress, settings: LeaseSettings,
+            process_start: Callable[[int], int | None] | None, now: float,
+            stale: list[ObjectInfo]) -> GcResult:
     """Delete in the documented order (module docstring); per-key refusals are collected and a
     generation whose history copy was refused is left whole."""
     failures: list[DeleteFailure] = []
     deleted = deleted_bytes = aborted = 0
     done: list[Doomed] = []
+    notes: list[str] = []
+    me = leases.local_identity()
+    clock = time.monotonic()
+
+    def readers_now(name: str) -> int:
+        at = now + (time.monotonic() - clock)  # the survey's server time, moved on by this machine's clock
+        return len(live_readers(store, location, name, at, me=me, settings=settings, process_start=process_start))
+
     for g, why in doomed:
         if why == "leftover":
             continue
         gen = g.generation
         objs = list(gen.objects)
+        n_readers = readers_now(g.name)  # (0): a pull that started since the survey
+        if n_readers:
+            kept.append(g.name)
+            busy.append((g.name, n_readers))
+            continue
         copy = [o for o in objs if o.key.endswith("/" + MANIFEST_NAME)]
         if copy:
             refused = store.delete([o.key for o in copy])
@@ -351,6 +400,13 @@ def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneratio
                 continue
             deleted += len(copy)
             deleted_bytes += sum(o.size for o in copy)
+            n_readers = readers_now(g.name)  # (1a): a reader that read the copy just before (1)
+            if n_readers:
+                busy.append((g.name, n_readers))
+                notes.append(f"generation {g.name}: a reader started on it while gc deleted it: its history copy "
+                             "is deleted (no new pull can start on it), its parts are left until no reader holds "
+                             "them (a later gc deletes them)")
+                continue
         for up in gen.uploads:
             store.abort_upload(up.key, up.upload_id)
             aborted += 1
@@ -365,8 +421,14 @@ def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneratio
         deleted_bytes += size
         done.append(Doomed(g.name, why, g.objects, g.size, len(gen.uploads)))
         progress.message(f"deleted generation {g.name} ({why}): {g.objects} object(s), {g.size} bytes")
+    if stale:
+        n, size, refused = _delete_objects(store, stale)
+        failures += refused
+        deleted += n
+        deleted_bytes += size
+        if n:
+            progress.message(f"deleted {n} dead reader lease(s) of generations kept")
     versioned: bool | None = False
-    notes: list[str] = []
     if any(g.state and not g.alive for g in others.generations):
         cleanup: Cleanup = clean(store, location, others)
         failures += cleanup.failures
@@ -390,8 +452,8 @@ def _delete(store: Store, location: Location, doomed: list[tuple[StoredGeneratio
     elif deleted and versioned is None:
         notes.append(f"could not tell whether bucket {location.bucket} is versioned: if it is, the deleted "
                      "objects remain as noncurrent versions")
-    return GcResult(tuple(done), kept, young, deleted, deleted_bytes, aborted, tuple(failures), versioned,
-                    tuple(notes))
+    return GcResult(tuple(done), tuple(kept), young, deleted, deleted_bytes, aborted, tuple(failures), versioned,
+                    tuple(notes), busy=tuple(busy))
 
 
 def _delete_objects(store: Store, objs: list[ObjectInfo]) -> tuple[int, int, list[DeleteFailure]]:

@@ -8,6 +8,7 @@ publish is still writing (never to be touched).
 The decision (``judge``) is pure: it takes the lease document and the facts gathered about
 this machine and the server, and does no I/O. ``local_identity`` and ``process_start`` read
 ``/proc`` (Linux); elsewhere they return None and only the expiry rule applies.
+``LeaseKeeper`` re-writes a lease object while its owner runs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import S3SyncError
+from .stores.base import Store
+from .threads import Worker, wait_all
 
 LEASE_NAME = "lease.json"
 LEASE_FORMAT = "s3sync-lease"
@@ -49,6 +55,8 @@ class Lease:
         pid_ns: the writer's PID namespace (``/proc/self/ns/pid``, e.g. ``pid:[4026531836]``;
             "" if unknown): containers sharing the host's name and kernel (``--network host``)
             see different process tables, so a pid means the same process only within one.
+        reader: "" for a publish's lease; for a reader lease (``readers``), the command
+            reading the generation (``pull``, ``repair``).
     """
 
     generation: str
@@ -59,11 +67,14 @@ class Lease:
     started: str
     ttl_s: float
     pid_ns: str = ""
+    reader: str = ""
 
     def to_json(self) -> bytes:
         doc = {"format": LEASE_FORMAT, "generation": self.generation, "host": self.host,
                "boot_id": self.boot_id, "pid": self.pid, "start_ticks": self.start_ticks,
                "started": self.started, "ttl_s": self.ttl_s, "pid_ns": self.pid_ns}
+        if self.reader:
+            doc["reader"] = self.reader
         return (json.dumps(doc, indent=1) + "\n").encode()
 
     @classmethod
@@ -78,7 +89,7 @@ class Lease:
         try:
             lease = cls(str(doc["generation"]), str(doc["host"]), str(doc["boot_id"]), int(doc["pid"]),
                         int(doc["start_ticks"]), str(doc["started"]), float(doc["ttl_s"]),
-                        str(doc.get("pid_ns", "")))
+                        str(doc.get("pid_ns", "")), str(doc.get("reader", "")))
         except (KeyError, TypeError, ValueError, OverflowError):  # 1e999 parses as inf: int(inf) overflows
             return None
         return lease if lease.ttl_s > 0 else None
@@ -187,3 +198,34 @@ def _exists(pid: int) -> int | None:
     except PermissionError:
         return 0
     return 0
+
+
+class LeaseKeeper:
+    """Re-PUTs the lease every ``refresh_s`` seconds until stopped, so that a publish (or gc,
+    for a reader's lease) elsewhere sees it is alive. A failed refresh is retried at the next
+    tick: the lease stays valid for ``ttl_s`` after the last one that got through."""
+
+    def __init__(self, store: Store, key: str, body: bytes, refresh_s: float) -> None:
+        self._store, self._key, self._body, self._refresh_s = store, key, body, refresh_s
+        self._stop = threading.Event()
+        self._worker = Worker(self._run, "s3sync-lease")
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._refresh_s):
+            try:
+                self._store.put(self._key, self._body)
+            except S3SyncError:
+                continue
+
+    def stop(self) -> None:
+        """Stop refreshing and wait until a refresh in flight has ended (through Ctrl-C too:
+        a lease PUT landing after the lease's removal would leave it behind).
+
+        Raises:
+            KeyboardInterrupt: once the thread has ended, if one arrived while waiting.
+        """
+        self._stop.set()
+        wait_all([self._worker])

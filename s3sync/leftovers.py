@@ -9,6 +9,10 @@ Under ``PREFIX/`` a generation "directory" ``<generation>/`` is one of:
   ``<generation>/lease.json`` (see ``lease``) says whether that publish may still be
   running; only a leftover whose lease is dead may be removed.
 
+Reader leases ``<generation>/readers/<id>.json`` (``readers``) name pulls reading a generation
+that is no longer current: they are s3sync's own objects, judged here, and a generation with a
+live one is never removed (by ``clean`` or by ``gc``).
+
 Incomplete multipart uploads under a generation belong to it. Used by ``publish`` (which
 cleans up before it uploads) and ``s3sync ls -v`` (which shows). Must not import boto3.
 """
@@ -24,6 +28,7 @@ from .config import Location
 from .errors import NotFoundError, S3SyncError
 from .lease import LEASE_NAME, Identity, Lease, LeaseSettings
 from .manifest import GENERATION_RE, INDEX_NAME, MANIFEST_NAME
+from .readers import Reader, is_reader_name, judge_readers
 from .stores.base import DeleteFailure, ObjectInfo, Store, UploadInfo
 
 _PART_NAME = "part-"
@@ -46,6 +51,7 @@ class Generation:
         objects: its objects (full keys), lease and history copy included.
         size: bytes of those objects.
         uploads: incomplete multipart uploads under it.
+        readers: its reader leases, judged (``readers.Reader``).
     """
 
     name: str
@@ -56,6 +62,12 @@ class Generation:
     objects: tuple[ObjectInfo, ...] = ()
     size: int = 0
     uploads: tuple[UploadInfo, ...] = ()
+    readers: tuple[Reader, ...] = ()
+
+    @property
+    def live_readers(self) -> int:
+        """How many of its reader leases may still be reading it."""
+        return sum(1 for r in self.readers if r.alive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +135,8 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
         gen, sep, rest = obj.key[len(base):].partition("/")
         if not sep:
             continue
-        if not GENERATION_RE.match(gen) or "/" in rest or not (
-                rest in OWN_NAMES or rest.startswith(_PART_NAME)):
+        if not GENERATION_RE.match(gen) or not (
+                is_reader_name(rest) or ("/" not in rest and (rest in OWN_NAMES or rest.startswith(_PART_NAME)))):
             foreign.add(gen)
         by_gen.setdefault(gen, []).append(obj)
     uploads: dict[str, list[UploadInfo]] = {}
@@ -140,6 +152,8 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
         ups = tuple(uploads.get(gen, ()))
         size = sum(o.size for o in objs)
         names = {o.key[len(base) + len(gen) + 1:]: o for o in objs}
+        readers = judge_readers(store, [o for n, o in names.items() if is_reader_name(n)], now, me,
+                                process_start, settings)
         kind = "current" if gen == current else "history" if MANIFEST_NAME in names else "leftover"
         lease = None
         lease_obj = names.get(LEASE_NAME)
@@ -149,15 +163,16 @@ def survey(store: Store, location: Location, current: str | None, *, me: Identit
             except NotFoundError:
                 lease_obj = None  # finished between the listing and now
         if kind != "leftover" and lease_obj is None:
-            out.append(Generation(gen, kind, objects=objs, size=size, uploads=ups))
+            out.append(Generation(gen, kind, objects=objs, size=size, uploads=ups, readers=readers))
             continue
-        stamps = [o.modified for o in objs if o.modified is not None] + [u.initiated for u in ups]
+        stamps = [o.modified for n, o in names.items() if o.modified is not None and not is_reader_name(n)]
+        stamps += [u.initiated for u in ups]
         verdict = leases.judge(lease, lease_obj.modified if lease_obj else None,
                                max(stamps) if stamps else None, now, me,
                                process_start or leases.process_start, settings.ttl_s)
         # In a committed generation (current or history) the verdict only concerns the lease
         # object itself: a publish that committed and died before removing it.
-        out.append(Generation(gen, kind, verdict.state, verdict.alive, lease, objs, size, ups))
+        out.append(Generation(gen, kind, verdict.state, verdict.alive, lease, objs, size, ups, readers))
     return Survey(current, tuple(out))
 
 
@@ -176,7 +191,8 @@ def clean(store: Store, location: Location, found: Survey) -> Cleanup:
     for gen in found.generations:
         if gen.kind != "leftover" and gen.state and not gen.alive:
             doomed.extend(o for o in gen.objects if o.key.endswith("/" + LEASE_NAME))
-        elif gen.kind == "leftover" and not gen.alive:
+        elif gen.kind == "leftover" and not gen.alive and not gen.live_readers:
+            # (live readers: a history generation whose copy gc deleted as a pull started on it)
             for up in gen.uploads:
                 store.abort_upload(up.key, up.upload_id)
                 result.aborted += 1

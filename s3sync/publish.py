@@ -48,6 +48,7 @@ from .errors import (
 )
 from .indexfile import IndexWriter
 from .lease import LEASE_NAME, Lease, LeaseSettings
+from .lease import LeaseKeeper as _LeaseKeeper
 from .leftovers import Cleanup, safe_clean, survey
 from .manifest import MANIFEST_NAME, Manifest, PartEntry, claims_format
 from .partwriter import PartWriter, Pipe
@@ -119,37 +120,6 @@ def outcome(held: Held, ours: str, our_history: bool) -> bool:
 def new_generation() -> str:
     """A fresh generation id: UTC time plus randomness, sortable by time."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
-
-
-class _LeaseKeeper:
-    """Re-PUTs the lease every ``refresh_s`` seconds until stopped, so that a publish
-    elsewhere sees it is alive. A failed refresh is retried at the next tick: the lease
-    stays valid for ``ttl_s`` after the last one that got through."""
-
-    def __init__(self, store: Store, key: str, body: bytes, refresh_s: float) -> None:
-        self._store, self._key, self._body, self._refresh_s = store, key, body, refresh_s
-        self._stop = threading.Event()
-        self._worker = Worker(self._run, "s3sync-lease")
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._refresh_s):
-            try:
-                self._store.put(self._key, self._body)
-            except S3SyncError:
-                continue
-
-    def stop(self) -> None:
-        """Stop refreshing and wait until a refresh in flight has ended (through Ctrl-C too:
-        a lease PUT landing after the lease's removal would leave it behind).
-
-        Raises:
-            KeyboardInterrupt: once the thread has ended, if one arrived while waiting.
-        """
-        self._stop.set()
-        wait_all([self._worker])
 
 
 def _remove_own(store: Store, location: Location, generation: str) -> list[str]:

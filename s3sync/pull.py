@@ -46,6 +46,7 @@ from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, TAR_BLOCK, Manifest
 from .partfiles import PartFiles
 from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
+from .readers import ReaderLease
 from .selection import Selection
 from .stores.base import Store
 
@@ -70,6 +71,7 @@ class PullResult:
         up_to_date: the destination already held this generation; nothing was fetched.
         elapsed_s: wall time in seconds.
         updated: what an update in place of an older generation did (``update``), else None.
+        notes: one-line messages for the user (a reader lease that could not be written).
     """
 
     manifest: Manifest
@@ -80,6 +82,7 @@ class PullResult:
     up_to_date: bool
     elapsed_s: float
     updated: UpdateResult | None = None
+    notes: tuple[str, ...] = ()
 
 
 MEMORY_BUDGET = 256 * 1024 * 1024
@@ -132,13 +135,19 @@ def fetch_generation(store: Store, location: Location, generation: str) -> tuple
         NotFoundError: no such generation stored; the message lists those that are.
         ManifestError: the copy is damaged, or names another generation.
     """
+    manifest, data, _ = _fetch_generation(store, location, generation)
+    return manifest, data
+
+
+def _fetch_generation(store: Store, location: Location, generation: str) -> tuple[Manifest, bytes, bool]:
+    """``fetch_generation``, and whether ``generation`` is the current one."""
     if not generation or "/" in generation or generation in (".", ".."):
         raise UsageError(f"--generation {generation!r} is not a generation id",
                          hint=f"list them with 's3sync ls {location.url()} --generations'")
     try:
         manifest, data = fetch_manifest(store, location)
         if manifest.generation == generation:
-            return manifest, data
+            return manifest, data, True
     except NotFoundError as err:
         if err.bucket_missing:
             raise
@@ -158,7 +167,7 @@ def fetch_generation(store: Store, location: Location, generation: str) -> tuple
     if manifest.generation != generation:
         raise ManifestError(f"{location.url(key)}: names generation {manifest.generation}, not {generation}",
                             hint="the history copy is damaged: pull another generation")
-    return manifest, data
+    return manifest, data, False
 
 
 def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
@@ -208,11 +217,27 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
         InsufficientSpaceError: not enough free bytes or inodes (before starting, or ENOSPC).
         IntegrityError, StoreError: a chunk failed for good; a rerun resumes.
         UnsafeArchiveError: a tar member tried to escape; nothing was written outside staging.
+        NotFoundError: ``gc`` deleted the generation before or while this pull read it
+            (``readers.generation_deleted``).
     """
     progress = progress or NullProgress()
     started = time.monotonic()
-    manifest, manifest_bytes = (fetch_manifest(store, location) if generation is None
-                                else fetch_generation(store, location, generation))
+    if generation is None:
+        manifest, manifest_bytes = fetch_manifest(store, location)
+        current = True
+    else:
+        manifest, manifest_bytes, current = _fetch_generation(store, location, generation)
+    # A generation that is no longer current is read under a reader lease, which gc respects.
+    reading = ReaderLease(store, location, manifest, current=current, command="pull")
+    with reading:
+        result = _pull(location, name, dest_parent, store, settings, extract, progress, selection, manifest,
+                       manifest_bytes, started)
+    return dataclasses.replace(result, notes=tuple(reading.notes)) if reading.notes else result
+
+
+def _pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
+          extract: bool, progress: Progress, selection: Selection | None, manifest: Manifest,
+          manifest_bytes: bytes, started: float) -> PullResult:
     name = name or manifest.name
     dest = dest_parent / name
     mode = "extract" if extract else "parts"

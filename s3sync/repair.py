@@ -50,6 +50,7 @@ from .journal import INDEX_NAME, load_index, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
+from .readers import ReaderLease
 from .spans import MemberSpan, SpanReader, plan_ranges, span_bytes
 from .stores.base import Store
 from .verify import SPLIT_ARCHIVE, Problem, verify
@@ -81,6 +82,7 @@ class RepairResult:
         bytes_received: bytes received from the store (member index and chunks, retries included).
         stream_size: bytes of the whole published stream, for comparison.
         elapsed_s: wall time in seconds.
+        notes: one-line messages for the user (a reader lease that could not be written).
     """
 
     dest: Path
@@ -96,6 +98,7 @@ class RepairResult:
     bytes_received: int
     stream_size: int
     elapsed_s: float
+    notes: tuple[str, ...] = ()
 
 
 def source_of(dest: Path) -> Location:
@@ -161,12 +164,29 @@ def repair(dest: Path, location: Location, store: Store, settings: TransferSetti
         plan = work.sort(found.problems)
         work.apply_local()  # directories first: fetched members go into them
         received = 0
+        notes: list[str] = []
         if plan:
-            received = _refetch(work, plan, manifest, location, store, settings, progress)
+            # A generation that is no longer current is read under a reader lease (gc spares it).
+            reading = ReaderLease(store, location, manifest, current=_is_current(store, location, manifest),
+                                  command="repair", require_copy=False)
+            with reading:
+                received = _refetch(work, plan, manifest, location, store, settings, progress)
+            notes = reading.notes
         work.finish_dirs()
     return RepairResult(dest, location.url(), manifest.generation, found.problems, tuple(work.fetched),
                         tuple(work.remade), tuple(work.metadata), tuple(work.extra), tuple(work.deleted),
-                        tuple(work.unrepaired), received, manifest.stream_size, time.monotonic() - started)
+                        tuple(work.unrepaired), received, manifest.stream_size, time.monotonic() - started,
+                        tuple(notes))
+
+
+def _is_current(store: Store, location: Location, manifest: Manifest) -> bool:
+    """Whether the current manifest at ``location`` names ``manifest``'s generation (False if
+    it cannot be read: the generation is then read under a lease)."""
+    try:
+        now, _ = fetch_manifest(store, location)
+    except S3SyncError:
+        return False
+    return now.generation == manifest.generation
 
 
 class _Tree:

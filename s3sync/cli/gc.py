@@ -24,7 +24,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Delete the history generations of a dataset beyond the newest N (the current one\n"
                     "counts first and is never deleted), and what dead publishes left. A generation that\n"
                     "stopped being current less than --grace seconds ago is kept, so that pulls started\n"
-                    "on it finish.",
+                    "on it finish; so is one that a running pull, update or repair is reading (its reader\n"
+                    "lease, PREFIX/GENERATION/readers/), whatever its age.",
         examples=["s3sync gc s3://my-bucket/sbu --keep 2 --dry-run", "s3sync gc sbu --keep 1 --grace 0"],
         environment=S3_ENVIRONMENT,
         exit_codes=((0, "done"), (1, "the server refused some keys (named)"), (2, "usage"), (130, "interrupted"))))
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             "command": "gc", "url": url, "dry_run": result.dry_run, "keep": args.keep, "grace_s": args.grace,
             "kept": list(result.kept),
             "young": [{"generation": g, "seconds_left": round(s, 1)} for g, s in result.young],
+            "in_use": [{"generation": g, "readers": n} for g, n in result.busy],
             "deleted" if not result.dry_run else "would_delete": [
                 {"generation": d.name, "reason": d.reason, "objects": d.objects, "size": d.size,
                  "incomplete_uploads": d.uploads} for d in result.doomed],
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                     f"{format_size(d.size)}" + (f", {plural(d.uploads, 'incomplete upload')}" if d.uploads else ""))
         for g, left in result.young:
             ui.line(f"kept\t{g}\tyounger than --grace ({left:.0f} s left)")
+        for g, n in result.busy:
+            ui.line(f"kept\t{g}\tin use by {plural(n, 'reader')} (a pull, update or repair reading it)")
         for line in result.notes:
             ui.info(line)
         total = (f"{plural(objects, 'object')}, {format_size(size)}" if result.dry_run

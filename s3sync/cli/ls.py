@@ -258,10 +258,12 @@ def _ls_generations(store: Any, location: Any, settings: Settings, ui: UI) -> in
         ui.emit_json({"command": "ls", "url": location.url(), "generations": [
             {"generation": g.name, "kind": g.kind, "created": g.created or None, "files": g.files,
              "extracted_size": g.extracted_size, "objects": g.objects, "size": g.size, "state": g.state or None,
-             "superseded_s_ago": round(view.now - g.superseded, 1) if g.superseded is not None else None}
+             "superseded_s_ago": round(view.now - g.superseded, 1) if g.superseded is not None else None,
+             "readers": g.readers}
             for g in view.generations]})
         return EXIT_OK
-    rows = [[g.name, g.kind + (f" ({g.state})" if g.state else ""), g.created, f"{g.files:,}" if g.files is not None
+    rows = [[g.name, g.kind + (f" ({g.state})" if g.state else "")
+             + (f", in use by {plural(g.readers, 'reader')}" if g.readers else ""), g.created, f"{g.files:,}" if g.files is not None
              else "", format_size(g.extracted_size) if g.extracted_size is not None else "",
              f"{plural(g.objects, 'object')}, {format_size(g.size)}"] for g in view.generations]
     ui.table(f"generations of {location.url()}", ["generation", "kind", "published", "files", "size", "stored"], rows)

@@ -114,6 +114,8 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         store.close()
     if args.strip_components:
         ui.info("warning: --strip-components applies only to archives; ignored for an s3sync dataset")
+    for note in result.notes:  # e.g. no reader lease (read-only credentials): gc cannot see this pull
+        ui.info(note)
     m = result.manifest
     u = result.updated
     if ui.as_json:
@@ -127,6 +129,7 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                           "fetched_size": u.fetched_size, "reused": u.reused, "removed": u.removed,
                           "resumed": u.resumed, "partial": u.partial},
                       "selection": None if selection is None else selection.to_json(),
+                      "notes": list(result.notes),
                       "elapsed_s": round(result.elapsed_s, 3)})
     elif u is not None and u.partial:
         ui.info(f"pulled the selected members of {result.dest.name} into {result.dest} (generation {m.generation}"

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         getattr(progress, "close", lambda: None)()
         store.close()
     kept = [p for p in result.extra if p not in set(result.deleted)]
+    for note in result.notes:  # e.g. no reader lease (read-only credentials): gc cannot see this repair
+        ui.info(note)
     if ui.as_json:
         ui.emit_json({"command": "repair", "dir": str(result.dest), "url": result.url,
                       "generation": result.generation,
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "deleted": list(result.deleted),
                       "unrepaired": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.unrepaired],
                       "bytes_received": result.bytes_received, "stream_size": result.stream_size,
+                      "notes": list(result.notes),
                       "ok": not result.unrepaired and not kept, "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for path in result.fetched:

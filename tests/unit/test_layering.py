@@ -35,6 +35,7 @@ LAYER = {
     "index": 0,
     "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "spans": 1, "journal": 1, "partfiles": 1,
     "lease": 1, "configfile": 1, "partwriter": 1, "fsutil": 1, "buildstate": 1, "zipstream": 1, "images": 1, "crawl": 1, "indexfile": 1,
+    "readers": 1,
     "leftovers": 2, "gc": 2,
     "publish": 2, "pull": 2, "update": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2, "repair": 2,
     "captionfiles": 2, "builders": 2, "builders.mscoco": 2,

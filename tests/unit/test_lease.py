@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -50,7 +51,7 @@ def test_judge_in_another_pid_namespace_waits_for_expiry() -> None:
                    "pid:[4026532999]")
     assert (judge(theirs, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "live"
     assert (judge(theirs, NOW - TTL - 1, None, NOW, me, alive_pids({}), TTL).state) == "expired"
-    same = Lease(*[getattr(theirs, f) for f in Lease.__slots__[:-1]], me.pid_ns)
+    same = dataclasses.replace(theirs, pid_ns=me.pid_ns)
     assert (judge(same, NOW - 1, NOW - 1, NOW, me, alive_pids({}), TTL).state) == "dead"
     assert Lease.from_json(theirs.to_json()) == theirs
 
