@@ -432,6 +432,32 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
     return carried, made_dirs
 
 
+def _prune(tree: Path, keep: set[str]) -> None:
+    """Remove from a staged tree an interrupted run left what this run does not put there
+    (``keep``: the new tree's members and directories, the extras carried now): an extra
+    deleted since, or carried by a run without ``delete_extra`` resumed with it. Never
+    through a symlink (entries are unlinked; directories removed by ``_remove``)."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(tree / rel_dir if rel_dir else tree) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except OSError:
+            continue
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel == archive.METADATA_DIR:
+                continue  # written again at the end
+            if rel in keep:
+                if is_dir:
+                    stack.append(rel)
+            elif is_dir:
+                _remove(tree / rel)
+            else:
+                os.unlink(tree / rel)
+
+
 def _finish_carried_dirs(tree: Path, made_dirs: list[tuple[str, int, int, int]]) -> None:
     """Give the carried directories their old mode and times, deepest first (what went in
     them moved their mtime)."""
@@ -515,7 +541,7 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
             (staging / IDENTITY).write_bytes(ident)
         try:
             result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
-                            manifest_bytes, old_generation, progress, selection, delete_extra)
+                            manifest_bytes, old_generation, progress, selection, delete_extra, resumed)
         except _InTheWay:
             if not resumed:
                 _remove(staging)  # it holds nothing but the member index: leave nothing behind
@@ -554,7 +580,7 @@ def _done_records(staging: Path) -> dict[str, archive.MemberRecord]:
 
 def _stage(location: Location, dest: Path, staging: Path, store: Store, settings: TransferSettings,
            manifest: Manifest, manifest_bytes: bytes, old_generation: str | None, progress: Progress,
-           selection: Selection | None, delete_extra: bool) -> UpdateResult:
+           selection: Selection | None, delete_extra: bool, resumed: bool) -> UpdateResult:
     """Build the new tree in ``staging/tree``, its metadata included; return the counts.
 
     Order: read the index and sort its members (fetch, reuse, symlink, directory); find the
@@ -624,6 +650,13 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             records[pos] = d
     for path in sorted(needed_dirs):
         os.makedirs(tree / path, exist_ok=True)
+    if resumed:
+        keep = seen | needed_dirs
+        for path, _ in ([] if delete_extra else extras):
+            while path and path not in keep:  # the extra and the directories above it
+                keep.add(path)
+                path = path.rpartition("/")[0]
+        _prune(tree, keep)
     carried: list[str] = []
     carried_dirs: list = []
     if extras and not delete_extra:

@@ -400,3 +400,40 @@ def test_kill_9_while_hashing_then_rerun(store: S3Store, tmp_path: Path) -> None
     members = {k: v for k, v in without_inodes(tree_of(dest)).items() if k not in extras}
     assert members == without_inodes(tree_of(src))
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize("then", ["one-extra-removed", "delete-extra"])
+def test_a_resumed_update_drops_what_the_interrupted_one_carried_and_is_no_longer_wanted(
+        store: S3Store, tmp_path: Path, monkeypatch, s3_server, then: str) -> None:
+    """Interrupted after carrying the extras (Ctrl-C at the fetch): the rerun resumes the staged
+    tree; an extra the user removed meanwhile, or every extra with --delete-extra, is not in the
+    new tree."""
+    if s3_server.name != "moto":
+        pytest.skip("the crash points are the client's; one server is enough")
+    src, loc, a, dest = setup(store, tmp_path)
+    extras = add_extras(dest)
+    change(src)
+    b = publish(src, "ds", loc, store, SMALL).manifest
+    fired: list = []
+    saved = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, cli.on_interrupt)
+    try:
+        with monkeypatch.context() as m:
+            hook(m, archive.SafeExtractor, "extract", 1, fired)
+            with pytest.raises(KeyboardInterrupt):
+                pull(loc, None, tmp_path / "data", store, SMALL)
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    staged = update.update_dir(dest.parent, "ds") / "tree"
+    assert (staged / "work" / "deep" / "result.csv").exists()  # carried before the interruption
+    if then == "one-extra-removed":
+        (dest / "work" / "deep" / "result.csv").unlink()
+        r = pull(loc, None, tmp_path / "data", store, SMALL).updated
+        assert r is not None and r.extras == len(extras) - 1
+        assert extras_of(dest) == [e for e in extras if e != "work/deep/result.csv"]
+    else:
+        r = pull(loc, None, tmp_path / "data", store, SMALL, delete_extra=True).updated
+        assert r is not None and r.extras_deleted
+        assert verify(dest, 2).problems == ()
+        assert without_inodes(tree_of(dest)) == without_inodes(tree_of(src))
+    assert verify(dest, 2).generation == b.generation
