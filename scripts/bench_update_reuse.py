@@ -115,7 +115,7 @@ def main() -> int:
     ch, cu = statistics.median(cpu["hashed"]), statistics.median(cpu["unhashed"])
     print(f"  hashing {hashed_bytes:,} reused bytes costs: wall {h - u:+.2f} s ({100 * (h - u) / u:+.1f}%), "
           f"CPU {ch - cu:+.2f} s ({1e6 * (ch - cu) / args.files:+.1f} us/file, "
-          f"{hashed_bytes / max(h - u, 1e-9) / 1e9:.2f} GB/s of wall added)")
+          f"{hashed_bytes / max(ch - cu, 1e-9) / 1e9:.2f} GB hashed per added CPU second)")
     return 0
 
 
