@@ -109,6 +109,8 @@ class UpdateResult:
 
 EXTRA_SAMPLE = 5
 """How many extra paths an ``UpdateResult`` names (the CLI prints them; verify lists all)."""
+CHECK_BATCH = 1024
+"""Reused files hashed per batch of the thread pool (``_stage``)."""
 
 
 def _real_dir(path: Path) -> bool:
@@ -606,7 +608,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     candidates = [(n, pos, new) for n, pos, new in files
                   if _real_parents(dest, new.path, real_dirs) and _same_file(old.get(new.path), new,
                                                                               os.fspath(dest / new.path))]
-    progress.start("check", sum(new.size for _, _, new in candidates))
+    if candidates:
+        progress.start("check", sum(new.size for _, _, new in candidates))
 
     def check(item: tuple[int, int, archive.MemberRecord]) -> bool:
         _, _, new = item
@@ -619,12 +622,20 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             progress.advance("check", new.size)
 
     reusable: set[int] = set()
-    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
-        for item, ok in zip(candidates, pool.map(check, candidates)):
-            if ok:
-                reusable.add(item[0])
-                records[item[1]] = item[2]
-    progress.finish("check")
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
+    try:
+        # in batches: a bounded number of futures whatever the number of files, and on Ctrl-C
+        # only the batch's running ones are waited for (the rest are cancelled)
+        for i in range(0, len(candidates), CHECK_BATCH):
+            batch = candidates[i:i + CHECK_BATCH]
+            for item, ok in zip(batch, pool.map(check, batch)):
+                if ok:
+                    reusable.add(item[0])
+                    records[item[1]] = item[2]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if candidates:
+        progress.finish("check")
     altered = [new.path for n, _, new in candidates if n not in reusable]
     wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
     spans: list[tuple[int, int]] = []
