@@ -3,10 +3,14 @@ fetching only the members that are new or changed.
 
 Design (issue 13, section 2): a directory-level swap. The new generation's member index
 (``indexfile``) is compared with the pull's own ``.s3sync/index.jsonl``. A new tree is staged
-in ``DEST_PARENT/.NAME.s3sync-update/tree``: directories are made, unchanged files (same
-digest, size, mode and mtime) are hard-linked from the old tree (copied where a link is
-refused, or where only mode or mtime changed), symlinks are made from the index, and the new
-or changed files are fetched by ranged GETs of the chunks covering their byte spans (each
+in ``DEST_PARENT/.NAME.s3sync-update/tree``: directories are made; what the user added to
+the old tree (``find_extras``: not members of its generation) is carried over (hard links,
+symlinks, directories) or, with ``delete_extra``, left out, and refused before anything is
+fetched where a new member needs its place; unchanged files (same recorded digest and size,
+still a regular file with the recorded mtime) are hard-linked from the old tree (copied where a
+link is refused, or where only mode or mtime changed) and kept only if the link (or the copy)
+hashes to the new digest; symlinks are made from the index; the new, changed or altered
+files are fetched by ranged GETs of the chunks covering their byte spans (``spans``; each
 chunk verified against its digest, as a pull does) and extracted by ``SafeExtractor`` from a
 stream made of just those spans; each member's digest must then be the index's. Then the
 metadata (manifest, index, completion marker) is written into the staged tree, and the swap:
@@ -19,7 +23,11 @@ generation: ``recover`` (run first by every pull) renames it back. After the sec
 ``NAME`` is the new generation, complete with its marker; a leftover ``.NAME.s3sync-old`` is
 removed by ``recover``. An interrupted update is resumed by the same pull (``IDENTITY``): the
 members it had fetched and written completely (``DONE``) are kept, the unchanged ones are
-linked again (cheap), and only the rest is fetched.
+linked (and hashed) again, the extras carried again, anything else the interrupted run had
+staged is removed (``_prune``), and only the rest is fetched.
+
+Trust: members that are not fetched are taken as the member index describes them (their
+local bytes hash to its digest); see docs/manifest.md section 10, "Trust".
 
 The same machinery makes a partial pull (``--include``/``--exclude``, ``selection``): only the
 selected members are staged, into a fresh ``NAME`` or in place of an earlier pull.
