@@ -27,7 +27,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            "once (naming the process that holds it) unless --wait is given. Pulling another\n"
                            "generation (or selection) into a complete pull updates it in place: only new or\n"
                            "changed files are fetched (an old file is reused only if its content still has the\n"
-                           "new digest), and files, symlinks and directories you added inside DIR are kept and\n"
+                           "new digest), and files, symlinks and directories you added to NAME are kept and\n"
                            "reported (--delete-extra drops them; one in the way of a new member is refused).",
                            ["s3sync pull sbu /data                          # S3SYNC_BUCKET=my-bucket: s3://my-bucket/sbu",
                             "s3sync pull s3://my-bucket/coco-2014 /data --concurrency 16",
@@ -55,8 +55,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="leave out the members matching GLOB (repeatable; applied after --include)")
     p.add_argument("--delete-extra", action="store_true",
-                   help="updating in place: drop what DIR holds beyond the dataset (default: keep it in the new "
-                        "tree and report it; 'verify' lists it as extra)")
+                   help="updating in place: drop what DEST_PARENT/NAME holds beyond the dataset (default: keep "
+                        "it in the new tree and report it; 'verify' lists it as extra)")
     p.set_defaults(func=run)
 
 
