@@ -24,11 +24,13 @@ what is left. Must not import tarfile (``archive`` owns it) or boto3 (the stores
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,18 +40,18 @@ from .engine import ChunkFetcher, OrderedReader
 from .errors import (
     DamagedDatasetError,
     DestinationError,
+    IntegrityError,
     ManifestError,
     NotFoundError,
     S3SyncError,
     UsageError,
 )
-from .index import MemberRecord
+from .index import IndexEntry, MemberRecord
 from .journal import INDEX_NAME, load_index, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
-from .planning import plan_pull
+from .planning import ChunkJob, plan_pull
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
-from .spans import SpanSupply, covering, member_spans
 from .stores.base import Store
 from .verify import SPLIT_ARCHIVE, Problem, verify
 
@@ -464,9 +466,8 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
     index_path = Path(f"/proc/self/fd/{scratch}") / "index.jsonl.zst"
     indexfile.fetch(store, location, manifest, index_path)
     received = manifest.index.size if manifest.index else 0
-    spans = member_spans(indexfile.read(index_path, manifest, location.url(manifest.index.key if manifest.index
-                                                                           else "")),
-                         lambda entry: entry.record.path in wanted, manifest.tar_stream_size)
+    spans = _spans(indexfile.read(index_path, manifest, location.url(manifest.index.key if manifest.index else "")),
+                   wanted, manifest.tar_stream_size)
     os.unlink("index.jsonl.zst", dir_fd=scratch)
     missing = sorted(set(wanted) - {e.record.path for e, _ in spans})
     for path in missing:
@@ -475,18 +476,22 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
     if not spans:
         return received
     jobs = plan_pull(manifest)
-    order = covering(jobs, [(entry.offset, end) for entry, end in spans])
+    starts = [j.stream_offset for j in jobs]
+    needs = [_covering(jobs, starts, entry.offset, end) for entry, end in spans]
+    order: list[ChunkJob] = []
+    for need in needs:
+        order.extend(j for j in need if not order or j.stream_offset > order[-1].stream_offset)
     _check_generation(store, location, manifest, sorted({j.key for j in order}))
     progress.start("download", sum(j.length for j in order))
     progress.message(f"fetching {len(spans)} member(s): {len(order)} chunk(s) of {len(jobs)}")
     fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
     chunks = fetcher.fetch(order)
-    supply = SpanSupply(chunks)
+    supply = _Supply(chunks)
     shown = tree.dest / archive.METADATA_DIR / SCRATCH
     try:
-        for entry, end in spans:
+        for (entry, end), need in zip(spans, needs, strict=True):
             rec = wanted[entry.record.path]
-            reader = OrderedReader(supply.chunks(entry.offset, end), entry.offset, end)
+            reader = OrderedReader(supply.chunks(need, end), entry.offset, end)
             extractor = archive.SafeExtractor(f"/proc/self/fd/{scratch}", shown=shown)
             got: list[MemberRecord] = []
             extractor.extract(reader, lambda _next, r: got.append(r))
@@ -537,6 +542,30 @@ def _check_generation(store: Store, location: Location, manifest: Manifest, keys
                 from err
 
 
+def _spans(entries: Iterator[IndexEntry], wanted: dict[str, MemberRecord], tar_size: int
+           ) -> list[tuple[IndexEntry, int]]:
+    """The index entries of the ``wanted`` paths, each with the stream offset its member ends
+    at (where the next member starts; the last ends at the end of the tar stream)."""
+    out: list[tuple[IndexEntry, int]] = []
+    pending: IndexEntry | None = None
+    for entry in entries:  # consumed to the end: ``index.parse`` checks the totals there
+        if pending is not None:
+            out.append((pending, entry.offset))
+            pending = None
+        if entry.record.path in wanted:
+            pending = entry
+    if pending is not None:
+        out.append((pending, tar_size))
+    return out
+
+
+def _covering(jobs: list[ChunkJob], starts: list[int], begin: int, end: int) -> list[ChunkJob]:
+    """The chunks holding stream bytes ``[begin, end)``, in order."""
+    first = bisect.bisect_right(starts, begin) - 1
+    last = bisect.bisect_left(starts, end)
+    return jobs[max(first, 0):last]
+
+
 def _scratch_parent(scratch: int, rel: str) -> tuple[int, str]:
     """A descriptor of the directory under the scratch directory that holds ``rel``."""
     *dirs, name = rel.split("/")
@@ -546,3 +575,31 @@ def _scratch_parent(scratch: int, rel: str) -> tuple[int, str]:
         os.close(fd)
         fd = nfd
     return fd, name
+
+
+class _Supply:
+    """Hands each member the chunks covering its span, from one in-order fetch of all of them.
+
+    Two members can share a chunk (the last of one, the first of the next): the last chunk
+    handed out is kept (copied: the fetch reuses its buffer) for the next member.
+    """
+
+    def __init__(self, chunks: Iterator[tuple[ChunkJob, memoryview]]) -> None:
+        self._chunks = chunks
+        self._kept: tuple[ChunkJob, memoryview] | None = None
+
+    def chunks(self, need: list[ChunkJob], end: int) -> Iterator[tuple[ChunkJob, memoryview]]:
+        """The chunks ``need``, the last cut at stream offset ``end`` (``OrderedReader`` reads a
+        chunk to its end: the member must end where the next one starts)."""
+        for i, job in enumerate(need):
+            if self._kept is not None and self._kept[0].stream_offset == job.stream_offset:
+                got, data = self._kept
+            else:
+                got, data = next(self._chunks)
+                if got.stream_offset != job.stream_offset:
+                    raise IntegrityError(f"chunk at stream offset {got.stream_offset} arrived, expected "
+                                         f"{job.stream_offset}")
+                if i == len(need) - 1:
+                    self._kept = (got, memoryview(bytes(data)))
+                    data = self._kept[1]
+            yield got, data[:end - got.stream_offset]

@@ -37,26 +37,25 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import json
 import os
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, hashing, indexfile
 from .config import Location, TransferSettings
-from .engine import ChunkFetcher
-from .errors import DamagedDatasetError, DestinationError, UsageError
+from .engine import ChunkFetcher, WindowedReader
+from .errors import DamagedDatasetError, DestinationError, IntegrityError, UsageError
 from .journal import INDEX_NAME, iter_index, rmtree_at
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, Manifest
-from .planning import plan_pull
+from .planning import ChunkJob, plan_pull
 from .progress import Progress
 from .selection import Selection
-from .spans import SpanReader, SpanSupply, covering
 from .stores.base import Store
 
 MARKER = "complete.json"
@@ -208,6 +207,69 @@ def swap(dest: Path, move_new) -> None:
         _remove(old)
     except OSError:
         pass  # the next pull removes it (recover)
+
+
+class _SpanReader(WindowedReader):
+    """The tar stream a ``SafeExtractor`` reads: the fetched members' spans, back to back,
+    then an end-of-archive marker. Offsets are in this made-up stream."""
+
+    def __init__(self, pieces: Iterator[memoryview], ready) -> None:
+        self._pieces = pieces
+        self._ready = ready
+        self._pos = 0
+        self._cur: memoryview = memoryview(b"")
+        self._cur_start = 0
+        self.before_next_chunk = None
+        """As ``OrderedReader``'s: before waiting for the next chunk, the extractor writes and
+        records the small files it holds, so that a kill while waiting loses none of them."""
+
+    def _window(self) -> memoryview:
+        while True:
+            rel = self._pos - self._cur_start
+            if rel < len(self._cur):
+                return self._cur[rel:]
+            if self.before_next_chunk is not None and not self._ready():
+                self.before_next_chunk()
+            piece = next(self._pieces, None)
+            if piece is None:
+                return memoryview(b"")
+            self._cur_start += len(self._cur)
+            self._cur = piece
+
+
+def _jobs_for(jobs: list[ChunkJob], spans: list[tuple[int, int]]) -> list[ChunkJob]:
+    """The chunks that hold a byte of any span (``spans`` sorted, not overlapping)."""
+    out, i = [], 0
+    for job in jobs:
+        end = job.stream_offset + job.length
+        while i < len(spans) and spans[i][1] <= job.stream_offset:
+            i += 1
+        if i < len(spans) and spans[i][0] < end:
+            out.append(job)
+    return out
+
+
+def _pieces(chunks: Iterator[tuple[ChunkJob, memoryview]], spans: list[tuple[int, int]]) -> Iterator[memoryview]:
+    """The spans' bytes out of the verified chunks (in stream order), then two zero blocks.
+
+    Raises:
+        IntegrityError: the chunks ended before the last span.
+    """
+    it = iter(spans)
+    cur = next(it, None)
+    for job, data in chunks:
+        c0, c1 = job.stream_offset, job.stream_offset + len(data)
+        while cur is not None and cur[0] < c1:
+            s, e = max(cur[0], c0), min(cur[1], c1)
+            if s < e:
+                yield data[s - c0:e - c0]
+            if cur[1] <= c1:
+                cur = next(it, None)
+            else:
+                break
+    if cur is not None:
+        raise IntegrityError(f"the fetched chunks end before byte {cur[1]} of the stream")
+    yield memoryview(bytes(END_OF_ARCHIVE))
 
 
 def _real_parents(dest: Path, rel: str, real_dirs: set[str]) -> bool:
@@ -671,7 +733,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
                          f"were pulled (changed in place): fetched again: {', '.join(altered[:EXTRA_SAMPLE])}"
                          + (", ..." if len(altered) > EXTRA_SAMPLE else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress)
-    jobs = covering(plan_pull(manifest, 0), spans)
+    jobs = _jobs_for(plan_pull(manifest, 0), spans)
     progress.start("download", sum(j.length for j in jobs))
     extractor = archive.SafeExtractor(tree)
     got = iter(wanted)
@@ -693,8 +755,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         if jobs:
             chunks = fetcher.fetch(jobs)
             try:
-                pieces = itertools.chain(SpanSupply(chunks).pieces(spans), [memoryview(bytes(END_OF_ARCHIVE))])
-                extractor.extract(SpanReader(pieces, fetcher.next_ready), on_member)
+                extractor.extract(_SpanReader(_pieces(chunks, spans), fetcher.next_ready), on_member)
             finally:
                 chunks.close()
     if next(got, None) is not None:

@@ -36,7 +36,7 @@ LAYER = {
     "stores": 1, "stores.base": 1, "stores.s3": 1, "stores.http": 1, "codecs": 1, "archive": 1, "engine": 1, "journal": 1, "partfiles": 1,
     "lease": 1, "configfile": 1, "partwriter": 1, "fsutil": 1, "buildstate": 1, "zipstream": 1, "images": 1, "crawl": 1, "indexfile": 1,
     "leftovers": 2, "gc": 2,
-    "publish": 2, "pull": 2, "update": 2, "spans": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2, "repair": 2,
+    "publish": 2, "pull": 2, "update": 2, "sources": 2, "splitpull": 2, "adopt": 2, "catalog": 2, "verify": 2, "repair": 2,
     "captionfiles": 2, "builders": 2, "builders.mscoco": 2,
     "ui": 3, "cli": 3, "cli.common": 3, "cli.publish": 3, "cli.pull": 3, "cli.adopt": 3, "cli.verify": 3, "cli.repair": 3,
     "cli.ls": 3, "cli.captions": 3, "cli.gc": 3, "cli.build": 3, "cli.build_mscoco": 3, "cli.build_sbu": 3, "cli.build_imagenet": 3, "cli.crawlopts": 3,
