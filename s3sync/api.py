@@ -152,7 +152,7 @@ def _path(value: str | os.PathLike[str], what: str) -> Path:
 
 def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None = None, extract: bool = True,
          wait: bool = False, generation: str | None = None, include: Sequence[str] = (),
-         exclude: Sequence[str] = (),
+         exclude: Sequence[str] = (), delete_extra: bool = False,
          endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
          no_sign_request: bool = False, concurrency: int | None = None,
          progress: Progress | ProgressCallback | None = None, env: Mapping[str, str] | None = None) -> PullResult:
@@ -169,6 +169,9 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
         generation: pull this stored generation instead of the current one (``--generation``).
         include, exclude: gitignore-style globs on member paths (``--include``/``--exclude``):
             a partial pull of the matching members.
+        delete_extra: an update in place drops what the directory holds beyond the dataset's
+            members (``--delete-extra``); by default it is kept and counted
+            (``result.updated.extras``), and one in the way of a new member is refused.
         endpoint_url, profile, region, no_sign_request, concurrency: as the CLI's flags.
         progress: a ``Progress`` object or a ``callback(stage, done, total)``.
         env: the environment to resolve settings from (None: ``os.environ``).
@@ -180,7 +183,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
     Raises:
         UsageError: a bad name, URL or option (also ``ConfigError``).
         NotFoundError: no bucket, or no manifest at the source (``err.manifest_missing``).
-        DestinationError: the destination holds something else, or is not writable.
+        DestinationError: the destination holds something else, or is not writable; an entry
+            that is not part of the dataset is in the way of a member (without ``delete_extra``).
         DestinationBusyError: another pull is writing it (``holder_pid``), and ``wait`` is False.
         InsufficientSpaceError, StoreError, IntegrityError, ManifestError, UnsafeArchiveError:
             as the pipeline says (``s3sync.pull.pull``); a rerun resumes.
@@ -207,7 +211,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
             while True:
                 try:
                     return run(resolved.location, name or resolved.name, dest, store, settings.transfer,
-                               extract=extract, progress=sink, generation=generation, selection=selection)
+                               extract=extract, progress=sink, generation=generation, selection=selection,
+                               delete_extra=delete_extra)
                 except DestinationBusyError as err:
                     if not wait:
                         raise

@@ -41,7 +41,7 @@ from .errors import (
     PartChangedError,
     UsageError,
 )
-from .journal import Journal, staging_dir
+from .journal import Journal, iter_index, staging_dir
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, TAR_BLOCK, Manifest
 from .partfiles import PartFiles
 from .planning import ChunkJob, plan_pull
@@ -193,6 +193,26 @@ def _selection_of(marker: dict) -> dict[str, list[str]] | None:
     return {"include": sel.get("include"), "exclude": sel.get("exclude")} if isinstance(sel, dict) else None
 
 
+def _refuse_extras(dest: Path, manifest: Manifest, delete_extra: bool) -> None:
+    """A generation without a member index replaces the old tree whole: refuse (before
+    fetching) if the old tree holds entries that are not part of its dataset, unless
+    ``delete_extra`` (an update with an index keeps them: ``update.find_extras``).
+
+    Raises:
+        DestinationError: naming the first extra.
+    """
+    if delete_extra:
+        return
+    from .update import find_extras  # update imports this module
+
+    extras = find_extras(dest, {r.path: r for r in iter_index(dest / archive.METADATA_DIR / "index.jsonl")})
+    if extras:
+        raise DestinationError(f"{dest / extras[0][0]}: not part of the dataset pulled there "
+                               f"({len(extras)} such entries); generation {manifest.generation} has no member index "
+                               "and replaces the tree whole: not updating (nothing was changed)",
+                               hint="move them out of the directory, or pull with --delete-extra to drop them")
+
+
 def read_marker(dest: Path) -> dict[str, str] | None:
     """The completion marker of a pulled dataset, or None if ``dest`` is not a complete pull."""
     try:
@@ -204,12 +224,14 @@ def read_marker(dest: Path) -> dict[str, str] | None:
 
 def pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
          *, extract: bool = True, progress: Progress | None = None, generation: str | None = None,
-         selection: Selection | None = None) -> PullResult:
+         selection: Selection | None = None, delete_extra: bool = False) -> PullResult:
     """Pull the dataset at ``location`` into ``dest_parent / name`` (``name`` None: the manifest's).
 
     ``generation``: pull that generation (still stored: current or history) instead of the
     current one (see ``fetch_generation``). ``selection``: a partial pull of the members it
     picks (``--include``/``--exclude``), through ``update`` (it needs the member index).
+    ``delete_extra``: an update in place drops the entries of the old tree that are not part of
+    its dataset instead of keeping them (``update.update``).
 
     Raises:
         NotFoundError, ManifestError: see ``fetch_manifest``.
@@ -257,10 +279,11 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
             if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
                 return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
             done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
-                                 selection)
+                                 selection, delete_extra)
             return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
                               time.monotonic() - started, done)
         if older is not None:
+            _refuse_extras(dest, manifest, delete_extra)
             progress.message(f"generation {manifest.generation} has no member index: pulling it whole, then "
                              f"replacing generation {older} in {dest}")
             replace = older

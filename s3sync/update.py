@@ -3,12 +3,16 @@ fetching only the members that are new or changed.
 
 Design (issue 13, section 2): a directory-level swap. The new generation's member index
 (``indexfile``) is compared with the pull's own ``.s3sync/index.jsonl``. A new tree is staged
-in ``DEST_PARENT/.NAME.s3sync-update/tree``: directories are made, unchanged files (same
-digest, size, mode and mtime) are hard-linked from the old tree (copied where a link is
-refused, or where only mode or mtime changed), symlinks are made from the index, and the new
-or changed files are fetched by ranged GETs of their byte spans (``spans``: each member's data
-checked against the index's digest, or whole chunks against their digests for a member larger
-than a chunk) and extracted by ``SafeExtractor`` from a
+in ``DEST_PARENT/.NAME.s3sync-update/tree``: directories are made; what the user added to
+the old tree (``find_extras``: not members of its generation) is carried over (hard links,
+symlinks, directories) or, with ``delete_extra``, left out, and refused before anything is
+fetched where a new member needs its place; unchanged files (same recorded digest and size,
+still a regular file with the recorded mtime) are hard-linked from the old tree (copied where a
+link is refused, or where only mode or mtime changed) and kept only if the link (or the copy)
+hashes to the new digest; symlinks are made from the index; the new, changed or altered
+files are fetched by ranged GETs of their byte spans (``spans``: each member's data checked
+against the index's digest, or whole chunks against their digests for a member larger than a
+chunk) and extracted by ``SafeExtractor`` from a
 stream made of just those spans; each member's digest must then be the index's. Then the
 metadata (manifest, index, completion marker) is written into the staged tree, and the swap:
 rename(2) ``NAME`` -> ``.NAME.s3sync-old``, ``tree`` -> ``NAME``, then the old tree is removed.
@@ -20,7 +24,11 @@ generation: ``recover`` (run first by every pull) renames it back. After the sec
 ``NAME`` is the new generation, complete with its marker; a leftover ``.NAME.s3sync-old`` is
 removed by ``recover``. An interrupted update is resumed by the same pull (``IDENTITY``): the
 members it had fetched and written completely (``DONE``) are kept, the unchanged ones are
-linked again (cheap), and only the rest is fetched.
+linked (and hashed) again, the extras carried again, anything else the interrupted run had
+staged is removed (``_prune``), and only the rest is fetched.
+
+Trust: members that are not fetched are taken as the member index describes them (their
+local bytes hash to its digest); see docs/manifest.md section 10, "Trust".
 
 The same machinery makes a partial pull (``--include``/``--exclude``, ``selection``): only the
 selected members are staged, into a fresh ``NAME`` or in place of an earlier pull.
@@ -35,6 +43,7 @@ import os
 import shutil
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +87,15 @@ class UpdateResult:
         retries: chunk attempts that were retried.
         resumed: files an interrupted run of the same pull had fetched already.
         partial: only the members an ``--include``/``--exclude`` selection picks were pulled.
+        reused_size: bytes of the reused files, every one hashed (XXH3-128) as it went into the
+            new tree: a file is reused only if its content has the new member's digest.
+        altered: files of the old tree whose content no longer had their recorded digest
+            (changed in place since the pull): fetched like changed members.
+        extras: entries of the old tree that are not members of its generation (files, symlinks,
+            directories the user put there): carried into the new tree (kept), or left out with
+            ``delete_extra`` (then ``extras_deleted``). ``verify`` lists kept ones as ``extra``.
+        extra_paths: the first few of them (at most ``EXTRA_SAMPLE``), for a report.
+        extras_deleted: the extras were left out (``delete_extra``), not kept.
     """
 
     old_generation: str
@@ -89,6 +107,17 @@ class UpdateResult:
     retries: int
     resumed: int = 0
     partial: bool = False
+    reused_size: int = 0
+    altered: int = 0
+    extras: int = 0
+    extra_paths: tuple[str, ...] = ()
+    extras_deleted: bool = False
+
+
+EXTRA_SAMPLE = 5
+"""How many extra paths an ``UpdateResult`` names (the CLI prints them; verify lists all)."""
+CHECK_BATCH = 1024
+"""Reused files hashed per batch of the thread pool (``_stage``)."""
 
 
 def _real_dir(path: Path) -> bool:
@@ -201,9 +230,9 @@ def _real_parents(dest: Path, rel: str, real_dirs: set[str]) -> bool:
 
 
 def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path: str) -> bool:
-    """True if the old tree's file at ``path`` can serve: recorded with the new digest and
-    size, and still a regular file of that size and recorded mtime (not re-hashed: ``verify``
-    does that)."""
+    """True if the old tree's file at ``path`` may serve: recorded with the new digest and
+    size, and still a regular file of that size and recorded mtime. Only a candidate:
+    ``_reuse`` takes it only if its content hashes to that digest."""
     if old is None or old.kind != "file" or old.digest != new.digest or old.size != new.size:
         return False
     try:
@@ -211,6 +240,177 @@ def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_size == new.size and st.st_mtime_ns // 1_000_000_000 == old.mtime
+
+
+def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[str, str]]:
+    """The entries of the tree ``dest`` that are not members of the generation it holds
+    (``old``: its ``.s3sync/index.jsonl`` records, the directories that hold them included),
+    ``DIR/.s3sync`` aside: what the user put there. Top-down (a directory before what it
+    holds); symlinks are not followed. Each is ``(path, kind)``, kind ``dir``, ``symlink``
+    or ``file`` (any other entry: regular, FIFO, socket...).
+
+    Raises:
+        DestinationError: an extra directory cannot be read (what it holds would be lost).
+    """
+    members = set(old)
+    for path in old:
+        while "/" in path:
+            path = path.rsplit("/", 1)[0]
+            if path in members:
+                break
+            members.add(path)
+    out: list[tuple[str, str]] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(dest / rel_dir if rel_dir else dest) as it:
+                entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it)
+        except OSError as err:
+            if rel_dir and rel_dir not in members:
+                raise DestinationError(f"{dest / rel_dir}: not part of the dataset and cannot be read "
+                                       f"({err.strerror}): an update would drop what it holds",
+                                       hint="make it readable or move it out, or pull with --delete-extra") from err
+            continue  # a member directory without read permission (as verify: checked as a member)
+        subdirs = []
+        for name, is_dir, is_link in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel == archive.METADATA_DIR:
+                continue
+            if rel not in members:
+                out.append((rel, "dir" if is_dir else "symlink" if is_link else "file"))
+            if is_dir:
+                subdirs.append(rel)
+        stack.extend(reversed(subdirs))
+    return out
+
+
+class _InTheWay(DestinationError):
+    """An extra of the old tree is where the new tree needs a member (``_refuse_collision``)."""
+
+
+def _refuse_collision(dest: Path, extras: list[tuple[str, str]], members: set[str], dirs: set[str],
+                      generation: str) -> None:
+    """Refuse (before anything is fetched) an extra that a member of the new generation would
+    replace: the same path (but a directory where one is needed), or a path under a file or
+    symlink member. ``members``: the new tree's file and symlink paths; ``dirs``: its directories.
+
+    Raises:
+        DestinationError: naming the first such path (``_InTheWay``).
+    """
+    for path, kind in extras:
+        parts = path.split("/")
+        under = next(("/".join(parts[:k]) for k in range(1, len(parts)) if "/".join(parts[:k]) in members), None)
+        if under is None and path not in members and (path not in dirs or kind == "dir"):
+            continue
+        where = f"under {under!r}, a member of generation {generation}" if under is not None else \
+            f"a {'directory' if path in dirs else 'member'} of generation {generation} takes its place"
+        raise _InTheWay(f"{dest / path}: not part of the dataset pulled there, and {where}: not updating "
+                               "(nothing was changed)",
+                               hint="move it out of the directory, or pull with --delete-extra to drop what is "
+                                    "not part of the dataset")
+
+
+def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]) -> tuple[list[str], list]:
+    """Put the old tree's extras into the new tree: files hard-linked (copied where a link is
+    refused: nothing is ever written through a link to the old tree), symlinks made again,
+    directories made (mode and mtime given at the end, ``_finish_carried_dirs``), with any
+    directory above them that the new generation no longer has. An entry already there (an
+    interrupted run's) is made again.
+
+    Returns:
+        the paths carried (extras of the new tree), and the carried directories as
+        ``(path, mode, atime_ns, mtime_ns)``.
+
+    Raises:
+        DestinationError: an extra cannot be carried (named).
+    """
+    carried: list[str] = []
+    made_dirs: list[tuple[str, int, int, int]] = []
+    made: set[str] = set()
+
+    def make_dir(rel: str) -> None:
+        st = os.lstat(dest / rel)
+        target = tree / rel
+        if _real_dir(target):
+            os.chmod(target, 0o700)
+        else:
+            if os.path.lexists(target):
+                os.unlink(target)
+            os.mkdir(target, 0o700)
+        made.add(rel)
+        carried.append(rel)
+        made_dirs.append((rel, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns))
+
+    for path, kind in extras:
+        parents, parent = [], path.rpartition("/")[0]
+        while parent and parent not in dirs and parent not in made:
+            parents.append(parent)
+            parent = parent.rpartition("/")[0]
+        try:
+            for p in reversed(parents):  # a directory of the old generation the new one dropped
+                make_dir(p)
+            if kind == "dir":
+                if path not in dirs:
+                    make_dir(path)
+                continue
+            source, target = dest / path, tree / path
+            if os.path.lexists(target):
+                os.unlink(target)
+            if kind == "symlink":
+                st = os.lstat(source)
+                os.symlink(os.readlink(source), target)
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            else:
+                try:
+                    os.link(source, target, follow_symlinks=False)
+                except OSError as err:
+                    if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP) \
+                            or not stat.S_ISREG(os.lstat(source).st_mode):
+                        raise
+                    shutil.copy2(source, target, follow_symlinks=False)
+            carried.append(path)
+        except FileNotFoundError:
+            continue  # gone since the walk: nothing left to keep
+        except OSError as err:
+            raise DestinationError(f"{dest / path}: not part of the dataset, cannot be kept in the updated tree "
+                                   f"({err.strerror})", hint="move it out of the directory, or pull with "
+                                                             "--delete-extra to drop it") from err
+    return carried, made_dirs
+
+
+def _prune(tree: Path, keep: set[str]) -> None:
+    """Remove from a staged tree an interrupted run left what this run does not put there
+    (``keep``: the new tree's members and directories, the extras carried now): an extra
+    deleted since, or carried by a run without ``delete_extra`` resumed with it. Never
+    through a symlink (entries are unlinked; directories removed by ``_remove``)."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(tree / rel_dir if rel_dir else tree) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except OSError:
+            continue
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel == archive.METADATA_DIR:
+                continue  # written again at the end
+            if rel in keep:
+                if is_dir:
+                    stack.append(rel)
+            elif is_dir:
+                _remove(tree / rel)
+            else:
+                os.unlink(tree / rel)
+
+
+def _finish_carried_dirs(tree: Path, made_dirs: list[tuple[str, int, int, int]]) -> None:
+    """Give the carried directories their old mode and times, deepest first (what went in
+    them moved their mtime)."""
+    for rel, mode, atime_ns, mtime_ns in sorted(made_dirs, key=lambda d: d[0].count("/"), reverse=True):
+        os.chmod(tree / rel, mode)
+        os.utime(tree / rel, ns=(atime_ns, mtime_ns))
 
 
 IDENTITY = "identity.json"
@@ -235,7 +435,7 @@ def identity(manifest_bytes: bytes, selection: Selection | None, dest: Path) -> 
 
 def update(location: Location, dest: Path, store: Store, settings: TransferSettings, manifest: Manifest,
            manifest_bytes: bytes, old_generation: str | None, progress: Progress,
-           selection: Selection | None = None) -> UpdateResult:
+           selection: Selection | None = None, delete_extra: bool = False) -> UpdateResult:
     """Bring ``dest`` to ``manifest``'s generation (only the members ``selection`` picks, if given),
     fetching only what ``dest`` does not hold already. ``old_generation``: the generation of the
     pull at ``dest`` (complete or partial), or None if there is none (a fresh partial pull).
@@ -244,8 +444,14 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     An interrupted run is resumed by the same pull (same manifest, selection and ``dest``):
     members already fetched into the staged tree are kept.
 
+    A file of the old tree is reused only if its content hashes to the new member's digest.
+    Entries of ``dest`` that are not members of its generation (the user's: see
+    ``find_extras``) are carried into the new tree, or left out if ``delete_extra``; one that
+    a member of the new tree would replace is refused before anything is fetched.
+
     Raises:
-        DestinationError: the staging directory is in use or cannot be written; a rename failed.
+        DestinationError: the staging directory is in use or cannot be written; a rename failed;
+            an extra is in the way of a member (not with ``delete_extra``).
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
         IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
@@ -280,8 +486,13 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
                 _remove(staging / entry) if _real_dir(staging / entry) else os.unlink(staging / entry)
             os.mkdir(staging / TREE, 0o700)
             (staging / IDENTITY).write_bytes(ident)
-        result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
-                        manifest_bytes, old_generation, progress, selection)
+        try:
+            result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
+                            manifest_bytes, old_generation, progress, selection, delete_extra, resumed)
+        except _InTheWay:
+            if not resumed:
+                _remove(staging)  # it holds nothing but the member index: leave nothing behind
+            raise
         tree = staging / TREE
         if old_generation is not None:
             swap(dest, lambda: os.rename(tree, dest))
@@ -316,29 +527,28 @@ def _done_records(staging: Path) -> dict[str, archive.MemberRecord]:
 
 def _stage(location: Location, dest: Path, staging: Path, store: Store, settings: TransferSettings,
            manifest: Manifest, manifest_bytes: bytes, old_generation: str | None, progress: Progress,
-           selection: Selection | None) -> UpdateResult:
-    """Build the new tree in ``staging/tree``, its metadata included; return the counts."""
+           selection: Selection | None, delete_extra: bool, resumed: bool) -> UpdateResult:
+    """Build the new tree in ``staging/tree``, its metadata included; return the counts.
+
+    Order: read the index and sort its members (fetch, reuse, symlink, directory); find the
+    old tree's extras and refuse a collision (nothing written or fetched yet); make the
+    directories; carry the extras; reuse the unchanged files, each hashed as it is linked or
+    copied (a file whose content lost its digest is fetched instead); fetch the rest.
+    """
     tree = staging / TREE
     meta = dest / archive.METADATA_DIR
     old = {r.path: r for r in iter_index(meta / INDEX_NAME)} if old_generation is not None else {}
     done = _done_records(staging)
     index_file = indexfile.fetch(store, location, manifest, staging / "index.zst")
     records: list[archive.MemberRecord | None] = []
-    wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
-    spans: list[MemberSpan] = []
+    offsets: list[int] = []  # every index entry's stream offset, in stream order
+    files: list[tuple[int, int, archive.MemberRecord]] = []  # (entry number, position in records, record)
     dirs: list[tuple[int, archive.MemberRecord]] = []
     needed_dirs: set[str] = set()
     links: list[archive.MemberRecord] = []
     real_dirs: set[str] = set()  # directories of the old tree found to be real (not symlinks)
-    reused = kept = 0
+    kept = 0
     seen: set[str] = set()
-    pending: tuple[int, archive.MemberRecord] | None = None  # a fetched member whose span ends at the next entry
-
-    def close_span(end: int, exact: bool = True) -> None:
-        nonlocal pending
-        if pending is not None:
-            spans.append(MemberSpan(pending[0], end, pending[1].size, pending[1].digest, exact))
-            pending = None
 
     def need_parents(path: str) -> None:
         while "/" in path:
@@ -348,7 +558,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             needed_dirs.add(path)
 
     for entry in indexfile.read(index_file, manifest, location.url(manifest.index.key)):
-        close_span(entry.offset)
+        offsets.append(entry.offset)
         rec = entry.record
         mode = rec.mode & 0o777
         if rec.kind == "dir":
@@ -367,42 +577,96 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             records.append(links[-1])
             continue
         new = archive.MemberRecord(rec.path, "file", rec.size, mode, rec.mtime, rec.digest)
-        target = tree / rec.path
         if done.get(rec.path) == new:
             records.append(new)  # fetched by an interrupted run of this pull
             kept += 1
             continue
-        source = dest / rec.path
-        if _real_parents(dest, rec.path, real_dirs) and _same_file(old.get(rec.path), new, os.fspath(source)):
-            os.makedirs(target.parent, exist_ok=True)
-            if os.path.lexists(target):
-                os.unlink(target)
-            _reuse(source, target, old[rec.path], new)
-            records.append(new)
-            reused += 1
-        else:
-            wanted.append((len(records), new))
-            records.append(None)
-            pending = (entry.offset, new)
-    close_span(manifest.tar_stream_size, exact=False)
+        files.append((len(offsets) - 1, len(records), new))
+        records.append(None)
     if selection is not None and not seen and not needed_dirs:
         # A typo (captions.jsn) would otherwise be recorded as a complete, empty partial pull.
         raise UsageError(f"{_describe(selection)} matches no member of {manifest.name} (generation "
                          f"{manifest.generation})", hint="check the pattern against the member paths "
                                                           "('s3sync ls SOURCE' shows the dataset; paths are relative "
                                                           "to its root)")
+    extras = find_extras(dest, old) if old_generation is not None else []
+    if extras and not delete_extra:
+        _refuse_collision(dest, extras, seen, needed_dirs, manifest.generation)
     for pos, d in dirs:
         if d.path in needed_dirs:
             records[pos] = d
-            os.makedirs(tree / d.path, exist_ok=True)
+    for path in sorted(needed_dirs):
+        os.makedirs(tree / path, exist_ok=True)
+    if resumed:
+        keep = seen | needed_dirs
+        for path, _ in ([] if delete_extra else extras):
+            while path and path not in keep:  # the extra and the directories above it
+                keep.add(path)
+                path = path.rpartition("/")[0]
+        _prune(tree, keep)
+    carried: list[str] = []
+    carried_dirs: list = []
+    if extras and not delete_extra:
+        carried, carried_dirs = _carry(dest, tree, extras, needed_dirs)
+    elif extras:  # dropped: report those the new tree would not have had anyway
+        carried = [p for p, kind in extras if not (kind == "dir" and p in needed_dirs)]
+    # Reuse: only a file whose content hashes to the new member's digest (checked on the very
+    # inode that goes into the new tree); any other is fetched like a changed member.
+    candidates = [(n, pos, new) for n, pos, new in files
+                  if _real_parents(dest, new.path, real_dirs) and _same_file(old.get(new.path), new,
+                                                                              os.fspath(dest / new.path))]
+    if candidates:
+        progress.start("check", sum(new.size for _, _, new in candidates))
+
+    def check(item: tuple[int, int, archive.MemberRecord]) -> bool:
+        _, _, new = item
+        target = tree / new.path
+        if os.path.lexists(target):
+            os.unlink(target)  # made by an interrupted run
+        try:
+            return _reuse(dest / new.path, target, old[new.path], new)
+        finally:
+            progress.advance("check", new.size)
+
+    reusable: set[int] = set()
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
+    try:
+        # in batches: a bounded number of futures whatever the number of files, and on Ctrl-C
+        # only the batch's running ones are waited for (the rest are cancelled)
+        for i in range(0, len(candidates), CHECK_BATCH):
+            batch = candidates[i:i + CHECK_BATCH]
+            for item, ok in zip(batch, pool.map(check, batch)):
+                if ok:
+                    reusable.add(item[0])
+                    records[item[1]] = item[2]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if candidates:
+        progress.finish("check")
+    altered = [new.path for n, _, new in candidates if n not in reusable]
+    wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
+    spans: list[MemberSpan] = []
+    for n, pos, new in files:
+        if n in reusable:
+            continue
+        wanted.append((pos, new))
+        last = n + 1 == len(offsets)
+        spans.append(MemberSpan(offsets[n], manifest.tar_stream_size if last else offsets[n + 1], new.size,
+                                new.digest, exact=not last))
+    reused = len(reusable)
+    reused_size = sum(new.size for n, _, new in candidates if n in reusable)
     removed = sum(1 for path, r in old.items() if r.kind != "dir" and path not in seen)
     fetched_size = sum(r.size for _, r in wanted)
     what = f"updating {dest.name} from generation {old_generation} to {manifest.generation}" \
         if old_generation is not None else f"pulling {dest.name} (generation {manifest.generation})"
     if selection is not None:
         what += f", the members selected by {_describe(selection)}"
-    progress.message(f"{what}: {len(wanted)} files to fetch, {reused} unchanged, {removed} removed"
-                     + (f", {kept} fetched by the interrupted run" if kept else ""))
+    progress.message(f"{what}: {len(wanted)} files to fetch, {reused} unchanged ({reused_size:,} bytes hashed), "
+                     f"{removed} removed" + (f", {kept} fetched by the interrupted run" if kept else ""))
+    if altered:
+        progress.message(f"warning: {len(altered)} file(s) of {dest} no longer had the content recorded when they "
+                         f"were pulled (changed in place): fetched again: {', '.join(altered[:EXTRA_SAMPLE])}"
+                         + (", ..." if len(altered) > EXTRA_SAMPLE else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress)
     jobs = plan_ranges(manifest, spans)
     progress.start("download", sum(j.length for j in jobs))
@@ -438,29 +702,70 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             os.unlink(tree / rec.path)  # made by an interrupted run
         os.symlink(rec.link, tree / rec.path)
         os.utime(tree / rec.path, ns=(rec.mtime * 1_000_000_000,) * 2, follow_symlinks=False)
+    _finish_carried_dirs(tree, carried_dirs)
     extractor.finish_dirs([d for _, d in dirs if d.path in needed_dirs])
     _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection, location)
     return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
-                        fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None)
+                        fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None,
+                        reused_size, len(altered), len(carried), tuple(carried[:EXTRA_SAMPLE]),
+                        bool(carried) and delete_extra)
 
 
 def _describe(selection: Selection) -> str:
     return " ".join([f"--include {p}" for p in selection.include] + [f"--exclude {p}" for p in selection.exclude])
 
 
-def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.MemberRecord) -> None:
-    """Hard-link ``source`` at ``target`` if its mode and mtime stay; else copy it and give
-    the copy the new ones (a link would change the old tree's file, still in place)."""
+def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.MemberRecord) -> bool:
+    """Put the old tree's file ``source`` at ``target`` if its content still has the new
+    member's digest; return whether it did (else ``target`` is left absent: fetch it).
+
+    If its mode and mtime stay it is hard-linked, and the link is hashed: the very inode the
+    new tree will hold, reached through the staging directory (mode 0700, this pull's alone),
+    so nothing can be swapped in between the hash and the swap. Else (a link would change the
+    old tree's file, still in place) it is copied from a descriptor ``archive.open_regular``
+    opened (``O_NOFOLLOW``, checked to be a regular file), hashed as it is copied, and the copy
+    gets the new mode and mtime. Digest: XXH3-128 (``hashing``), as ``verify`` computes it.
+
+    Raises:
+        OSError: ``target`` cannot be written (ENOSPC, EACCES...).
+    """
     if (old.mode, old.mtime) == (new.mode, new.mtime):
         try:
             os.link(source, target, follow_symlinks=False)
-            return
+        except FileNotFoundError:
+            return False
         except OSError as err:
             if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
-    shutil.copyfile(source, target, follow_symlinks=False)
+        else:
+            try:
+                ok = archive.file_digest(target) == new.digest  # refuses what is not a regular file
+            except OSError:
+                ok = False
+            if not ok:
+                os.unlink(target)
+            return ok
+    try:
+        src = archive.open_regular(source)
+    except OSError:
+        return False
+    hasher = hashing.Hasher()
+    with src, open(target, "wb") as out:
+        while True:
+            try:
+                block = src.read(archive.COPY_BUFSIZE)
+            except OSError:
+                block = None
+            if not block:
+                break
+            hasher.update(block)
+            out.write(block)
+    if block is None or hasher.hexdigest() != new.digest:
+        os.unlink(target)
+        return False
     os.chmod(target, new.mode)
     os.utime(target, ns=(new.mtime * 1_000_000_000,) * 2)
+    return True
 
 
 def _write_metadata(tree: Path, manifest: Manifest, manifest_bytes: bytes,

@@ -24,7 +24,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            "DEST_PARENT/NAME. Work happens in a staging directory renamed into place at the end:\n"
                            "an interrupted pull resumes where it stopped when run again, and a finished one is\n"
                            "never mixed with a partial one. A second pull into the same directory is refused at\n"
-                           "once (naming the process that holds it) unless --wait is given.",
+                           "once (naming the process that holds it) unless --wait is given. Pulling another\n"
+                           "generation (or selection) into a complete pull updates it in place: only new or\n"
+                           "changed files are fetched (an old file is reused only if its content still has the\n"
+                           "new digest), and files, symlinks and directories you added to NAME are kept and\n"
+                           "reported (--delete-extra drops them; one in the way of a new member is refused).",
                            ["s3sync pull sbu /data                          # S3SYNC_BUCKET=my-bucket: s3://my-bucket/sbu",
                             "s3sync pull s3://my-bucket/coco-2014 /data --concurrency 16",
                             "s3sync pull s3://public-bucket/ds /data --no-sign-request --region us-west-2",
@@ -50,6 +54,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "'images/0000/', '*.json', 'a/**/b'); a partial pull that verify checks as such")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="leave out the members matching GLOB (repeatable; applied after --include)")
+    p.add_argument("--delete-extra", action="store_true",
+                   help="updating in place: drop what DEST_PARENT/NAME holds beyond the dataset (default: keep "
+                        "it in the new tree and report it; 'verify' lists it as extra)")
     p.set_defaults(func=run)
 
 
@@ -98,7 +105,7 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         try:
             result = pull(resolved.location, args.name or resolved.name, args.dest_parent.expanduser(), store,
                           settings.transfer, extract=not args.no_extract, progress=progress,
-                          generation=args.generation, selection=selection)
+                          generation=args.generation, selection=selection, delete_extra=args.delete_extra)
         except NotFoundError as err:
             if not err.manifest_missing or args.generation is not None or selection is not None:
                 raise
@@ -127,7 +134,9 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "updated": None if u is None else {
                           "from_generation": u.old_generation, "fetched": u.fetched,
                           "fetched_size": u.fetched_size, "reused": u.reused, "removed": u.removed,
-                          "resumed": u.resumed, "partial": u.partial},
+                          "resumed": u.resumed, "partial": u.partial, "reused_size": u.reused_size,
+                          "altered": u.altered, "extras": u.extras, "extra_paths": list(u.extra_paths),
+                          "extras_deleted": u.extras_deleted},
                       "selection": None if selection is None else selection.to_json(),
                       "notes": list(result.notes),
                       "elapsed_s": round(result.elapsed_s, 3)})
@@ -156,6 +165,14 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ui.info(f"pulled {result.dest.name} into {result.dest}: {what}, "
                 f"{format_size(result.bytes_received)} received, {plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
+    if u is not None and u.extras and not ui.as_json:
+        shown = ", ".join(u.extra_paths) + (", ..." if u.extras > len(u.extra_paths) else "")
+        if u.extras_deleted:
+            ui.info(f"deleted {plural(u.extras, 'entry', 'entries')} that {'was' if u.extras == 1 else 'were'} "
+                    f"not part of the dataset (--delete-extra): {shown}")
+        else:
+            ui.info(f"kept {plural(u.extras, 'entry', 'entries')} that {'is' if u.extras == 1 else 'are'} not part "
+                    f"of the dataset: {shown}; 's3sync verify' lists them, --delete-extra drops them")
     return EXIT_OK
 
 
