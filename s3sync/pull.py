@@ -253,13 +253,13 @@ def pull(location: Location, name: str | None, dest_parent: Path, store: Store, 
     reading = ReaderLease(store, location, manifest, current=current, command="pull")
     with reading:
         result = _pull(location, name, dest_parent, store, settings, extract, progress, selection, manifest,
-                       manifest_bytes, started)
+                       manifest_bytes, started, delete_extra)
     return dataclasses.replace(result, notes=tuple(reading.notes)) if reading.notes else result
 
 
 def _pull(location: Location, name: str | None, dest_parent: Path, store: Store, settings: TransferSettings,
           extract: bool, progress: Progress, selection: Selection | None, manifest: Manifest,
-          manifest_bytes: bytes, started: float) -> PullResult:
+          manifest_bytes: bytes, started: float, delete_extra: bool) -> PullResult:
     name = name or manifest.name
     dest = dest_parent / name
     mode = "extract" if extract else "parts"
