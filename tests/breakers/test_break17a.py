@@ -167,3 +167,24 @@ def test_rerun_after_corrupted_pax_path_leaves_no_stray_file(store, s3_server, t
                    if p.is_file() and ".s3sync" not in p.parts)
     problems = verify(res.dest).problems
     assert stray == [LONG], f"verify says: {problems}"
+
+
+@pytest.mark.xfail(strict=True, reason="plan_ranges: a small span that starts inside the last whole chunk fetched for "
+                                       "a big span and ends past it is fetched as whole chunks (a chunk for ~1 KiB; "
+                                       "16 MiB with the default chunks) instead of a range of its remaining bytes")
+def test_small_span_after_a_big_one_costs_its_bytes_not_a_chunk(store, tmp_path) -> None:
+    from s3sync.spans import MemberSpan, plan_ranges
+    src = tmp_path / "src" / "ds"
+    src.mkdir(parents=True)
+    (src / "big.bin").write_bytes(os.urandom(400 * 1024))
+    (src / "captions.json").write_text('{"images": [], "annotations": []}')
+    c = 64 * 1024
+    settings = TransferSettings(concurrency=2, chunk_size=c, part_size=5 * 1024 * 1024)
+    m = publish(src, "ds", Location(store.bucket, "ds"), store, settings).manifest
+    # a member of 100,000 bytes (more than a chunk: chunks 0 and 1), then one of ~1 KiB
+    # whose span crosses the boundary between chunks 1 and 2 (offsets are made up: only
+    # the plan is looked at)
+    spans = [MemberSpan(0, 100_352, 99_840, "0" * 32), MemberSpan(2 * c - 512, 2 * c + 512, 512, "1" * 32)]
+    jobs = plan_ranges(m, spans)
+    planned = sum(j.length for j in jobs)
+    assert planned <= 2 * c + 512 + 4096, [(j.stream_offset, j.length, j.digest != "") for j in jobs]
