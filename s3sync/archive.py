@@ -20,6 +20,7 @@ members (old GNU type 'S', PAX 0.0, 0.1 and 1.0), ``./`` names and the root memb
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import re
@@ -731,6 +732,31 @@ class _FastTarInfo(tarfile.TarInfo):
         if prefix and obj.type not in tarfile.GNU_TYPES:
             obj.name = prefix + "/" + obj.name
         return obj
+
+
+def read_header(data: bytes) -> tuple[str, int, int, int, bool, int]:
+    """Parse the header blocks (pax extended header included) of the tar member ``data`` starts with.
+
+    Returns:
+        ``(name, size, mode, mtime, regular, data_offset)``: the name as extracted (no leading
+        ``./``, no trailing ``/``), data bytes, permission bits, whole seconds (``mtime_ns``
+        floored), whether it is a regular file, and where its data starts in ``data``.
+
+    Raises:
+        ValueError: not a readable tar header (``tarfile``'s error as text).
+    """
+    try:
+        tar = tarfile.TarFile(fileobj=io.BytesIO(data), mode="r", encoding="utf-8", errors="surrogateescape")
+        member = tar.firstmember
+    except (tarfile.TarError, ValueError, EOFError) as err:
+        raise ValueError(f"not a readable tar header ({err})") from err
+    if member is None:
+        raise ValueError("not a tar header (zeros)")
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return (name.rstrip("/"), member.size, member.mode & 0o7777, mtime_ns(member) // NS,
+            member.isreg() and not member.issparse(), member.offset_data)
 
 
 class SafeExtractor:

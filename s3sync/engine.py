@@ -35,7 +35,6 @@ from .errors import (
     PartChangedError,
     S3SyncError,
 )
-from .manifest import TAR_BLOCK
 from .planning import ChunkJob
 from .progress import NullProgress, Progress
 from .stores.base import Store, same_etag
@@ -113,14 +112,21 @@ class ChunkFetcher:
         progress: receives ``download`` bytes as they arrive, rewound on retry.
         pins: part key -> ETag every request for that part is pinned to from the start
             (default: the ETag of each part's first response).
+        check_members: for jobs with ``members`` (ranges cut to fetch some members,
+            ``spans.plan_ranges``): ``check_members(job, data)`` returns "" if the bytes hold
+            those members as recorded, else what differs; run in the worker, a difference is
+            retried like a chunk with a wrong digest, and the same difference twice is a
+            ``DamagedDatasetError`` (the published bytes, not a transit error).
 
     A job whose ``digest`` is ``""`` is checked for length only: a split archive's pieces
     have no chunk digests until a whole piece has been checked (``splitpull``).
     """
 
     def __init__(self, store: Store, key_of: Callable[[str], str], settings: TransferSettings,
-                 progress: Progress | None = None, pins: dict[str, str] | None = None) -> None:
+                 progress: Progress | None = None, pins: dict[str, str] | None = None,
+                 check_members: Callable[[ChunkJob, memoryview], str] | None = None) -> None:
         self.store = store
+        self.check_members = check_members
         self.key_of = key_of
         self.settings = settings
         self.progress = progress or NullProgress()
@@ -281,10 +287,22 @@ class ChunkFetcher:
                     self.store.read_range_into(key, job.offset, buf, pinned, on_bytes, on_etag=on_etag)
                     got = hashing.digest(buf) if job.digest else ""
                     if job.members:
-                        _check_members(job, buf, self.store.url(key))
+                        if self.check_members is None:
+                            raise ValueError("a job with members needs a fetcher with check_members")
+                        problem = self.check_members(job, buf)
+                        if problem:
+                            what = (f"bytes {job.offset}-{job.offset + job.length - 1}: {problem} (the member "
+                                    "index's record)")
+                            if problem == bad:  # the same twice: the bytes published, not a transit error
+                                raise DamagedDatasetError(
+                                    f"this dataset is damaged: {self.store.url(key)} {what}, on two attempts",
+                                    hint="the member index does not describe the parts: pull the whole dataset "
+                                         "into a fresh directory, or republish it")
+                            bad = problem
+                            raise IntegrityError(f"{self.store.url(key)}: {what}")
                 else:
                     if job.members:
-                        raise ValueError("fetch_to cannot check member ranges: use fetch")
+                        raise ValueError("fetch_to cannot check a job's members: use fetch")
                     hasher = hashing.Hasher()
                     pos = job.offset
                     pieces = self.store.read_range_pieces(key, job.offset, job.length, pinned, buf, on_etag=on_etag)
@@ -366,30 +384,6 @@ class ChunkFetcher:
         if new and not same_etag(etag, job.etag):
             self.progress.message(f"part {job.part_index} ({job.key}) has ETag {etag}, not the published {job.etag} "
                                   "(a copy?): its chunks are checked against the manifest's digests")
-
-
-def _check_members(job: ChunkJob, buf: memoryview, url: str) -> None:
-    """Check the data of each member a ranged job holds against its digest (``ChunkJob.members``).
-
-    Raises:
-        IntegrityError: (retriable) naming the bytes and both digests.
-    """
-    for rel, size, digest in job.members:
-        if rel < 0:  # the stream's last member: data after its header, then only zeros
-            if any(_found_last(buf, at, size, digest) for at in range(TAR_BLOCK, len(buf) - size + 1, TAR_BLOCK)):
-                continue
-            raise IntegrityError(f"{url}: bytes {job.offset}-{job.offset + job.length - 1} do not hold the last "
-                                 f"member's {size} bytes of data with digest {digest} (the member index's)")
-        got = hashing.digest(buf[rel:rel + size])
-        if got != digest:
-            raise IntegrityError(f"{url}: bytes {job.offset + rel}-{job.offset + rel + size - 1} (a member's data) "
-                                 f"have digest {got}, the member index says {digest}")
-
-
-def _found_last(buf: memoryview, at: int, size: int, digest: str) -> bool:
-    """True if ``buf`` holds the data at ``at`` (digest ``digest``) and only zeros after it."""
-    tail = buf[at + size:]
-    return bytes(tail).count(0) == len(tail) and hashing.digest(buf[at:at + size]) == digest
 
 
 _RERUN_HINT = ("run the same command again: it keeps the chunks already verified and checks the part's current "

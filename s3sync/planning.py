@@ -77,6 +77,25 @@ def upload_part_size(max_object_size: int, preferred: int = 16 * MiB) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberCheck:
+    """What a ranged job cut to fetch some members (``spans.plan_ranges``) must hold for one of
+    them: the member index's record of it, checked before the bytes are used.
+
+    Attributes:
+        header: offset (bytes) in the job of the member's first header block.
+        path, size, mode, mtime, digest: the member index's record (size in bytes, mtime in
+            whole seconds, digest the XXH3-128 of the data).
+    """
+
+    header: int
+    path: str
+    size: int
+    mode: int
+    mtime: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkJob:
     """One ranged GET to perform and verify during a pull.
 
@@ -84,9 +103,9 @@ class ChunkJob:
     (the parts concatenated in order).
 
     A job is verified by ``digest`` (a chunk of the manifest: its XXH3-128), or, for a
-    range cut to fetch some members only (``spans.plan``: ``digest`` is ``""``), by
-    ``members``: ``(offset in the job, size, digest)`` of the data of every member it
-    holds, each checked against the member index's digest of that member's content.
+    range cut to fetch some members only (``spans.plan_ranges``: ``digest`` is ``""``), by
+    ``members``: every member it holds, its headers and data checked against the member
+    index's record (``ChunkFetcher``'s ``check``).
     """
 
     part_index: int
@@ -97,7 +116,7 @@ class ChunkJob:
     length: int
     digest: str
     stream_offset: int
-    members: tuple[tuple[int, int, str], ...] = ()
+    members: tuple[MemberCheck, ...] = ()
 
 
 def plan_pull(manifest: Manifest, start: int = 0) -> list[ChunkJob]:

@@ -51,7 +51,7 @@ from .manifest import MANIFEST_NAME, Manifest
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
 from .readers import ReaderLease
-from .spans import MemberSpan, SpanReader, plan_ranges, span_bytes
+from .spans import MemberSpan, SpanReader, check_range, plan_ranges, span_bytes
 from .stores.base import Store
 from .verify import SPLIT_ARCHIVE, Problem, verify
 
@@ -494,14 +494,14 @@ def _refetch(work: _Work, wanted: dict[str, MemberRecord], manifest: Manifest, l
                                                         f"{manifest.generation}"))
     if not spans:
         return received
-    member_spans = [MemberSpan(entry.offset, end, entry.record.size, entry.record.digest,
-                               exact=end != manifest.tar_stream_size) for entry, end in spans]
+    member_spans = [MemberSpan(entry.offset, end, entry.record) for entry, end in spans]
     jobs = plan_ranges(manifest, member_spans)
     _check_generation(store, location, manifest, sorted({j.key for j in jobs}))
     progress.start("download", sum(j.length for j in jobs))
     progress.message(f"fetching {len(spans)} member(s): {len(jobs)} range(s), "
                      f"{format_size(sum(j.length for j in jobs))} of a {format_size(manifest.tar_stream_size)} stream")
-    fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress)
+    fetcher = ChunkFetcher(store, location.key, fetch_settings(settings, manifest.chunk_size), progress,
+                           check_members=check_range)
     chunks = fetcher.fetch(jobs)
     shown = tree.dest / archive.METADATA_DIR / SCRATCH
     extractor = archive.SafeExtractor(f"/proc/self/fd/{scratch}", shown=shown)

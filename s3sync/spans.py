@@ -7,16 +7,15 @@ members' spans into ranged GETs (HTTP Range requests, RFC 9110 section 14; S3 Ge
 ``Range``) of just those bytes, coalescing neighbours less than ``MAX_GAP`` bytes apart, up
 to one chunk per request:
 
-- a range is verified member by member: the data of every member it holds must hash
-  (XXH3-128) to the member index's digest (``ChunkJob.members``, checked by the fetch worker,
-  retried like a chunk with a wrong digest). The headers are not covered by a digest: the
-  caller compares each extracted member's record (path, kind, size, mode, mtime, digest)
-  with the index's, so a damaged header is caught as well;
+- a range is verified member by member in the fetch worker (``check_range``, given to
+  ``ChunkFetcher`` as ``check_members``): each member's header blocks (a pax extended header
+  included) must parse and name the path, size, mode and mtime of the index's record, a
+  regular file, and the data they point to must hash (XXH3-128) to the record's digest; a
+  difference is retried like a chunk with a wrong digest (a transit error), the same
+  difference twice is a damaged dataset. The caller compares each extracted member's record
+  with the index's again;
 - the stream's last member has no next member to end its span: its range runs to the end of
-  the tar stream (the end-of-archive marker and tar's record padding, at most ~11 KiB, all
-  zeros) and its data is looked for at each block after its header (a header is one block,
-  or more with a pax extended header): the data must hash to the digest and be followed by
-  zeros only (``ChunkJob.members`` offset -1);
+  the tar stream (the end-of-archive marker and tar's record padding, at most ~11 KiB);
 - a span larger than a chunk is fetched as the manifest's whole chunks covering it, each
   verified against its chunk digest, as a pull does.
 
@@ -31,10 +30,12 @@ import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from . import archive, hashing
 from .engine import WindowedReader
 from .errors import IntegrityError
-from .manifest import END_OF_ARCHIVE, TAR_BLOCK, Manifest
-from .planning import ChunkJob, plan_pull
+from .index import MemberRecord
+from .manifest import END_OF_ARCHIVE, Manifest
+from .planning import ChunkJob, MemberCheck, plan_pull
 
 MAX_GAP = 64 * 1024
 """Two spans at most this many bytes apart (in one part) are fetched by one ranged GET, the
@@ -47,23 +48,14 @@ class MemberSpan:
 
     Attributes:
         start: stream offset (bytes) of the member's first header block (``IndexEntry.offset``).
-        end: stream offset where the next member starts (its span ends there).
-        size: bytes of file data.
-        digest: XXH3-128 (hex) of the data, from the member index.
-        exact: False if ``end`` is only an upper bound (the last member: the stream's end).
+        end: stream offset where the next member starts (its span ends there); for the last
+            member, the end of the tar stream.
+        record: the member index's record of it (a file: path, size, mode, mtime, digest).
     """
 
     start: int
     end: int
-    size: int
-    digest: str
-    exact: bool = True
-
-    @property
-    def data_start(self) -> int | None:
-        """Stream offset of the member's data (its data, padded to whole tar blocks, ends the
-        span), or None if the span's end is not exact."""
-        return self.end - (self.size + -self.size % TAR_BLOCK) if self.exact else None
+    record: MemberRecord
 
 
 def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_GAP) -> list[ChunkJob]:
@@ -95,8 +87,8 @@ def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_
         part, first = manifest.parts[p], run[0].start
         ci = bisect.bisect_right(starts, first) - 1
         jobs.append(ChunkJob(p, part.key, part.etag, chunks[ci].index, first - bases[p], run[-1].end - first, "",
-                             first, tuple((-1 if s.data_start is None else s.data_start - first, s.size, s.digest)
-                                                   for s in run)))
+                             first, tuple(MemberCheck(s.start - first, s.record.path, s.record.size, s.record.mode,
+                                                      s.record.mtime, s.record.digest) for s in run)))
         run.clear()
 
     for span in spans:
@@ -104,8 +96,7 @@ def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_
             continue  # inside a whole chunk already planned
         p = bisect.bisect_right(bases, span.start) - 1
         whole_part = p >= 0 and span.end <= bases[p] + manifest.parts[p].size
-        if (span.start < covered or not whole_part
-                or span.end - span.start > manifest.chunk_size):
+        if not whole_part or span.end - span.start > manifest.chunk_size:
             close_run()
             first = bisect.bisect_right(starts, max(span.start, covered)) - 1
             last = bisect.bisect_left(starts, span.end)
@@ -122,6 +113,37 @@ def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_
         covered = span.end
     close_run()
     return jobs
+
+
+MAX_HEADER = 64 * 1024
+"""Bytes of a member's header blocks ``check_range`` reads at most: a pax extended header with
+a path and a link target of 4,096 bytes each (Linux PATH_MAX), and more, fits."""
+
+
+def check_range(job: ChunkJob, data: memoryview) -> str:
+    """Check that a range planned by ``plan_ranges`` holds its members as the index records them
+    (``ChunkFetcher``'s ``check_members``).
+
+    Returns:
+        "" if every member's headers and data agree with its record, else what differs first.
+    """
+    for m in job.members:
+        end = len(data)
+        try:
+            name, size, mode, mtime, regular, at = archive.read_header(bytes(data[m.header:min(end, m.header + MAX_HEADER)]))
+        except ValueError as err:
+            return f"the header of {m.path!r} at byte {job.offset + m.header} is {err}"
+        if (name, size, mode, mtime, regular) != (m.path, m.size, m.mode, m.mtime, True):
+            return (f"the header at byte {job.offset + m.header} is of {name!r} ({size} bytes, mode {mode:o}, mtime "
+                    f"{mtime}{'' if regular else ', not a regular file'}), not of {m.path!r} ({m.size} bytes, mode "
+                    f"{m.mode:o}, mtime {m.mtime})")
+        at += m.header
+        if at + size > end:
+            return f"{m.path!r} runs past the end of the range"
+        got = hashing.digest(data[at:at + size])
+        if got != m.digest:
+            return f"the data of {m.path!r} has digest {got}, not {m.digest}"
+    return ""
 
 
 def span_bytes(chunks: Iterator[tuple[ChunkJob, memoryview]], spans: list[MemberSpan]) -> Iterator[memoryview]:

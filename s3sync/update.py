@@ -36,6 +36,7 @@ selected members are staged, into a fresh ``NAME`` or in place of an earlier pul
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -55,7 +56,7 @@ from .journal import INDEX_NAME, iter_index, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import Progress
 from .selection import Selection
-from .spans import MemberSpan, SpanReader, plan_ranges, span_bytes
+from .spans import MemberSpan, SpanReader, check_range, plan_ranges, span_bytes
 from .stores.base import Store
 
 MARKER = "complete.json"
@@ -543,6 +544,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     records: list[archive.MemberRecord | None] = []
     offsets: list[int] = []  # every index entry's stream offset, in stream order
     files: list[tuple[int, int, archive.MemberRecord]] = []  # (entry number, position in records, record)
+    header_modes: dict[int, int] = {}  # entry number -> the index's mode, where it has bits the tree does not
     dirs: list[tuple[int, archive.MemberRecord]] = []
     needed_dirs: set[str] = set()
     links: list[archive.MemberRecord] = []
@@ -582,6 +584,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             kept += 1
             continue
         files.append((len(offsets) - 1, len(records), new))
+        if rec.mode != mode:
+            header_modes[len(offsets) - 1] = rec.mode  # setuid/setgid/sticky: in the header, not the tree
         records.append(None)
     if selection is not None and not seen and not needed_dirs:
         # A typo (captions.jsn) would otherwise be recorded as a complete, empty partial pull.
@@ -651,8 +655,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
             continue
         wanted.append((pos, new))
         last = n + 1 == len(offsets)
-        spans.append(MemberSpan(offsets[n], manifest.tar_stream_size if last else offsets[n + 1], new.size,
-                                new.digest, exact=not last))
+        spans.append(MemberSpan(offsets[n], manifest.tar_stream_size if last else offsets[n + 1],
+                                dataclasses.replace(new, mode=header_modes.get(n, new.mode))))
     reused = len(reusable)
     reused_size = sum(new.size for n, _, new in candidates if n in reusable)
     removed = sum(1 for path, r in old.items() if r.kind != "dir" and path not in seen)
@@ -667,7 +671,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         progress.message(f"warning: {len(altered)} file(s) of {dest} no longer had the content recorded when they "
                          f"were pulled (changed in place): fetched again: {', '.join(altered[:EXTRA_SAMPLE])}"
                          + (", ..." if len(altered) > EXTRA_SAMPLE else ""))
-    fetcher = ChunkFetcher(store, location.key, settings, progress)
+    fetcher = ChunkFetcher(store, location.key, settings, progress, check_members=check_range)
     jobs = plan_ranges(manifest, spans)
     progress.start("download", sum(j.length for j in jobs))
     extractor = archive.SafeExtractor(tree)

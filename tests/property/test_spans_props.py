@@ -9,20 +9,19 @@ from __future__ import annotations
 import io
 import tarfile
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prop_helpers import DUMMY_DIGEST, deliver
 
-from s3sync import engine, hashing, planning
-from s3sync.errors import IntegrityError
+from s3sync import archive, hashing, planning
+from s3sync.index import MemberRecord
 from s3sync.manifest import END_OF_ARCHIVE, Manifest, PartEntry
-from s3sync.spans import MemberSpan, plan_ranges, span_bytes
+from s3sync.spans import MemberSpan, check_range, plan_ranges, span_bytes
 
 
-def _stream(sizes: list[int], long_names: list[bool]) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+def _stream(sizes: list[int], long_names: list[bool]) -> tuple[bytes, list[tuple[int, int, bytes, str]]]:
     """A pax tar of files with these sizes (a long name gets a pax header); per member:
-    header offset, size, data."""
+    header offset, size, data, name."""
     out = io.BytesIO()
     members = []
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -33,7 +32,7 @@ def _stream(sizes: list[int], long_names: list[bool]) -> tuple[bytes, list[tuple
             info.size = size
             off = out.tell()
             tar.addfile(info, io.BytesIO(data))
-            members.append((off, size, data))
+            members.append((off, size, data, name))
     return out.getvalue(), members
 
 
@@ -60,10 +59,9 @@ def test_planned_ranges_bring_every_wanted_span_once(data) -> None:
     gap = data.draw(st.sampled_from([0, 512, 64 * 1024]), label="max gap")
     spans = []
     for i in wanted:
-        off, size, content = members[i]
-        last = i == n - 1
-        end = len(stream) if last else members[i + 1][0]
-        spans.append(MemberSpan(off, end, size, hashing.digest(content), exact=not last))
+        off, size, content, name = members[i]
+        end = len(stream) if i == n - 1 else members[i + 1][0]
+        spans.append(MemberSpan(off, end, _record(name, content)))
 
     jobs = plan_ranges(manifest, spans, max_gap=gap)
 
@@ -79,13 +77,15 @@ def test_planned_ranges_bring_every_wanted_span_once(data) -> None:
         assert bool(job.digest) != bool(job.members)  # a chunk, or a range checked member by member
         buf = memoryview(bytearray(stream[job.stream_offset:job.stream_offset + job.length]))
         if job.members:
-            engine._check_members(job, buf, "s3://b/k")  # the true bytes pass
-            for rel, size, _digest in job.members:
-                if rel >= 0 and size:  # an altered byte of any member's data is caught
-                    buf[rel + size // 2] ^= 0x01
-                    with pytest.raises(IntegrityError):
-                        engine._check_members(job, buf, "s3://b/k")
-                    buf[rel + size // 2] ^= 0x01
+            assert check_range(job, buf) == ""  # the true bytes pass
+            for m in job.members:  # an altered byte of any member's header or data is caught
+                data_at = m.header + archive.read_header(bytes(buf[m.header:]))[5]
+                for at in (m.header + 3, data_at + m.size // 2 if m.size else None):
+                    if at is None or at >= len(buf):
+                        continue
+                    buf[at] ^= 0x01
+                    assert check_range(job, buf) != ""
+                    buf[at] ^= 0x01
     got = b"".join(bytes(v) for v in span_bytes(deliver(stream, jobs), spans))
     assert got == b"".join(stream[s.start:s.end] for s in spans) + bytes(END_OF_ARCHIVE)
     # nothing far from the wanted spans is fetched: at most the gaps and whole chunks
@@ -93,30 +93,45 @@ def test_planned_ranges_bring_every_wanted_span_once(data) -> None:
     assert sum(j.length for j in jobs) <= wanted_bytes + len(jobs) * max(gap, chunk_size) + 2 * chunk_size
 
 
-def test_the_last_member_is_found_after_a_pax_header_and_checked() -> None:
+def _record(name: str, content: bytes) -> MemberRecord:
+    return MemberRecord(name, "file", len(content), 0o644, 0, hashing.digest(content))
+
+
+def test_the_last_member_with_a_pax_header_is_checked() -> None:
     stream, members = _stream([700, 1234], [False, True])
-    off, size, content = members[-1]
+    off, size, content, name = members[-1]
     manifest = _manifest(len(stream), [], 1 << 20)
-    span = MemberSpan(off, len(stream), size, hashing.digest(content), exact=False)
+    span = MemberSpan(off, len(stream), _record(name, content))
     [job] = plan_ranges(manifest, [span])
-    assert job.members == ((-1, size, span.digest),) and job.stream_offset == off
+    assert job.stream_offset == off and job.length == len(stream) - off
     buf = memoryview(bytearray(stream[off:]))
-    engine._check_members(job, buf, "s3://b/k")
+    assert check_range(job, buf) == ""
     data_at = stream.index(content, off) - off
     buf[data_at + 5] ^= 0xFF
-    with pytest.raises(IntegrityError):
-        engine._check_members(job, buf, "s3://b/k")
-    buf[data_at + 5] ^= 0xFF
-    buf[len(buf) - 1] = 1  # not zeros after the data: refused too
-    with pytest.raises(IntegrityError):
-        engine._check_members(job, buf, "s3://b/k")
+    assert "digest" in check_range(job, buf)
+
+
+def test_checking_many_members_reads_each_byte_about_once(monkeypatch) -> None:
+    """Finding 1 of tests/breakers/test_break17a.py: the check must not be quadratic."""
+    import s3sync.spans as spans_module
+    hashed = []
+    real = spans_module.hashing.digest
+    monkeypatch.setattr(spans_module.hashing, "digest", lambda b: (hashed.append(len(b)), real(b))[1])
+    stream, members = _stream([1000] * 400, [False] * 400)
+    manifest = _manifest(len(stream), [], 1 << 20)
+    spans = [MemberSpan(off, members[i + 1][0] if i + 1 < len(members) else len(stream), _record(name, content))
+             for i, (off, _size, content, name) in enumerate(members)]
+    [job] = plan_ranges(manifest, spans)
+    hashed.clear()  # the records' digests above
+    assert check_range(job, memoryview(stream)) == ""
+    assert sum(hashed) == 400 * 1000
 
 
 def test_a_span_larger_than_a_chunk_comes_as_whole_verified_chunks() -> None:
     stream, members = _stream([100, 9000, 100], [False, False, False])
     manifest = _manifest(len(stream), [], 4096)
-    off, size, content = members[1]
-    jobs = plan_ranges(manifest, [MemberSpan(off, members[2][0], size, hashing.digest(content))])
+    off, size, content, _name = members[1]
+    jobs = plan_ranges(manifest, [MemberSpan(off, members[2][0], _record(members[1][3], content))])
     assert jobs and all(j.digest and not j.members for j in jobs)
     assert jobs == [j for j in planning.plan_pull(manifest) if j.stream_offset < members[2][0]
                     and j.stream_offset + j.length > off]
