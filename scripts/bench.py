@@ -12,6 +12,8 @@ One command (issue 4)::
     python scripts/bench.py --scaling --profile     # ... with profiles of each scaling pull
     python scripts/bench.py --archive [--profile]   # cases h-k: a split archive s3sync did not
                                                     # publish (issue 11), then h profiled
+    python scripts/bench.py --fast-link 2gbit,5gbit [--profile]   # the server behind a shaped
+                                                    # link (issue 13), then a pull profiled per rate
 
 What it does:
 
@@ -69,6 +71,19 @@ Before the timed runs h, i and j extract once each, untimed, and their trees mus
 (type, mode, mtime, size, content); ratios h/i (target <= 1.0) and j/k (reported). Results in
 ``archive.md``/``.json`` (``archive-profile.md`` with ``--profile``); ``--docs`` adds them to
 ``docs/bench.md`` and keeps the sections this run did not produce.
+
+``--fast-link RATE[,RATE...]`` (issue 13, "Fast links"; root and iproute2: ``ip`` and ``tc``,
+``apt-get install -y iproute2``): ``rclone serve s3`` runs in its own network namespace
+(``s3sync-bench``, ``ip netns exec``), joined to the tools' namespace by a veth pair
+(``s3sbench0`` 10.231.7.1/30 <-> ``s3sbench1`` 10.231.7.2/30) whose two directions are each
+shaped to the rate by a token bucket (``tc qdisc replace dev ... root tbf rate R burst 2ms-of-R
+latency 50ms``; no delay is added: a model of a fast link, not of a distant one). The dataset
+is published unshaped, then at each rate, per repeat in a shuffled order: b (raw download of
+the same parts), a, d, e, g. Ratios d/b (target <= 1.05 at 2 Gbit/s and below), a/b, d/e,
+d/g, and the time inside ``pull()`` (s3sync's ``elapsed_s``) against the wall time (the
+rest is start-up). ``none`` as a rate is the unshaped veth (a reference). The namespace and
+pair (their qdiscs go with them) are deleted on exit, on errors, Ctrl-C and SIGTERM, and
+leftovers of a crashed run at the next start. Results: ``fast-link.md``/``.json``.
 
 Measurements:
 
@@ -1357,7 +1372,7 @@ def compose_docs(out: Path, docs: Path) -> None:
             doc[stem] = old_json[stem]
     header = ("# s3sync benchmark results\n\nProduced by `scripts/bench.py` (see its docstring for the method); "
               "regenerate with `python scripts/bench.py --docs docs` (add `--profile`, `--scaling`, "
-              "`--rss-sizes 1GiB,8GiB`, `--archive` for the other sections; sections a run did not "
+              "`--rss-sizes 1GiB,8GiB`, `--archive`, `--fast-link 2gbit,5gbit` for the other sections; sections a run did not "
               "produce are kept).\n\n![benchmark chart](bench.png)\n\n")
     (docs / "bench.md").write_text(header + "\n".join(md_parts))
     (docs / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -1907,6 +1922,14 @@ def mode_fast_link(args, tools, env, out) -> int:
         summaries[rate] = summary
         link = "unshaped veth" if rate == "none" else f"{rate_bits(rate) / 8 / MiB:,.0f} MiB/s each way"
         lines += [f"#### {rate} ({link})", "", *case_table(summary, info), ""]
+        inside = {c: med([r["s3sync_elapsed_s"] for r in recs if r["case"] == c and r.get("s3sync_elapsed_s")])
+                  for c in ("a", "d")}
+        raw = summary["cases"].get("b", {}).get("median_s")
+        if raw and all(v == v for v in inside.values()):  # not NaN
+            summary["inside_pull_s"] = inside
+            lines += [f"Time inside `pull()` (s3sync's own `elapsed_s`, median): a {inside['a']:.2f} s, "
+                      f"d {inside['d']:.2f} s (d / b on that time: {inside['d'] / raw:.2f}); the rest of s3sync's "
+                      f"wall time is process start-up (interpreter, imports, S3 client) and exit.", ""]
     lines += ["b is the raw download (`s5cmd cp` of the same part objects to files, unverified); MiB/s = stream "
               "bytes / median wall time, process start-up included; other columns as in the main table. "
               "The server's CPU (rclone, in the namespace) and the shaping share the same 2 cores as the tools.", ""]
