@@ -12,6 +12,8 @@ One command (issue 4)::
     python scripts/bench.py --scaling --profile     # ... with profiles of each scaling pull
     python scripts/bench.py --archive [--profile]   # cases h-k: a split archive s3sync did not
                                                     # publish (issue 11), then h profiled
+    python scripts/bench.py --fast-link 2gbit,5gbit [--profile]   # the server behind a shaped
+                                                    # link (issue 13), then a pull profiled per rate
 
 What it does:
 
@@ -69,6 +71,19 @@ Before the timed runs h, i and j extract once each, untimed, and their trees mus
 (type, mode, mtime, size, content); ratios h/i (target <= 1.0) and j/k (reported). Results in
 ``archive.md``/``.json`` (``archive-profile.md`` with ``--profile``); ``--docs`` adds them to
 ``docs/bench.md`` and keeps the sections this run did not produce.
+
+``--fast-link RATE[,RATE...]`` (issue 13, "Fast links"; root and iproute2: ``ip`` and ``tc``,
+``apt-get install -y iproute2``): ``rclone serve s3`` runs in its own network namespace
+(``s3sync-bench``, ``ip netns exec``), joined to the tools' namespace by a veth pair
+(``s3sbench0`` 10.231.7.1/30 <-> ``s3sbench1`` 10.231.7.2/30) whose two directions are each
+shaped to the rate by a token bucket (``tc qdisc replace dev ... root tbf rate R burst 2ms-of-R
+latency 50ms``; no delay is added: a model of a fast link, not of a distant one). The dataset
+is published unshaped, then at each rate, per repeat in a shuffled order: b (raw download of
+the same parts), a, d, e, g. Ratios d/b (target <= 1.05 at 2 Gbit/s and below), a/b, d/e,
+d/g, and the time inside ``pull()`` (s3sync's ``elapsed_s``) against the wall time (the
+rest is start-up). ``none`` as a rate is the unshaped veth (a reference). The namespace and
+pair (their qdiscs go with them) are deleted on exit, on errors, Ctrl-C and SIGTERM, and
+leftovers of a crashed run at the next start. Results: ``fast-link.md``/``.json``.
 
 Measurements:
 
@@ -285,12 +300,17 @@ def tool_env(base: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- server
 
 
-_RCLONE_ADDRESS_RE = re.compile(r"Starting s3 server on \[?(http://127\.0\.0\.1:\d+)")
+_RCLONE_ADDRESS_RE = re.compile(r"Starting s3 server on \[?(http://\d+\.\d+\.\d+\.\d+:\d+)")
 
 
 @contextmanager
-def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str]:
-    """``rclone serve s3`` over a temporary directory under ``base``; yields the endpoint URL."""
+def rclone_server(tools: Tools, base: Path, env: dict[str, str], *, address: str = "127.0.0.1",
+                  netns: str | None = None) -> Iterator[str]:
+    """``rclone serve s3`` over a temporary directory under ``base``; yields the endpoint URL.
+
+    With ``netns`` the server runs inside that network namespace (``ip netns exec``, which
+    execs rclone: the pid is rclone's own) listening on ``address`` (see ``shaped_link``).
+    """
     root = Path(tempfile.mkdtemp(prefix="rclone-", dir=base))
     data, home = root / "data", root / "home"
     data.mkdir()
@@ -298,7 +318,7 @@ def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str
     (data / BUCKET).mkdir()  # rclone serves top-level directories as buckets (made before it starts)
     log_path = root / "rclone.log"
     cmd = [tools.rclone, "serve", "s3", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}",
-           "--addr", "127.0.0.1:0", "--config", "", "--cache-dir", str(root / "cache"),
+           "--addr", f"{address}:0", "--config", "", "--cache-dir", str(root / "cache"),
            # --dir-cache-time: rclone forgets an object's MD5 (its ETag) when its directory
            # entry expires, 5 minutes by default, and the next request for the object
            # computes it again (0.44 s of server CPU per 256 MiB part) -- a cost that hit
@@ -307,6 +327,8 @@ def rclone_server(tools: Tools, base: Path, env: dict[str, str]) -> Iterator[str
            "--force-path-style=true", "--log-level", "NOTICE", str(data)]
     renv = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "TMPDIR": str(home),
             "PATH": env.get("PATH", "/usr/bin:/bin")}
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=renv)
     try:
@@ -1298,9 +1320,9 @@ def write_outputs(args, out: Path, stem: str, text: str, doc: dict, summary: dic
         chart(summary, info, out / "bench.png")
 
 
-SECTIONS = ("results", "rss", "publish-rss", "scaling", "profile", "archive", "archive-profile")
+SECTIONS = ("results", "fast-link", "rss", "publish-rss", "scaling", "profile", "archive", "archive-profile")
 """Result files of each mode in --out, in the order docs/bench.md shows them."""
-SECTION_HEADINGS = {"results": "### s3sync benchmark:", "rss": "### Peak RSS against",
+SECTION_HEADINGS = {"results": "### s3sync benchmark:", "fast-link": "### Fast links:", "rss": "### Peak RSS against",
                     "publish-rss": "### Publish peak RSS against file count", "scaling": "### Scaling:",
                     "profile": "### Profile of one `s3sync ", "archive": "### Existing archives:",
                     "archive-profile": "### Profile of one split-archive pull"}
@@ -1350,7 +1372,7 @@ def compose_docs(out: Path, docs: Path) -> None:
             doc[stem] = old_json[stem]
     header = ("# s3sync benchmark results\n\nProduced by `scripts/bench.py` (see its docstring for the method); "
               "regenerate with `python scripts/bench.py --docs docs` (add `--profile`, `--scaling`, "
-              "`--rss-sizes 1GiB,8GiB`, `--archive` for the other sections; sections a run did not "
+              "`--rss-sizes 1GiB,8GiB`, `--archive`, `--fast-link 2gbit,5gbit` for the other sections; sections a run did not "
               "produce are kept).\n\n![benchmark chart](bench.png)\n\n")
     (docs / "bench.md").write_text(header + "\n".join(md_parts))
     (docs / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -1740,6 +1762,186 @@ def mode_archive(args, tools, env, out) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- shaped link (--fast-link)
+
+
+NETNS = "s3sync-bench"
+"""The network namespace the server runs in for ``--fast-link`` (fixed: a crashed run's
+leftovers are found and removed by name at the next start)."""
+VETH_HOST, VETH_NS = "s3sbench0", "s3sbench1"
+HOST_ADDR, NS_ADDR = "10.231.7.1", "10.231.7.2"
+"""A private /30 (RFC 1918) between this namespace and NETNS."""
+
+
+def rate_bits(rate: str) -> float:
+    """``2gbit``, ``500mbit``, ``100kbit`` (tc's units, SI) -> bits per second; ``none``
+    (the veth unshaped, a reference) -> infinity.
+
+    Raises:
+        ValueError: not a rate in one of those units.
+    """
+    if rate.strip().lower() == "none":
+        return float("inf")
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(k|m|g)bit", rate.strip().lower())
+    if not m:
+        raise ValueError(f"rate {rate!r}: expected e.g. 2gbit, 500mbit")
+    return int(float(m.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)])
+
+
+def _ip(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full = [*(["ip", "netns", "exec", ns] if ns else []), *cmd]
+    res = subprocess.run(full, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)} failed: {res.stderr.strip()}")
+    return res
+
+
+def remove_link() -> None:
+    """Delete NETNS and the veth pair (their qdiscs go with them), if present: a crashed run's
+    leftovers or this run's. Deleting a namespace frees its end of the pair asynchronously;
+    the host end is deleted explicitly and waited for."""
+    _ip("ip", "netns", "del", NETNS, check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _ip("ip", "link", "show", VETH_HOST, check=False).returncode != 0:
+            return
+        _ip("ip", "link", "del", VETH_HOST, check=False)
+        time.sleep(0.1)
+    print(f"warning: could not delete {VETH_HOST}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def shaped_link() -> Iterator[Callable[[str | None], None]]:
+    """A network namespace NETNS joined to this one by a veth pair (HOST_ADDR <-> NS_ADDR on a
+    /30); yields ``set_rate(rate)``, which shapes *both* directions (each end's egress) to
+    ``rate`` with a token bucket (``tc qdisc replace ... tbf``; ``None``: unshaped).
+
+    A model of a remote S3 behind a link of that rate (no added latency; needs root and
+    iproute2). The namespace, the pair and the qdiscs are removed on exit, on errors and on
+    Ctrl-C (``finally``), and leftovers of an earlier crashed run are removed first.
+    """
+    remove_link()
+    try:
+        _ip("ip", "netns", "add", NETNS)
+        _ip("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
+        _ip("ip", "link", "set", VETH_NS, "netns", NETNS)
+        _ip("ip", "addr", "add", f"{HOST_ADDR}/30", "dev", VETH_HOST)
+        _ip("ip", "link", "set", VETH_HOST, "up")
+        _ip("ip", "addr", "add", f"{NS_ADDR}/30", "dev", VETH_NS, ns=NETNS)
+        _ip("ip", "link", "set", VETH_NS, "up", ns=NETNS)
+        _ip("ip", "link", "set", "lo", "up", ns=NETNS)
+
+        def set_rate(rate: str | None) -> None:
+            for dev, ns in ((VETH_HOST, None), (VETH_NS, NETNS)):
+                if rate is None or rate == "none":
+                    _ip("tc", "qdisc", "del", "dev", dev, "root", ns=ns, check=False)
+                    continue
+                # burst: 2 ms of the rate (at least 64 KiB, one GSO packet); queue: 50 ms.
+                burst = max(64 * KiB, int(rate_bits(rate) / 8 / 500))
+                _ip("tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", str(burst),
+                    "latency", "50ms", ns=ns)
+
+        yield set_rate
+    finally:
+        remove_link()
+
+
+FAST_CASES = ["b", "a", "d", "e", "g"]
+"""--fast-link: raw download (b), pull --no-extract (a), pull (d), the seed way (e), stream (g)."""
+FAST_TARGET = 1.05
+FAST_TARGET_BITS = 2e9
+"""Issue 13: pull at most 1.05x the raw download of the same parts, at 2 Gbit/s (and below)."""
+
+
+def fast_ratios(rate: str) -> list[tuple]:
+    target = FAST_TARGET if rate_bits(rate) <= FAST_TARGET_BITS else None
+    return [
+        ("d/b", "d", "b", target, f"{'<= 1.05' if target else 'report'}: pull (extract) vs raw download (s5cmd cp)"),
+        ("a/b", "a", "b", None, "report: pull --no-extract vs raw download"),
+        ("d/e", "d", "e", None, "report: pull vs the seed way"),
+        ("d/g", "d", "g", None, "report: pull vs s5cmd cat | tar x"),
+    ]
+
+
+def mode_fast_link(args, tools, env, out) -> int:
+    """The server in its own network namespace behind a shaped veth, one table per rate."""
+    from s3sync.pull import SPACE_MARGIN
+
+    rates = [r.strip() for r in args.fast_link.split(",") if r.strip()]
+    for r in rates:
+        rate_bits(r)
+    src, meta = build_dataset(out, dataset_files(args), args.min_kb, args.max_kb, args.seed)
+    started = time.perf_counter()
+    records: list[dict] = []
+    profiles: list[str] = []
+    # SIGTERM / SIGHUP end the run through the same ``finally`` blocks as Ctrl-C.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with shaped_link() as set_rate, \
+                rclone_server(tools, out, env, address=NS_ADDR, netns=NETNS) as endpoint, \
+                dest_filesystem(args, out, meta["bytes"]) as dest:
+            bench = Bench(args, tools, env, endpoint, out, dest)
+            set_rate(None)
+            bench.setup(src, meta, prefix=f"fast-{NAME}")
+            for rate in rates:
+                set_rate(rate)
+                for rep in range(args.repeats):
+                    bench.cleanup(wait=True)
+                    for case in case_order(FAST_CASES, rep, args.seed):
+                        rec = bench.run_case(case, rep)
+                        rec["rate"] = rate
+                        records.append(rec)
+                        print(f"{rate:>8s} repeat {rep + 1}/{args.repeats}  {case:3s} {rec['wall_s']:7.2f} s  "
+                              f"{bench.stream_size / 1e6 / rec['wall_s']:6.0f} MB/s  cpu {rec['user_s'] + rec['sys_s']:5.1f} s  "
+                              f"server cpu {rec['server_cpu_s']:4.1f} s", file=sys.stderr, flush=True)
+                if args.profile:
+                    text = profile_pull(bench, out, f"fast-{rate}", modes=(("pull", []),))
+                    profiles.append(re.sub(r"(?m)^### ", "#### ", text).replace(
+                        "#### Profile of one `s3sync pull`", f"#### At {rate}: profile of one `s3sync pull`", 1))
+            bench.cleanup(wait=False)
+            dest_fs, stream_size, parts = bench.dest_fs, bench.stream_size, len(bench.parts)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    info = {"command": "python scripts/bench.py " + " ".join(sys.argv[1:]), "dataset": meta, "dest_fs": dest_fs,
+            "parts": parts, "part_size": args.part_size, "repeats": args.repeats, "rates": rates,
+            "space_margin_mib": SPACE_MARGIN / MiB, "drop_caches": args.drop_caches, **environment(tools, env)}
+    lines = [f"### Fast links: {meta['files']:,} files, {meta['bytes'] / MiB:,.0f} MiB, {parts} parts of "
+             f"<= {args.part_size}, server behind a shaped link, {args.repeats} repeats per rate", "",
+             f"`{info['command']}` on {info['date']}, commit {info['commit']}, {info['cpus']} CPUs, {info['platform']}. "
+             f"`rclone serve s3` runs in its own network namespace, joined to the tools' by a veth pair whose "
+             f"two directions are each shaped to the rate by `tc qdisc ... tbf` (no added latency); destinations "
+             f"on a {dest_fs}" + ("; page cache dropped and inputs re-read before each case." if args.drop_caches
+                                  else "."), ""]
+    summaries = {}
+    for rate in rates:
+        recs = [r for r in records if r["rate"] == rate]
+        summary = summarise(recs, FAST_CASES, stream_size, fast_ratios(rate))
+        summaries[rate] = summary
+        link = "unshaped veth" if rate == "none" else f"{rate_bits(rate) / 8 / MiB:,.0f} MiB/s each way"
+        lines += [f"#### {rate} ({link})", "", *case_table(summary, info), ""]
+        inside = {c: med([r["s3sync_elapsed_s"] for r in recs if r["case"] == c and r.get("s3sync_elapsed_s")])
+                  for c in ("a", "d")}
+        raw = summary["cases"].get("b", {}).get("median_s")
+        if raw and all(v == v for v in inside.values()):  # not NaN
+            summary["inside_pull_s"] = inside
+            lines += [f"Time inside `pull()` (s3sync's own `elapsed_s`, median): a {inside['a']:.2f} s, "
+                      f"d {inside['d']:.2f} s (d / b on that time: {inside['d'] / raw:.2f}); the rest of s3sync's "
+                      f"wall time is process start-up (interpreter, imports, S3 client) and exit.", ""]
+    lines += ["b is the raw download (`s5cmd cp` of the same part objects to files, unverified); MiB/s = stream "
+              "bytes / median wall time, process start-up included; other columns as in the main table. "
+              "The server's CPU (rclone, in the namespace) and the shaping share the same 2 cores as the tools.", ""]
+    text = "\n".join(lines) + ("\n" + "\n".join(profiles) if profiles else "")
+    doc = {"meta": info, "summaries": summaries, "records": records, "total_s": round(time.perf_counter() - started, 1)}
+    (out / "fast-link.md").write_text(text)
+    (out / "fast-link.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    print(f"(benchmark took {doc['total_s']:.0f} s after the dataset build)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1780,6 +1982,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archive-size", default="600MB", help="--archive: approximate tar size (default 600MB)")
     p.add_argument("--archive-min-kb", type=int, default=50)
     p.add_argument("--archive-max-kb", type=int, default=500)
+    p.add_argument("--fast-link", metavar="RATE[,RATE...]",
+                   help="cases a, b, d, e, g with the server in its own network namespace behind a veth shaped "
+                        "to each rate (tc tbf, both directions), e.g. 2gbit,5gbit; with --profile, one profiled "
+                        "pull per rate too (needs root and iproute2)")
     args = p.parse_args(argv)
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
     unknown = args.only - {c.split("_")[0] for c in CASES}
@@ -1794,7 +2000,9 @@ def main(argv: list[str] | None = None) -> int:
     if not where.startswith(str(REPO / "s3sync")):
         sys.exit(f"error: subprocesses import s3sync from {where or '?'}, not from {REPO}")
     compileall.compile_dir(REPO / "s3sync", quiet=1)  # as pip does when it installs a package
-    if args.archive:
+    if args.fast_link:
+        code = mode_fast_link(args, tools, env, out)
+    elif args.archive:
         code = mode_archive(args, tools, env, out)
     elif args.scaling:
         code = mode_scaling(args, tools, env, out)

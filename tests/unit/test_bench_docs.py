@@ -72,3 +72,38 @@ def test_a_section_the_run_produced_replaces_the_old_one(tmp_path):
     text = (docs / "bench.md").read_text()
     assert "| a | 0.5 |" in text and "| a | 1.0 |" not in text
     assert OLD_SECTIONS["archive"].strip() in text and OLD_SECTIONS["rss"].strip() in text
+
+
+def test_a_fast_link_section_is_kept_and_its_per_rate_headings_stay_inside_it(tmp_path):
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    _old_docs(docs)
+    out.mkdir()
+    (out / "fast-link.md").write_text("### Fast links: 10 files, 1 MiB\n\n#### 2gbit (238 MiB/s each way)\n\n"
+                                      "| b | 5.19 |\n\n#### At 2gbit: profile of one `s3sync pull` (fast-2gbit)\n\n"
+                                      "fast profile\n")
+    bench.compose_docs(out, docs)
+    text = (docs / "bench.md").read_text()
+    assert text.index("### s3sync benchmark:") < text.index("### Fast links:") < text.index("### Peak RSS")
+    again = bench.existing_sections(text)
+    assert "fast profile" in again["fast-link"] and "fast profile" not in again.get("profile", "")
+    # a later run of another mode keeps it
+    (out / "fast-link.md").unlink()
+    (out / "rss.md").write_text("### Peak RSS against dataset size (one run each)\n\n| 8GiB | 180 |\n")
+    bench.compose_docs(out, docs)
+    assert "| b | 5.19 |" in (docs / "bench.md").read_text()
+
+
+def test_fast_link_rates_and_targets():
+    assert bench.rate_bits("2gbit") == 2_000_000_000
+    assert bench.rate_bits("500mbit") == 500_000_000 and bench.rate_bits("2.5Gbit") == 2_500_000_000
+    assert bench.rate_bits("none") == float("inf")
+    for bad in ("2gb", "fast", "", "gbit"):
+        try:
+            bench.rate_bits(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
+    target = {name: t for name, _, _, t, _ in bench.fast_ratios("2gbit")}
+    assert target["d/b"] == 1.05 and target["a/b"] is None
+    assert {name: t for name, _, _, t, _ in bench.fast_ratios("5gbit")}["d/b"] is None
+    assert {name: t for name, _, _, t, _ in bench.fast_ratios("none")}["d/b"] is None
