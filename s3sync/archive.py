@@ -748,6 +748,8 @@ _FAST_NAME = re.compile(rb"[\x20-\x2d\x30-\x7e][\x20-\x2e\x30-\x7e]*(?:/[\x20-\x
 relative, no empty component and none that starts with a dot (so no ``.``, ``..``, or
 ``.s3sync``, and nothing ``normpath`` would change)."""
 _ZEROS_100 = bytes(100)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How ``_write_small_at`` creates a file: as ``SafeExtractor._create``."""
 
 
 class SafeExtractor:
@@ -809,6 +811,7 @@ class SafeExtractor:
         ``on_member`` never hears of."""
         """Mode and mtime of a ``./`` member seen by ``extract`` (path ``.``), else None."""
         self._safe_dirs: set[str] = {""}
+        self._root_fd: int | None = None  # the root, open while ``extract`` runs (see ``_write_small``)
         self._dir_ns: dict[str, int] = {}  # directory -> its member's mtime (ns), for finish_dirs
         self._root_ns = 0
         # Mode bits open() may take away: the umask's, or all of them under a default
@@ -941,6 +944,7 @@ class SafeExtractor:
                     stream.seek(base + at)
                     tar.offset = base + at
 
+        self._root_fd = self._open_root()
         pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="s3sync-write")
         # Before the stream waits for its next chunk (a stalled network, a kill -9 to come),
         # write and record every file already copied out: the resume point then trails the
@@ -1004,6 +1008,9 @@ class SafeExtractor:
         finally:
             stream.before_next_chunk = None
             pool.shutdown(wait=True, cancel_futures=True)
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
 
     def _write_batch(self, batch: list[tuple[str, bytes | bytearray, int, int]]
                      ) -> tuple[list[MemberRecord], Exception | None]:
@@ -1020,10 +1027,39 @@ class SafeExtractor:
     def _write_small(self, name: str, data: bytes | bytearray, mode: int, ns: int) -> MemberRecord:
         path = os.path.join(self.root, name)
         try:
-            digest = self._write_regular(path, name, mode, ns, (memoryview(data),))
+            if self._root_fd is None:
+                digest = self._write_regular(path, name, mode, ns, (memoryview(data),))
+            else:
+                digest = self._write_small_at(name, path, data, mode, ns)
         except OSError as err:
             raise translate_os_error(err, self._show(path)) from err
         return MemberRecord(name, "file", len(data), mode, ns // NS, digest)
+
+    def _open_root(self) -> int | None:
+        """The root, opened for ``_write_small`` (closed when ``extract`` returns)."""
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise translate_os_error(err, self._show(self.root)) from err
+
+    def _write_small_at(self, name: str, path: str, data: bytes | bytearray, mode: int, ns: int) -> str:
+        """``_write_regular`` for a small file held in memory, created relative to the root's
+        descriptor: the kernel resolves the root (``/proc/self/fd/N`` in a pull) once, not for
+        every file (~3 us of system time per file, 10 % of creating a 100-byte file). The name's
+        parents were checked by ``_ensure_dir``; the flags are ``_create``'s, which replaces an
+        existing name."""
+        try:
+            fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=self._root_fd)
+        except FileExistsError:
+            fd = self._create(path, name, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._close_file(fd, mode, ns)
+        finally:
+            os.close(fd)
+        return hashing.digest(data)
 
     def _write_regular(self, path: str, member_name: str, mode: int, ns: int,
                        pieces: Iterable[memoryview]) -> str:
@@ -1382,6 +1418,9 @@ class ArchiveScanner(SafeExtractor):
             self._clear(path, member_name)
         self._tree[path] = "file"
         return -1
+
+    def _open_root(self) -> int | None:
+        return None  # nothing is written: _write_small goes through _write_regular below
 
     def _write_regular(self, path: str, member_name: str, mode: int, ns: int,
                        pieces: Iterable[memoryview]) -> str:
