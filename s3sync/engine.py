@@ -475,6 +475,12 @@ class WindowedReader:
             left -= len(take)
             yield take
 
+    def peek(self) -> memoryview:
+        """The bytes from the position to the end of the current window (or of the next one,
+        if the current is used up), not consumed; empty at the end of the stream. Valid
+        until the stream moves past the window (its buffer is then reused)."""
+        return self._window()
+
     def next_view(self) -> memoryview:
         """The bytes from the position to the end of the current window (or of the next one,
         if the current is used up), consumed; empty at the end of the stream. Valid until

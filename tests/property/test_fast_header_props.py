@@ -9,11 +9,16 @@ checksum recomputed (unsigned or signed, as Sun tar) or left wrong.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import stat
 import tarfile
+import tempfile
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from prop_helpers import reader_over
 
 from s3sync import archive, journal
 
@@ -83,3 +88,85 @@ def test_journal_record_line_is_json_dumps(path, kind, size, mode, mtime, digest
                        separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape")
     assert journal.record_line(r) == want
     assert archive.MemberRecord(*json.loads(want.decode("utf-8", "surrogateescape"))) == r
+
+
+# --------------------------------------------------------------------------- the fast header loop
+
+PLAIN_NAMES = ["a", "d/f.bin", "d/e/g.jpg", "x y/z", "n" * 99, "o" * 100, "r\\s\"t"]
+"""Names of files the fast loop takes (the same name twice: the second replaces the first)."""
+ODD_NAMES = ["./d/h", ".hidden/a", "d/.s3sync", "d//k", "d/./m", "caf\u00e9/n", "p/" + "q" * 120, "d/e/"]
+"""Names of files it leaves to tarfile and ``_check_name``."""
+BAD_NAMES = ["../up", "/abs", ".s3sync/x", "a/x"]
+"""Names the extraction refuses (it stops there)."""
+OTHER_NAMES = {tarfile.DIRTYPE: ["d", "d/e", "k/", "./k/l"], tarfile.SYMTYPE: ["s", "d/t"]}
+"""Names of directories and symlinks."""
+
+
+@st.composite
+def small_stream(draw) -> bytes:
+    """A tar stream of small members (as s3sync publishes them, or another tar's formats),
+    then bytes overwritten at random, in headers mostly, the checksum recomputed or not."""
+    fmt = draw(st.sampled_from([tarfile.PAX_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT]))
+    out, headers = io.BytesIO(), []
+    with tarfile.open(fileobj=out, mode="w", format=fmt, encoding="utf-8") as tar:
+        if draw(st.integers(0, 9)) == 0:
+            tar.pax_headers = {"comment": "global"}  # a global header first: every member gets it
+        for _ in range(draw(st.integers(0, 16))):
+            kind = draw(st.sampled_from([tarfile.REGTYPE] * 6 + [tarfile.DIRTYPE, tarfile.SYMTYPE]))
+            which = draw(st.integers(0, 39))
+            names = (OTHER_NAMES[kind] if kind != tarfile.REGTYPE else BAD_NAMES if which == 0
+                     else ODD_NAMES if which < 8 else PLAIN_NAMES)
+            info = tarfile.TarInfo(draw(st.sampled_from(names)))
+            info.type = kind
+            info.mode = draw(st.sampled_from([0o644, 0o600, 0o4755]))
+            info.mtime = draw(st.sampled_from([1_700_000_000, 0, 8**11 - 1]))
+            data = b""
+            if info.type == tarfile.REGTYPE:
+                data = draw(st.binary(max_size=1300))
+                info.size = len(data)
+            elif info.type == tarfile.SYMTYPE:
+                info.linkname = "a"
+            headers.append(out.tell())
+            try:
+                tar.addfile(info, io.BytesIO(data))
+            except ValueError:  # a name too long for the format
+                headers.pop()
+    buf = bytearray(out.getvalue())
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
+        if not headers:
+            break
+        start = draw(st.sampled_from(headers))
+        buf[start + draw(st.integers(0, 511))] = draw(st.sampled_from([0, 0x20, 0x2E, 0x2F, 0x30, 0x37, 0x38, 0x80]))
+        if draw(st.booleans()):
+            buf[start:start + 512] = with_checksum(bytes(buf[start:start + 512]), signed=False)
+    return bytes(buf)
+
+
+def extract_outcome(data: bytes, chunk_size: int, fast: bool) -> tuple:
+    """Everything ``extract`` did: the members reported, the error, the end, the tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "root")
+        os.mkdir(root)
+        extractor = archive.SafeExtractor(root)
+        extractor.fast_headers = fast
+        seen, error = [], None
+        try:
+            extractor.extract(reader_over(data, chunk_size), lambda offset, record: seen.append((offset, record)))
+        except Exception as err:  # noqa: BLE001 - the exception is the result compared
+            error = (type(err), str(err).replace(root, "ROOT"))
+        tree = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                st_ = os.lstat(path)
+                content = open(path, "rb").read() if stat.S_ISREG(st_.st_mode) else None
+                # A parent directory with no member of its own is made now: its mtime is the clock's.
+                mtime = None if stat.S_ISDIR(st_.st_mode) else st_.st_mtime_ns
+                tree[os.path.relpath(path, root)] = (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode), mtime,
+                                                     content)
+        return seen, error, extractor.end, tree
+
+
+@given(data=small_stream(), chunk_size=st.sampled_from([512, 1536, 4096, 1 << 20]))
+def test_fast_header_loop_agrees_with_tarfile(data, chunk_size):
+    assert extract_outcome(data, chunk_size, fast=True) == extract_outcome(data, chunk_size, fast=False)
