@@ -41,8 +41,14 @@ from pathlib import Path
 from . import archive, hashing, indexfile
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher, WindowedReader
-from .errors import DamagedDatasetError, DestinationError, IntegrityError, UsageError
-from .journal import INDEX_NAME, iter_index, rmtree_at
+from .errors import (
+    DamagedDatasetError,
+    DestinationBusyError,
+    DestinationError,
+    IntegrityError,
+    UsageError,
+)
+from .journal import INDEX_NAME, iter_index, lock_holder, rmtree_at
 from .manifest import END_OF_ARCHIVE, MANIFEST_NAME, Manifest
 from .planning import ChunkJob, plan_pull
 from .progress import Progress
@@ -308,7 +314,8 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     members already fetched into the staged tree are kept.
 
     Raises:
-        DestinationError: the staging directory is in use or cannot be written; a rename failed.
+        DestinationBusyError: another pull is updating ``dest`` (it holds the staging directory's lock).
+        DestinationError: the staging directory cannot be written; a rename failed.
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
         IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
@@ -329,10 +336,15 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(lock)
+        os.close(lock)
+        who = f" (pid {holder})" if holder is not None else ""
+        raise DestinationBusyError(f"another s3sync pull{who} is already updating {dest} (it holds {staging})",
+                                   staging=staging, holder_pid=holder) from None
     except OSError as err:
         os.close(lock)
-        raise DestinationError(f"{dest}: another s3sync is pulling it ({staging} is in use)",
-                               hint="wait for it to finish") from err
+        raise DestinationError(f"{staging}: cannot lock ({err.strerror})") from err
     try:
         try:
             resumed = (staging / IDENTITY).read_bytes() == ident and _real_dir(staging / TREE)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, format_size
-from ..errors import VerifyFailed
+from ..errors import DestinationBusyError, VerifyFailed
 from ..ui import UI
 from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 from .verify import escape_field
@@ -31,21 +31,33 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
     p.add_argument("--delete-extra", action="store_true", help="delete files and directories that are not part "
                                                                "of the dataset")
+    p.add_argument("--wait", action="store_true",
+                   help="if another repair is running on DIR, wait for it to finish, then go on")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..journal import wait_for_lock
     from ..repair import repair, source_of
 
     dest = args.dir.expanduser()
     location = source_of(dest)
     store = store_for(settings, location.bucket)
-    progress = ui.progress()
     try:
-        result = repair(dest, location, store, settings.transfer, delete_extra=args.delete_extra,
-                        progress=progress)
+        while True:
+            progress = ui.progress()
+            try:
+                result = repair(dest, location, store, settings.transfer, delete_extra=args.delete_extra,
+                                progress=progress)
+                break
+            except DestinationBusyError as err:
+                if not args.wait:
+                    raise
+                ui.info(f"{err}; waiting for it to finish (--wait)")
+                wait_for_lock(err.staging)
+            finally:
+                getattr(progress, "close", lambda: None)()
     finally:
-        getattr(progress, "close", lambda: None)()
         store.close()
     kept = [p for p in result.extra if p not in set(result.deleted)]
     if ui.as_json:
