@@ -1,0 +1,71 @@
+"""What a README-only new user found in the issue-13 commands (notes/newuser17-report.md), on
+moto and ``rclone serve s3``: verify's hint, repair --delete-extra's report, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import s3sync
+from s3sync import cli
+
+
+def make_dataset(root: Path, n: int = 3) -> Path:
+    images, anns = [], []
+    for i in range(n):
+        rel = f"images/{i // 2:02d}/{i:04d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(os.urandom(20_000 + i))
+        images.append({"id": i, "file_name": rel, "width": 4, "height": 3})
+        anns.append({"id": 100 + i, "image_id": i, "caption": f"photo {i}"})
+    (root / "captions.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    return root
+
+
+def pulled(s3_server, bucket: str, tmp_path: Path, name: str = "ds") -> tuple[dict, str, Path]:
+    net = {"endpoint_url": s3_server.endpoint_url}
+    url = f"s3://{bucket}/{name}"
+    s3sync.publish(make_dataset(tmp_path / "src" / name), to=url, **net)
+    return net, url, s3sync.pull(url, tmp_path / "data", **net).dest
+
+
+def test_verify_points_to_repair(s3_server, bucket, tmp_path, capsys) -> None:
+    net, url, dest = pulled(s3_server, bucket, tmp_path)
+    capsys.readouterr()
+    assert cli.main(["verify", str(dest)]) == 0
+    err = capsys.readouterr().err
+    assert "0 B at 0 B/s" not in err and "verified OK" in err
+
+    (dest / "cache").mkdir()
+    (dest / "cache" / "f").write_text("x")
+    assert cli.main(["verify", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "2 extra entries are not part of generation" in err and "entries of the dataset match" in err
+    assert f"hint: run 's3sync repair {dest} --delete-extra' to delete them" in err, err
+
+    (dest / "images" / "00" / "0001.jpg").write_bytes(b"damaged")
+    assert cli.main(["verify", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 7 entries differ" in err, err
+    assert f"hint: run 's3sync repair {dest}' to fetch again only what differs (add --delete-extra" in err, err
+    assert "fresh directory" not in err
+
+    assert cli.main(["verify", str(dest / "captions.json")]) == 1
+    assert "captions.json: not a directory" in capsys.readouterr().err
+
+
+def test_a_stage_that_moved_nothing_prints_no_rate_line() -> None:
+    """'verify: 0 B at 0 B/s', 'download: 0 B at 0 B/s' said nothing."""
+    import io
+
+    from s3sync.ui import PlainProgress
+
+    out = io.StringIO()
+    progress = PlainProgress(out)
+    progress.start("download", 0)
+    progress.finish("download")
+    progress.start("verify", 10)
+    progress.advance("verify", 10)
+    progress.finish("verify")
+    assert "download" not in out.getvalue() and "verify: 10 B of 10 B" in out.getvalue()
