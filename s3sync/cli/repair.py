@@ -59,17 +59,17 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                 getattr(progress, "close", lambda: None)()
     finally:
         store.close()
-    kept = [p for p in result.extra if p not in set(result.deleted)]
+    kept = kept_extra(result)
     if ui.as_json:
         ui.emit_json({"command": "repair", "dir": str(result.dest), "url": result.url,
                       "generation": result.generation,
                       "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.problems],
                       "fetched": list(result.fetched), "remade": list(result.remade),
                       "metadata": list(result.metadata), "extra": list(result.extra),
-                      "deleted": list(result.deleted),
+                      "deleted": list(result.deleted), "kept": kept,
                       "unrepaired": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.unrepaired],
                       "bytes_received": result.bytes_received, "stream_size": result.stream_size,
-                      "ok": not result.unrepaired and not kept, "elapsed_s": round(result.elapsed_s, 3)})
+                      "ok": not result.unrepaired, "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for path in result.fetched:
             ui.line(f"fetched\t{escape_field(path)}")
@@ -94,5 +94,18 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     ui.info(f"{result.dest}: repaired to generation {result.generation}: {plural(len(result.fetched), 'file')} "
             f"fetched again ({format_size(result.bytes_received)} received of a {format_size(result.stream_size)} "
             f"stream), {len(result.remade)} remade, {len(result.metadata)} with mode or mtime set, "
-            f"{len(result.deleted)} extra deleted{also} ({result.elapsed_s:.1f}s)")
+            f"{plural(len(result.deleted), 'extra entry', 'extra entries')} deleted{also} ({result.elapsed_s:.1f}s)")
     return EXIT_OK
+
+
+def kept_extra(result: Any) -> list[str]:
+    """The extra entries still in place: neither deleted, nor inside a deleted directory,
+    nor left unrepaired (a deletion that failed is named among those)."""
+    deleted = set(result.deleted)
+    failed = {p.path for p in result.unrepaired}
+    return [p for p in result.extra if p not in failed and not _self_or_parent_in(p, deleted)]
+
+
+def _self_or_parent_in(path: str, names: set[str]) -> bool:
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in names for i in range(1, len(parts) + 1))

@@ -69,3 +69,28 @@ def test_a_stage_that_moved_nothing_prints_no_rate_line() -> None:
     progress.advance("verify", 10)
     progress.finish("verify")
     assert "download" not in out.getvalue() and "verify: 10 B of 10 B" in out.getvalue()
+
+
+def test_repair_delete_extra_reports_what_it_did(s3_server, bucket, tmp_path, capsys) -> None:
+    """A deleted directory's contents are not reported as kept; --json's ok agrees with the exit code."""
+    net, url, dest = pulled(s3_server, bucket, tmp_path)
+    endpoint = ["--endpoint-url", s3_server.endpoint_url]
+    (dest / "cache" / "sub").mkdir(parents=True)
+    (dest / "cache" / "sub" / "f").write_text("x")
+    (dest / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert cli.main(["repair", str(dest), "--json", *endpoint]) == 0  # kept extras: not an error
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and sorted(doc["kept"]) == ["cache", "cache/sub", "cache/sub/f", "notes.txt"]
+
+    assert cli.main(["repair", str(dest), "--delete-extra", *endpoint]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(out.splitlines()) == ["deleted\tcache", "deleted\tnotes.txt"], out
+    assert "2 extra entries deleted" in err and "kept" not in err, err
+    assert not (dest / "cache").exists() and s3sync.verify(dest).problems == ()
+
+    (dest / "cache" / "f").parent.mkdir()
+    (dest / "cache" / "f").write_text("x")
+    assert cli.main(["repair", str(dest), "--delete-extra", "--json", *endpoint]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["deleted"] == ["cache"] and doc["kept"] == [] and doc["unrepaired"] == []
