@@ -94,3 +94,45 @@ def test_repair_delete_extra_reports_what_it_did(s3_server, bucket, tmp_path, ca
     assert cli.main(["repair", str(dest), "--delete-extra", "--json", *endpoint]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and doc["deleted"] == ["cache"] and doc["kept"] == [] and doc["unrepaired"] == []
+
+
+def readme_api_example() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+def test_the_readme_api_example_runs_as_written(s3_server, bucket, tmp_path) -> None:
+    """Published under a name that is not the URL's last part (as publish --to without --name
+    does): the script finds it through result.dest; no torch needed outside torchrun."""
+    import subprocess
+    import sys
+
+    code = readme_api_example()
+    assert "s3sync.pull(SOURCE" in code and 'if __name__ == "__main__":' in code
+    url = f"s3://{bucket}/coco-2014"
+    s3sync.publish(make_dataset(tmp_path / "src" / "birds"), to=url, endpoint_url=s3_server.endpoint_url)
+    script = tmp_path / "job" / "train.py"
+    script.parent.mkdir()
+    script.write_text(code.replace("s3://team-datasets/coco-2014", url))
+    (tmp_path / "empty.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "S3SYNC_CONFIG")}
+    env.update(PYTHONPATH=str(Path(s3sync.__file__).parents[1]), DATA_ROOT=str(tmp_path / "data"),
+               S3SYNC_ENDPOINT_URL=s3_server.endpoint_url, S3SYNC_CONFIG=str(tmp_path / "empty.toml"))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=script.parent)
+    assert done.returncode == 0, done.stderr
+    assert f"3 samples in {tmp_path / 'data' / 'birds'}" in done.stdout, done.stdout
+
+
+def test_dir_lists_only_names_that_resolve() -> None:
+    import subprocess
+    import sys
+
+    code = ("import s3sync, s3sync.cli, s3sync.gc\n"
+            "names = dir(s3sync)\n"
+            "assert names == sorted(s3sync.__all__), names\n"
+            "assert all(getattr(s3sync, n) is not None for n in names)\n"
+            "assert not {'sys', 'Any', 'types', 'TYPE_CHECKING'} & set(names)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(s3sync.__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
