@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import archive, buildstate
+from . import archive, buildstate, catalog
 from . import lease as leases
 from .captionfiles import check_tree
 from .config import Location, TransferSettings
@@ -262,6 +262,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         raise StoreError(f"{location.url(MANIFEST_NAME)} exists and is not an s3sync manifest: not overwritten",
                          hint="publish to another prefix (--to s3://BUCKET/PREFIX), or remove that object "
                               "if it is yours to remove")
+    if base.data is None:  # a new dataset: not inside another, not above others
+        catalog.check_destination(store, location)
     me = leases.local_identity()
     found = None
     for _ in range(3):

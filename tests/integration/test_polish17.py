@@ -136,3 +136,38 @@ def test_dir_lists_only_names_that_resolve() -> None:
             "assert not {'sys', 'Any', 'types', 'TYPE_CHECKING'} & set(names)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(s3sync.__file__).parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_publish_refuses_a_prefix_that_hides_or_nests_datasets(s3_server, bucket, tmp_path, capsys) -> None:
+    """Before any upload: the bucket root above s3://b/x, and s3://b/birds/sub inside s3://b/birds."""
+    from s3sync.errors import UsageError
+
+    net = {"endpoint_url": s3_server.endpoint_url}
+    src = make_dataset(tmp_path / "src" / "birds")
+    s3sync.publish(src, to=f"s3://{bucket}/group/birds", **net)
+    listing = sorted(o["Key"] for o in s3_keys(s3_server, bucket))
+    capsys.readouterr()
+    for to, said in [(f"s3://{bucket}", f"s3://{bucket} already holds datasets below it (s3://{bucket}/group/birds)"),
+                     (f"s3://{bucket}/group", "already holds datasets below it"),
+                     (f"s3://{bucket}/group/birds/sub", f"s3://{bucket}/group/birds is a dataset"),
+                     (f"s3://{bucket}/group/birds/a/b", f"s3://{bucket}/group/birds is a dataset")]:
+        assert cli.main(["publish", str(src), "--to", to, "--endpoint-url", s3_server.endpoint_url]) == 2, to
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 2 and "hint: publish to a prefix of its own" in err, err
+        try:
+            s3sync.publish(src, to=to, **net)
+            raise AssertionError(to)
+        except UsageError:
+            pass
+    assert sorted(o["Key"] for o in s3_keys(s3_server, bucket)) == listing  # nothing was uploaded
+    # Beside it, and the same dataset again, are fine.
+    s3sync.publish(src, to=f"s3://{bucket}/group/birds2", **net)
+    s3sync.publish(src, to=f"s3://{bucket}/group/birds", **net)
+
+
+def s3_keys(s3_server, bucket: str) -> list[dict]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    return client.list_objects_v2(Bucket=bucket).get("Contents", [])
+
