@@ -171,3 +171,22 @@ def s3_keys(s3_server, bucket: str) -> list[dict]:
     client = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
     return client.list_objects_v2(Bucket=bucket).get("Contents", [])
 
+
+def test_gc_summary_counts_every_generation_kept(s3_server, bucket, tmp_path, capsys) -> None:
+    net = {"endpoint_url": s3_server.endpoint_url}
+    url = f"s3://{bucket}/ds"
+    src = make_dataset(tmp_path / "src" / "ds", n=1)
+    gens = []
+    for i in range(3):
+        (src / "note.txt").write_text(str(i))
+        gens.append(s3sync.publish(src, to=url, **net).manifest.generation)
+    capsys.readouterr()
+    assert cli.main(["gc", url, "--keep", "2", "--grace", "3600", "--endpoint-url", s3_server.endpoint_url]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"kept\t{gens[0]}\tyounger than --grace (3600 s left)\n" or out.startswith(f"kept\t{gens[0]}\t"), out
+    assert "deleted 0 generations" in err and "kept 3 generations" in err, err
+    assert f"{gens[0]}: younger than --grace" in err
+
+    assert cli.main(["gc", url, "--keep", "1", "--grace", "-5"]) == 2
+    assert "hint: use --grace 0 or more (seconds; see 's3sync gc --help')" in capsys.readouterr().err
+
