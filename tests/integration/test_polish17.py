@@ -190,3 +190,36 @@ def test_gc_summary_counts_every_generation_kept(s3_server, bucket, tmp_path, ca
     assert cli.main(["gc", url, "--keep", "1", "--grace", "-5"]) == 2
     assert "hint: use --grace 0 or more (seconds; see 's3sync gc --help')" in capsys.readouterr().err
 
+
+def test_ls_members_lists_what_a_selection_takes(s3_server, bucket, tmp_path, capsys) -> None:
+    net, url, dest = pulled(s3_server, bucket, tmp_path, name="birds")
+    endpoint = ["--endpoint-url", s3_server.endpoint_url]
+    capsys.readouterr()
+    assert cli.main(["ls", url, "--members", *endpoint]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert "20000\timages/00/0000.jpg" in lines and "-\timages/00/" in lines and "-\timages/" in lines, out
+    assert any(line.endswith("\tcaptions.json") for line in lines)
+    assert "birds (generation " in err and "3 files" not in err and "4 files" in err, err
+
+    assert cli.main(["ls", url, "--members", "images/00/*", "--json", *endpoint]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["path"] for d in doc["members"]] == ["images/00/0000.jpg", "images/00/0001.jpg"]
+    assert (doc["matched"], doc["files"], doc["size"]) == (2, 2, 40_001)
+
+    assert cli.main(["ls", url, "--members", "^images/00/.*", *endpoint]) == 2
+    err = capsys.readouterr().err
+    assert "matches no member of birds" in err and "not regular expressions" in err, err
+
+    # The same hints when a pull's selection matches nothing.
+    for argv, said in [(["--include", ".*\\.json"], "gitignore-style globs on member paths like images/00/*.jpg, "
+                                                     "not regular expressions"),
+                       (["--include", "./captions.json"], "without './'"),
+                       (["--include", "birds/captions.json"], "drop the leading 'birds/'"),
+                       (["--exclude", "**"], "--exclude '**' leaves out every member: the selection is empty")]:
+        assert cli.main(["pull", url, str(tmp_path / "part"), *argv, *endpoint]) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err, err
+        if argv[0] == "--include":
+            assert "'s3sync ls SOURCE --members [GLOB...]'" in err
+    assert not (tmp_path / "part" / "birds").exists()
