@@ -223,3 +223,34 @@ def test_ls_members_lists_what_a_selection_takes(s3_server, bucket, tmp_path, ca
         if argv[0] == "--include":
             assert "'s3sync ls SOURCE --members [GLOB...]'" in err
     assert not (tmp_path / "part" / "birds").exists()
+
+
+def test_pull_names_the_dataset_and_generation(s3_server, bucket, tmp_path, capsys) -> None:
+    """A fresh pull's summary names the generation (--generation G too); a directory holding
+    another dataset is named as such, not as another generation; --help tells of updates."""
+    net, url, dest = pulled(s3_server, bucket, tmp_path, name="birds")
+    endpoint = ["--endpoint-url", s3_server.endpoint_url]
+    first = s3sync.verify(dest).generation
+    src = tmp_path / "src" / "birds"
+    (src / "note.txt").write_text("new")
+    s3sync.publish(src, to=url, **net)
+    capsys.readouterr()
+    assert cli.main(["pull", url, str(tmp_path / "old"), "--generation", first, *endpoint]) == 0
+    err = capsys.readouterr().err
+    assert f"pulled birds (generation {first}) into {tmp_path / 'old' / 'birds'}: 4 files" in err, err
+    assert ") (" not in err
+
+    other = f"s3://{bucket}/birdsc"
+    s3sync.publish(make_dataset(tmp_path / "src2" / "birdsc"), to=other, **net)
+    s3sync.pull(other, tmp_path / "ee", name="birds", **net)
+    assert cli.main(["pull", url, str(tmp_path / "ee"), *endpoint]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ee' / 'birds'} already exists and holds another dataset, birdsc (from {other}), " \
+           "not birds" in err and "generation" not in err, err
+
+    try:
+        cli.main(["pull", "--help"])
+    except SystemExit as done:
+        assert done.code == 0
+    text = capsys.readouterr().out
+    assert "updates it in place" in text and "--generation 2" in text and "--include captions.json" in text
