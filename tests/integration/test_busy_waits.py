@@ -151,3 +151,27 @@ def test_repair_busy_then_waits(s3_server, bucket, tmp_path, capsys) -> None:
             os.close(progress.fd)
     assert "images/0002.jpg" in repaired.fetched and repaired.unrepaired == ()
     assert s3sync.verify(dest).problems == ()
+
+
+def test_a_pull_leaves_alone_the_old_tree_an_update_is_removing(s3_server, bucket, tmp_path) -> None:
+    """An update that swapped its tree in holds its lock while it removes the old one
+    (``.NAME.s3sync-old``, minutes for a big dataset): a second pull neither removes it under
+    it nor puts it back; it is busy (``--wait``: it waits, then goes on)."""
+    net = {"endpoint_url": s3_server.endpoint_url}
+    url = f"s3://{bucket}/ds"
+    dest, b = two_generations(tmp_path, url, net)
+    old = update.old_dir(dest.parent, "ds")
+    (old / "images").mkdir(parents=True)
+    (old / "images" / "x.jpg").write_bytes(b"old")
+    fd = hold(update.update_dir(dest.parent, "ds"))
+    progress = ReleaseWhenWaiting(fd)
+    try:
+        with pytest.raises(DestinationBusyError):
+            s3sync.pull(url, tmp_path / "data", **net)
+        assert (old / "images" / "x.jpg").read_bytes() == b"old"
+        result = s3sync.pull(url, tmp_path / "data", wait=True, progress=progress, **net)
+    finally:
+        if progress.fd >= 0:
+            os.close(progress.fd)
+    assert result.manifest.generation == b and not old.exists()
+    assert s3sync.verify(dest).problems == ()
