@@ -244,7 +244,8 @@ def publish(src: str | os.PathLike[str], *, to: str | None = None, name: str | N
         notes (what it removed of dead publishes, what it could not).
 
     Raises:
-        UsageError: a bad name, URL or size (also ``ConfigError``).
+        UsageError: a bad name, URL or size (also ``ConfigError``); a new dataset's prefix inside a
+            dataset or above datasets (nothing was uploaded).
         SourceError: ``src`` is not a readable directory or holds an unsupported file.
         CaptionsError: its ``captions.json`` does not hold together; nothing was uploaded.
         PublishConflictError: another publish of the same prefix committed first.

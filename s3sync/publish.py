@@ -236,6 +236,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             its build state record (``.s3sync/build.json``) says its build did not finish.
         CaptionsError: ``src/captions.json`` does not parse or hold together (checked before
             anything is written to the bucket; its counts go into the manifest).
+        UsageError: a new dataset's prefix lies inside a dataset or above datasets
+            (``catalog.check_destination``; checked before anything is written).
         PublishConflictError: another publish of the same prefix swapped the manifest first.
         StoreError: the bucket is missing or an upload failed for good; if the manifest PUT's
             outcome could not be learnt, the message says so and nothing was deleted.
