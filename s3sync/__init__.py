@@ -16,14 +16,15 @@ use, so that ``import s3sync`` stays fast.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+import sys as _sys
+import types as _types
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from . import errors
 from .progress import NullProgress, Progress
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from .api import CatalogListing, ls, publish, pull, repair, verify
 
 __all__ = ["CatalogListing", "NullProgress", "Progress", "errors", "ls", "publish", "pull", "repair", "verify"]
@@ -31,7 +32,7 @@ __all__ = ["CatalogListing", "NullProgress", "Progress", "errors", "ls", "publis
 _API = frozenset({"CatalogListing", "ls", "publish", "pull", "repair", "verify"})
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     # PEP 562: the API module (and through it the pipelines) is imported on first use.
     if name in _API:
         from . import api
@@ -42,7 +43,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 's3sync' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
+def __dir__() -> list[str]:
+    # PEP 562: the public names only, each of which resolves (not the helpers imported here,
+    # nor the pipeline submodules that happen to be imported, such as ``gc``).
+    return sorted(__all__)
+
+
+class _Package(_types.ModuleType):
     """``s3sync.pull``, ``publish`` and ``verify`` are the API's functions, though submodules
     of the same names exist (the pipelines): importing a submodule binds it on its package
     (importlib's ``setattr(parent, child, module)``), which would replace the function. That
@@ -50,10 +57,10 @@ class _Package(types.ModuleType):
     (``from s3sync.pull import PullResult``, ``importlib.import_module("s3sync.pull")``), but
     ``from s3sync import pull`` and ``import s3sync.pull as m`` give the function."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
+    def __setattr__(self, name: str, value: _Any) -> None:
+        if name in _API and isinstance(value, _types.ModuleType):
             return
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package

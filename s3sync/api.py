@@ -100,6 +100,10 @@ class _CallbackProgress:
         self._callback(stage, done, total)
 
 
+# DestinationBusyError's hint names the CLI's --wait; the API's callers pass wait=True.
+_BUSY_HINT = "wait for it to finish (or stop it), or call again with wait=True"
+
+
 def _progress(progress: Progress | ProgressCallback | None) -> Progress:
     if progress is None:
         return NullProgress()
@@ -215,6 +219,7 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
                                delete_extra=delete_extra)
                 except DestinationBusyError as err:
                     if not wait:
+                        err.hint = _BUSY_HINT
                         raise
                     sink.message(f"{err}; waiting for it to finish")
                     wait_for_lock(err.staging)
@@ -244,7 +249,8 @@ def publish(src: str | os.PathLike[str], *, to: str | None = None, name: str | N
         notes (what it removed of dead publishes, what it could not).
 
     Raises:
-        UsageError: a bad name, URL or size (also ``ConfigError``).
+        UsageError: a bad name, URL or size (also ``ConfigError``); a new dataset's prefix inside a
+            dataset or above datasets (nothing was uploaded).
         SourceError: ``src`` is not a readable directory or holds an unsupported file.
         CaptionsError: its ``captions.json`` does not hold together; nothing was uploaded.
         PublishConflictError: another publish of the same prefix committed first.
@@ -308,7 +314,7 @@ def verify(directory: str | os.PathLike[str], *, concurrency: int | None = None,
         return run(_path(directory, "directory"), settings.transfer.concurrency, sink)
 
 
-def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, endpoint_url: str | None = None,
+def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, wait: bool = False, endpoint_url: str | None = None,
            profile: str | None = None, region: str | None = None, no_sign_request: bool = False,
            concurrency: int | None = None, progress: Progress | ProgressCallback | None = None,
            env: Mapping[str, str] | None = None) -> RepairResult:
@@ -318,6 +324,8 @@ def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, end
     Args:
         directory: a directory ``pull`` created (``DEST_PARENT/NAME``).
         delete_extra: also delete entries that are not part of the dataset.
+        wait: if another repair of ``directory`` is running, wait for it to finish, then go
+            on; False raises ``DestinationBusyError``.
         endpoint_url, profile, region, no_sign_request, concurrency: as the CLI's flags.
         progress: a ``Progress`` object or a ``callback(stage, done, total)``.
         env: the environment to resolve settings from (None: ``os.environ``).
@@ -327,11 +335,13 @@ def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, end
         what could not be repaired (``unrepaired``: empty when the dataset matches again).
 
     Raises:
-        DestinationError: ``directory`` is not a completed pull, or another repair runs.
+        DestinationBusyError: another repair of it is running (``holder_pid``), and ``wait`` is False.
+        DestinationError: ``directory`` is not a completed pull.
         NotFoundError: the generation is no longer stored (removed by ``gc``).
         ManifestError, MemberIndexError, DamagedDatasetError, StoreError, IntegrityError:
             as ``s3sync.repair.repair`` says; a rerun does the rest.
     """
+    from .journal import wait_for_lock
     from .repair import repair as run
     from .repair import source_of
 
@@ -343,7 +353,15 @@ def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, end
     store = _store(settings, location.bucket)
     try:
         with _interruptible():
-            return run(dest, location, store, settings.transfer, delete_extra=delete_extra, progress=sink)
+            while True:
+                try:
+                    return run(dest, location, store, settings.transfer, delete_extra=delete_extra, progress=sink)
+                except DestinationBusyError as err:
+                    if not wait:
+                        err.hint = _BUSY_HINT
+                        raise
+                    sink.message(f"{err}; waiting for it to finish")
+                    wait_for_lock(err.staging)
     finally:
         store.close()
 

@@ -205,6 +205,52 @@ def discover(store: Store, location: Location, *, depth: int = DISCOVER_DEPTH, c
     return Discovery(tuple(d for d in docs if d is not None), complete)
 
 
+NESTING_LISTINGS = 100
+"""``check_destination`` lists at most this many directories below a new dataset's prefix."""
+
+
+def check_destination(store: Store, location: Location) -> None:
+    """Refuse a new dataset's prefix that would hide or nest datasets: one above which a
+    dataset lives (``s3://b/birds`` when publishing to ``s3://b/birds/sub``: the new one would
+    sit among birds' generations, unseen by ``ls s3://b``), or one below which datasets live
+    (the bucket root of a bucket holding ``s3://b/x``: ``ls s3://b`` would show only the new
+    one). Costs one GET per level above ``location`` and a ``Delimiter='/'`` listing per
+    directory below it, down to ``DISCOVER_DEPTH`` levels, stopping at the first dataset
+    found and after ``NESTING_LISTINGS`` listings.
+
+    Raises:
+        UsageError: a dataset lives above or below ``location`` (named).
+        StoreError: a request failed.
+    """
+    parts = location.prefix.split("/") if location.prefix else []
+    for i in range(len(parts)):
+        above = Location(location.bucket, "/".join(parts[:i]))
+        if _read_manifest(store, location.bucket, above.key("")) is not None:
+            inside = location.url().removeprefix(above.url().rstrip("/") + "/")
+            raise UsageError(f"{above.url()} is a dataset: publishing to {location.url()} would put a dataset "
+                             f"inside it (among its generations, unseen by 's3sync ls')",
+                             hint=f"publish to a prefix of its own, beside it (e.g. --to "
+                                  f"s3://{location.bucket}/{inside.replace('/', '-')})")
+    level, listed = [location.key("") if location.prefix else ""], 0
+    for depth in range(DISCOVER_DEPTH + 1):
+        nxt: list[str] = []
+        for prefix in level:
+            if listed >= NESTING_LISTINGS:
+                return
+            listed += 1
+            objs, subs = store.list_dir(prefix)
+            if depth and any(o.key == prefix + MANIFEST_NAME for o in objs):
+                if _read_manifest(store, location.bucket, prefix) is not None:
+                    below = Location(location.bucket, prefix.rstrip("/"))
+                    raise UsageError(f"{location.url()} already holds datasets below it ({below.url()}): a dataset "
+                                     f"published there would hide them from 's3sync ls {location.url()}'",
+                                     hint=f"publish to a prefix of its own (e.g. --to {location.url().rstrip('/')}"
+                                          "/NAME)")
+            elif depth < DISCOVER_DEPTH:
+                nxt += subs
+        level = nxt
+
+
 def _read_manifest(store: Store, bucket: str, prefix: str) -> PublishedDataset | None:
     loc = Location(bucket, prefix.rstrip("/"))
     try:

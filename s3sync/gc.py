@@ -290,7 +290,8 @@ def collect(store: Store, location: Location, keep: int, *, grace_s: float = DEF
     if keep < 1:
         raise UsageError(f"--keep {keep}: gc keeps at least the current generation", hint="use --keep 1 or more")
     if grace_s < 0:
-        raise UsageError(f"--grace {grace_s:g}: a grace period is 0 seconds or more")
+        raise UsageError(f"--grace {grace_s:g}: a grace period is 0 seconds or more",
+                         hint="use --grace 0 or more (seconds; see 's3sync gc --help')")
     progress = progress or NullProgress()
     view = stored(store, location, concurrency=concurrency, settings=settings, process_start=process_start)
     if view.current is None:

@@ -146,6 +146,20 @@ def fetch(store: Store, location: Location, manifest: Manifest, dest: Path) -> P
     return dest
 
 
+def members(store: Store, location: Location, manifest: Manifest) -> Iterator[MemberRecord]:
+    """The members of ``manifest``'s generation, in stream order, from its member index
+    (fetched into a temporary file and checked as ``fetch`` does, then read one line at a time:
+    bounded memory whatever the member count; the file is removed when the iterator is done).
+
+    Raises:
+        MemberIndexError, StoreError: as ``fetch`` and ``read``.
+    """
+    with tempfile.TemporaryDirectory(prefix="s3sync-index-") as tmp:
+        path = fetch(store, location, manifest, Path(tmp) / INDEX_NAME)
+        for entry in read(path, manifest, location.url(manifest.index.key if manifest.index else INDEX_NAME)):
+            yield entry.record
+
+
 def read(path: Path, manifest: Manifest, source: str = "member index") -> Iterator[IndexEntry]:
     """Decompress and parse a member index file (``fetch`` verified it), streaming: one entry at a
     time, in stream order (see ``index.parse``; consume it to the end before trusting it as whole).

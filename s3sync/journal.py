@@ -698,17 +698,20 @@ def lock_holder(fd: int) -> int | None:
 
 def wait_for_lock(staging: Path) -> None:
     """Block until no pull holds the lock of ``staging`` (returns at once if it is gone:
-    the pull that held it committed or removed it).
+    the pull that held it committed or removed it). ``staging`` is a directory or a regular
+    lock file (a repair's); anything else (a symlink, a FIFO) is never waited on.
 
     Raises:
         KeyboardInterrupt: Ctrl-C while waiting (the wait is a blocking flock, which a signal
             interrupts, PEP 475).
     """
     try:
-        fd = os.open(staging, _DIR_FLAGS)
+        fd = os.open(staging, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return  # renamed into place, or removed: nothing to wait for
     try:
+        if not stat.S_ISDIR(mode := os.fstat(fd).st_mode) and not stat.S_ISREG(mode):
+            return
         fcntl.flock(fd, fcntl.LOCK_EX)
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

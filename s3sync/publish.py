@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import archive, buildstate
+from . import archive, buildstate, catalog
 from . import lease as leases
 from .captionfiles import check_tree
 from .config import Location, TransferSettings
@@ -206,6 +206,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
             its build state record (``.s3sync/build.json``) says its build did not finish.
         CaptionsError: ``src/captions.json`` does not parse or hold together (checked before
             anything is written to the bucket; its counts go into the manifest).
+        UsageError: a new dataset's prefix lies inside a dataset or above datasets
+            (``catalog.check_destination``; checked before anything is written).
         PublishConflictError: another publish of the same prefix swapped the manifest first.
         StoreError: the bucket is missing or an upload failed for good; if the manifest PUT's
             outcome could not be learnt, the message says so and nothing was deleted.
@@ -232,6 +234,8 @@ def publish(src: Path, name: str, location: Location, store: Store, settings: Tr
         raise StoreError(f"{location.url(MANIFEST_NAME)} exists and is not an s3sync manifest: not overwritten",
                          hint="publish to another prefix (--to s3://BUCKET/PREFIX), or remove that object "
                               "if it is yours to remove")
+    if base.data is None:  # a new dataset: not inside another, not above others
+        catalog.check_destination(store, location)
     me = leases.local_identity()
     found = None
     for _ in range(3):

@@ -276,10 +276,18 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
             raise UsageError(f"generation {manifest.generation} of {location.url()} has no member index: "
                              "--include/--exclude need one", hint="pull it whole, or republish it with this s3sync")
         if indexed and (older is not None or selection is not None):
-            if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+            if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode,
+                                                     dataset=manifest.name):
                 return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
-            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
-                                 selection, delete_extra)
+            try:
+                done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
+                                     selection, delete_extra)
+            except UsageError as err:
+                # update's refusal of a selection matching nothing: the hint says what looks wrong
+                # in the patterns and how to list the member paths.
+                if selection is None or "matches no member" not in str(err):
+                    raise
+                raise UsageError(str(err), hint=selection.empty_hint(manifest.name)) from None
             return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
                               time.monotonic() - started, done)
         if older is not None:
@@ -287,7 +295,8 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
             progress.message(f"generation {manifest.generation} has no member index: pulling it whole, then "
                              f"replacing generation {older} in {dest}")
             replace = older
-    if replace is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode):
+    if replace is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode,
+                                               dataset=manifest.name):
         return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
 
     journal = Journal(staging_dir(dest_parent, name), manifest_bytes, manifest.generation,
@@ -367,11 +376,13 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
                       False, time.monotonic() - started)
 
 
-def prepare_destination(dest_parent: Path, name: str, identity: bytes, generation: str, mode: str) -> bool:
+def prepare_destination(dest_parent: Path, name: str, identity: bytes, generation: str, mode: str,
+                        dataset: str | None = None) -> bool:
     """Check that ``dest_parent / name`` can receive this pull, and create ``dest_parent``.
 
     ``identity`` is what identifies the pull (the manifest's bytes; for a split archive its
-    ``SplitArchive.identity()``), ``generation`` what to call it in messages. Returns True
+    ``SplitArchive.identity()``), ``generation`` what to call it in messages; ``dataset`` the
+    manifest's name (a directory holding another dataset is named as such). Returns True
     if the destination already holds it (complete: nothing to do), after removing a
     staging directory an interrupted run left behind after its rename.
 
@@ -399,6 +410,13 @@ def prepare_destination(dest_parent: Path, name: str, identity: bytes, generatio
             held = "the parts (--no-extract)" if marker.get("mode") == "parts" else "the extracted files"
             raise DestinationError(f"{dest} already holds {held} of generation {generation}",
                                    hint="pull into another DEST_PARENT, or remove the directory named above")
+        other = marker.get("name") if marker else None
+        if dataset is not None and isinstance(other, str) and other != dataset:
+            raise DestinationError(f"{dest} already exists and holds another dataset, {other}"
+                                   + (f" (from {marker['url']})" if isinstance(marker.get("url"), str) else "")
+                                   + f", not {dataset}",
+                                   hint=f"pull into another DEST_PARENT, or give this one another directory name "
+                                        f"(--name {dataset}-2)")
         what = "directory" if dest.is_dir() and not dest.is_symlink() else \
             "symbolic link" if dest.is_symlink() else "file"
         raise DestinationError(f"{dest} already exists" + (
@@ -642,8 +660,9 @@ def _extract_stream(manifest: Manifest, reader, stored: OrderedReader | None, de
     if offset:
         progress.advance("extract", seen.extracted_size)
         if decoded is None:
-            progress.message(f"resumed at byte {offset}: stream.digest is not checked, only each chunk's digest, "
-                             "the member counts and the end of the archive")
+            progress.message(f"resumed at byte {offset:,}: the digest of the whole stream cannot be checked (this "
+                             "run did not read its start); each chunk is checked against its own digest, and the "
+                             "member counts and the end of the archive are checked")
     end = offset  # where the member after the last one extracted starts: the end-of-archive marker
 
     def on_member(next_offset: int, record: archive.MemberRecord) -> None:

@@ -39,6 +39,7 @@ from .config import Location, TransferSettings, format_size, parse_s3_url
 from .engine import ChunkFetcher
 from .errors import (
     DamagedDatasetError,
+    DestinationBusyError,
     DestinationError,
     ManifestError,
     NotFoundError,
@@ -46,7 +47,7 @@ from .errors import (
     UsageError,
 )
 from .index import IndexEntry, MemberRecord
-from .journal import INDEX_NAME, load_index, rmtree_at
+from .journal import INDEX_NAME, load_index, lock_holder, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
@@ -139,7 +140,7 @@ def repair(dest: Path, location: Location, store: Store, settings: TransferSetti
         progress: receives ``verify`` and ``download`` bytes, and messages.
 
     Raises:
-        DestinationError: ``dest`` is not a completed pull, another repair of it is running,
+        DestinationError: ``dest`` is not a completed pull, (DestinationBusyError) another repair of it is running,
             or a write fails.
         ManifestError: the recorded manifest or index is damaged.
         NotFoundError: the generation is no longer in the bucket (removed by ``gc``).
@@ -207,10 +208,12 @@ class _Tree:
             raise DestinationError(f"{self.dest}: cannot open for repair ({err.strerror})") from err
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
+        except BlockingIOError:
+            holder = lock_holder(self.lock_fd)
             self.close()
-            raise DestinationError(f"{self.dest}: another repair of it is running",
-                                   hint="wait for it to finish") from err
+            who = f" (pid {holder})" if holder is not None else ""
+            raise DestinationBusyError(f"another s3sync repair{who} is already repairing {self.dest}",
+                                       staging=self.dest / archive.METADATA_DIR / LOCK, holder_pid=holder) from None
         try:
             # What a killed run left: whole members not yet renamed into place.
             rmtree_at(self.meta_fd, SCRATCH)

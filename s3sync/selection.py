@@ -110,6 +110,19 @@ def _matches(pat: _Pattern, path: str, is_dir: bool) -> bool:
     return False
 
 
+_REGEX_LOOK = re.compile(r"^\^|\$$|\.\*|\.\+|\\[.dws]|\([^)]*\|[^)]*\)|\{\d")
+"""What only a regular expression would hold: ``^...``, ``...$``, ``.*``, ``.+``, ``\\.``, ``\\d``,
+``(a|b)``, ``x{2}`` (a member path may hold any of these characters, so it is only a hint)."""
+
+
+def _empty_by_exclusion(exclude: tuple[_Pattern, ...]) -> str | None:
+    """The --exclude pattern that leaves out every member (``**``, ``*``, ``/**``...), if any."""
+    for p in exclude:
+        if not p.dir_only and p.regex.fullmatch("a") and p.regex.fullmatch(".a") and p.regex.fullmatch("a.b"):
+            return p.text
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The ``--include`` and ``--exclude`` patterns of a partial pull (see module docstring).
@@ -124,14 +137,34 @@ class Selection:
 
     @classmethod
     def make(cls, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()) -> Selection:
-        return cls(tuple(include), tuple(exclude), tuple(_compile(p, "--include") for p in include),
+        made = cls(tuple(include), tuple(exclude), tuple(_compile(p, "--include") for p in include),
                    tuple(_compile(p, "--exclude") for p in exclude))
+        everything = _empty_by_exclusion(made._exc)
+        if everything is not None:
+            raise UsageError(f"--exclude {everything!r} leaves out every member: the selection is empty",
+                             hint="exclude less (e.g. --exclude '*.jpg'), or name what you want with --include")
+        return made
 
     def selects(self, path: str, is_dir: bool = False) -> bool:
         """True if the member at ``path`` (relative, ``/``-separated) is selected."""
         if self._inc and not any(_matches(p, path, is_dir) for p in self._inc):
             return False
         return not any(_matches(p, path, is_dir) for p in self._exc)
+
+    def empty_hint(self, name: str = "") -> str:
+        """The hint for a selection that matches no member of dataset ``name``: what in the
+        patterns looks like a mistake (a regular expression, a ``./`` or ``NAME/`` prefix),
+        and how to see the member paths."""
+        patterns = self.include + self.exclude
+        why = "check the patterns against the member paths"
+        if any(_REGEX_LOOK.search(p) for p in patterns):
+            why = ("patterns are gitignore-style globs on member paths like images/00/*.jpg, not regular "
+                   "expressions")
+        elif any(p.startswith("./") for p in patterns):
+            why = "paths are relative to the dataset's root, without './' (e.g. captions.json)"
+        elif name and any(p.startswith(f"{name}/") or p.startswith(f"/{name}/") for p in patterns):
+            why = f"paths are relative to the dataset's root: drop the leading '{name}/'"
+        return f"{why}; 's3sync ls SOURCE --members [GLOB...]' lists the member paths a glob matches"
 
     def to_json(self) -> dict[str, list[str]]:
         """The patterns, as recorded in ``complete.json``."""

@@ -161,6 +161,8 @@ class PlainProgress:
         with self._lock:
             if stage in self._done:
                 self._done[stage] = self._total.get(stage) or self._done[stage]
+                if not self._done[stage] and stage not in ITEM_STAGES:
+                    return  # nothing was transferred: no "0 B at 0 B/s" line
                 if stage == "crawl" or stage not in ITEM_STAGES:  # the crawl's line shows the failures
                     self._line(stage, time.monotonic())
 

@@ -51,8 +51,13 @@ from pathlib import Path
 from . import archive, hashing, indexfile
 from .config import Location, TransferSettings
 from .engine import ChunkFetcher
-from .errors import DamagedDatasetError, DestinationError, UsageError
-from .journal import INDEX_NAME, iter_index, rmtree_at
+from .errors import (
+    DamagedDatasetError,
+    DestinationBusyError,
+    DestinationError,
+    UsageError,
+)
+from .journal import INDEX_NAME, iter_index, lock_holder, rmtree_at
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import Progress
 from .selection import Selection
@@ -133,10 +138,20 @@ def recover(dest_parent: Path, name: str, progress: Progress, ident: bytes | Non
     docstring); do nothing if there is none.
 
     Raises:
+        DestinationBusyError: another pull is updating it now (it holds the staging lock).
         DestinationError: the old tree cannot be renamed back or removed.
     """
     dest, old = dest_parent / name, old_dir(dest_parent, name)
     staging = update_dir(dest_parent, name)
+    if _real_dir(staging):
+        # An update running now (its lock held) may be between its renames, or removing the
+        # old tree: nothing here is left over. DestinationBusyError: --wait waits for it.
+        try:
+            os.close(_lock(staging, dest))
+        except DestinationBusyError:
+            raise
+        except (OSError, DestinationError):
+            pass  # gone since, or not lockable: handled below as before
     if _real_dir(old):
         _put_back(dest, old, name, progress)
     if _real_dir(staging):
@@ -451,8 +466,9 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     a member of the new tree would replace is refused before anything is fetched.
 
     Raises:
-        DestinationError: the staging directory is in use or cannot be written; a rename failed;
-            an extra is in the way of a member (not with ``delete_extra``).
+        DestinationBusyError: another pull is updating ``dest`` (it holds the staging directory's lock).
+        DestinationError: the staging directory cannot be written; a rename failed; an extra is in
+            the way of a member (not with ``delete_extra``).
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
         IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
@@ -470,13 +486,7 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         pass
     except OSError as err:
         raise DestinationError(f"{staging}: cannot create ({err.strerror})") from err
-    lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(lock)
-        raise DestinationError(f"{dest}: another s3sync is pulling it ({staging} is in use)",
-                               hint="wait for it to finish") from err
+    lock = _lock(staging, dest)
     try:
         try:
             resumed = (staging / IDENTITY).read_bytes() == ident and _real_dir(staging / TREE)
@@ -507,6 +517,29 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         return result
     finally:
         os.close(lock)
+
+
+def _lock(staging: Path, dest: Path) -> int:
+    """Open and lock the staging directory of an update of ``dest``; the descriptor holds the lock.
+
+    Raises:
+        DestinationBusyError: another pull holds it (``holder_pid``): it is updating ``dest``.
+        DestinationError: it cannot be locked.
+        OSError: it cannot be opened.
+    """
+    lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(lock)
+        os.close(lock)
+        who = f" (pid {holder})" if holder is not None else ""
+        raise DestinationBusyError(f"another s3sync pull{who} is already updating {dest} (it holds {staging})",
+                                   staging=staging, holder_pid=holder) from None
+    except OSError as err:
+        os.close(lock)
+        raise DestinationError(f"{staging}: cannot lock ({err.strerror})") from err
+    return lock
 
 
 def _done_records(staging: Path) -> dict[str, archive.MemberRecord]:

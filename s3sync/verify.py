@@ -81,7 +81,8 @@ def verify(dest: Path, concurrency: int = 4, progress: Progress | None = None) -
     started = time.monotonic()
     meta = dest / archive.METADATA_DIR
     if not dest.is_dir():
-        raise DestinationError(f"{dest}: no such directory", hint="give the directory a pull created, e.g. /data/sbu")
+        what = "not a directory" if os.path.lexists(dest) else "no such directory"
+        raise DestinationError(f"{dest}: {what}", hint="give the directory a pull created, e.g. /data/sbu")
     marker = read_marker(dest)
     if marker is None:
         inside = [d for d in sorted(dest.iterdir()) if d.is_dir() and read_marker(d) is not None][:1]

@@ -81,6 +81,9 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             ui.info(line)
         total = (f"{plural(objects, 'object')}, {format_size(size)}" if result.dry_run
                  else f"{plural(result.deleted, 'object')}, {format_size(result.deleted_bytes)}")
+        # Every generation kept: the newest --keep (current first), those a live publish
+        # writes, and those younger than --grace (listed above as "kept" lines).
+        kept = [*result.kept, *(f"{g}: younger than --grace" for g, _ in result.young)]
         ui.info(f"gc {url}: {verb} {plural(len(result.doomed), 'generation')} ({total}); kept "
-                f"{plural(len(result.kept), 'generation')} ({', '.join(result.kept)})")
+                f"{plural(len(kept), 'generation')} ({', '.join(kept)})")
     return EXIT_PARTIAL if result.failures else EXIT_OK

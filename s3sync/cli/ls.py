@@ -27,25 +27,38 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            ["s3sync ls",
                             "s3sync ls sbu -v",
                             "s3sync ls s3://my-bucket                     # every dataset in the bucket",
-                            "s3sync ls s3://my-bucket/sbu --generations --json"],
+                            "s3sync ls s3://my-bucket/sbu --generations --json",
+                            "s3sync ls sbu --members 'images/0000/*' captions.json   # check an --include"],
                            environment=S3_ENVIRONMENT))
     p.add_argument("source", metavar="SOURCE", nargs="?",
                    help="a dataset name or s3://BUCKET/PREFIX of one dataset (its summary), or s3://BUCKET[/PREFIX] "
                         "above datasets (those published one or two levels down)")
     p.add_argument("--generations", action="store_true",
                    help="list the generations of SOURCE still stored: current, history copies, leftovers")
+    p.add_argument("--members", nargs="*", metavar="GLOB", default=None,
+                   help="list the member paths of SOURCE (SIZE<TAB>PATH; a directory's path ends in '/') from its "
+                        "member index, only those the GLOBs select if given (gitignore-style, as pull --include "
+                        "takes them): check a selection before pulling")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.source is None:
-        if args.generations:
-            raise UsageError("--generations needs a SOURCE", hint="s3sync ls s3://BUCKET/PREFIX --generations")
+        if args.generations or args.members is not None:
+            flag = "--generations" if args.generations else "--members"
+            raise UsageError(f"{flag} needs a SOURCE", hint=f"s3sync ls s3://BUCKET/PREFIX {flag}")
         return _ls_catalog(settings, ui)
+    if args.generations and args.members is not None:
+        raise UsageError("--generations and --members: give one of them")
     from ..pull import fetch_manifest
 
     resolved = catalog.resolve(args.source, settings)
     store = store_for(settings, resolved.location.bucket)
+    if args.members is not None:
+        try:
+            return _ls_members(store, resolved.location, args.members, ui)
+        finally:
+            store.close()
     if args.generations:
         try:
             return _ls_generations(store, resolved.location, settings, ui)
@@ -106,6 +119,44 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if found is not None:
             for line in _survey_lines(found):
                 ui.line(line)
+    return EXIT_OK
+
+
+def _ls_members(store: Any, location: Any, globs: list[str], ui: UI) -> int:
+    """``ls SOURCE --members [GLOB...]``: the members of the current generation (from its
+    member index, streamed), those the globs select (as ``pull --include``) if any."""
+    from ..indexfile import members
+    from ..pull import fetch_manifest
+    from ..selection import Selection
+    from .verify import escape_field
+
+    selection = Selection.make(globs) if globs else None
+    m, _ = fetch_manifest(store, location)
+    matched = files = size = 0
+    docs = []
+    for r in members(store, location, m):
+        is_dir = r.kind == "dir"
+        if selection is not None and not selection.selects(r.path, is_dir):
+            continue
+        matched += 1
+        if r.kind in ("file", "hardlink"):
+            files, size = files + 1, size + r.size
+        if ui.as_json:
+            docs.append({"path": r.path, "kind": r.kind, "size": r.size, **({"link": r.link} if r.link else {})})
+        else:
+            shown = escape_field(r.path) + ("/" if is_dir else f" -> {escape_field(r.link)}" if r.kind == "symlink"
+                                            else "")
+            ui.line(f"{r.size if not is_dir and r.kind != 'symlink' else '-'}\t{shown}")
+    if ui.as_json:
+        ui.emit_json({"command": "ls", "url": location.url(), "name": m.name, "generation": m.generation,
+                      "globs": globs, "matched": matched, "files": files, "size": size, "members": docs})
+    what = " ".join(globs)
+    if selection is not None and not matched:
+        raise UsageError(f"{what} matches no member of {m.name} (generation {m.generation})",
+                         hint=selection.empty_hint(m.name).partition("; ")[0])
+    if not ui.as_json:
+        ui.info(f"{m.name} (generation {m.generation}): {plural(matched, 'member')}"
+                + (f" match {what}" if globs else "") + f", {plural(files, 'file')}, {format_size(size)}")
     return EXIT_OK
 
 

@@ -24,15 +24,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            "DEST_PARENT/NAME. Work happens in a staging directory renamed into place at the end:\n"
                            "an interrupted pull resumes where it stopped when run again, and a finished one is\n"
                            "never mixed with a partial one. A second pull into the same directory is refused at\n"
-                           "once (naming the process that holds it) unless --wait is given. Pulling another\n"
-                           "generation (or selection) into a complete pull updates it in place: only new or\n"
-                           "changed files are fetched (an old file is reused only if its content still has the\n"
-                           "new digest), and files, symlinks and directories you added to NAME are kept and\n"
-                           "reported (--delete-extra drops them; one in the way of a new member is refused).",
+                           "once (naming the process that holds it) unless --wait is given.\n\n"
+                           "Pulling into a directory that holds a complete pull of another generation of the same\n"
+                           "dataset updates it in place: only new or changed files are fetched (ranged GETs of just\n"
+                           "their bytes; an old file is reused only if its content still has the new digest), removed\n"
+                           "ones go, and the directory is swapped at the end. Files, symlinks and directories you\n"
+                           "added to NAME are kept and reported (--delete-extra drops them; one in the way of a new\n"
+                           "member is refused). --generation G pulls (or updates to) a generation still stored;\n"
+                           "--include/--exclude pull only some members ('s3sync ls SOURCE --members GLOB' shows\n"
+                           "what a glob selects).",
                            ["s3sync pull sbu /data                          # S3SYNC_BUCKET=my-bucket: s3://my-bucket/sbu",
                             "s3sync pull s3://my-bucket/coco-2014 /data --concurrency 16",
                             "s3sync pull s3://public-bucket/ds /data --no-sign-request --region us-west-2",
                             "s3sync pull s3://my-bucket/ds /data --json      # the result as JSON on stdout",
+                            "s3sync pull sbu /data                          # again later: updates /data/sbu in place",
+                            "s3sync pull sbu /data --generation 20261206T214345Z-032aabeb   # an older generation",
+                            "s3sync pull sbu /data --include captions.json --include 'images/0000/'",
                             "s3sync pull https://host/a.tar.gz.00 https://host/a.tar.gz.01 /data --name a"],
                            environment=S3_ENVIRONMENT))
     p.add_argument("source", metavar="SOURCE", nargs="+",
@@ -149,7 +156,9 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     elif u is not None:
         change = (f"from generation {u.old_generation} to {m.generation}" if u.old_generation != m.generation
                   else f"from a partial pull to all of generation {m.generation}")
-        ui.info(f"updated {result.dest.name} in {result.dest} {change}: "
+        resumed_update = f" (resuming an interrupted update: {plural(u.resumed, 'file')} it had fetched)" \
+            if u.resumed else ""
+        ui.info(f"updated {result.dest.name} in {result.dest} {change}{resumed_update}: "
                 f"{plural(u.fetched, 'file')} new or changed ({format_size(u.fetched_size)}), {u.reused} unchanged, "
                 f"{u.removed} removed; {format_size(result.bytes_received)} received of a "
                 f"{format_size(m.stream_size)} stream, {result.elapsed_s:.1f}s")
@@ -158,11 +167,12 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     else:
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""
-        what = (f"{plural(len(m.parts), 'part file')}, {format_size(m.stream_size)} (not extracted)" if args.no_extract
+        what = (f"{plural(len(m.parts), 'part file')}, {format_size(m.stream_size)}" if args.no_extract
                 else f"{plural(m.files, 'file')}, {format_size(m.extracted_size)}")
-        if m.captions is not None:
-            what += f" ({describe(m.captions)})"
-        ui.info(f"pulled {result.dest.name} into {result.dest}: {what}, "
+        notes = (["not extracted"] if args.no_extract else []) + ([describe(m.captions)] if m.captions else [])
+        if notes:
+            what += f" ({'; '.join(notes)})"
+        ui.info(f"pulled {result.dest.name} (generation {m.generation}) into {result.dest}: {what}, "
                 f"{format_size(result.bytes_received)} received, {plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     if u is not None and u.extras and not ui.as_json:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, format_size
-from ..errors import VerifyFailed
+from ..errors import DestinationBusyError, VerifyFailed
 from ..ui import UI
 from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
 from .verify import escape_field
@@ -31,23 +31,35 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", type=Path, help="a directory created by 's3sync pull'")
     p.add_argument("--delete-extra", action="store_true", help="delete files and directories that are not part "
                                                                "of the dataset")
+    p.add_argument("--wait", action="store_true",
+                   help="if another repair is running on DIR, wait for it to finish, then go on")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from ..journal import wait_for_lock
     from ..repair import repair, source_of
 
     dest = args.dir.expanduser()
     location = source_of(dest)
     store = store_for(settings, location.bucket)
-    progress = ui.progress()
     try:
-        result = repair(dest, location, store, settings.transfer, delete_extra=args.delete_extra,
-                        progress=progress)
+        while True:
+            progress = ui.progress()
+            try:
+                result = repair(dest, location, store, settings.transfer, delete_extra=args.delete_extra,
+                                progress=progress)
+                break
+            except DestinationBusyError as err:
+                if not args.wait:
+                    raise
+                ui.info(f"{err}; waiting for it to finish (--wait)")
+                wait_for_lock(err.staging)
+            finally:
+                getattr(progress, "close", lambda: None)()
     finally:
-        getattr(progress, "close", lambda: None)()
         store.close()
-    kept = [p for p in result.extra if p not in set(result.deleted)]
+    kept = kept_extra(result)
     for note in result.notes:  # e.g. no reader lease (read-only credentials): gc cannot see this repair
         ui.info(note)
     if ui.as_json:
@@ -56,11 +68,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                       "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.problems],
                       "fetched": list(result.fetched), "remade": list(result.remade),
                       "metadata": list(result.metadata), "extra": list(result.extra),
-                      "deleted": list(result.deleted),
+                      "deleted": list(result.deleted), "kept": kept,
                       "unrepaired": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in result.unrepaired],
                       "bytes_received": result.bytes_received, "stream_size": result.stream_size,
                       "notes": list(result.notes),
-                      "ok": not result.unrepaired and not kept, "elapsed_s": round(result.elapsed_s, 3)})
+                      "ok": not result.unrepaired, "elapsed_s": round(result.elapsed_s, 3)})
     else:
         for path in result.fetched:
             ui.line(f"fetched\t{escape_field(path)}")
@@ -85,5 +97,18 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     ui.info(f"{result.dest}: repaired to generation {result.generation}: {plural(len(result.fetched), 'file')} "
             f"fetched again ({format_size(result.bytes_received)} received of a {format_size(result.stream_size)} "
             f"stream), {len(result.remade)} remade, {len(result.metadata)} with mode or mtime set, "
-            f"{len(result.deleted)} extra deleted{also} ({result.elapsed_s:.1f}s)")
+            f"{plural(len(result.deleted), 'extra entry', 'extra entries')} deleted{also} ({result.elapsed_s:.1f}s)")
     return EXIT_OK
+
+
+def kept_extra(result: Any) -> list[str]:
+    """The extra entries still in place: neither deleted, nor inside a deleted directory,
+    nor left unrepaired (a deletion that failed is named among those)."""
+    deleted = set(result.deleted)
+    failed = {p.path for p in result.unrepaired}
+    return [p for p in result.extra if p not in failed and not _self_or_parent_in(p, deleted)]
+
+
+def _self_or_parent_in(path: str, names: set[str]) -> bool:
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in names for i in range(1, len(parts) + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,40 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                                    f"generation {result.generation}")
         also = (f", and {len(extra)} extra {'entry is' if len(extra) == 1 else 'entries are'} not part of it"
                 if extra else "")
-        raise VerifyFailed(f"{result.dest}: {len(differ)} of {result.checked} entries differ from "
-                           f"generation {result.generation}{also}",
-                           hint=f"{VerifyFailed.hint}; run verify as root to check the {len(unverifiable)} "
-                                f"it cannot read" if unverifiable else None)
+        hint = _repair_hint(result.dest, bool(differ), bool(extra))
+        if unverifiable:
+            hint += f"; run verify as root to check the {len(unverifiable)} it cannot read"
+        if differ:
+            message = f"{len(differ)} of {result.checked} entries differ from generation {result.generation}{also}"
+        else:
+            message = (f"{plural(len(extra), 'extra entry is', 'extra entries are')} not part of generation "
+                       f"{result.generation}; the {plural(result.checked, 'entry', 'entries')} of the dataset match")
+        raise VerifyFailed(f"{result.dest}: {message}", hint=hint)
     counted = (f", {plural(result.captions.images, 'image')} and {plural(result.captions.annotations, 'caption')} "
                "as the manifest records" if result.captions is not None else "")
     ui.info(f"{result.dest}: {plural(result.checked, 'entry', 'entries')}, "
             f"{format_size(result.checked_bytes)} verified OK{counted} "
             f"({result.elapsed_s:.1f}s)")
     return EXIT_OK
+
+
+def _repair_hint(dest: Path, differ: bool, extra: bool) -> str:
+    """What to run about the differences verify found: ``s3sync repair`` where it can repair
+    ``dest`` (a pull of an s3sync dataset that recorded its source), else a fresh pull."""
+    from ..errors import S3SyncError
+    from ..repair import source_of
+
+    try:
+        source_of(dest)
+    except S3SyncError:
+        return VerifyFailed.hint
+    where = shlex.quote(str(dest))
+    if not differ:
+        return f"run 's3sync repair {where} --delete-extra' to delete them (or remove them yourself)"
+    if extra:
+        return (f"run 's3sync repair {where}' to fetch again only what differs (add --delete-extra to "
+                "delete the extra entries too)")
+    return f"run 's3sync repair {where}' to fetch again only what differs"
 
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
