@@ -29,6 +29,11 @@ LEASE_NAME = "lease.json"
 LEASE_FORMAT = "s3sync-lease"
 
 
+MAX_TTL_S = 24 * 3600.0
+"""Longest ``ttl_s`` a lease may claim (seconds): one that claims more (``Infinity`` parses as
+JSON) is not a lease, so it cannot keep a generation from gc for ever."""
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
     """How long a lease lives without a refresh (``ttl_s``) and how often it is refreshed
@@ -92,7 +97,7 @@ class Lease:
                         str(doc.get("pid_ns", "")), str(doc.get("reader", "")))
         except (KeyError, TypeError, ValueError, OverflowError):  # 1e999 parses as inf: int(inf) overflows
             return None
-        return lease if lease.ttl_s > 0 else None
+        return lease if 0 < lease.ttl_s <= MAX_TTL_S else None  # inf, NaN, negative: not a lease
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from ..errors import DestinationBusyError, NotFoundError, UsageError
 from ..manifest import NAME_RULE, valid_name
 from ..ui import UI
 from .common import EXIT_OK, S3_ENVIRONMENT, help_text, plural, store_for
+from .verify import escape_field
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -176,7 +177,7 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                 f"{format_size(result.bytes_received)} received, {plural(result.retries, 'retry', 'retries')}{resumed}, "
                 f"{result.elapsed_s:.1f}s ({format_size(rate)}/s)")
     if u is not None and u.extras and not ui.as_json:
-        shown = ", ".join(u.extra_paths) + (", ..." if u.extras > len(u.extra_paths) else "")
+        shown = ", ".join(escape_field(p) for p in u.extra_paths) + (", ..." if u.extras > len(u.extra_paths) else "")
         if u.extras_deleted:
             ui.info(f"deleted {plural(u.extras, 'entry', 'entries')} that {'was' if u.extras == 1 else 'were'} "
                     f"not part of the dataset (--delete-extra): {shown}")
