@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import configfile, interrupts
 from .config import Settings
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["CatalogListing", "ProgressCallback", "ls", "publish", "pull", "repair", "verify"]
 
 ProgressCallback = Callable[[str, int, int], None]
+T = TypeVar("T")
 """``callback(stage, done, total)``: bytes (or items, for ``progress.ITEM_STAGES``) done in
 ``stage`` so far, of ``total`` (0: unknown). Called from worker threads."""
 
@@ -154,6 +155,25 @@ def _path(value: str | os.PathLike[str], what: str) -> Path:
     return Path(value).expanduser()
 
 
+def _waiting(call: Callable[[], T], wait: bool, sink: Progress) -> T:
+    """``call()``; if the destination is busy (another s3sync holds its lock), wait for the
+    lock and call again when ``wait``, else raise with the API's hint (``wait=True``).
+
+    Raises:
+        DestinationBusyError: busy and not ``wait``.
+    """
+    from .journal import wait_for_lock
+    while True:
+        try:
+            return call()
+        except DestinationBusyError as err:
+            if not wait:
+                err.hint = _BUSY_HINT
+                raise
+            sink.message(f"{err}; waiting for it to finish")
+            wait_for_lock(err.staging)
+
+
 def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None = None, extract: bool = True,
          wait: bool = False, generation: str | None = None, include: Sequence[str] = (),
          exclude: Sequence[str] = (), delete_extra: bool = False,
@@ -195,10 +215,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
         KeyboardInterrupt: Ctrl-C; the resume state is flushed and a rerun resumes.
     """
     from . import catalog
-    from .journal import wait_for_lock
     from .manifest import NAME_RULE, valid_name
     from .pull import pull as run
-
     from .selection import Selection
 
     if name is not None and not valid_name(name):
@@ -212,17 +230,9 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
     store = _store(settings, resolved.location.bucket)
     try:
         with _interruptible():
-            while True:
-                try:
-                    return run(resolved.location, name or resolved.name, dest, store, settings.transfer,
-                               extract=extract, progress=sink, generation=generation, selection=selection,
-                               delete_extra=delete_extra)
-                except DestinationBusyError as err:
-                    if not wait:
-                        err.hint = _BUSY_HINT
-                        raise
-                    sink.message(f"{err}; waiting for it to finish")
-                    wait_for_lock(err.staging)
+            return _waiting(lambda: run(resolved.location, name or resolved.name, dest, store, settings.transfer,
+                                        extract=extract, progress=sink, generation=generation,
+                                        selection=selection, delete_extra=delete_extra), wait, sink)
     finally:
         store.close()
 
@@ -341,7 +351,6 @@ def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, wai
         ManifestError, MemberIndexError, DamagedDatasetError, StoreError, IntegrityError:
             as ``s3sync.repair.repair`` says; a rerun does the rest.
     """
-    from .journal import wait_for_lock
     from .repair import repair as run
     from .repair import source_of
 
@@ -353,15 +362,8 @@ def repair(directory: str | os.PathLike[str], *, delete_extra: bool = False, wai
     store = _store(settings, location.bucket)
     try:
         with _interruptible():
-            while True:
-                try:
-                    return run(dest, location, store, settings.transfer, delete_extra=delete_extra, progress=sink)
-                except DestinationBusyError as err:
-                    if not wait:
-                        err.hint = _BUSY_HINT
-                        raise
-                    sink.message(f"{err}; waiting for it to finish")
-                    wait_for_lock(err.staging)
+            return _waiting(lambda: run(dest, location, store, settings.transfer, delete_extra=delete_extra,
+                                        progress=sink), wait, sink)
     finally:
         store.close()
 
