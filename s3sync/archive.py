@@ -485,13 +485,18 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
 Set to 0 once a file system refuses the flag (EOPNOTSUPP): every read then blocks."""
 
 
-def _pread(fd: int, n: int, nowait: bool = False) -> bytes | None:
-    """Up to ``n`` bytes from the start of ``fd``: fewer only at its end.
+def _pread(fd: int, size: int, nowait: bool = False) -> bytes | None:
+    """The first ``size`` + 1 bytes of ``fd``, or all of it if it is shorter: one read for a
+    file of ``size`` bytes (the one byte more tells a file that grew). A read that returns
+    fewer than ``size`` bytes (a file that shrank, a file system that returns less, a file
+    partly cached) is followed by more until ``size`` + 1 bytes or the end; one that returns
+    exactly ``size`` is taken as the end: the caller's ``fstat`` after the read checks that
+    the file still has ``size`` bytes.
 
     With ``nowait``, None if none of them is in the page cache (``RWF_NOWAIT``): reading
-    would wait for the disk (always None where the flag is not supported). A file partly
-    cached is read on, waiting for the rest.
+    would wait for the disk (always None where the flag is not supported).
     """
+    n = size + 1
     if nowait:
         if not _NOWAIT:
             return None
@@ -508,10 +513,11 @@ def _pread(fd: int, n: int, nowait: bool = False) -> bytes | None:
         data = bytes(buf)
     else:
         data = os.read(fd, n)
-    if 0 < len(data) < n:  # a short read (or a partly cached file): read on to n bytes or the end
-        parts = [data]
-        while (got := sum(map(len, parts))) < n and (more := os.pread(fd, n - got, got)):
+    if 0 < len(data) < size:
+        parts, got = [data], len(data)
+        while got < n and (more := os.pread(fd, n - got, got)):
             parts.append(more)
+            got += len(more)
         data = b"".join(parts)
     return data
 
@@ -541,7 +547,7 @@ def _read_small(path: str, expect: os.stat_result, nowait: bool = False) -> byte
     size = expect.st_size
     fd = _open_fd(path, expect)
     try:
-        data = _pread(fd, size + 1, nowait)
+        data = _pread(fd, size, nowait)
         if data is None:
             return None
         after = os.fstat(fd)

@@ -289,8 +289,8 @@ def test_file_changed_while_being_read_is_refused_or_published_whole(
     real_pread = archive._pread
     scanned = os.lstat(victim)
 
-    def pread(fd: int, n: int, nowait: bool = False):
-        data = real_pread(fd, n, nowait)
+    def pread(fd: int, size: int, nowait: bool = False):
+        data = real_pread(fd, size, nowait)
         st = os.fstat(fd)
         if data is not None and not fired and (st.st_dev, st.st_ino) == (scanned.st_dev, scanned.st_ino):
             fired.append(True)
@@ -321,8 +321,8 @@ def _uncached(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reads them; returns the list of files the pool was handed."""
     real_pread, pooled = archive._pread, []
 
-    def pread(fd: int, n: int, nowait: bool = False):
-        return None if nowait else real_pread(fd, n, nowait)
+    def pread(fd: int, size: int, nowait: bool = False):
+        return None if nowait else real_pread(fd, size, nowait)
 
     real_batch = archive._read_batch
 
