@@ -418,7 +418,8 @@ def _rewalk(src: Path, tree: archive.TreeSurvey, checked: list[archive._Entry]) 
     """The second walk of ``src``, which the tar is written from: it must meet the first
     (``tree``: the member count the member index's header and the progress were given; the
     captions file whose bytes were checked, ``checked``), or the publish stops before
-    anything is committed.
+    anything is committed. Regular files come with the first walk's stat (``tree.known``),
+    which the tar writer checks each file against when it reads it.
 
     Raises:
         SourceError: the tree changed between the walks.
