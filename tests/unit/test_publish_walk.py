@@ -98,3 +98,69 @@ def test_unreadable_warning_is_the_same_from_the_survey(tmp_path: Path) -> None:
         assert "6 entries" in tree.unreadable_warning()
     finally:
         os.chmod(src / "images" / "4", 0o755)
+
+
+def _second_walk_lstats(src: Path, tree: archive.TreeSurvey, checked, monkeypatch: pytest.MonkeyPatch
+                        ) -> tuple[list[str], list[archive._Entry]]:
+    """The paths the second walk lstat-s (it lists every entry: returned with them)."""
+    real, seen = os.lstat, []
+
+    def lstat(path, *a, **kw):
+        seen.append(os.fspath(path))
+        return real(path, *a, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "lstat", lstat)
+        entries = list(publish._rewalk(src, tree, checked))
+    return seen, entries
+
+
+def test_the_second_walk_takes_regular_files_stats_from_the_first(tmp_path: Path, monkeypatch) -> None:
+    src = _tree(tmp_path / "src")
+    entries = archive.scan_tree(src)
+    tree, checked = archive.TreeSurvey(keep_stats=100), []
+    check_tree(src, tree.watch(archive.walk_tree(src)), checked)
+    seen, again = _second_walk_lstats(src, tree, checked, monkeypatch)
+    assert [(e.rel, e.link) for e in again] == [(e.rel, e.link) for e in entries]
+    for old, new in zip(entries, again, strict=True):
+        for field in ("st_mode", "st_size", "st_mtime", "st_mtime_ns", "st_ctime_ns", "st_dev", "st_ino"):
+            assert getattr(old.st, field) == getattr(new.st, field), (old.rel, field)
+    # Directories, symlinks and the checked captions file are stat-ed again; the images are not.
+    assert sorted(os.path.relpath(p, src) for p in seen) == ["captions.json", "images", "images/0", "images/1",
+                                                             "images/2", "link"]
+
+
+def test_without_kept_stats_the_second_walk_stats_everything(tmp_path: Path, monkeypatch) -> None:
+    src = _tree(tmp_path / "src")
+    tree, checked = archive.TreeSurvey(keep_stats=3), []  # fewer than the tree has: none kept
+    check_tree(src, tree.watch(archive.walk_tree(src)), checked)
+    seen, again = _second_walk_lstats(src, tree, checked, monkeypatch)
+    assert len(seen) == len(again) == tree.members
+
+
+def test_a_file_rewritten_between_the_walks_is_refused_when_written(tmp_path: Path) -> None:
+    import io
+
+    src = _tree(tmp_path / "src")
+    tree, checked = archive.TreeSurvey(keep_stats=100), []
+    check_tree(src, tree.watch(archive.walk_tree(src)), checked)
+    victim = src / "images" / "1" / "3.jpg"
+    before = os.lstat(victim)
+    while os.lstat(victim).st_ctime_ns == before.st_ctime_ns:  # a new timestamp tick
+        victim.write_bytes(b"y" * 3)  # same size, same inode
+    with pytest.raises(SourceError, match="3.jpg: changed while being read") as info:
+        archive.write_tar(publish._rewalk(src, tree, checked), io.BytesIO(), lambda span: None)
+    assert "modified since the scan" in str(info.value)
+
+
+def test_a_file_replaced_between_the_walks_is_refused_when_written(tmp_path: Path) -> None:
+    import io
+
+    src = _tree(tmp_path / "src")
+    tree, checked = archive.TreeSurvey(keep_stats=100), []
+    check_tree(src, tree.watch(archive.walk_tree(src)), checked)
+    victim = src / "images" / "1" / "3.jpg"
+    victim.unlink()
+    victim.mkdir()  # same name, now a directory: the walk does not look, the open does
+    with pytest.raises(SourceError, match="3.jpg: cannot read"):
+        archive.write_tar(publish._rewalk(src, tree, checked), io.BytesIO(), lambda span: None)

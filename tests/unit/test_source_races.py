@@ -285,7 +285,20 @@ def test_file_changed_while_being_read_is_refused_or_published_whole(
         f = real_open(path, expect)
         return ChangingReader(f) if os.fspath(path) == str(victim) else f
 
+    # Small files are read on the descriptor (archive._pread), not through open_regular's file.
+    real_pread = archive._pread
+    scanned = os.lstat(victim)
+
+    def pread(fd: int, size: int, nowait: bool = False):
+        data = real_pread(fd, size, nowait)
+        st = os.fstat(fd)
+        if data is not None and not fired and (st.st_dev, st.st_ino) == (scanned.st_dev, scanned.st_ino):
+            fired.append(True)
+            CHANGES[change](victim)
+        return data
+
     monkeypatch.setattr(archive, "open_regular", open_regular)
+    monkeypatch.setattr(archive, "_pread", pread)
     err, data = _write_tar_bytes(entries)
     assert fired
     if err is None:  # a consistent snapshot is the only other acceptable outcome
@@ -301,3 +314,55 @@ def test_unchanged_tree_publishes_every_byte(tmp_path: Path) -> None:
     err, data = _write_tar_bytes(archive.scan_tree(src))
     assert err is None
     assert _tar_members(data) == {"d/big.bin": b"b" * BIG, "d/small.bin": b"s" * SMALL, "z.txt": b"last\n"}
+
+
+def _uncached(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every small file look uncached (RWF_NOWAIT's EAGAIN), so that the reader pool
+    reads them; returns the list of files the pool was handed."""
+    real_pread, pooled = archive._pread, []
+
+    def pread(fd: int, size: int, nowait: bool = False):
+        return None if nowait else real_pread(fd, size, nowait)
+
+    real_batch = archive._read_batch
+
+    def read_batch(files):
+        pooled.extend(path for path, _ in files)
+        return real_batch(files)
+
+    monkeypatch.setattr(archive, "_pread", pread)
+    monkeypatch.setattr(archive, "_read_batch", read_batch)
+    return pooled
+
+
+def test_uncached_small_files_go_to_the_pool_and_give_the_same_stream(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _tree(tmp_path)
+    for i in range(3 * archive.BATCH_FILES):
+        (src / "d" / f"n{i:03d}").write_bytes(bytes([i]) * i)
+    entries = archive.scan_tree(src)
+    cached = _write_tar_bytes(entries)
+    pooled = _uncached(monkeypatch)
+    assert _write_tar_bytes(entries) == cached == (None, cached[1])
+    assert len(pooled) == 3 * archive.BATCH_FILES + 2  # every small file: small.bin and z.txt too
+
+
+@pytest.mark.parametrize("change", ["rewrite-same-size", "grow", "delete"])
+def test_uncached_small_file_changed_before_the_pool_reads_it_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    src = _tree(tmp_path)
+    entries = archive.scan_tree(src)
+    victim = src / "d" / "small.bin"
+    _after_a_tick(src, next(e.st for e in entries if e.path == str(victim)))
+    pooled = _uncached(monkeypatch)
+    pool_read = archive._read_batch
+
+    def read_batch(files):
+        if any(path == str(victim) for path, _ in files):
+            CHANGES[change](victim)  # after the calling thread found it uncached
+        return pool_read(files)
+
+    monkeypatch.setattr(archive, "_read_batch", read_batch)
+    err, _ = _write_tar_bytes(entries)
+    assert str(victim) in pooled
+    assert isinstance(err, SourceError) and str(victim) in str(err), err
