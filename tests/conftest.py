@@ -46,6 +46,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from s3sync.config import S3Settings
+from s3sync.stores.s3 import S3Store, make_client
+
 # The tar corpus's fixtures (``corpus_tree``, ``corpus_archive``) for every tier; the module
 # imports s3sync only inside its helpers, never at import time.
 pytest_plugins = ("corpus",)
@@ -411,6 +414,15 @@ def bucket(s3_client) -> Iterator[str]:
             warnings.warn(f"could not delete test bucket {name}: {err!r}", stacklevel=1)
     except Exception as err:  # noqa: BLE001 - cleanup must not mask the test's outcome
         warnings.warn(f"could not delete test bucket {name}: {err!r}", stacklevel=1)
+
+
+@pytest.fixture
+def store(s3_server: S3Server, bucket: str) -> Iterator[S3Store]:
+    """An ``S3Store`` on ``bucket`` of the test's server (moto or rclone), 4 connections."""
+    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
+    s = S3Store(client, bucket, concurrency=4)
+    yield s
+    s.close()
 
 
 def _delete_bucket(client, name: str) -> None:

@@ -19,24 +19,16 @@ from pathlib import Path
 import pytest
 
 from s3sync import cli
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.errors import S3SyncError, UsageError
 from s3sync.publish import publish
 from s3sync.pull import pull
 from s3sync.selection import Selection
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 from s3sync.verify import verify
 
 WORKTREE = Path(__file__).resolve().parents[2]
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def tree_of(root: Path) -> dict[str, object]:

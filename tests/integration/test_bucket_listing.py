@@ -6,23 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from s3sync import catalog
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.errors import CredentialsError
 from s3sync.publish import publish
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=128 * 1024, window=8)
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def tree(root: Path, seed: int) -> Path:

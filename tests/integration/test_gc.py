@@ -16,23 +16,15 @@ from typing import Any
 import pytest
 
 from s3sync import lease as leases
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.errors import NotFoundError, TransientStoreError, UsageError
 from s3sync.gc import collect, stored
 from s3sync.manifest import INDEX_NAME, MANIFEST_NAME, Manifest
 from s3sync.publish import publish
 from s3sync.pull import pull
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=128 * 1024, window=8)
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def tree(root: Path, seed: int) -> Path:

@@ -37,14 +37,6 @@ SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=128 * 10
 WORKTREE = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
-
-
 def tree(root: Path, seed: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(3):

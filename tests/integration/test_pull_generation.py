@@ -11,22 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.errors import NotFoundError, UsageError
 from s3sync.publish import publish
 from s3sync.pull import pull
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 from s3sync.verify import verify
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def contents(root: Path) -> dict[str, bytes]:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.manifest import MANIFEST_NAME, Manifest
 from s3sync.planning import MiB
 from s3sync.publish import publish
 from s3sync.pull import pull
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA_DIR = ".s3sync"  # what pull adds at the top of a dataset; not part of the data
@@ -41,14 +41,6 @@ SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 10
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def snapshot(root: Path, *, skip_metadata: bool = False, dir_mtimes: bool = True) -> dict[str, tuple]:

@@ -17,23 +17,15 @@ from pathlib import Path
 import pytest
 
 from s3sync import archive, cli, update
-from s3sync.config import Location, S3Settings, TransferSettings
+from s3sync.config import Location, TransferSettings
 from s3sync.manifest import MANIFEST_NAME
 from s3sync.publish import publish
 from s3sync.pull import pull
-from s3sync.stores.s3 import S3Store, make_client
+from s3sync.stores.s3 import S3Store
 from s3sync.verify import verify
 from tests.faults.proxy import FaultProxy, Rule
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
-
-
-@pytest.fixture
-def store(s3_server, bucket):
-    client = make_client(S3Settings(endpoint_url=s3_server.endpoint_url))
-    s = S3Store(client, bucket, concurrency=4)
-    yield s
-    s.close()
 
 
 def make_tree(root: Path) -> Path:
