@@ -26,10 +26,6 @@ from tests.faults.proxy import FaultProxy, Rule
 
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
 
-MERGE_NAMEERROR = pytest.mark.xfail(raises=NameError, strict=False,
-                                    reason="a guard that held (with delete_extra passed through): it can only "
-                                           "fail here with the NameError of test_an_update_in_place_runs_at_all")
-
 
 @pytest.fixture
 def store(s3_server, bucket):
@@ -73,9 +69,6 @@ def pull_cli(store: S3Store, loc: Location, tmp_path: Path, *extra: str) -> int:
 # --------------------------------------------------------------------------- the merge
 
 
-@pytest.mark.xfail(strict=True, reason="merge d426ed2+93b7029: pull() no longer passes delete_extra to _pull(), "
-                                       "which names it: every update in place or partial pull raises NameError "
-                                       "('internal error: NameError: name 'delete_extra' is not defined', exit 1)")
 def test_an_update_in_place_runs_at_all(store: S3Store, tmp_path: Path, capsys) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     b = next_generation(src, loc, store)
@@ -121,7 +114,6 @@ def test_a_user_edited_member_the_new_generation_drops_is_reported(store: S3Stor
     assert (r.altered + r.extras) >= 1 or (dest / "readme.txt").exists()
 
 
-@MERGE_NAMEERROR
 def test_a_user_directory_in_place_of_a_member_file_the_new_generation_drops(store: S3Store, tmp_path: Path) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     (dest / "readme.txt").unlink()
@@ -137,7 +129,6 @@ def test_a_user_directory_in_place_of_a_member_file_the_new_generation_drops(sto
 # --------------------------------------------------------------------------- odd extras
 
 
-@MERGE_NAMEERROR
 def test_special_files_as_extras_are_carried(store: S3Store, tmp_path: Path) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     os.mkfifo(dest / "a-fifo")
@@ -172,8 +163,6 @@ def test_non_utf8_extra_names_with_json(store: S3Store, tmp_path: Path, capsys) 
     next_generation(src, loc, store)
     code = pull_cli(store, loc, tmp_path, "--json")
     out, err = capsys.readouterr()
-    if "NameError: name 'delete_extra'" in err:
-        pytest.xfail("a guard that held: fails here only with the NameError of test_an_update_in_place_runs_at_all")
     assert code == 0 and "Traceback" not in err, err
     json.loads(out)
 
@@ -190,7 +179,6 @@ def test_non_utf8_extra_names_with_verify(store: S3Store, tmp_path: Path, capsys
     assert code == 1 and "internal error" not in err, err
 
 
-@MERGE_NAMEERROR
 def test_a_hard_link_between_an_extra_and_a_member(store: S3Store, tmp_path: Path) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     os.link(dest / "images" / "0002.jpg", dest / "my-copy.jpg")
@@ -202,7 +190,6 @@ def test_a_hard_link_between_an_extra_and_a_member(store: S3Store, tmp_path: Pat
     assert (dest / "images" / "0002.jpg").read_bytes() == (src / "images" / "0002.jpg").read_bytes()
 
 
-@MERGE_NAMEERROR
 def test_many_extras(store: S3Store, tmp_path: Path) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     (dest / "mine").mkdir()
