@@ -495,7 +495,9 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         if not resumed:
             for entry in os.listdir(staging):
                 _remove(staging / entry) if _real_dir(staging / entry) else os.unlink(staging / entry)
-            os.mkdir(staging / TREE, 0o700)
+            # made as a full pull makes its tree (0777 less the umask): what a fresh partial pull's
+            # NAME keeps; an update gives it the old NAME's mode before the swap (staging is 0700)
+            os.mkdir(staging / TREE)
             (staging / IDENTITY).write_bytes(ident)
         try:
             result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
@@ -506,6 +508,10 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
             raise
         tree = staging / TREE
         if old_generation is not None:
+            try:
+                os.chmod(tree, stat.S_IMODE(os.lstat(dest).st_mode))  # NAME keeps its mode (0755, 2775...)
+            except OSError as err:
+                raise DestinationError(f"{dest}: cannot read its mode ({err.strerror})") from err
             swap(dest, lambda: os.rename(tree, dest))
         else:
             try:
