@@ -258,15 +258,23 @@ def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path
     return stat.S_ISREG(st.st_mode) and st.st_size == new.size and st.st_mtime_ns // 1_000_000_000 == old.mtime
 
 
-def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[str, str]]:
+def find_extras(dest: Path, old: dict[str, archive.MemberRecord],
+                changed: list[str] | None = None) -> list[tuple[str, str]]:
     """The entries of the tree ``dest`` that are not members of the generation it holds
     (``old``: its ``.s3sync/index.jsonl`` records, the directories that hold them included),
     ``DIR/.s3sync`` aside: what the user put there. Top-down (a directory before what it
     holds); symlinks are not followed. Each is ``(path, kind)``, kind ``dir``, ``symlink``
-    or ``file`` (any other entry: regular, FIFO, socket...).
+    or ``file`` (any other entry: regular, FIFO, socket...). ``changed``, if given, gets the
+    members found as another kind than recorded (a file where a symlink or directory was...):
+    no extra system call, the walk's ``d_type``.
+
+    Every directory of the walk is checked to be on ``dest``'s file system: one mounted
+    inside (a member directory or an extra) would be emptied with the old tree after the
+    swap, or copied file by file into the new one.
 
     Raises:
-        DestinationError: an extra directory cannot be read (what it holds would be lost).
+        DestinationError: an extra directory cannot be read (what it holds would be lost); a
+            directory is a mount point (``MountInside``).
     """
     members = set(old)
     for path in old:
@@ -276,12 +284,19 @@ def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[
                 break
             members.add(path)
     out: list[tuple[str, str]] = []
+    try:
+        device = os.lstat(dest).st_dev
+    except OSError as err:
+        raise DestinationError(f"{dest}: cannot be read ({err.strerror})") from err
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
             with os.scandir(dest / rel_dir if rel_dir else dest) as it:
-                entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it)
+                entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink(), _device(e, device))
+                                 for e in it)
+        except FileNotFoundError:
+            continue  # removed since it was listed
         except OSError as err:
             if rel_dir and rel_dir not in members:
                 raise DestinationError(f"{dest / rel_dir}: not part of the dataset and cannot be read "
@@ -289,20 +304,38 @@ def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[
                                        hint="make it readable or move it out, or pull with --delete-extra") from err
             continue  # a member directory without read permission (as verify: checked as a member)
         subdirs = []
-        for name, is_dir, is_link in entries:
+        for name, is_dir, is_link, dev in entries:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if rel == archive.METADATA_DIR:
                 continue
+            if dev != device:
+                raise MountInside(f"{dest / rel}: is a mount point: unmount it or move it out of {dest} "
+                                  "(an update would empty it with the old tree; nothing was changed)")
+            kind = "dir" if is_dir else "symlink" if is_link else "file"
             if rel not in members:
-                out.append((rel, "dir" if is_dir else "symlink" if is_link else "file"))
+                out.append((rel, kind))
+            elif changed is not None and rel in old and old[rel].kind != kind:
+                changed.append(rel)
             if is_dir:
                 subdirs.append(rel)
         stack.extend(reversed(subdirs))
     return out
 
 
+def _device(entry: os.DirEntry, default: int) -> int:
+    """The ``st_dev`` of a directory entry (``lstat``), ``default`` for any other or one gone."""
+    try:
+        return entry.stat(follow_symlinks=False).st_dev if entry.is_dir(follow_symlinks=False) else default
+    except OSError:
+        return default
+
+
 class _InTheWay(DestinationError):
     """An extra of the old tree is where the new tree needs a member (``_refuse_collision``)."""
+
+
+class MountInside(_InTheWay):
+    """A directory of the tree to update is another file system's mount point (``find_extras``)."""
 
 
 def _refuse_collision(dest: Path, extras: list[tuple[str, str]], members: set[str], dirs: set[str],

@@ -327,7 +327,6 @@ def test_an_extra_saved_again_while_the_update_downloads_keeps_its_new_content(s
     assert (dest / "notes.txt").read_text() == "version 2"
 
 
-@pytest.mark.xfail(strict=True, reason="a file system mounted inside DIR (an extra dir) is copied file by file into the new tree (EXDEV), the mount point moves to .NAME.s3sync-old and _remove(old) empties the mounted file system")
 def test_a_file_system_mounted_inside_dir_is_not_emptied_by_an_update(store: S3Store, tmp_path: Path) -> None:
     import subprocess
     src, loc, a, dest = setup(store, tmp_path)
