@@ -795,7 +795,8 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
     """Put the old tree's file ``source`` at ``target`` if its content still has the new
     member's digest; return whether it did (else ``target`` is left absent: fetch it).
 
-    If its mode and mtime stay it is hard-linked, and the link is hashed: the very inode the
+    If its mode and mtime stay (recorded, and as the linked inode has them now: a member the
+    user chmod-ed is not taken as is) it is hard-linked, and the link is hashed: the very inode the
     new tree will hold, reached through the staging directory (mode 0700, this pull's alone),
     so nothing can be swapped in between the hash and the swap. Else (a link would change the
     old tree's file, still in place) it is copied from a descriptor ``archive.open_regular``
@@ -815,12 +816,18 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
                 raise
         else:
             try:
-                ok = archive.file_digest(target) == new.digest  # refuses what is not a regular file
+                st = os.lstat(target)
             except OSError:
-                ok = False
-            if not ok:
-                os.unlink(target)
-            return ok
+                return False
+            if (stat.S_IMODE(st.st_mode), st.st_mtime_ns // 1_000_000_000) == (new.mode, new.mtime):
+                try:
+                    ok = archive.file_digest(target) == new.digest  # refuses what is not a regular file
+                except OSError:
+                    ok = False
+                if not ok:
+                    os.unlink(target)
+                return ok
+            os.unlink(target)  # the user chmod-ed or touched it: a copy gets the new mode and mtime
     try:
         src = archive.open_regular(source)
     except OSError:

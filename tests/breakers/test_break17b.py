@@ -246,7 +246,6 @@ def test_an_infinite_ttl_lease_does_not_hold_a_generation_forever(store: S3Store
     assert r.busy == ()
 
 
-@pytest.mark.xfail(strict=True, reason="_same_file ignores the mode: a member the user chmod-ed is hard-linked as is, and verify reports 'mode 600, expected 644' right after a successful update (no warning)")
 def test_a_member_whose_mode_the_user_changed_is_not_reused_as_is(store: S3Store, tmp_path: Path) -> None:
     src, loc, a, dest = setup(store, tmp_path)
     os.chmod(dest / "images" / "0003.jpg", 0o600)  # recorded 0o644; content and mtime unchanged
