@@ -96,7 +96,9 @@ class UpdateResult:
         reused_size: bytes of the reused files, every one hashed (XXH3-128) as it went into the
             new tree: a file is reused only if its content has the new member's digest.
         altered: files of the old tree whose content no longer had their recorded digest
-            (changed in place since the pull): fetched like changed members.
+            (changed in place since the pull): fetched like changed members; and members the
+            user replaced by another kind of entry (a file where a symlink or directory was), or
+            edited where the new generation drops them: not kept (a warning names them).
         extras: entries of the old tree that are not members of its generation (files, symlinks,
             directories the user put there): carried into the new tree (kept), or left out with
             ``delete_extra`` (then ``extras_deleted``). ``verify`` lists kept ones as ``extra``.
@@ -665,7 +667,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
                          f"{manifest.generation})", hint="check the pattern against the member paths "
                                                           "('s3sync ls SOURCE' shows the dataset; paths are relative "
                                                           "to its root)")
-    extras = find_extras(dest, old) if old_generation is not None else []
+    retyped: list[str] = []  # members the user replaced by another kind of entry
+    extras = find_extras(dest, old, retyped) if old_generation is not None else []
     if extras and not delete_extra:
         _refuse_collision(dest, extras, seen, needed_dirs, manifest.generation)
     for pos, d in dirs:
@@ -720,6 +723,21 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     if candidates:
         progress.finish("check")
     altered = [new.path for n, _, new in candidates if n not in reusable]
+    # What the user changed that goes with the old tree: a member replaced by another kind of
+    # entry (a file where a symlink or directory was; a directory only if nothing it holds is
+    # carried), a file the new generation drops edited since the pull. Reported, not kept.
+    carried_set = set(carried) if not delete_extra else set()
+    lost = [p for p in retyped if p not in carried_set]
+    retyped_set = set(retyped)
+    for path, r in old.items():
+        if r.kind != "file" or path in seen or path in retyped_set:
+            continue
+        try:
+            st = os.lstat(dest / path)
+        except OSError:
+            continue  # deleted by the user: nothing lost
+        if not stat.S_ISREG(st.st_mode) or st.st_size != r.size or st.st_mtime_ns // 1_000_000_000 != r.mtime:
+            lost.append(path)
     wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
     spans: list[MemberSpan] = []
     for n, pos, new in files:
@@ -743,6 +761,11 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         progress.message(f"warning: {len(altered)} file(s) of {dest} no longer had the content recorded when they "
                          f"were pulled (changed in place): fetched again: {', '.join(altered[:EXTRA_SAMPLE])}"
                          + (", ..." if len(altered) > EXTRA_SAMPLE else ""))
+    if lost:
+        progress.message(f"warning: {len(lost)} member(s) of generation {old_generation} in {dest} were changed since "
+                         "they were pulled (replaced by another kind of entry, or edited where the new generation "
+                         f"drops them): not kept: {', '.join(lost[:EXTRA_SAMPLE])}"
+                         + (", ..." if len(lost) > EXTRA_SAMPLE else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress, check_members=check_range)
     jobs = plan_ranges(manifest, spans)
     progress.start("download", sum(j.length for j in jobs))
@@ -783,7 +806,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection, location)
     return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
                         fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None,
-                        reused_size, len(altered), len(carried), tuple(carried[:EXTRA_SAMPLE]),
+                        reused_size, len(altered) + len(lost), len(carried), tuple(carried[:EXTRA_SAMPLE]),
                         bool(carried) and delete_extra)
 
 
