@@ -14,7 +14,9 @@ files are fetched by ranged GETs of their byte spans (``spans``: each member's d
 against the index's digest, or whole chunks against their digests for a member larger than a
 chunk) and extracted by ``SafeExtractor`` from a
 stream made of just those spans; each member's digest must then be the index's. Then the
-metadata (manifest, index, completion marker) is written into the staged tree, and the swap:
+metadata (manifest, index, completion marker) is written into the staged tree, the extras
+are looked for again (``_carry_again``: what the user wrote into the old tree during the
+download is carried too), and the swap:
 rename(2) ``NAME`` -> ``.NAME.s3sync-old``, ``tree`` -> ``NAME``, then the old tree is removed.
 
 Crash safety: until the first rename, ``NAME`` is the old generation, untouched (hard links
@@ -362,12 +364,17 @@ def _refuse_collision(dest: Path, extras: list[tuple[str, str]], members: set[st
                                     "not part of the dataset")
 
 
-def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]) -> tuple[list[str], list]:
+def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str],
+           ids: dict[str, tuple[str, int, int, int]] | None = None) -> tuple[list[str], list]:
     """Put the old tree's extras into the new tree: files hard-linked (copied where a link is
     refused: nothing is ever written through a link to the old tree), symlinks made again,
     directories made (mode and mtime given at the end, ``_finish_carried_dirs``), with any
     directory above them that the new generation no longer has. An entry already there (an
     interrupted run's) is made again.
+
+    ``ids``, if given, gets each carried path's ``(kind, st_ino, st_size, st_mtime_ns)`` as
+    it was carried (the inode linked; for a copy, the source's before copying): what
+    ``_carry_again`` compares.
 
     Returns:
         the paths carried (extras of the new tree), and the carried directories as
@@ -392,6 +399,8 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
         made.add(rel)
         carried.append(rel)
         made_dirs.append((rel, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns))
+        if ids is not None:
+            ids[rel] = ("dir", st.st_ino, 0, 0)
 
     for path, kind in extras:
         parents, parent = [], path.rpartition("/")[0]
@@ -415,11 +424,15 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
             else:
                 try:
                     os.link(source, target, follow_symlinks=False)
+                    st = os.lstat(target)  # the very inode linked
                 except OSError as err:
                     if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP) \
                             or not stat.S_ISREG(os.lstat(source).st_mode):
                         raise
+                    st = os.lstat(source)
                     shutil.copy2(source, target, follow_symlinks=False)
+            if ids is not None:
+                ids[path] = (kind, st.st_ino, st.st_size, st.st_mtime_ns)
             carried.append(path)
         except FileNotFoundError:
             continue  # gone since the walk: nothing left to keep
@@ -428,6 +441,91 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
                                    f"({err.strerror})", hint="move it out of the directory, or pull with "
                                                              "--delete-extra to drop it") from err
     return carried, made_dirs
+
+
+def _kind(st: os.stat_result) -> str:
+    return "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+
+
+def _carry_again(dest: Path, tree: Path, old: dict[str, archive.MemberRecord], carried: list[str],
+                 ids: dict[str, tuple[str, int, int, int]], dirs: set[str], members: set[str],
+                 generation: str) -> list[str]:
+    """Look for the old tree's extras again, just before the swap (``_stage`` found and
+    carried them before the download): what the user wrote, saved again (an editor's rename
+    over the file) or deleted in ``dest`` meanwhile. A new extra is carried; one whose inode,
+    size or mtime changed since it was carried is carried again (its staged entry replaced);
+    one gone (or now another kind of entry) is removed from the staged tree. The mtimes of
+    the staged directories holding them are kept as they were.
+
+    Returns:
+        the paths carried now (extras of the new tree), in ``_carry``'s order.
+
+    Raises:
+        DestinationError: a new extra is where a member of the new tree is, or cannot be
+            carried (the staged tree is kept: a rerun resumes it); a mount point appeared.
+    """
+    touched: set[str] = set()
+    gone: set[str] = set()
+    for path in reversed(carried):  # what a directory holds before the directory
+        kind = ids[path][0]
+        try:
+            st = os.lstat(dest / path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and _kind(st) == kind:
+            continue
+        gone.add(path)
+        touched.add(path)
+        target = tree / path
+        try:
+            _remove(target) if _real_dir(target) else os.unlink(target)
+        except FileNotFoundError:
+            pass
+    try:
+        found = find_extras(dest, old)
+    except _InTheWay as err:  # a mount point made meanwhile: keep the staged tree for a rerun
+        raise DestinationError(str(err), hint=err.hint) from None
+    todo: list[tuple[str, str]] = []
+    for path, kind in found:
+        was = ids.get(path)
+        if was is not None and path not in gone and was[0] == kind:
+            if kind == "dir":
+                continue
+            try:
+                st = os.lstat(dest / path)
+            except FileNotFoundError:
+                continue  # gone since the walk: its staged entry goes below with the next rescan
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == was[1:]:
+                continue
+        todo.append((path, kind))
+        touched.add(path)
+    if not todo and not gone:
+        return carried
+    try:
+        _refuse_collision(dest, todo, members, dirs, generation)
+    except _InTheWay as err:  # not the refusal before fetching: keep the staged tree for a rerun
+        raise DestinationError(str(err).replace("(nothing was changed)", "(it appeared during the update: "
+                                                "nothing was changed; what was fetched is kept for a rerun)"),
+                               hint=err.hint) from None
+    parents = {p.rpartition("/")[0] for p in touched}
+    times = {}
+    for p in parents:
+        try:
+            st = os.lstat(tree / p if p else tree)
+            times[p] = (st.st_atime_ns, st.st_mtime_ns)
+        except OSError:
+            pass
+    present = {p for p in carried if p not in gone and ids[p][0] == "dir"}
+    again, made_dirs = _carry(dest, tree, todo, dirs | present, ids)
+    _finish_carried_dirs(tree, made_dirs)
+    for p, ns in sorted(times.items(), key=lambda kv: kv[0].count("/"), reverse=True):
+        try:
+            os.utime(tree / p if p else tree, ns=ns, follow_symlinks=False)
+        except OSError:
+            pass  # removed with a directory that went
+    kept = [p for p in carried if p not in gone]
+    seen = set(kept)
+    return kept + [p for p in again if p not in seen]
 
 
 def _prune(tree: Path, keep: set[str]) -> None:
@@ -498,12 +596,18 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     A file of the old tree is reused only if its content hashes to the new member's digest.
     Entries of ``dest`` that are not members of its generation (the user's: see
     ``find_extras``) are carried into the new tree, or left out if ``delete_extra``; one that
-    a member of the new tree would replace is refused before anything is fetched.
+    a member of the new tree would replace, or a mount point inside ``dest``, is refused
+    before anything is fetched. ``dest`` is walked again just before the swap
+    (``_carry_again``): what the user wrote, saved again or deleted there during the update is
+    carried, carried again or left out. Remaining window: an entry written into ``dest``
+    between that walk and the first rename of the swap (the staged tree's ``chmod``, then
+    ``rename``) is in the old tree and deleted with it. ``dest`` keeps its mode.
 
     Raises:
         DestinationBusyError: another pull is updating ``dest`` (it holds the staging directory's lock).
         DestinationError: the staging directory cannot be written; a rename failed; an extra is in
-            the way of a member (not with ``delete_extra``).
+            the way of a member (not with ``delete_extra``; also one written during the update,
+            the staged tree kept for a rerun); a directory inside ``dest`` is a mount point.
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
         IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
@@ -685,8 +789,9 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         _prune(tree, keep)
     carried: list[str] = []
     carried_dirs: list = []
+    carried_ids: dict[str, tuple[str, int, int, int]] = {}
     if extras and not delete_extra:
-        carried, carried_dirs = _carry(dest, tree, extras, needed_dirs)
+        carried, carried_dirs = _carry(dest, tree, extras, needed_dirs, carried_ids)
     elif extras:  # dropped: report those the new tree would not have had anyway
         carried = [p for p, kind in extras if not (kind == "dir" and p in needed_dirs)]
     # Reuse: only a file whose content hashes to the new member's digest (checked on the very
@@ -804,6 +909,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     _finish_carried_dirs(tree, carried_dirs)
     extractor.finish_dirs([d for _, d in dirs if d.path in needed_dirs])
     _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection, location)
+    if old_generation is not None and not delete_extra:
+        carried = _carry_again(dest, tree, old, carried, carried_ids, needed_dirs, seen, manifest.generation)
     return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
                         fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None,
                         reused_size, len(altered) + len(lost), len(carried), tuple(carried[:EXTRA_SAMPLE]),

@@ -288,7 +288,6 @@ def test_history_copy_head_failing_after_the_lease(store: S3Store, tmp_path: Pat
 # --------------------------------------------------------------------------- what the user writes while an update runs
 
 
-@pytest.mark.xfail(strict=True, reason="extras are found once, before the download: a file written into DIR meanwhile is deleted with the old tree after the swap, silently")
 def test_a_file_the_user_writes_into_dir_while_the_update_downloads_is_kept(store: S3Store, tmp_path: Path,
                                                                             s3_server) -> None:
     src, loc, a, dest = setup(store, tmp_path)
@@ -305,7 +304,6 @@ def test_a_file_the_user_writes_into_dir_while_the_update_downloads_is_kept(stor
     assert (dest / "checkpoint.pt").read_bytes() == b"an hour of training"
 
 
-@pytest.mark.xfail(strict=True, reason="an extra replaced by rename (an editor's save) during the download is carried as the old inode: the new tree holds 'version 1', 'version 2' is deleted with the old tree")
 def test_an_extra_saved_again_while_the_update_downloads_keeps_its_new_content(store: S3Store, tmp_path: Path,
                                                                               s3_server) -> None:
     src, loc, a, dest = setup(store, tmp_path)
