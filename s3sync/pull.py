@@ -199,14 +199,13 @@ def _refuse_extras(dest: Path, manifest: Manifest, delete_extra: bool) -> None:
     ``delete_extra`` (an update with an index keeps them: ``update.find_extras``).
 
     Raises:
-        DestinationError: naming the first extra.
+        DestinationError: naming the first extra, or a mount point inside ``dest`` (with
+            ``delete_extra`` too: the old tree's removal would empty it).
     """
-    if delete_extra:
-        return
     from .update import find_extras  # update imports this module
 
     extras = find_extras(dest, {r.path: r for r in iter_index(dest / archive.METADATA_DIR / "index.jsonl")})
-    if extras:
+    if extras and not delete_extra:
         raise DestinationError(f"{dest / extras[0][0]}: not part of the dataset pulled there "
                                f"({len(extras)} such entries); generation {manifest.generation} has no member index "
                                "and replaces the tree whole: not updating (nothing was changed)",

@@ -14,7 +14,9 @@ files are fetched by ranged GETs of their byte spans (``spans``: each member's d
 against the index's digest, or whole chunks against their digests for a member larger than a
 chunk) and extracted by ``SafeExtractor`` from a
 stream made of just those spans; each member's digest must then be the index's. Then the
-metadata (manifest, index, completion marker) is written into the staged tree, and the swap:
+metadata (manifest, index, completion marker) is written into the staged tree, the extras
+are looked for again (``_carry_again``: what the user wrote into the old tree during the
+download is carried too), and the swap:
 rename(2) ``NAME`` -> ``.NAME.s3sync-old``, ``tree`` -> ``NAME``, then the old tree is removed.
 
 Crash safety: until the first rename, ``NAME`` is the old generation, untouched (hard links
@@ -96,7 +98,9 @@ class UpdateResult:
         reused_size: bytes of the reused files, every one hashed (XXH3-128) as it went into the
             new tree: a file is reused only if its content has the new member's digest.
         altered: files of the old tree whose content no longer had their recorded digest
-            (changed in place since the pull): fetched like changed members.
+            (changed in place since the pull): fetched like changed members; and members the
+            user replaced by another kind of entry (a file where a symlink or directory was), or
+            edited where the new generation drops them: not kept (a warning names them).
         extras: entries of the old tree that are not members of its generation (files, symlinks,
             directories the user put there): carried into the new tree (kept), or left out with
             ``delete_extra`` (then ``extras_deleted``). ``verify`` lists kept ones as ``extra``.
@@ -258,15 +262,23 @@ def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path
     return stat.S_ISREG(st.st_mode) and st.st_size == new.size and st.st_mtime_ns // 1_000_000_000 == old.mtime
 
 
-def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[str, str]]:
+def find_extras(dest: Path, old: dict[str, archive.MemberRecord],
+                changed: list[str] | None = None) -> list[tuple[str, str]]:
     """The entries of the tree ``dest`` that are not members of the generation it holds
     (``old``: its ``.s3sync/index.jsonl`` records, the directories that hold them included),
     ``DIR/.s3sync`` aside: what the user put there. Top-down (a directory before what it
     holds); symlinks are not followed. Each is ``(path, kind)``, kind ``dir``, ``symlink``
-    or ``file`` (any other entry: regular, FIFO, socket...).
+    or ``file`` (any other entry: regular, FIFO, socket...). ``changed``, if given, gets the
+    members found as another kind than recorded (a file where a symlink or directory was...):
+    no extra system call, the walk's ``d_type``.
+
+    Every directory of the walk is checked to be on ``dest``'s file system: one mounted
+    inside (a member directory or an extra) would be emptied with the old tree after the
+    swap, or copied file by file into the new one.
 
     Raises:
-        DestinationError: an extra directory cannot be read (what it holds would be lost).
+        DestinationError: an extra directory cannot be read (what it holds would be lost); a
+            directory is a mount point (``MountInside``).
     """
     members = set(old)
     for path in old:
@@ -276,12 +288,19 @@ def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[
                 break
             members.add(path)
     out: list[tuple[str, str]] = []
+    try:
+        device = os.lstat(dest).st_dev
+    except OSError as err:
+        raise DestinationError(f"{dest}: cannot be read ({err.strerror})") from err
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
             with os.scandir(dest / rel_dir if rel_dir else dest) as it:
-                entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it)
+                entries = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink(), _device(e, device))
+                                 for e in it)
+        except FileNotFoundError:
+            continue  # removed since it was listed
         except OSError as err:
             if rel_dir and rel_dir not in members:
                 raise DestinationError(f"{dest / rel_dir}: not part of the dataset and cannot be read "
@@ -289,20 +308,38 @@ def find_extras(dest: Path, old: dict[str, archive.MemberRecord]) -> list[tuple[
                                        hint="make it readable or move it out, or pull with --delete-extra") from err
             continue  # a member directory without read permission (as verify: checked as a member)
         subdirs = []
-        for name, is_dir, is_link in entries:
+        for name, is_dir, is_link, dev in entries:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if rel == archive.METADATA_DIR:
                 continue
+            if dev != device:
+                raise MountInside(f"{dest / rel}: is a mount point: unmount it or move it out of {dest} "
+                                  "(an update would empty it with the old tree; nothing was changed)")
+            kind = "dir" if is_dir else "symlink" if is_link else "file"
             if rel not in members:
-                out.append((rel, "dir" if is_dir else "symlink" if is_link else "file"))
+                out.append((rel, kind))
+            elif changed is not None and rel in old and old[rel].kind != kind:
+                changed.append(rel)
             if is_dir:
                 subdirs.append(rel)
         stack.extend(reversed(subdirs))
     return out
 
 
+def _device(entry: os.DirEntry, default: int) -> int:
+    """The ``st_dev`` of a directory entry (``lstat``), ``default`` for any other or one gone."""
+    try:
+        return entry.stat(follow_symlinks=False).st_dev if entry.is_dir(follow_symlinks=False) else default
+    except OSError:
+        return default
+
+
 class _InTheWay(DestinationError):
     """An extra of the old tree is where the new tree needs a member (``_refuse_collision``)."""
+
+
+class MountInside(_InTheWay):
+    """A directory of the tree to update is another file system's mount point (``find_extras``)."""
 
 
 def _refuse_collision(dest: Path, extras: list[tuple[str, str]], members: set[str], dirs: set[str],
@@ -327,12 +364,17 @@ def _refuse_collision(dest: Path, extras: list[tuple[str, str]], members: set[st
                                     "not part of the dataset")
 
 
-def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]) -> tuple[list[str], list]:
+def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str],
+           ids: dict[str, tuple[str, int, int, int]] | None = None) -> tuple[list[str], list]:
     """Put the old tree's extras into the new tree: files hard-linked (copied where a link is
     refused: nothing is ever written through a link to the old tree), symlinks made again,
     directories made (mode and mtime given at the end, ``_finish_carried_dirs``), with any
     directory above them that the new generation no longer has. An entry already there (an
     interrupted run's) is made again.
+
+    ``ids``, if given, gets each carried path's ``(kind, st_ino, st_size, st_mtime_ns)`` as
+    it was carried (the inode linked; for a copy, the source's before copying): what
+    ``_carry_again`` compares.
 
     Returns:
         the paths carried (extras of the new tree), and the carried directories as
@@ -357,6 +399,8 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
         made.add(rel)
         carried.append(rel)
         made_dirs.append((rel, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns))
+        if ids is not None:
+            ids[rel] = ("dir", st.st_ino, 0, 0)
 
     for path, kind in extras:
         parents, parent = [], path.rpartition("/")[0]
@@ -380,11 +424,15 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
             else:
                 try:
                     os.link(source, target, follow_symlinks=False)
+                    st = os.lstat(target)  # the very inode linked
                 except OSError as err:
                     if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP) \
                             or not stat.S_ISREG(os.lstat(source).st_mode):
                         raise
+                    st = os.lstat(source)
                     shutil.copy2(source, target, follow_symlinks=False)
+            if ids is not None:
+                ids[path] = (kind, st.st_ino, st.st_size, st.st_mtime_ns)
             carried.append(path)
         except FileNotFoundError:
             continue  # gone since the walk: nothing left to keep
@@ -393,6 +441,91 @@ def _carry(dest: Path, tree: Path, extras: list[tuple[str, str]], dirs: set[str]
                                    f"({err.strerror})", hint="move it out of the directory, or pull with "
                                                              "--delete-extra to drop it") from err
     return carried, made_dirs
+
+
+def _kind(st: os.stat_result) -> str:
+    return "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+
+
+def _carry_again(dest: Path, tree: Path, old: dict[str, archive.MemberRecord], carried: list[str],
+                 ids: dict[str, tuple[str, int, int, int]], dirs: set[str], members: set[str],
+                 generation: str) -> list[str]:
+    """Look for the old tree's extras again, just before the swap (``_stage`` found and
+    carried them before the download): what the user wrote, saved again (an editor's rename
+    over the file) or deleted in ``dest`` meanwhile. A new extra is carried; one whose inode,
+    size or mtime changed since it was carried is carried again (its staged entry replaced);
+    one gone (or now another kind of entry) is removed from the staged tree. The mtimes of
+    the staged directories holding them are kept as they were.
+
+    Returns:
+        the paths carried now (extras of the new tree), in ``_carry``'s order.
+
+    Raises:
+        DestinationError: a new extra is where a member of the new tree is, or cannot be
+            carried (the staged tree is kept: a rerun resumes it); a mount point appeared.
+    """
+    touched: set[str] = set()
+    gone: set[str] = set()
+    for path in reversed(carried):  # what a directory holds before the directory
+        kind = ids[path][0]
+        try:
+            st = os.lstat(dest / path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and _kind(st) == kind:
+            continue
+        gone.add(path)
+        touched.add(path)
+        target = tree / path
+        try:
+            _remove(target) if _real_dir(target) else os.unlink(target)
+        except FileNotFoundError:
+            pass
+    try:
+        found = find_extras(dest, old)
+    except _InTheWay as err:  # a mount point made meanwhile: keep the staged tree for a rerun
+        raise DestinationError(str(err), hint=err.hint) from None
+    todo: list[tuple[str, str]] = []
+    for path, kind in found:
+        was = ids.get(path)
+        if was is not None and path not in gone and was[0] == kind:
+            if kind == "dir":
+                continue
+            try:
+                st = os.lstat(dest / path)
+            except FileNotFoundError:
+                continue  # gone since the walk: its staged entry goes below with the next rescan
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == was[1:]:
+                continue
+        todo.append((path, kind))
+        touched.add(path)
+    if not todo and not gone:
+        return carried
+    try:
+        _refuse_collision(dest, todo, members, dirs, generation)
+    except _InTheWay as err:  # not the refusal before fetching: keep the staged tree for a rerun
+        raise DestinationError(str(err).replace("(nothing was changed)", "(it appeared during the update: "
+                                                "nothing was changed; what was fetched is kept for a rerun)"),
+                               hint=err.hint) from None
+    parents = {p.rpartition("/")[0] for p in touched}
+    times = {}
+    for p in parents:
+        try:
+            st = os.lstat(tree / p if p else tree)
+            times[p] = (st.st_atime_ns, st.st_mtime_ns)
+        except OSError:
+            pass
+    present = {p for p in carried if p not in gone and ids[p][0] == "dir"}
+    again, made_dirs = _carry(dest, tree, todo, dirs | present, ids)
+    _finish_carried_dirs(tree, made_dirs)
+    for p, ns in sorted(times.items(), key=lambda kv: kv[0].count("/"), reverse=True):
+        try:
+            os.utime(tree / p if p else tree, ns=ns, follow_symlinks=False)
+        except OSError:
+            pass  # removed with a directory that went
+    kept = [p for p in carried if p not in gone]
+    seen = set(kept)
+    return kept + [p for p in again if p not in seen]
 
 
 def _prune(tree: Path, keep: set[str]) -> None:
@@ -463,12 +596,18 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
     A file of the old tree is reused only if its content hashes to the new member's digest.
     Entries of ``dest`` that are not members of its generation (the user's: see
     ``find_extras``) are carried into the new tree, or left out if ``delete_extra``; one that
-    a member of the new tree would replace is refused before anything is fetched.
+    a member of the new tree would replace, or a mount point inside ``dest``, is refused
+    before anything is fetched. ``dest`` is walked again just before the swap
+    (``_carry_again``): what the user wrote, saved again or deleted there during the update is
+    carried, carried again or left out. Remaining window: an entry written into ``dest``
+    between that walk and the first rename of the swap (the staged tree's ``chmod``, then
+    ``rename``) is in the old tree and deleted with it. ``dest`` keeps its mode.
 
     Raises:
         DestinationBusyError: another pull is updating ``dest`` (it holds the staging directory's lock).
         DestinationError: the staging directory cannot be written; a rename failed; an extra is in
-            the way of a member (not with ``delete_extra``).
+            the way of a member (not with ``delete_extra``; also one written during the update,
+            the staged tree kept for a rerun); a directory inside ``dest`` is a mount point.
         MemberIndexError: the index is missing, damaged or disagrees with the manifest.
         DamagedDatasetError: a fetched member is not what the index says.
         IntegrityError, StoreError: a chunk failed for good (a rerun resumes).
@@ -495,7 +634,9 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         if not resumed:
             for entry in os.listdir(staging):
                 _remove(staging / entry) if _real_dir(staging / entry) else os.unlink(staging / entry)
-            os.mkdir(staging / TREE, 0o700)
+            # made as a full pull makes its tree (0777 less the umask): what a fresh partial pull's
+            # NAME keeps; an update gives it the old NAME's mode before the swap (staging is 0700)
+            os.mkdir(staging / TREE)
             (staging / IDENTITY).write_bytes(ident)
         try:
             result = _stage(location, dest, staging, store, fetch_settings(settings, manifest.chunk_size), manifest,
@@ -506,6 +647,10 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
             raise
         tree = staging / TREE
         if old_generation is not None:
+            try:
+                os.chmod(tree, stat.S_IMODE(os.lstat(dest).st_mode))  # NAME keeps its mode (0755, 2775...)
+            except OSError as err:
+                raise DestinationError(f"{dest}: cannot read its mode ({err.strerror})") from err
             swap(dest, lambda: os.rename(tree, dest))
         else:
             try:
@@ -626,7 +771,8 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
                          f"{manifest.generation})", hint="check the pattern against the member paths "
                                                           "('s3sync ls SOURCE' shows the dataset; paths are relative "
                                                           "to its root)")
-    extras = find_extras(dest, old) if old_generation is not None else []
+    retyped: list[str] = []  # members the user replaced by another kind of entry
+    extras = find_extras(dest, old, retyped) if old_generation is not None else []
     if extras and not delete_extra:
         _refuse_collision(dest, extras, seen, needed_dirs, manifest.generation)
     for pos, d in dirs:
@@ -643,8 +789,9 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         _prune(tree, keep)
     carried: list[str] = []
     carried_dirs: list = []
+    carried_ids: dict[str, tuple[str, int, int, int]] = {}
     if extras and not delete_extra:
-        carried, carried_dirs = _carry(dest, tree, extras, needed_dirs)
+        carried, carried_dirs = _carry(dest, tree, extras, needed_dirs, carried_ids)
     elif extras:  # dropped: report those the new tree would not have had anyway
         carried = [p for p, kind in extras if not (kind == "dir" and p in needed_dirs)]
     # Reuse: only a file whose content hashes to the new member's digest (checked on the very
@@ -681,6 +828,21 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     if candidates:
         progress.finish("check")
     altered = [new.path for n, _, new in candidates if n not in reusable]
+    # What the user changed that goes with the old tree: a member replaced by another kind of
+    # entry (a file where a symlink or directory was; a directory only if nothing it holds is
+    # carried), a file the new generation drops edited since the pull. Reported, not kept.
+    carried_set = set(carried) if not delete_extra else set()
+    lost = [p for p in retyped if p not in carried_set]
+    retyped_set = set(retyped)
+    for path, r in old.items():
+        if r.kind != "file" or path in seen or path in retyped_set:
+            continue
+        try:
+            st = os.lstat(dest / path)
+        except OSError:
+            continue  # deleted by the user: nothing lost
+        if not stat.S_ISREG(st.st_mode) or st.st_size != r.size or st.st_mtime_ns // 1_000_000_000 != r.mtime:
+            lost.append(path)
     wanted: list[tuple[int, archive.MemberRecord]] = []  # (position in records, index record)
     spans: list[MemberSpan] = []
     for n, pos, new in files:
@@ -704,6 +866,11 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
         progress.message(f"warning: {len(altered)} file(s) of {dest} no longer had the content recorded when they "
                          f"were pulled (changed in place): fetched again: {', '.join(altered[:EXTRA_SAMPLE])}"
                          + (", ..." if len(altered) > EXTRA_SAMPLE else ""))
+    if lost:
+        progress.message(f"warning: {len(lost)} member(s) of generation {old_generation} in {dest} were changed since "
+                         "they were pulled (replaced by another kind of entry, or edited where the new generation "
+                         f"drops them): not kept: {', '.join(lost[:EXTRA_SAMPLE])}"
+                         + (", ..." if len(lost) > EXTRA_SAMPLE else ""))
     fetcher = ChunkFetcher(store, location.key, settings, progress, check_members=check_range)
     jobs = plan_ranges(manifest, spans)
     progress.start("download", sum(j.length for j in jobs))
@@ -742,9 +909,11 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     _finish_carried_dirs(tree, carried_dirs)
     extractor.finish_dirs([d for _, d in dirs if d.path in needed_dirs])
     _write_metadata(tree, manifest, manifest_bytes, records, old_generation, selection, location)
+    if old_generation is not None and not delete_extra:
+        carried = _carry_again(dest, tree, old, carried, carried_ids, needed_dirs, seen, manifest.generation)
     return UpdateResult(old_generation or "", len(wanted), fetched_size, reused, removed,
                         fetcher.stats.bytes_received, fetcher.stats.retries, kept, selection is not None,
-                        reused_size, len(altered), len(carried), tuple(carried[:EXTRA_SAMPLE]),
+                        reused_size, len(altered) + len(lost), len(carried), tuple(carried[:EXTRA_SAMPLE]),
                         bool(carried) and delete_extra)
 
 
@@ -756,7 +925,8 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
     """Put the old tree's file ``source`` at ``target`` if its content still has the new
     member's digest; return whether it did (else ``target`` is left absent: fetch it).
 
-    If its mode and mtime stay it is hard-linked, and the link is hashed: the very inode the
+    If its mode and mtime stay (recorded, and as the linked inode has them now: a member the
+    user chmod-ed is not taken as is) it is hard-linked, and the link is hashed: the very inode the
     new tree will hold, reached through the staging directory (mode 0700, this pull's alone),
     so nothing can be swapped in between the hash and the swap. Else (a link would change the
     old tree's file, still in place) it is copied from a descriptor ``archive.open_regular``
@@ -776,12 +946,18 @@ def _reuse(source: Path, target: Path, old: archive.MemberRecord, new: archive.M
                 raise
         else:
             try:
-                ok = archive.file_digest(target) == new.digest  # refuses what is not a regular file
+                st = os.lstat(target)
             except OSError:
-                ok = False
-            if not ok:
-                os.unlink(target)
-            return ok
+                return False
+            if (stat.S_IMODE(st.st_mode), st.st_mtime_ns // 1_000_000_000) == (new.mode, new.mtime):
+                try:
+                    ok = archive.file_digest(target) == new.digest  # refuses what is not a regular file
+                except OSError:
+                    ok = False
+                if not ok:
+                    os.unlink(target)
+                return ok
+            os.unlink(target)  # the user chmod-ed or touched it: a copy gets the new mode and mtime
     try:
         src = archive.open_regular(source)
     except OSError:

@@ -30,7 +30,7 @@ from s3sync.pull import pull
 from s3sync.selection import Selection
 from s3sync.stores.s3 import S3Store, make_client
 from s3sync.verify import verify
-from tests.faults.proxy import FaultProxy
+from tests.faults.proxy import FaultProxy, Rule
 
 WORKTREE = Path(__file__).resolve().parents[2]
 SMALL = TransferSettings(concurrency=4, chunk_size=64 * 1024, part_size=256 * 1024, window=8)
@@ -437,3 +437,67 @@ def test_a_resumed_update_drops_what_the_interrupted_one_carried_and_is_no_longe
         assert verify(dest, 2).problems == ()
         assert without_inodes(tree_of(dest)) == without_inodes(tree_of(src))
     assert verify(dest, 2).generation == b.generation
+
+
+# --------------------------------------------------------------------------- what the user does during the download
+
+
+def test_extras_changed_during_the_download_are_looked_for_again(store: S3Store, tmp_path: Path,
+                                                                 s3_server) -> None:
+    src, loc, a, dest = setup(store, tmp_path)
+    listed = add_extras(dest)
+    change(src)
+    b = publish(src, "ds", loc, store, SMALL).manifest
+
+    def user(_request) -> None:
+        member_dir = dest / "images" / "0001"
+        st = member_dir.stat()
+        (dest / "notes.txt").unlink()  # deleted
+        (dest / "work" / "empty").rmdir()
+        (dest / "work" / "deep" / "result.csv").write_text("a,b\n1,2\n3,4\n")  # in place: same inode
+        (dest / "old" / "late.txt").write_text("in the directory the new generation drops")  # new
+        (dest / "late" / "sub").mkdir(parents=True)
+        (dest / "late" / "sub" / "x.txt").write_text("x")
+        (member_dir / "late.jpg").write_bytes(b"mine too")  # in a member directory
+        os.utime(member_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.add(Rule("hook", key=f"{b.generation}/part-", method="GET", times=1, hook=user))
+        proxied = S3Store(make_client(S3Settings(endpoint_url=proxy.url)), store.bucket, concurrency=4)
+        try:
+            r = pull(loc, None, tmp_path / "data", proxied, SMALL).updated
+        finally:
+            proxied.close()
+    assert r is not None
+    want = sorted(set(listed) - {"notes.txt", "work/empty"}
+                  | {"old/late.txt", "late", "late/sub", "late/sub/x.txt", "images/0001/late.jpg"})
+    assert extras_of(dest) == want and r.extras == len(want)  # member directories' mtimes kept
+    assert verify(dest, 2).generation == b.generation
+    assert (dest / "work" / "deep" / "result.csv").read_text() == "a,b\n1,2\n3,4\n"
+    assert (dest / "late" / "sub" / "x.txt").read_text() == "x"
+
+
+def test_a_file_written_at_a_new_member_path_during_the_download_is_refused_and_kept(
+        store: S3Store, tmp_path: Path, s3_server, capsys) -> None:
+    src, loc, a, dest = setup(store, tmp_path)
+    change(src)
+    b = publish(src, "ds", loc, store, SMALL).manifest
+
+    def user(_request) -> None:
+        (dest / "images" / "0002" / "000000100.jpg").write_bytes(b"mine")  # a member of b only
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.add(Rule("hook", key=f"{b.generation}/part-", method="GET", times=1, hook=user))
+        code = cli.main(["pull", loc.url(), str(tmp_path / "data"), "--endpoint-url", proxy.url])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    first = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert str(dest / "images" / "0002" / "000000100.jpg") in first and "during the update" in first, err
+    assert (dest / "images" / "0002" / "000000100.jpg").read_bytes() == b"mine"
+    assert verify(dest, 2).generation == a.generation
+    (dest / "images" / "0002" / "000000100.jpg").unlink()
+    with FaultProxy(store_url(store)) as proxy:  # the rerun resumes: nothing fetched again
+        assert cli.main(["pull", loc.url(), str(tmp_path / "data"), "--endpoint-url", proxy.url]) == 0
+        parts = proxy.stats(f"{b.generation}/part-").requests
+    assert parts == 0
+    assert verify(dest, 2).problems == () and verify(dest, 2).generation == b.generation
