@@ -32,7 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import hashing
-from .archive import METADATA_DIR, MemberRecord, NotRegularFile, open_regular_for_write, translate_os_error
+from .archive import (
+    METADATA_DIR,
+    MemberRecord,
+    NotRegularFile,
+    open_regular_for_write,
+    translate_os_error,
+)
 from .errors import DestinationBusyError, DestinationError
 
 JOURNAL_VERSION = 1

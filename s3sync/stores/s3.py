@@ -13,8 +13,8 @@ import os
 import re
 import ssl
 import time
-from email.utils import parsedate_to_datetime
 from collections.abc import Callable, Generator, Iterator
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import botocore.exceptions as bexc

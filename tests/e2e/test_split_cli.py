@@ -7,8 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from test_cli import assert_error, make_tree, tree  # tests/e2e is on sys.path (rootdir-relative imports)
+from test_cli import (  # tests/e2e is on sys.path (rootdir-relative imports)
+    assert_error,
+    make_tree,
+    tree,
+)
 
 
 def _pieces(tmp: Path, src: Path, n: int = 12) -> Path:

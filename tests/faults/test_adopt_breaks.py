@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from s3sync import hashing
 from s3sync.adopt import adopt
 from s3sync.config import Location
 from s3sync.errors import (
@@ -38,11 +37,19 @@ from s3sync.errors import (
     UnsafeArchiveError,
     UsageError,
 )
-from s3sync.manifest import Manifest, PartEntry
+from s3sync.manifest import Manifest
 from s3sync.verify import verify
 
-from .conftest import FAST_TRANSFER, MiB, MessageLog, Published, snapshot, standard_files, write_tree
-from .test_adopt import do_adopt, interrupt, objects
+from .conftest import (
+    FAST_TRANSFER,
+    MessageLog,
+    MiB,
+    Published,
+    snapshot,
+    standard_files,
+    write_tree,
+)
+from .test_adopt import do_adopt, objects
 from .test_split_pull import gnu_extract, make_pieces, upload_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -424,9 +431,10 @@ def test_a_later_publish_cleans_up_nothing_of_a_users_own_subdirectory(kit, tree
     # Beside the pieces, the user keeps an older split of the same data under ds/old/
     # (`split -d data.tar part-`). A publish to the adopted prefix cleans up "leftovers":
     # directories named like a generation whose objects start with "part-".
-    from s3sync.leftovers import clean, survey
-    from s3sync.lease import LeaseSettings
     import time as _time
+
+    from s3sync.lease import LeaseSettings
+    from s3sync.leftovers import clean, survey
 
     _, files = make_pieces(kit.tmp, tree, pieces=2)
     upload_dir(kit, files[0].parent, "ds")
@@ -592,8 +600,9 @@ def test_kill_9_of_a_compressed_adopted_pull_at_three_points_then_rerun(kit, one
     # frozen at the first GET of piece 2, then 3, then 4: each rerun reads the stored stream
     # again from byte 0 and must write nothing that ends before its resume point (the
     # journal's durable offset when the previous run died); a last run completes.
-    from .test_interruptions import hold_at, journal_offset, pull_cmd, settle, wait_for
     import signal
+
+    from .test_interruptions import hold_at, journal_offset, pull_cmd, settle, wait_for
 
     src = write_tree(kit.tmp / "src", standard_files(3 * MiB, 40))
     whole, files = make_pieces(kit.tmp, src, pieces=4, compress="gzip")

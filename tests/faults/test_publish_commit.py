@@ -9,17 +9,16 @@ nothing orphaned. Trees are tiny (3 parts of 128 KiB) so that every case costs l
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import json
 import os
-import _thread
 import re
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,13 @@ import pytest
 from s3sync import lease as leases
 from s3sync import threads
 from s3sync.config import Location
-from s3sync.errors import Interrupted, PublishConflictError, S3SyncError, StoreError, TransientStoreError
+from s3sync.errors import (
+    Interrupted,
+    PublishConflictError,
+    S3SyncError,
+    StoreError,
+    TransientStoreError,
+)
 from s3sync.lease import LeaseSettings
 from s3sync.leftovers import clean, survey
 from s3sync.manifest import Manifest

@@ -19,7 +19,13 @@ from s3sync.errors import DestinationError
 from s3sync.journal import Journal, staging_dir
 
 from .conftest import Kit
-from .test_pull_crash_points import CHUNK_SMALL, FILES, interrupted_pull, moto_only, small_batches  # noqa: F401
+from .test_pull_crash_points import (  # noqa: F401
+    CHUNK_SMALL,
+    FILES,
+    interrupted_pull,
+    moto_only,
+    small_batches,
+)
 
 STAGED = ["", "tree", "journal.json", "journal.json.tmp", "reserve", "manifest.json", "tree/.s3sync",
           "tree/.s3sync/index.jsonl", "tree/.s3sync/manifest.json", "tree/.s3sync/complete.json"]

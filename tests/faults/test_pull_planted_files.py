@@ -16,8 +16,14 @@ import pytest
 from s3sync.errors import DestinationError
 from s3sync.journal import Journal, staging_dir
 
-from .test_pull_crash_points import CHUNK_SMALL, FILES, cli_signal_handlers, count_calls, moto_only
-from .test_pull_crash_points import small_batches  # noqa: F401
+from .test_pull_crash_points import (
+    CHUNK_SMALL,
+    FILES,
+    cli_signal_handlers,
+    count_calls,
+    moto_only,
+    small_batches,  # noqa: F401
+)
 
 
 def interrupt(kit, pub, dest_parent, monkeypatch, extract: bool) -> None:

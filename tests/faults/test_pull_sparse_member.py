@@ -14,8 +14,8 @@ import subprocess
 import tarfile
 
 import pytest
-
 from corpus import require_tool
+
 from s3sync import archive
 from s3sync.verify import verify
 

@@ -13,7 +13,13 @@ import pytest
 from s3sync.errors import DestinationError
 from s3sync.journal import Journal, staging_dir
 
-from .test_pull_crash_points import CHUNK_SMALL, cli_signal_handlers, count_calls, moto_only, small_batches  # noqa: F401
+from .test_pull_crash_points import (  # noqa: F401
+    CHUNK_SMALL,
+    cli_signal_handlers,
+    count_calls,
+    moto_only,
+    small_batches,
+)
 
 FILES = {**{f"t/t{i:02d}.txt": 100 + i for i in range(12)}, "big/a.bin": 150 * 1024, "z/late.txt": 10}
 

@@ -21,11 +21,25 @@ from pathlib import Path
 import pytest
 
 from s3sync.config import Location
-from s3sync.errors import DamagedArchiveError, Interrupted, PieceDigestError, SplitArchiveError
+from s3sync.errors import (
+    DamagedArchiveError,
+    Interrupted,
+    PieceDigestError,
+    SplitArchiveError,
+)
 from s3sync.sources import from_s3
 from s3sync.splitpull import pull_split
 
-from .conftest import FAST_TRANSFER, KiB, MiB, MessageLog, Rule, snapshot, standard_files, write_tree
+from .conftest import (
+    FAST_TRANSFER,
+    KiB,
+    MessageLog,
+    MiB,
+    Rule,
+    snapshot,
+    standard_files,
+    write_tree,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -21,8 +21,8 @@ import pytest
 from s3sync import cli
 from s3sync.verify import verify
 
-from .test_hostile_input import reg, special, tar_of
 from .conftest import MessageLog
+from .test_hostile_input import reg, special, tar_of
 
 moto = pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
 

@@ -19,7 +19,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from corpus import (
     CODECS,
     KINDS,
@@ -34,6 +33,7 @@ from corpus import (
     safe_extract,
     split_pieces,
 )
+
 from s3sync import archive
 from s3sync.errors import UnsafeArchiveError
 

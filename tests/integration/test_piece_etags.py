@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import hashlib
 
-from s3sync.pieces import choose_evidence, describe, etag_md5, multipart_etag, multipart_etag_parts
+from s3sync.pieces import (
+    choose_evidence,
+    describe,
+    etag_md5,
+    multipart_etag,
+    multipart_etag_parts,
+)
 
 MiB = 1 << 20
 

@@ -10,7 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from corpus import KINDS, compare_trees, gnu_extract, implicit_dirs, require_tool  # fixtures: tests/conftest.py
+from corpus import (  # fixtures: tests/conftest.py
+    KINDS,
+    compare_trees,
+    gnu_extract,
+    implicit_dirs,
+    require_tool,
+)
 
 from s3sync.config import Location, S3Settings, TransferSettings
 from s3sync.errors import UnsafeArchiveError

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from prop_helpers import ignore, links_escaping, make_extractor, reader_over
+
 from s3sync.errors import UnsafeArchiveError
 
 # --------------------------------------------------------------------------- tar building

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from prop_helpers import manifest_for
+
 from s3sync import planning
 from s3sync.planning import GiB, MiB
 

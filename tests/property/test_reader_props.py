@@ -13,8 +13,8 @@ import io
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from prop_helpers import reader_over
+
 from s3sync.errors import IntegrityError
 
 streams = st.binary(max_size=6000)

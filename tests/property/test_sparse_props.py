@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from prop_helpers import ignore, make_extractor, reader_over
+
 from s3sync import archive, hashing
 from s3sync.errors import UnsafeArchiveError
 
