@@ -156,7 +156,7 @@ def _ls_members(store: Any, location: Any, globs: list[str], ui: UI) -> int:
                          hint=selection.empty_hint(m.name).partition("; ")[0])
     if not ui.as_json:
         ui.info(f"{m.name} (generation {m.generation}): {plural(matched, 'member')}"
-                + (f" match {what}" if globs else "") + f", {plural(files, 'file')}, {format_size(size)}")
+                + (f" {'matches' if matched == 1 else 'match'} {what}" if globs else "") + f", {plural(files, 'file')}, {format_size(size)}")
     return EXIT_OK
 
 
