@@ -278,15 +278,8 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
             if older is None and prepare_destination(dest_parent, name, manifest_bytes, manifest.generation, mode,
                                                      dataset=manifest.name):
                 return PullResult(manifest, dest, 0, 0, 0, True, time.monotonic() - started)
-            try:
-                done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
-                                     selection, delete_extra)
-            except UsageError as err:
-                # update's refusal of a selection matching nothing: the hint says what looks wrong
-                # in the patterns and how to list the member paths.
-                if selection is None or "matches no member" not in str(err):
-                    raise
-                raise UsageError(str(err), hint=selection.empty_hint(manifest.name)) from None
+            done = update.update(location, dest, store, settings, manifest, manifest_bytes, older, progress,
+                                 selection, delete_extra)
             return PullResult(manifest, dest, 0, done.bytes_received, done.retries, False,
                               time.monotonic() - started, done)
         if older is not None:

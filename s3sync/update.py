@@ -768,9 +768,7 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     if selection is not None and not seen and not needed_dirs:
         # A typo (captions.jsn) would otherwise be recorded as a complete, empty partial pull.
         raise UsageError(f"{_describe(selection)} matches no member of {manifest.name} (generation "
-                         f"{manifest.generation})", hint="check the pattern against the member paths "
-                                                          "('s3sync ls SOURCE' shows the dataset; paths are relative "
-                                                          "to its root)")
+                         f"{manifest.generation})", hint=selection.empty_hint(manifest.name))
     retyped: list[str] = []  # members the user replaced by another kind of entry
     extras = find_extras(dest, old, retyped) if old_generation is not None else []
     if extras and not delete_extra:
