@@ -251,15 +251,22 @@ def _real_parents(dest: Path, rel: str, real_dirs: set[str]) -> bool:
 
 def _same_file(old: archive.MemberRecord | None, new: archive.MemberRecord, path: str) -> bool:
     """True if the old tree's file at ``path`` may serve: recorded with the new digest and
-    size, and still a regular file of that size and recorded mtime. Only a candidate:
-    ``_reuse`` takes it only if its content hashes to that digest."""
-    if old is None or old.kind != "file" or old.digest != new.digest or old.size != new.size:
+    size, and still a regular file of that size (its mtime may have moved: a file edited in
+    place is then hashed and reported, not fetched in silence). Only a candidate: ``_reuse``
+    takes it only if its content hashes to that digest."""
+    if not _unchanged_member(old, new):
         return False
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == new.size and st.st_mtime_ns // 1_000_000_000 == old.mtime
+    return stat.S_ISREG(st.st_mode) and st.st_size == new.size
+
+
+def _unchanged_member(old: archive.MemberRecord | None, new: archive.MemberRecord) -> bool:
+    """True if the publisher did not change the file: the old pull recorded it with the new
+    digest and size."""
+    return old is not None and old.kind == "file" and old.digest == new.digest and old.size == new.size
 
 
 def find_extras(dest: Path, old: dict[str, archive.MemberRecord],
@@ -826,6 +833,11 @@ def _stage(location: Location, dest: Path, staging: Path, store: Store, settings
     if candidates:
         progress.finish("check")
     altered = [new.path for n, _, new in candidates if n not in reusable]
+    # A file the publisher did not change that is no longer the regular file of its size in the
+    # old tree (appended to, truncated): the user's edit, lost to the fetch: say so too.
+    chosen = {n for n, _, _ in candidates}
+    altered += [new.path for n, _, new in files if n not in chosen and _unchanged_member(old.get(new.path), new)
+                and os.path.lexists(dest / new.path)]
     # What the user changed that goes with the old tree: a member replaced by another kind of
     # entry (a file where a symlink or directory was; a directory only if nothing it holds is
     # carried), a file the new generation drops edited since the pull. Reported, not kept.

@@ -152,6 +152,28 @@ def test_reused_files_are_hashed_and_an_altered_one_is_fetched(store: S3Store, t
     assert verify(dest, 2).problems == ()
 
 
+def test_files_edited_in_place_are_reported_however_edited(store: S3Store, tmp_path: Path, capsys) -> None:
+    """A file the publisher did not change, edited by the user (bytes overwritten with a new mtime,
+    or appended to): fetched again, and reported as altered with a warning naming it (a second
+    new user saw the edit replaced in silence)."""
+    src, loc, a, dest = setup(store, tmp_path)
+    over = dest / "images" / "0002" / "000000003.jpg"
+    with open(over, "r+b") as f:
+        f.write(b"ZZ")  # same size, new mtime
+    grown = dest / "images" / "0000" / "000000002.jpg"
+    with open(grown, "ab") as f:
+        f.write(b"more")
+    change(src)
+    publish(src, "ds", loc, store, SMALL)
+    code = cli.main(["pull", loc.url(), str(tmp_path / "data"), "--endpoint-url", store.client.meta.endpoint_url])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "000000003.jpg" in err and "000000002.jpg" in err and "changed in place" in err, err
+    assert over.read_bytes() == (src / "images" / "0002" / "000000003.jpg").read_bytes()
+    assert grown.read_bytes() == (src / "images" / "0000" / "000000002.jpg").read_bytes()
+    assert verify(dest, 2).problems == ()
+
+
 def test_a_changed_mode_copy_is_hashed_too(store: S3Store, tmp_path: Path) -> None:
     """Mode changed in the new generation: the old file is copied, not linked; an altered one
     (same size, mtime put back) is fetched instead of copied."""
