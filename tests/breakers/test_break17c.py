@@ -713,3 +713,130 @@ def test_an_update_while_a_repair_is_fetching(s3_server, store: S3Store, tmp_pat
     problems = verify(dest, 2).problems
     assert problems == (), (problems, up.returncode, up.stderr, rep.returncode, e)
     assert "DEST_PARENT" not in e and "No such file" not in e, e
+
+
+def test_ctrl_c_repair_of_a_history_partial_removes_its_lease(s3_server, store: S3Store, tmp_path: Path) -> None:
+    src, loc, a, b = two_generations(store, tmp_path)
+    dest = pull(loc, None, tmp_path / "data", store, SMALL, generation=a.generation, selection=sel("images/")).dest
+    (dest / "images" / "0001.jpg").write_bytes(b"broken")
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        gate = gated(proxy)
+        proc = cli_proc(proxy.url, "repair", str(dest))
+        assert wait_for(lambda: len(readers_left(store, loc)) == 1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        gate.set()
+        o, e = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in e, e
+    assert readers_left(store, loc) == []
+    r = s3sync.repair(dest, endpoint_url=url(store), env={})
+    assert r.unrepaired == () and verify(dest, 2).problems == ()
+
+
+def test_wait_behind_a_holder_killed_9_takes_over(s3_server, store: S3Store, tmp_path: Path) -> None:
+    src, loc, a, b = two_generations(store, tmp_path)
+    data = tmp_path / "data"
+    dest = pull(loc, None, data, store, SMALL, generation=a.generation, selection=sel("images/")).dest
+    (dest / "mine.txt").write_text("mine")
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        gate = gated(proxy)
+        first = cli_proc(proxy.url, "pull", loc.url(), str(data), "--include", "images/", "--include", "meta/")
+        time.sleep(1.5)
+        second = cli_proc(url(store), "pull", loc.url(), str(data), "--include", "images/", "--include", "meta/",
+                          "--wait")
+        time.sleep(1.5)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        o2, e2 = second.communicate(timeout=60)
+        gate.set()
+    assert second.returncode == 0, e2
+    fresh = pull(loc, None, tmp_path / "fresh", store, SMALL, selection=sel("images/", "meta/")).dest
+    got = snapshot(dest)
+    assert got.pop("mine.txt") == b"mine"
+    assert got == snapshot(fresh)
+    assert [p.kind for p in verify(dest, 2).problems] == ["extra"]
+
+
+def test_ls_members_escapes_odd_names(store: S3Store, tmp_path: Path, capsys) -> None:
+    src = make_tree(tmp_path / "src" / "ds")
+    (src / "a\nb.txt").write_text("x")
+    (src / "t\tab.txt").write_text("y")
+    loc = Location(store.bucket, "ds")
+    publish(src, "ds", loc, store, SMALL)
+    code = cli.main(["ls", loc.url(), "--members", "*.txt", "--endpoint-url", url(store)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    paths = [ln.split("\t", 1)[1] for ln in lines if "\t" in ln]
+    assert "a\\nb.txt" in paths and "t\\tab.txt" in paths, out
+    code = cli.main(["ls", loc.url(), "--members", "*.txt", "--json", "--endpoint-url", url(store)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "a\\nb.txt" in out, out
+
+
+@pytest.mark.parametrize("extra", [["--include", ""], ["--generation", ""], ["--exclude", "**"],
+                                   ["--include", "[z-a]"], ["--generation", "x/../y"], ["--include", "images/",
+                                                                                      "--no-extract"]])
+def test_odd_options_are_one_line_errors(store: S3Store, tmp_path: Path, capsys, extra: list[str]) -> None:
+    src, loc, a, b = two_generations(store, tmp_path)
+    code = cli.main(["pull", loc.url(), str(tmp_path / "data"), *extra, "--endpoint-url", url(store)])
+    out, err = capsys.readouterr()
+    assert code != 0, (extra, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("check:", "download:"))]) <= 2, err
+
+
+def test_partial_and_update_of_long_and_boundary_members(store: S3Store, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "ds"
+    deep = src / ("d" * 120) / ("é" * 60)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 200 + ".bin")).write_bytes(os.urandom(70_000))
+    (src / "zero").write_bytes(b"")
+    for i in range(40):  # members around chunk (64 KiB) and part (256 KiB) boundaries
+        (src / f"m{i:03d}.bin").write_bytes(os.urandom(65_536 - 512 if i % 3 else 1_000 + i))
+    loc = Location(store.bucket, "ds")
+    publish(src, "ds", loc, store, SMALL)
+    dest = pull(loc, None, tmp_path / "data", store, SMALL, selection=sel("d*/", "zero", "m0[1-3]?.bin")).dest
+    assert verify(dest, 2).problems == ()
+    for i in (11, 20, 33):
+        (src / f"m{i:03d}.bin").write_bytes(os.urandom(65_536 + 7))
+    (deep / ("f" * 200 + ".bin")).write_bytes(os.urandom(1))
+    publish(src, "ds", loc, store, SMALL)
+    pull(loc, None, tmp_path / "data", store, SMALL, selection=sel("d*/", "zero", "m0[1-3]?.bin"))
+    fresh = pull(loc, None, tmp_path / "fresh", store, SMALL, selection=sel("d*/", "zero", "m0[1-3]?.bin")).dest
+    assert snapshot(dest) == snapshot(fresh) and verify(dest, 2).problems == ()
+    (dest / "m020.bin").write_bytes(b"x")
+    os.unlink(dest / deep.relative_to(src) / ("f" * 200 + ".bin"))
+    assert s3sync.repair(dest, endpoint_url=url(store), env={}).unrepaired == ()
+    assert snapshot(dest) == snapshot(fresh)
+
+
+def test_api_ctrl_c_of_a_partial_history_update_with_every_option(s3_server, store: S3Store, tmp_path: Path) -> None:
+    src, loc, a, b = two_generations(store, tmp_path)
+    data = tmp_path / "data"
+    dest = pull(loc, None, data, store, SMALL, selection=sel("images/")).dest
+    (dest / "mine.txt").write_text("mine")
+    before = snapshot(dest)
+    code = ("import sys, s3sync\n"
+            "try:\n"
+            f"    s3sync.pull({loc.url()!r}, {str(data)!r}, wait=True, delete_extra=True, generation={a.generation!r},"
+            " include=['images/', 'meta/'], exclude=['0001.jpg'], endpoint_url=sys.argv[1], env={})\n"
+            "except KeyboardInterrupt:\n"
+            "    sys.exit(42)\n")
+    env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        gate = gated(proxy)
+        proc = subprocess.Popen([sys.executable, "-c", code, proxy.url], env=env, stderr=subprocess.PIPE, text=True)
+        assert wait_for(lambda: len(readers_left(store, loc)) == 1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        gate.set()
+        _, e = proc.communicate(timeout=30)
+    assert proc.returncode == 42, e
+    assert snapshot(dest) == before
+    assert readers_left(store, loc) == []
+    res = subprocess.run([sys.executable, "-c", code, url(store)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    fresh = pull(loc, None, tmp_path / "fresh", store, SMALL, generation=a.generation,
+                 selection=Selection.make(["images/", "meta/"], ["0001.jpg"])).dest
+    assert snapshot(dest) == snapshot(fresh) and verify(dest, 2).problems == ()
