@@ -155,6 +155,11 @@ def _path(value: str | os.PathLike[str], what: str) -> Path:
     return Path(value).expanduser()
 
 
+def _patterns(given: str | Sequence[str]) -> list[str]:
+    """``include``/``exclude`` as a list: one string is one pattern (not one per character)."""
+    return [given] if isinstance(given, str) else list(given)
+
+
 def _waiting(call: Callable[[], T], wait: bool, sink: Progress) -> T:
     """``call()``; if the destination is busy (another s3sync holds its lock), wait for the
     lock and call again when ``wait``, else raise with the API's hint (``wait=True``).
@@ -175,8 +180,8 @@ def _waiting(call: Callable[[], T], wait: bool, sink: Progress) -> T:
 
 
 def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None = None, extract: bool = True,
-         wait: bool = False, generation: str | None = None, include: Sequence[str] = (),
-         exclude: Sequence[str] = (), delete_extra: bool = False,
+         wait: bool = False, generation: str | None = None, include: str | Sequence[str] = (),
+         exclude: str | Sequence[str] = (), delete_extra: bool = False,
          endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
          no_sign_request: bool = False, concurrency: int | None = None,
          progress: Progress | ProgressCallback | None = None, env: Mapping[str, str] | None = None) -> PullResult:
@@ -191,7 +196,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
         wait: if another pull is writing the same directory, wait for it to finish, then go on
             (usually finding the dataset complete); False raises ``DestinationBusyError``.
         generation: pull this stored generation instead of the current one (``--generation``).
-        include, exclude: gitignore-style globs on member paths (``--include``/``--exclude``):
+        include, exclude: gitignore-style globs on member paths (``--include``/``--exclude``; one
+            string is one pattern):
             a partial pull of the matching members.
         delete_extra: an update in place drops what the directory holds beyond the dataset's
             members (``--delete-extra``); by default it is kept and counted
@@ -221,7 +227,8 @@ def pull(source: str, dest_parent: str | os.PathLike[str], *, name: str | None =
 
     if name is not None and not valid_name(name):
         raise UsageError(f"name {name!r} is not a valid dataset name", hint=NAME_RULE)
-    selection = Selection.make(list(include), list(exclude)) if include or exclude else None
+    include, exclude = _patterns(include), _patterns(exclude)
+    selection = Selection.make(include, exclude) if include or exclude else None
     sink = _progress(progress)
     dest = _path(dest_parent, "dest_parent")
     settings = _settings(env, endpoint_url=endpoint_url, profile=profile, region=region,
