@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, indexfile
+from .captionfiles import recheck
 from .config import Location, TransferSettings, format_size, parse_s3_url
 from .engine import ChunkFetcher
 from .errors import (
@@ -174,6 +175,11 @@ def repair(dest: Path, location: Location, store: Store, settings: TransferSetti
                 received = _refetch(work, plan, manifest, location, store, settings, progress)
             notes = reading.notes
         work.finish_dirs()
+        if manifest.captions is not None and any(p.kind == "captions" for p in work.unrepaired):
+            # Its file was damaged too, and fetched again above: check the counts again.
+            _found, lines = recheck(dest, manifest.captions)
+            work.unrepaired = [p for p in work.unrepaired if p.kind != "captions"] + [
+                Problem(manifest.captions.path, "captions", line) for line in lines]
     return RepairResult(dest, location.url(), manifest.generation, found.problems, tuple(work.fetched),
                         tuple(work.remade), tuple(work.metadata), tuple(work.extra), tuple(work.deleted),
                         tuple(work.unrepaired), received, manifest.stream_size, time.monotonic() - started,

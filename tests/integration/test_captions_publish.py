@@ -179,3 +179,25 @@ def test_file_names_through_symlinks_inside_the_tree_count_as_files(store, bucke
     (src / "captions-real.json").write_text(json.dumps(doc))
     with pytest.raises(CaptionsError, match="file_name 'imgs/' does not exist"):
         publish(src, "linked", Location(bucket, "linked"), store, SMALL)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other counts"])
+def test_repair_of_a_damaged_captions_file_is_a_success(store, tmp_path: Path, damage: str) -> None:
+    """verify flags captions.json twice (its bytes, its counts); repair fetches it again and must
+    then report nothing unrepaired (a second new user saw exit 1 after a repair that worked)."""
+    from s3sync.repair import repair, source_of
+    src = tmp_path / "src" / "ds"
+    make_dataset(src)
+    loc = Location(store.bucket, "ds")
+    settings = TransferSettings(concurrency=2)
+    publish(src, "ds", loc, store, settings)
+    dest = pull(loc, None, tmp_path / "data", store, settings).dest
+    caps = dest / "captions.json"
+    if damage == "truncated":
+        caps.write_bytes(caps.read_bytes()[:10])
+    else:
+        caps.write_text(json.dumps({"images": [], "annotations": []}))
+    assert {p.kind for p in verify(dest).problems} >= {"captions"}
+    result = repair(dest, source_of(dest), store, settings)
+    assert result.fetched == ("captions.json",) and result.unrepaired == ()
+    assert verify(dest).problems == ()
