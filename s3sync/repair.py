@@ -55,11 +55,12 @@ from .pull import fetch_manifest, fetch_settings, read_marker
 from .readers import ReaderLease
 from .spans import MemberSpan, SpanReader, check_range, plan_ranges, span_bytes
 from .stores.base import Store
+from .update import REPAIR_LOCK
 from .verify import SPLIT_ARCHIVE, Problem, verify
 
 SCRATCH = "repair"
 """Directory under ``DIR/.s3sync/`` where members are extracted before their rename into place."""
-LOCK = "repair.lock"
+LOCK = REPAIR_LOCK
 """File under ``DIR/.s3sync/`` a running repair holds an exclusive ``flock`` on."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFETCH = ("missing", "changed", "type", "link")
@@ -218,7 +219,7 @@ class _Tree:
             holder = lock_holder(self.lock_fd)
             self.close()
             who = f" (pid {holder})" if holder is not None else ""
-            raise DestinationBusyError(f"another s3sync repair{who} is already repairing {self.dest}",
+            raise DestinationBusyError(f"another s3sync{who} is repairing or updating {self.dest}",
                                        staging=self.dest / archive.METADATA_DIR / LOCK, holder_pid=holder) from None
         try:
             # What a killed run left: whole members not yet renamed into place.

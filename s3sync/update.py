@@ -67,6 +67,8 @@ from .spans import MemberSpan, SpanReader, check_range, plan_ranges, span_bytes
 from .stores.base import Store
 
 MARKER = "complete.json"
+REPAIR_LOCK = "repair.lock"
+"""In ``DIR/.s3sync``: held by ``repair``, and by an update of ``DIR`` (``repair.LOCK``)."""
 TREE = "tree"
 
 
@@ -634,6 +636,11 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         raise DestinationError(f"{staging}: cannot create ({err.strerror})") from err
     lock = _lock(staging, dest)
     try:
+        repair_lock = _lock_repair(dest) if old_generation is not None else None
+    except BaseException:
+        os.close(lock)
+        raise
+    try:
         try:
             resumed = (staging / IDENTITY).read_bytes() == ident and _real_dir(staging / TREE)
         except OSError:
@@ -668,6 +675,8 @@ def update(location: Location, dest: Path, store: Store, settings: TransferSetti
         _remove(staging)
         return result
     finally:
+        if repair_lock is not None:
+            os.close(repair_lock)
         os.close(lock)
 
 
@@ -692,6 +701,35 @@ def _lock(staging: Path, dest: Path) -> int:
         os.close(lock)
         raise DestinationError(f"{staging}: cannot lock ({err.strerror})") from err
     return lock
+
+
+def _lock_repair(dest: Path) -> int | None:
+    """Hold ``dest``'s repair lock (``repair.LOCK``) for the update: a repair and an update of
+    the same directory never run at once (the swap would pull the tree from under the repair).
+    None if ``dest`` has no metadata directory to hold it.
+
+    Raises:
+        DestinationBusyError: a repair holds it (``holder_pid``).
+    """
+    try:
+        meta = os.open(dest / archive.METADATA_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fd = os.open(REPAIR_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=meta)
+    except OSError:
+        return None
+    finally:
+        os.close(meta)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(fd)
+        os.close(fd)
+        who = f" (pid {holder})" if holder is not None else ""
+        raise DestinationBusyError(f"another s3sync{who} is repairing {dest}",
+                                   staging=dest / archive.METADATA_DIR / REPAIR_LOCK, holder_pid=holder) from None
+    return fd
 
 
 def _done_records(staging: Path) -> dict[str, archive.MemberRecord]:

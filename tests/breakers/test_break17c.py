@@ -686,11 +686,6 @@ def test_repair_delete_extra_spares_a_symlink_target_in_a_partial_pull(store: S3
     assert verify(dest, 2).problems == ()
 
 
-@pytest.mark.xfail(strict=True, reason="a pull updates DIR in place while 'repair DIR' is fetching (no lock between "
-                   "them); the repair then dies with 'error: DIR/.s3sync/repair/images: No such file or directory' and "
-                   "the hint 'check that the path named above is writable ... or choose another DEST_PARENT': "
-                   "misleading; expected the update refused or waited (a repair is running), or the repair saying DIR "
-                   "was updated under it")
 def test_an_update_while_a_repair_is_fetching(s3_server, store: S3Store, tmp_path: Path) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     data = tmp_path / "data"

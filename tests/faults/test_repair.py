@@ -249,7 +249,7 @@ def test_a_second_repair_at_once_is_refused_and_an_old_pull_is_named(kit):
     fd = os.open(dest / ".s3sync" / "repair.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(DestinationError, match="is already repairing"):
+        with pytest.raises(DestinationError, match="is repairing or updating"):
             repair(dest, source_of(dest), kit.store(), FAST_TRANSFER)
     finally:
         os.close(fd)
