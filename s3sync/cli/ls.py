@@ -39,6 +39,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="list the member paths of SOURCE (SIZE<TAB>PATH; a directory's path ends in '/') from its "
                         "member index, only those the GLOBs select if given (gitignore-style, as pull --include "
                         "takes them): check a selection before pulling")
+    p.add_argument("--generation", metavar="G",
+                   help="with --members: list generation G (still stored, see --generations) instead of the "
+                        "current one, as 'pull --generation G' would pull it")
     p.set_defaults(func=run)
 
 
@@ -50,13 +53,15 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         return _ls_catalog(settings, ui)
     if args.generations and args.members is not None:
         raise UsageError("--generations and --members: give one of them")
+    if args.generation is not None and args.members is None:
+        raise UsageError("--generation G goes with --members", hint="s3sync ls SOURCE --members --generation G")
     from ..pull import fetch_manifest
 
     resolved = catalog.resolve(args.source, settings)
     store = store_for(settings, resolved.location.bucket)
     if args.members is not None:
         try:
-            return _ls_members(store, resolved.location, args.members, ui)
+            return _ls_members(store, resolved.location, args.members, ui, args.generation)
         finally:
             store.close()
     if args.generations:
@@ -122,16 +127,16 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     return EXIT_OK
 
 
-def _ls_members(store: Any, location: Any, globs: list[str], ui: UI) -> int:
-    """``ls SOURCE --members [GLOB...]``: the members of the current generation (from its
-    member index, streamed), those the globs select (as ``pull --include``) if any."""
+def _ls_members(store: Any, location: Any, globs: list[str], ui: UI, generation: str | None = None) -> int:
+    """``ls SOURCE --members [GLOB...] [--generation G]``: the members of the current generation
+    (or of G) from its member index, streamed; those the globs select (as ``pull --include``) if any."""
     from ..indexfile import members
-    from ..pull import fetch_manifest
+    from ..pull import fetch_generation, fetch_manifest
     from ..selection import Selection
     from .verify import escape_field
 
     selection = Selection.make(globs) if globs else None
-    m, _ = fetch_manifest(store, location)
+    m, _ = fetch_generation(store, location, generation) if generation is not None else fetch_manifest(store, location)
     matched = files = size = 0
     docs = []
     for r in members(store, location, m):

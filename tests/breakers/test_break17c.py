@@ -115,9 +115,6 @@ def test_ls_members_cli(store: S3Store, tmp_path: Path, capsys) -> None:
     assert code == 0 and "images/0009.jpg" in out and "readme.txt" not in out, err
 
 
-@pytest.mark.xfail(strict=True, reason="ls has no --generation: 'ls SOURCE --members --generation G' (what one checks "
-                   "before 'pull --generation G --include ...') exits 2 'unrecognized arguments: G', argparse taking "
-                   "--generation as an abbreviation of --generations; only the current generation's members can be listed")
 def test_ls_members_generation(store: S3Store, tmp_path: Path, capsys) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     code = cli.main(["ls", loc.url(), "--members", "--generation", a.generation, "--endpoint-url", url(store)])
@@ -125,8 +122,6 @@ def test_ls_members_generation(store: S3Store, tmp_path: Path, capsys) -> None:
     assert code == 0 and "images/0002.jpg" in out and "0009.jpg" not in out, err
 
 
-@pytest.mark.xfail(strict=True, reason="'ls s3://b/ds/G --members' answers 'hint: use s3://b/ds ..., or --generation G "
-                   "with it'; following the hint fails (exit 2, 'unrecognized arguments: G'): ls has no --generation")
 def test_the_hint_of_ls_on_a_history_copy_works(store: S3Store, tmp_path: Path, capsys) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     code = cli.main(["ls", f"{loc.url()}/{a.generation}", "--members", "--endpoint-url", url(store)])
