@@ -251,8 +251,8 @@ def test_wait_while_an_update_carries_extras(s3_server, store: S3Store, tmp_path
 
 
 @pytest.mark.xfail(strict=True, reason="'pull --delete-extra' over a complete pull of the same generation says 'is already "
-                   "complete; nothing to do', exit 0, and keeps the extra: the flag is silently ignored (no hint to use "
-                   "'repair --delete-extra')")
+                   "complete; nothing to do', exit 0, and keeps the extra; it now says --delete-extra acts on an "
+                   "update only and names 'repair --delete-extra', but does not delete (left open)")
 def test_delete_extra_on_a_complete_pull(store: S3Store, tmp_path: Path, capsys) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
