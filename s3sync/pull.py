@@ -187,6 +187,21 @@ def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
     return str(marker.get("generation", "?"))
 
 
+def _complete_with_extras(dest: Path, manifest_bytes: bytes, selection: dict[str, list[str]] | None) -> str | None:
+    """The generation of the complete, extracted pull of exactly this manifest (and selection)
+    at ``dest`` if the tree holds entries that are not part of it (``update.find_extras``), else None."""
+    if dest.is_symlink() or not dest.is_dir():
+        return None
+    marker = read_marker(dest)
+    if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
+            or marker.get("manifest_digest") != hashing.digest(manifest_bytes) or _selection_of(marker) != selection):
+        return None
+    from . import update  # imported here: update imports this module
+
+    old = {r.path: r for r in iter_index(dest / archive.METADATA_DIR / "index.jsonl")}
+    return str(marker.get("generation", "?")) if update.find_extras(dest, old) else None
+
+
 def _selection_of(marker: dict) -> dict[str, list[str]] | None:
     """The ``--include``/``--exclude`` patterns a completion marker records (None: all members)."""
     sel = marker.get("selection")
@@ -271,6 +286,10 @@ def _pull(location: Location, name: str | None, dest_parent: Path, store: Store,
         update.recover(dest_parent, name, progress, update.identity(manifest_bytes, selection, dest))
         older = older_pull(dest, manifest, manifest_bytes, selection.to_json() if selection else None)
         indexed = manifest.index is not None and manifest.version == 1 and not manifest.compressed
+        if older is None and delete_extra and indexed:
+            # --delete-extra over a complete pull of this very generation: an update in place
+            # to the same generation drops what DIR holds beyond it (as repair --delete-extra).
+            older = _complete_with_extras(dest, manifest_bytes, selection.to_json() if selection else None)
         if selection is not None and not indexed:
             raise UsageError(f"generation {manifest.generation} of {location.url()} has no member index: "
                              "--include/--exclude need one", hint="pull it whole, or republish it with this s3sync")

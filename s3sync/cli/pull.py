@@ -165,9 +165,6 @@ def _run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                 f"{format_size(m.stream_size)} stream, {result.elapsed_s:.1f}s")
     elif result.up_to_date:
         ui.info(f"{result.dest} is already complete (generation {m.generation}); nothing to do")
-        if getattr(args, "delete_extra", False):
-            ui.info(f"--delete-extra acts on an update only: to delete what {result.dest} holds beyond the "
-                    f"dataset, run 's3sync repair {result.dest} --delete-extra'")
     else:
         rate = m.stream_size / max(result.elapsed_s, 1e-6)
         resumed = f", resumed at {format_size(result.resumed_from)}" if result.resumed_from else ""

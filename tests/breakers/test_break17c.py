@@ -228,9 +228,6 @@ def test_kill9_partial_history_update_with_extras_then_rerun(s3_server, store: S
     assert readers_left(store, loc) == []
 
 
-@pytest.mark.xfail(strict=True, reason="'pull --wait --delete-extra' behind an update that carries an extra: once the "
-                   "lock is free it finds the dataset complete, says 'nothing to do', exit 0, and the extra stays "
-                   "(the --delete-extra it was given is dropped)")
 def test_wait_while_an_update_carries_extras(s3_server, store: S3Store, tmp_path: Path) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     data = tmp_path / "data"
@@ -250,9 +247,6 @@ def test_wait_while_an_update_carries_extras(s3_server, store: S3Store, tmp_path
     assert verify(dest, 2).problems == () and not (dest / "mine.txt").exists(), (e1, e2)
 
 
-@pytest.mark.xfail(strict=True, reason="'pull --delete-extra' over a complete pull of the same generation says 'is already "
-                   "complete; nothing to do', exit 0, and keeps the extra; it now says --delete-extra acts on an "
-                   "update only and names 'repair --delete-extra', but does not delete (left open)")
 def test_delete_extra_on_a_complete_pull(store: S3Store, tmp_path: Path, capsys) -> None:
     src, loc, a, b = two_generations(store, tmp_path)
     dest = pull(loc, None, tmp_path / "data", store, SMALL).dest
