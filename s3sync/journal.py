@@ -133,14 +133,10 @@ class Journal:
                     hint="remove it (or pull into another DEST_PARENT), then run the command again") from err
             raise DestinationError(f"{self.staging}: cannot create ({err.strerror})",
                                    hint=_write_hint(parent)) from err
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock_holder(self._lock_fd)
+        busy = try_lock(self._lock_fd, f"is already writing {self.staging}", self.staging, "pull")
+        if busy is not None:
             self._unlock()
-            who = f" (pid {holder})" if holder is not None else ""
-            raise DestinationBusyError(f"another s3sync pull{who} is already writing {self.staging}",
-                                       staging=self.staging, holder_pid=holder) from None
+            raise busy
         try:
             return self._load()
         except OSError as err:
@@ -699,6 +695,24 @@ def lock_holder(fd: int) -> int | None:
                     return int(fields[4])
     except OSError:
         pass
+    return None
+
+
+def try_lock(fd: int, holder_is: str, staging: Path, command: str = "") -> DestinationBusyError | None:
+    """Take an exclusive flock on ``fd`` without waiting: None once held, else the error to raise
+    (the caller releases its descriptors first): "another s3sync ``command`` (pid N) ``holder_is``"
+    (the pid from ``lock_holder``, when found); ``staging`` is what ``wait_for_lock`` waits on.
+
+    Raises:
+        OSError: the lock cannot be taken for another reason than another holder.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(fd)
+        who = f" (pid {holder})" if holder is not None else ""
+        what = f" {command}" if command else ""
+        return DestinationBusyError(f"another s3sync{what}{who} {holder_is}", staging=staging, holder_pid=holder)
     return None
 
 

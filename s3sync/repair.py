@@ -26,7 +26,6 @@ what is left. Must not import tarfile (``archive`` owns it) or boto3 (the stores
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 import time
@@ -40,7 +39,6 @@ from .config import Location, TransferSettings, format_size, parse_s3_url
 from .engine import ChunkFetcher
 from .errors import (
     DamagedDatasetError,
-    DestinationBusyError,
     DestinationError,
     ManifestError,
     NotFoundError,
@@ -48,7 +46,7 @@ from .errors import (
     UsageError,
 )
 from .index import IndexEntry, MemberRecord
-from .journal import INDEX_NAME, load_index, lock_holder, rmtree_at
+from .journal import INDEX_NAME, load_index, rmtree_at, try_lock
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import NullProgress, Progress
 from .pull import fetch_manifest, fetch_settings, read_marker
@@ -213,14 +211,11 @@ class _Tree:
         except OSError as err:
             self.close()
             raise DestinationError(f"{self.dest}: cannot open for repair ({err.strerror})") from err
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock_holder(self.lock_fd)
+        busy = try_lock(self.lock_fd, f"is repairing or updating {self.dest}",
+                        self.dest / archive.METADATA_DIR / LOCK)
+        if busy is not None:
             self.close()
-            who = f" (pid {holder})" if holder is not None else ""
-            raise DestinationBusyError(f"another s3sync{who} is repairing or updating {self.dest}",
-                                       staging=self.dest / archive.METADATA_DIR / LOCK, holder_pid=holder) from None
+            raise busy
         try:
             # What a killed run left: whole members not yet renamed into place.
             rmtree_at(self.meta_fd, SCRATCH)

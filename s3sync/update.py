@@ -59,7 +59,7 @@ from .errors import (
     DestinationError,
     UsageError,
 )
-from .journal import INDEX_NAME, iter_index, lock_holder, rmtree_at
+from .journal import INDEX_NAME, iter_index, rmtree_at, try_lock
 from .manifest import MANIFEST_NAME, Manifest
 from .progress import Progress
 from .selection import Selection
@@ -690,16 +690,13 @@ def _lock(staging: Path, dest: Path) -> int:
     """
     lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = lock_holder(lock)
-        os.close(lock)
-        who = f" (pid {holder})" if holder is not None else ""
-        raise DestinationBusyError(f"another s3sync pull{who} is already updating {dest} (it holds {staging})",
-                                   staging=staging, holder_pid=holder) from None
+        busy = try_lock(lock, f"is already updating {dest} (it holds {staging})", staging, "pull")
     except OSError as err:
         os.close(lock)
         raise DestinationError(f"{staging}: cannot lock ({err.strerror})") from err
+    if busy is not None:
+        os.close(lock)
+        raise busy
     return lock
 
 
@@ -721,14 +718,10 @@ def _lock_repair(dest: Path) -> int | None:
         return None
     finally:
         os.close(meta)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = lock_holder(fd)
+    busy = try_lock(fd, f"is repairing {dest}", dest / archive.METADATA_DIR / REPAIR_LOCK)
+    if busy is not None:
         os.close(fd)
-        who = f" (pid {holder})" if holder is not None else ""
-        raise DestinationBusyError(f"another s3sync{who} is repairing {dest}",
-                                   staging=dest / archive.METADATA_DIR / REPAIR_LOCK, holder_pid=holder) from None
+        raise busy
     return fd
 
 
