@@ -78,13 +78,14 @@ def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_
         base += part.size
     jobs: list[ChunkJob] = []
     covered = 0  # stream bytes before this are covered by the jobs planned
-    run: list[MemberSpan] = []  # spans of the range being built
+    run: list[MemberSpan] = []  # spans of the range being built, all in part ``run_part``
+    run_part = -1
 
     def close_run() -> None:
         if not run:
             return
-        p = bisect.bisect_right(bases, run[0].start) - 1
-        part, first = manifest.parts[p], run[0].start
+        p, first = run_part, run[0].start
+        part = manifest.parts[p]
         ci = bisect.bisect_right(starts, first) - 1
         jobs.append(ChunkJob(p, part.key, part.etag, chunks[ci].index, first - bases[p], run[-1].end - first, "",
                              first, tuple(MemberCheck(s.start - first, s.record.path, s.record.size, s.record.mode,
@@ -106,9 +107,10 @@ def plan_ranges(manifest: Manifest, spans: list[MemberSpan], max_gap: int = MAX_
             jobs.extend(new)
             covered = max(covered, span.end, new[-1].stream_offset + new[-1].length if new else 0)
             continue
-        if run and (bisect.bisect_right(bases, run[0].start) - 1 != p or span.start - run[-1].end > max_gap
+        if run and (run_part != p or span.start - run[-1].end > max_gap
                     or span.end - run[0].start > manifest.chunk_size):
             close_run()
+        run_part = p
         run.append(span)
         covered = span.end
     close_run()
