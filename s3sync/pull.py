@@ -175,11 +175,8 @@ def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
     """The generation of the complete, extracted pull of the same dataset at ``dest`` that a
     pull updates in place: of another generation, or with another ``--include``/``--exclude``
     selection (``selection``: ``Selection.to_json()``, None for all members); else None."""
-    if dest.is_symlink() or not dest.is_dir():
-        return None
-    marker = read_marker(dest)
-    if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
-            or marker.get("name") != manifest.name
+    marker = _extracted_pull(dest)
+    if (marker is None or marker.get("name") != manifest.name
             or (marker.get("manifest_digest") == hashing.digest(manifest_bytes)
                 and _selection_of(marker) == selection)
             or not (dest / archive.METADATA_DIR / "index.jsonl").is_file()):
@@ -187,14 +184,23 @@ def older_pull(dest: Path, manifest: Manifest, manifest_bytes: bytes,
     return str(marker.get("generation", "?"))
 
 
-def _complete_with_extras(dest: Path, manifest_bytes: bytes, selection: dict[str, list[str]] | None) -> str | None:
-    """The generation of the complete, extracted pull of exactly this manifest (and selection)
-    at ``dest`` if the tree holds entries that are not part of it (``update.find_extras``), else None."""
+def _extracted_pull(dest: Path) -> dict | None:
+    """The completion marker of a complete, extracted pull of a published dataset at ``dest``
+    (not ``--no-extract``, not a split archive), else None."""
     if dest.is_symlink() or not dest.is_dir():
         return None
     marker = read_marker(dest)
-    if (marker is None or marker.get("mode", "extract") != "extract" or "source" in marker
-            or marker.get("manifest_digest") != hashing.digest(manifest_bytes) or _selection_of(marker) != selection):
+    if marker is None or marker.get("mode", "extract") != "extract" or "source" in marker:
+        return None
+    return marker
+
+
+def _complete_with_extras(dest: Path, manifest_bytes: bytes, selection: dict[str, list[str]] | None) -> str | None:
+    """The generation of the complete, extracted pull of exactly this manifest (and selection)
+    at ``dest`` if the tree holds entries that are not part of it (``update.find_extras``), else None."""
+    marker = _extracted_pull(dest)
+    if (marker is None or marker.get("manifest_digest") != hashing.digest(manifest_bytes)
+            or _selection_of(marker) != selection):
         return None
     from . import update  # imported here: update imports this module
 
