@@ -58,8 +58,6 @@ from .verify import SPLIT_ARCHIVE, Problem, verify
 
 SCRATCH = "repair"
 """Directory under ``DIR/.s3sync/`` where members are extracted before their rename into place."""
-LOCK = REPAIR_LOCK
-"""File under ``DIR/.s3sync/`` a running repair holds an exclusive ``flock`` on."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFETCH = ("missing", "changed", "type", "link")
 """Problem kinds that make a file member be fetched again."""
@@ -206,13 +204,13 @@ class _Tree:
         try:
             self.fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self.meta_fd = os.open(archive.METADATA_DIR, _DIR_FLAGS, dir_fd=self.fd)
-            self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            self.lock_fd = os.open(REPAIR_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                                    dir_fd=self.meta_fd)
         except OSError as err:
             self.close()
             raise DestinationError(f"{self.dest}: cannot open for repair ({err.strerror})") from err
         busy = try_lock(self.lock_fd, f"is repairing or updating {self.dest}",
-                        self.dest / archive.METADATA_DIR / LOCK)
+                        self.dest / archive.METADATA_DIR / REPAIR_LOCK)
         if busy is not None:
             self.close()
             raise busy

@@ -68,7 +68,7 @@ from .stores.base import Store
 
 MARKER = "complete.json"
 REPAIR_LOCK = "repair.lock"
-"""In ``DIR/.s3sync``: held by ``repair``, and by an update of ``DIR`` (``repair.LOCK``)."""
+"""In ``DIR/.s3sync``: held by ``repair``, and by an update of ``DIR`` (a running one holds an exclusive ``flock`` on it)."""
 TREE = "tree"
 
 
@@ -701,7 +701,7 @@ def _lock(staging: Path, dest: Path) -> int:
 
 
 def _lock_repair(dest: Path) -> int | None:
-    """Hold ``dest``'s repair lock (``repair.LOCK``) for the update: a repair and an update of
+    """Hold ``dest``'s repair lock (``REPAIR_LOCK``) for the update: a repair and an update of
     the same directory never run at once (the swap would pull the tree from under the repair).
     None if ``dest`` has no metadata directory to hold it.
 

@@ -19,7 +19,7 @@ import pytest
 import s3sync
 from s3sync import archive, cli, update
 from s3sync.errors import DestinationBusyError
-from s3sync.repair import LOCK
+from s3sync.update import REPAIR_LOCK
 
 
 def make_dataset(root: Path, n: int = 3) -> Path:
@@ -135,7 +135,7 @@ def test_repair_busy_then_waits(s3_server, bucket, tmp_path, capsys) -> None:
     s3sync.publish(make_dataset(tmp_path / "src" / "ds"), to=url, **net)
     dest = s3sync.pull(url, tmp_path / "data", **net).dest
     (dest / "images" / "0002.jpg").write_bytes(b"damaged")
-    lock = dest / archive.METADATA_DIR / LOCK
+    lock = dest / archive.METADATA_DIR / REPAIR_LOCK
     fd = hold(lock, directory=False)
     progress = ReleaseWhenWaiting(fd)
     try:
