@@ -286,20 +286,15 @@ class ChunkFetcher:
                 if write is None:
                     self.store.read_range_into(key, job.offset, buf, pinned, on_bytes, on_etag=on_etag)
                     got = hashing.digest(buf) if job.digest else ""
-                    if job.members:
-                        if self.check_members is None:
-                            raise ValueError("a job with members needs a fetcher with check_members")
-                        problem = self.check_members(job, buf)
-                        if problem:
-                            what = (f"bytes {job.offset}-{job.offset + job.length - 1}: {problem} (the member "
-                                    "index's record)")
-                            if problem == bad:  # the same twice: the bytes published, not a transit error
-                                raise DamagedDatasetError(
-                                    f"this dataset is damaged: {self.store.url(key)} {what}, on two attempts",
-                                    hint="the member index does not describe the parts: pull the whole dataset "
-                                         "into a fresh directory, or republish it")
-                            bad = problem
-                            raise IntegrityError(f"{self.store.url(key)}: {what}")
+                    problem = self._member_problem(job, buf) if job.members else ""
+                    if problem:
+                        if problem == bad:  # the same twice: the bytes published, not a transit error
+                            raise DamagedDatasetError(
+                                f"this dataset is damaged: {self.store.url(key)} {problem}, on two attempts",
+                                hint="the member index does not describe the parts: pull the whole dataset "
+                                     "into a fresh directory, or republish it")
+                        bad = problem
+                        raise IntegrityError(f"{self.store.url(key)}: {problem}")
                 else:
                     if job.members:
                         raise ValueError("fetch_to cannot check a job's members: use fetch")
@@ -345,6 +340,15 @@ class ChunkFetcher:
                 if self._cancel.wait(delay):
                     raise Interrupted("cancelled") from err
 
+
+    def _member_problem(self, job: ChunkJob, buf: memoryview) -> str:
+        """What differs between a ranged job's bytes and the member index's records of the
+        members it holds (``check_members``), naming the bytes; "" if nothing."""
+        if self.check_members is None:
+            raise ValueError("a job with members needs a fetcher with check_members")
+        problem = self.check_members(job, buf)
+        return f"bytes {job.offset}-{job.offset + job.length - 1}: {problem} (the member index's record)" \
+            if problem else ""
 
     def _explain(self, job: ChunkJob, key: str, err: S3SyncError) -> S3SyncError:
         """What a store error means for a part of a published dataset: a part that is not
